@@ -1,0 +1,502 @@
+"""BLIP encoders and DashCLIP heads in Flax Linen.
+
+Towers (top-level param names are public API; regexes select them):
+  img           ViT image encoder (pre-LN, final LN), BLIP_REFERENCE §1.1.
+  txt           BERT "MED" text encoder (post-LN) with a cross-attention
+                sublayer per layer: unimodal ([CLS], no cross-attention) or
+                image-grounded ([ENC] + cross-attention to image tokens).
+  query         text-only BERT query tower (DashCLIP), its own weights.
+  vision_proj, text_proj, product_proj, query_proj   Dense -> E, L2-normalised.
+  itm_head      Dense -> 2 on the image-grounded position-0 state (1 = match).
+  temp          learned ITC temperature (BLIP init 0.07; clamped in the loss).
+
+Every parameter carries logical axis names ("embed", "mlp", "heads", "kv",
+"vocab", "pos", "proj") so `sharding.py` can map them onto a mesh; activations
+are constrained along "batch".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dashclip_jax import tokenizer as tok
+
+Array = jax.Array
+
+# BLIP initialises its new weights (cross-attention, heads) with N(0, 0.02).
+_INIT_STD = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  image_size: int = 224
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  heads: int = 12
+  mlp_dim: int = 3072
+  ln_eps: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  vocab_size: int = tok.VOCAB_SIZE
+  width: int = 768
+  depth: int = 12
+  heads: int = 12
+  mlp_dim: int = 3072
+  max_positions: int = 512
+  ln_eps: float = 1e-12
+  dropout: float = 0.1
+  cross_attention: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Geometry and numerics of the whole model (recorded in checkpoints)."""
+  vision: VisionConfig = VisionConfig()
+  text: TextConfig = TextConfig()
+  query: TextConfig = TextConfig(cross_attention=False)
+  embed_dim: int = 256
+  temp_init: float = 0.07
+  query_pooling: str = "cls"  # "cls" or "mean" (e.g. for a MiniLM query tower).
+  dtype: str = "float32"  # Compute dtype.
+  param_dtype: str = "float32"
+  remat: bool = False
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    d = dict(d)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+      raise ValueError(f"Unknown model config keys: {sorted(unknown)}")
+    for key, sub in (("vision", VisionConfig), ("text", TextConfig),
+                     ("query", TextConfig)):
+      if key in d and isinstance(d[key], dict):
+        d[key] = sub(**d[key])
+    return cls(**d)
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+
+def _tiny_text(cross: bool) -> TextConfig:
+  return TextConfig(width=32, depth=2, heads=2, mlp_dim=64, max_positions=64,
+                    cross_attention=cross)
+
+
+def _small_text(cross: bool) -> TextConfig:
+  return TextConfig(width=256, depth=4, heads=4, mlp_dim=1024,
+                    max_positions=128, cross_attention=cross)
+
+
+_SIZES = {
+    # CI scale: compiles in seconds on 2 CPU cores.
+    "tiny": ModelConfig(
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, depth=2,
+                            heads=2, mlp_dim=64),
+        text=_tiny_text(True), query=_tiny_text(False), embed_dim=16),
+    # Laptop scale for the demo and the CPU benchmarks.
+    "small": ModelConfig(
+        vision=VisionConfig(image_size=128, patch_size=16, width=256, depth=4,
+                            heads=4, mlp_dim=1024),
+        text=_small_text(True), query=_small_text(False), embed_dim=128),
+    # BLIP-14M: ViT-B/16 at 224 px, BERT-base, 256-d embeddings.
+    "base": ModelConfig(),
+}
+
+
+def model_config(size: str = "tiny", **overrides) -> ModelConfig:
+  """Named model geometry ("tiny", "small", "base") with field overrides."""
+  if size not in _SIZES:
+    raise ValueError(f"Unknown model size {size!r}; choose from {sorted(_SIZES)}")
+  return _SIZES[size].replace(**overrides)
+
+
+# ---------------------------------------------------------------------------
+# Building blocks.
+# ---------------------------------------------------------------------------
+
+
+def _normal(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(
+      nn.initializers.normal(stddev=_INIT_STD), axes)
+
+
+def _zeros(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def _dense(features: int, in_axis: str, out_axis: str, dtype, param_dtype,
+           name: str) -> nn.Dense:
+  return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
+                  kernel_init=_normal((in_axis, out_axis)),
+                  bias_init=_zeros((out_axis,)), name=name)
+
+
+def _layer_norm(eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
+  # use_fast_variance=False: E[(x-mean)^2] as torch does (parity ~1e-7).
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                      use_fast_variance=False, scale_init=_ones(("embed",)),
+                      bias_init=_zeros(("embed",)), name=name)
+
+
+def gelu(x: Array) -> Array:
+  # BLIP uses exact erf GELU in both towers; flax's default is tanh.
+  return nn.gelu(x, approximate=False)
+
+
+def l2_normalize(x: Array) -> Array:
+  """x / max(||x||, 1e-12) in float32, as torch.nn.functional.normalize."""
+  x = x.astype(jnp.float32)
+  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return x / jnp.maximum(norm, 1e-12)
+
+
+def interpolate_pos_embed(pos_embed: Array, grid: tuple[int, int]) -> Array:
+  """Resizes a (1, 1+s*s, W) ViT position table to a (h, w) patch grid.
+
+  Keeps the cls row, resizes the s x s grid with PyTorch's bicubic
+  (a = -0.75, align_corners=False, no antialiasing), as BLIP and HF do.
+  """
+  n_patches = pos_embed.shape[1] - 1
+  side = int(round(n_patches ** 0.5))
+  if side * side != n_patches:
+    raise ValueError(f"pos_embed has {n_patches} patch rows, not a square grid")
+  if (side, side) == tuple(grid):
+    return pos_embed
+  width = pos_embed.shape[-1]
+  patch_pos = pos_embed[0, 1:].reshape(side, side, width).astype(jnp.float32)
+  patch_pos = jax.image.resize(
+      patch_pos, (grid[0], grid[1], width),
+      method=jax.image.ResizeMethod.CUBIC_PYTORCH, antialias=False)
+  patch_pos = patch_pos.reshape(1, grid[0] * grid[1], width)
+  return jnp.concatenate(
+      [pos_embed[:, :1], patch_pos.astype(pos_embed.dtype)], axis=1)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with separate q/k/v projections.
+
+  Shapes: x (B, Lq, D), kv (B, Lk, Dk), mask bool (B, Lk) or None (all keys).
+  """
+  heads: int
+  width: int
+  dropout: float = 0.0
+  deterministic: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, kv: Array, mask: Array | None) -> Array:
+    head_dim = self.width // self.heads
+    proj = functools.partial(
+        nn.DenseGeneral, features=(self.heads, head_dim), axis=-1,
+        dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_normal(("embed", "heads", "kv")),
+        bias_init=_zeros(("heads", "kv")))
+    q = proj(name="query")(x)  # (B, Lq, H, Dh)
+    k = proj(name="key")(kv)  # (B, Lk, H, Dh)
+    v = proj(name="value")(kv)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = scores * (head_dim ** -0.5)
+    if mask is not None:
+      big_neg = jnp.finfo(jnp.float32).min
+      scores = jnp.where(mask[:, None, None, :].astype(bool), scores, big_neg)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    probs = nn.Dropout(self.dropout)(probs, deterministic=self.deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return nn.DenseGeneral(
+        self.width, axis=(-2, -1), dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=_normal(("heads", "kv", "embed")),
+        bias_init=_zeros(("embed",)), name="out")(out)
+
+
+class Mlp(nn.Module):
+  hidden: int
+  width: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = _dense(self.hidden, "embed", "mlp", self.dtype, self.param_dtype,
+               "fc1")(x)
+    x = gelu(x)
+    return _dense(self.width, "mlp", "embed", self.dtype, self.param_dtype,
+                  "fc2")(x)
+
+
+def _constrain(x: Array) -> Array:
+  return nn.with_logical_constraint(x, ("batch", None, None))
+
+
+# ---------------------------------------------------------------------------
+# Image encoder.
+# ---------------------------------------------------------------------------
+
+
+class ViTBlock(nn.Module):
+  config: VisionConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = _layer_norm(c.ln_eps, name="norm1", **kw)(x)
+    x = x + Attention(c.heads, c.width, name="attn", **kw)(h, h, None)
+    h = _layer_norm(c.ln_eps, name="norm2", **kw)(x)
+    x = x + Mlp(c.mlp_dim, c.width, name="mlp", **kw)(h)
+    return _constrain(x)
+
+
+class VisionTransformer(nn.Module):
+  """images float (B, H, W, 3) normalised -> tokens (B, 1+N, W) after the final LN."""
+  config: VisionConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, images: Array) -> Array:
+    c = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    p = c.patch_size
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be (B, H, W, 3), got {images.shape}")
+    if images.shape[1] % p or images.shape[2] % p:
+      raise ValueError(
+          f"image size {images.shape[1:3]} is not a multiple of patch {p}")
+    x = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID",
+                kernel_init=_normal((None, None, None, "embed")),
+                bias_init=_zeros(("embed",)), name="patch_embed",
+                **kw)(images.astype(self.dtype))
+    b, gh, gw, _ = x.shape
+    x = x.reshape(b, gh * gw, c.width)  # Row-major patch order, as torch.
+    cls = self.param("cls_token", _normal((None, None, "embed")),
+                     (1, 1, c.width), self.param_dtype)
+    side = c.image_size // p
+    pos = self.param("pos_embed", _normal((None, "pos", "embed")),
+                     (1, 1 + side * side, c.width), self.param_dtype)
+    pos = interpolate_pos_embed(pos, (gh, gw))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c.width)).astype(x.dtype),
+                         x], axis=1)
+    x = _constrain(x + pos.astype(x.dtype))
+    block = nn.remat(ViTBlock) if self.remat else ViTBlock
+    for i in range(c.depth):
+      x = block(c, name=f"block_{i}", **kw)(x)
+    return _layer_norm(c.ln_eps, name="norm", **kw)(x)
+
+
+# ---------------------------------------------------------------------------
+# Text encoder (BERT / MED).
+# ---------------------------------------------------------------------------
+
+
+class TextLayer(nn.Module):
+  """Post-LN BERT layer with an optional cross-attention sublayer."""
+  config: TextConfig
+  deterministic: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array,
+               image_tokens: Array | None) -> Array:
+    c = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    drop = functools.partial(nn.Dropout(c.dropout),
+                             deterministic=self.deterministic)
+    attn = functools.partial(Attention, c.heads, c.width, c.dropout,
+                             self.deterministic, **kw)
+    h = attn(name="self_attn")(x, x, mask)
+    x = _layer_norm(c.ln_eps, name="self_attn_norm", **kw)(x + drop(h))
+    if image_tokens is not None:
+      # Keys/values: all 1+N image tokens (cls included); image mask is ones.
+      h = attn(name="cross_attn")(x, image_tokens, None)
+      x = _layer_norm(c.ln_eps, name="cross_attn_norm", **kw)(x + drop(h))
+    h = Mlp(c.mlp_dim, c.width, name="mlp", **kw)(x)
+    x = _layer_norm(c.ln_eps, name="mlp_norm", **kw)(x + drop(h))
+    return _constrain(x)
+
+
+class TextEncoder(nn.Module):
+  """ids/mask int (B, L) [+ image tokens (B, 1+N, Wv)] -> hidden (B, L, D)."""
+  config: TextConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, ids: Array, mask: Array, image_tokens: Array | None = None,
+               deterministic: bool = True) -> Array:
+    c = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if image_tokens is not None and not c.cross_attention:
+      raise ValueError("this text encoder has no cross-attention")
+    length = ids.shape[1]
+    if length > c.max_positions:
+      raise ValueError(
+          f"text length {length} exceeds max_positions {c.max_positions}")
+    words = nn.Embed(c.vocab_size, c.width, embedding_init=_normal(
+        ("vocab", "embed")), name="word_embed", **kw)(ids)
+    pos_table = self.param("pos_embed", _normal(("pos", "embed")),
+                           (c.max_positions, c.width), self.param_dtype)
+    x = words + pos_table[None, :length].astype(words.dtype)
+    x = _layer_norm(c.ln_eps, name="embed_norm", **kw)(x)
+    x = nn.Dropout(c.dropout)(x, deterministic=deterministic)
+    if image_tokens is not None:
+      image_tokens = image_tokens.astype(x.dtype)
+    layer = nn.remat(TextLayer) if self.remat else TextLayer
+    for i in range(c.depth):
+      x = layer(c, deterministic, name=f"layer_{i}", **kw)(x, mask,
+                                                           image_tokens)
+    return x
+
+
+# ---------------------------------------------------------------------------
+# The whole model.
+# ---------------------------------------------------------------------------
+
+
+class DashClip(nn.Module):
+  """BLIP image/text towers plus DashCLIP's product and query heads.
+
+  Inputs: images float (B, H, W, 3) normalised NHWC; ids/mask int32 (B, L).
+  Embeddings returned by `encode_*` are float32 (B, E), L2-normalised.
+  """
+  config: ModelConfig
+
+  def setup(self):
+    c = self.config
+    kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
+    self.img = VisionTransformer(c.vision, remat=c.remat, **kw)
+    self.txt = TextEncoder(c.text, remat=c.remat, **kw)
+    self.query = TextEncoder(
+        dataclasses.replace(c.query, cross_attention=False), remat=c.remat,
+        **kw)
+    # Projections run in float32: they are tiny and feed the losses.
+    proj = functools.partial(_dense, c.embed_dim, "embed", "proj", jnp.float32,
+                             kw["param_dtype"])
+    self.vision_proj = proj("vision_proj")
+    self.text_proj = proj("text_proj")
+    self.product_proj = proj("product_proj")
+    self.query_proj = proj("query_proj")
+    self.itm_head = _dense(2, "embed", None, jnp.float32, kw["param_dtype"],
+                           "itm_head")
+    self.temp = self.param(
+        "temp", nn.with_logical_partitioning(
+            nn.initializers.constant(c.temp_init), ()), (), jnp.float32)
+
+  def encode_image(self, images: Array) -> tuple[Array, dict[str, Array]]:
+    tokens = self.img(images)
+    emb = l2_normalize(self.vision_proj(tokens[:, 0].astype(jnp.float32)))
+    return emb, {"tokens": tokens}
+
+  def encode_text(self, ids: Array, mask: Array, deterministic: bool = True
+                  ) -> tuple[Array, dict[str, Array]]:
+    hidden = self.txt(ids, mask, None, deterministic)
+    emb = l2_normalize(self.text_proj(hidden[:, 0].astype(jnp.float32)))
+    return emb, {"hidden": hidden}
+
+  def encode_multimodal(self, ids: Array, mask: Array, image_tokens: Array,
+                        deterministic: bool = True,
+                        use_enc_token: bool = True) -> Array:
+    """Image-grounded text encoder -> hidden (B, L, D).
+
+    BLIP overwrites position 0 with [ENC] for this mode; `use_enc_token=False`
+    keeps [CLS], as HF's BlipForImageTextRetrieval does.
+    """
+    if use_enc_token:
+      ids = ids.at[:, 0].set(tok.ENC_ID)
+    return self.txt(ids, mask, image_tokens, deterministic)
+
+  def itm_logits(self, ids: Array, mask: Array, image_tokens: Array,
+                 deterministic: bool = True, use_enc_token: bool = True
+                 ) -> Array:
+    """(B, 2) image-text matching logits; class 1 = match."""
+    hidden = self.encode_multimodal(ids, mask, image_tokens, deterministic,
+                                    use_enc_token)
+    return self.itm_head(hidden[:, 0].astype(jnp.float32))
+
+  def encode_product_from_tokens(self, image_tokens: Array, ids: Array,
+                                 mask: Array, deterministic: bool = True
+                                 ) -> tuple[Array, dict[str, Array]]:
+    hidden = self.encode_multimodal(ids, mask, image_tokens, deterministic)
+    emb = l2_normalize(self.product_proj(hidden[:, 0].astype(jnp.float32)))
+    return emb, {"hidden": hidden}
+
+  def encode_product(self, images: Array, ids: Array, mask: Array,
+                     deterministic: bool = True
+                     ) -> tuple[Array, dict[str, Array]]:
+    """Multimodal product embedding: projection of the image-grounded [ENC]."""
+    tokens = self.img(images)
+    emb, aux = self.encode_product_from_tokens(tokens, ids, mask,
+                                               deterministic)
+    return emb, {**aux, "tokens": tokens}
+
+  def encode_query(self, ids: Array, mask: Array, deterministic: bool = True
+                   ) -> tuple[Array, dict[str, Array]]:
+    hidden = self.query(ids, mask, None, deterministic)
+    if self.config.query_pooling == "mean":
+      m = mask[..., None].astype(jnp.float32)
+      pooled = (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(
+          m.sum(1), 1e-9)
+    else:
+      pooled = hidden[:, 0].astype(jnp.float32)
+    return l2_normalize(self.query_proj(pooled)), {"hidden": hidden}
+
+  def __call__(self, images: Array, ids: Array, mask: Array,
+               query_ids: Array | None = None,
+               query_mask: Array | None = None,
+               deterministic: bool = True) -> dict[str, Array]:
+    """Runs every head once (used by `init`)."""
+    image_emb, aux = self.encode_image(images)
+    text_emb, _ = self.encode_text(ids, mask, deterministic)
+    product_emb, _ = self.encode_product_from_tokens(aux["tokens"], ids, mask,
+                                                     deterministic)
+    itm = self.itm_logits(ids, mask, aux["tokens"], deterministic)
+    if query_ids is None:
+      query_ids, query_mask = ids, mask
+    query_emb, _ = self.encode_query(query_ids, query_mask, deterministic)
+    return dict(image=image_emb, text=text_emb, product=product_emb,
+                query=query_emb, itm=itm, temp=self.temp)
+
+
+def init_params(config: ModelConfig, rng: Array, text_length: int = 8
+                ) -> dict[str, Any]:
+  """Random params (boxed with logical axis names) for `config`."""
+  s = config.vision.image_size
+  images = jnp.zeros((1, s, s, 3), jnp.float32)
+  ids = jnp.zeros((1, text_length), jnp.int32)
+  variables = DashClip(config).init(rng, images, ids, jnp.ones_like(ids))
+  return variables["params"]
+
+
+def unbox(params):
+  """Strips flax's logical-partitioning boxes -> plain arrays."""
+  return nn.meta.unbox(params)
+
+
+def logical_axes(config: ModelConfig, text_length: int = 8):
+  """Pytree of logical PartitionSpecs, computed from shapes only (no FLOPs)."""
+  abstract = jax.eval_shape(lambda r: init_params(config, r, text_length),
+                            jax.random.key(0))
+  return nn.get_partition_spec(abstract)

@@ -1,0 +1,462 @@
+"""Pure, jit-sharded train steps for DashCLIP stage 1 (ITC + ITM) and 2 (QCC).
+
+Factories take the model config, a `StepConfig` and an optax transformation
+and return `step(state, batch, rng) -> (state, metrics)`, a pure function;
+`jit_step` compiles it with explicit in/out shardings and the state donated.
+Losses are computed on the *global* batch (see losses.py), so any mesh
+shape gives the same loss and the same update.
+
+Batches (global arrays, batch dim first, sharded over ("data", "fsdp")):
+  stage 1:
+    image       float32 (B, S, S, 3) normalised NHWC pixels
+    ids, mask   int32 (B, L) caption/title tokens ([CLS] first), mask 1/0
+    product_id  int32 (B,) instance ids: equal ids are all ITC positives and
+                never ITM hard negatives of each other
+    valid       optional bool (B,): False rows (padding of a ragged last
+                batch) are ignored by every loss and are not enqueued
+  stage 2:
+    query_ids, query_mask          int32 (B, Lq) the positive query of row i
+    image                          float32 (B, S, S, 3) product image
+    title_ids, title_mask          int32 (B, Lt) product title
+    product_id                     int32 (B,)
+    neg_query_ids, neg_query_mask  optional int32 (B, N, Lq) mined negatives
+    neg_valid                      optional bool (B, N)
+    relevant_product_ids           optional int32 (B, R), -1 padded: products
+                                   known relevant to query i (false negatives)
+    label                          optional int (B,) graded label of the pair
+                                   (2/1), weighted by `StepConfig.label_policy`
+    label_weight                   optional float (B,) explicit pair weights
+                                   (used when `label` is absent)
+
+Gradient accumulation (`accum_steps = k > 1`) is GradCache-style, so the
+contrastive terms still see the whole batch: (1) embeddings of all k
+microbatches without grad, (2) loss and its grads w.r.t. the embeddings on
+the full batch, (3) per microbatch, a VJP of the encoders with those
+cotangents, summed. ITM's multimodal passes run inside (2) as a scan over k
+chunks with `jax.checkpoint`, so only one chunk's activations are alive.
+The result equals one step on the k-times-larger batch (tested), with one
+encoder forward more than plain backprop.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dashclip_jax import losses
+from dashclip_jax import model as model_lib
+from dashclip_jax import sharding as shard_lib
+
+Array = jax.Array
+Batch = dict[str, Array]
+Metrics = dict[str, Array]
+
+# Modules with BLIP momentum copies (BLIP_REFERENCE §1.4).
+MOMENTUM_MODULES = ("img", "txt", "vision_proj", "text_proj")
+# Everything the stage-2 product tower (and stage-1 heads) consists of:
+# freeze it in stage 2 with `optim.OptimConfig(lr_mults=STAGE2_FROZEN_TOWER)`.
+PRODUCT_TOWER_REGEX = r"(img|txt|product_proj|vision_proj|text_proj|itm_head)/.*"
+STAGE2_FROZEN_TOWER = ((PRODUCT_TOWER_REGEX, 0.0), (".*", 1.0))
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step updates; a plain pytree (no methods, no callables)."""
+  step: Array  # () int32
+  params: Any
+  opt_state: Any
+  params_m: Any = None  # Momentum copies of MOMENTUM_MODULES (stage 1 MD).
+  queue: Any = None  # losses.init_queue(...) dict (stage 1 MD).
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Loss and step options (the model's dtype/remat live in ModelConfig)."""
+  accum_steps: int = 1
+  deterministic: bool = False  # True: dropout off (tests, parity).
+  # Stage 1.
+  itc_weight: float = 1.0
+  itm_weight: float = 1.0
+  momentum: float | None = None  # e.g. 0.995 enables BLIP distillation.
+  queue_size: int = 0  # Only with momentum; 0 = in-batch momentum targets.
+  alpha: float = 0.4
+  alpha_ramp_steps: int = 0  # BLIP: 1-2 epochs of steps.
+  # Stage 2.
+  train_product_tower: bool = False
+  label_policy: str = losses.DEFAULT_LABEL_POLICY
+  partial_weight: float = losses.DEFAULT_PARTIAL_WEIGHT
+  symmetric: bool = False
+  hard_k: int | None = None
+
+
+# ---------------------------------------------------------------------------
+# Microbatching helpers. Microbatch m takes rows m, m+k, m+2k, ...: a strided
+# split keeps every device's rows spread over all microbatches (a contiguous
+# split would put microbatch 0 on the first devices only).
+# ---------------------------------------------------------------------------
+
+
+def _split(tree: Any, k: int) -> Any:
+  def f(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch {x.shape[0]} not divisible by accum_steps {k}")
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)  # (k, B/k, ...)
+  return jax.tree.map(f, tree)
+
+
+def _merge(tree: Any) -> Any:
+  def f(x):
+    x = jnp.swapaxes(x, 0, 1)  # (B/k, k, ...)
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+  return jax.tree.map(f, tree)
+
+
+def _cached_value_and_grad(
+    encode: Callable[[Any, Any, Array], Any],
+    loss_on_reps: Callable[[Any, Any], tuple[Array, Metrics]],
+    params: Any, batch: Any, rng: Array, k: int,
+) -> tuple[tuple[Array, Metrics], Any]:
+  """GradCache: d loss(params, encode(params, batch)) / d params, k microbatches.
+
+  Args:
+    encode: (params, microbatch, rng) -> pytree of per-example reps (b, ...).
+    loss_on_reps: (params, reps of the full batch) -> (loss, metrics).
+    params, batch, rng: as for the step; microbatch m gets fold_in(rng, m).
+    k: number of microbatches.
+  """
+  if k == 1:
+    def full(p):
+      return loss_on_reps(p, encode(p, batch, rng))
+    return jax.value_and_grad(full, has_aux=True)(params)
+
+  mbs = _split(batch, k)
+  rngs = jax.random.split(rng, k)
+  p_sg = jax.lax.stop_gradient(params)
+  reps = jax.lax.map(lambda a: encode(p_sg, a[0], a[1]), (mbs, rngs))
+  reps = _merge(reps)
+  (loss, metrics), (g_p, g_reps) = jax.value_and_grad(
+      loss_on_reps, argnums=(0, 1), has_aux=True)(params, reps)
+  g_reps = _split(g_reps, k)
+
+  def body(acc, xs):
+    mb, r, ct = xs
+    _, vjp = jax.vjp(lambda p: encode(p, mb, r), params)
+    (g,) = vjp(ct)
+    return jax.tree.map(jnp.add, acc, g), None
+
+  g_enc, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, g_p),
+                          (mbs, rngs, g_reps))
+  return (loss, metrics), jax.tree.map(jnp.add, g_p, g_enc)
+
+
+def _apply_update(tx: optax.GradientTransformation, state: TrainState,
+                  grads: Any) -> tuple[Any, Any, Array]:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # BLIP clamps temp in place before each forward: same as after each update.
+  params = {**params, "temp": jnp.clip(params["temp"], losses.TEMP_MIN,
+                                        losses.TEMP_MAX)}
+  return params, opt_state, optax.global_norm(grads)
+
+
+def _constrain_batch(tree: Any, mesh: Mesh | None) -> Any:
+  """Pins leading (batch) dims to ("data", "fsdp") inside the step.
+
+  Used on microbatches and cached reps so that XLA keeps activations split
+  by example (FSDP/data parallel), whatever it would infer from the params.
+  (The model's own flax logical constraints are not activated: under a mesh
+  context flax's apply-time param shape check re-runs the DenseGeneral init
+  and constrains the pre-reshape kernel, which fails on rank.)
+  """
+  if mesh is None:
+    return tree
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  def f(x):
+    if x.ndim == 0 or x.shape[0] % n:
+      return x
+    return jax.lax.with_sharding_constraint(
+        x, shard_lib.batch_sharding(mesh, x.ndim))
+  return jax.tree.map(f, tree)
+
+
+# ---------------------------------------------------------------------------
+# Stage 1: ITC + ITM on the product encoders.
+# ---------------------------------------------------------------------------
+
+
+def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
+                     tx: optax.GradientTransformation,
+                     mesh: Mesh | None = None):
+  """Builds `stage1_step(state, batch, rng) -> (state, metrics)` (unjitted)."""
+  model = model_lib.DashClip(model_config)
+  m = model_lib.DashClip
+  det = cfg.deterministic
+  k = cfg.accum_steps
+  use_md = cfg.momentum is not None
+
+  def encode(params, mb, rng):
+    """Per-example reps with grad: image/text embeddings and image tokens."""
+    mb = _constrain_batch(mb, mesh)
+    img, aux = model.apply({"params": params}, mb["image"],
+                           method=m.encode_image)
+    txt, _ = model.apply({"params": params}, mb["ids"], mb["mask"], det,
+                         method=m.encode_text, rngs={"dropout": rng})
+    return _constrain_batch({"img": img, "txt": txt, "tokens": aux["tokens"]},
+                            mesh)
+
+  def encode_m(params_m, temp, mb, rng):
+    """Momentum features (no grad), dropout on as in BLIP unless det."""
+    v = {**params_m, "temp": temp}
+    img, _ = model.apply({"params": v}, mb["image"], method=m.encode_image)
+    txt, _ = model.apply({"params": v}, mb["ids"], mb["mask"], det,
+                         method=m.encode_text, rngs={"dropout": rng})
+    return jax.lax.stop_gradient(img), jax.lax.stop_gradient(txt)
+
+  def step(state: TrainState, batch: Batch, rng: Array
+           ) -> tuple[TrainState, Metrics]:
+    b = batch["ids"].shape[0]
+    ids = batch["product_id"]
+    valid = batch.get("valid")
+    r_enc, r_neg, r_itm, r_m = jax.random.split(rng, 4)
+
+    params_m = queue = None
+    img_m = txt_m = None
+    if use_md:
+      # BLIP order: momentum update first, then momentum features.
+      params_m = losses.ema_update(
+          state.params_m, {n: state.params[n] for n in MOMENTUM_MODULES},
+          cfg.momentum)
+      mbs = _split(batch, k)
+      feats = jax.lax.map(
+          lambda a: encode_m(params_m, state.params["temp"], a[0], a[1]),
+          (mbs, jax.random.split(r_m, k)))
+      img_m, txt_m = _merge(feats)
+      alpha = losses.alpha_ramp(state.step, cfg.alpha_ramp_steps, cfg.alpha)
+
+    def loss_on_reps(params, reps):
+      temp = params["temp"]
+      qkw = {}
+      if use_md:
+        qkw = dict(img_m=img_m, txt_m=txt_m, alpha=alpha)
+        if state.queue is not None:
+          qkw.update(img_queue=state.queue["img"], txt_queue=state.queue["txt"],
+                     id_queue=state.queue["ids"])
+      l_itc, mets = losses.itc_loss(reps["img"], reps["txt"], temp, ids=ids,
+                                    valid=valid, **qkw)
+      # Hard negatives over the global batch, online-vs-online similarities
+      # (BLIP retrieval variant), same product id masked.
+      sim = reps["img"] @ reps["txt"].T / losses.clamp_temp(temp)
+      neg_txt, neg_img, ok_t, ok_i = losses.sample_hard_negatives(
+          r_neg, sim, ids, valid)
+      tokens = reps["tokens"]
+      w_pos = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(
+          jnp.float32)
+      pairs = {
+          # Rows: positives; (text b, hard image); (hard text, image b).
+          "ids": jnp.concatenate(
+              [batch["ids"], batch["ids"], batch["ids"][neg_txt]]),
+          "mask": jnp.concatenate(
+              [batch["mask"], batch["mask"], batch["mask"][neg_txt]]),
+          "tokens": jnp.concatenate([tokens, tokens[neg_img], tokens]),
+          "w": jnp.concatenate([w_pos, w_pos * ok_i, w_pos * ok_t]),
+          "label": jnp.concatenate([jnp.ones((b,), jnp.int32),
+                                    jnp.zeros((2 * b,), jnp.int32)]),
+      }
+
+      def itm_sums(c, r):
+        """(sum of weighted NLL, sum of weighted hits) over a chunk of pairs."""
+        logits = model.apply({"params": params}, c["ids"], c["mask"],
+                             c["tokens"], det, method=m.itm_logits,
+                             rngs={"dropout": r})
+        if k == 1:  # Plain path: exactly losses.itm_loss.
+          l, im = losses.itm_loss(logits, c["w"])
+          w = jnp.sum(c["w"])
+          return jnp.stack([l * w, im["itm_acc"] * w])
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        nll = -jnp.take_along_axis(logp, c["label"][:, None], 1)[:, 0]
+        hit = (jnp.argmax(logits, -1) == c["label"]).astype(jnp.float32)
+        return jnp.stack([jnp.sum(nll * c["w"]), jnp.sum(hit * c["w"])])
+
+      sums = _chunked_sums(itm_sums, pairs, jax.random.split(r_itm, k), k)
+      w_total = jnp.maximum(jnp.sum(pairs["w"]), 1e-12)
+      l_itm = sums[0] / w_total
+      mets = {**mets, "itm_loss": l_itm, "itm_acc": sums[1] / w_total}
+      loss = cfg.itc_weight * l_itc + cfg.itm_weight * l_itm
+      return loss, {**mets, "loss": loss}
+
+    (loss, mets), grads = _cached_value_and_grad(
+        encode, loss_on_reps, state.params, batch, r_enc, k)
+    params, opt_state, gnorm = _apply_update(tx, state, grads)
+    if use_md and state.queue is not None:
+      q = state.queue
+      q_img, ptr = losses.enqueue(q["img"], q["ptr"], img_m, valid)
+      q_txt, _ = losses.enqueue(q["txt"], q["ptr"], txt_m, valid)
+      q_ids, _ = losses.enqueue(q["ids"], q["ptr"], ids, valid)
+      queue = {"img": q_img, "txt": q_txt, "ids": q_ids, "ptr": ptr}
+    new = state.replace(step=state.step + 1, params=params,
+                        opt_state=opt_state, params_m=params_m, queue=queue)
+    return new, {**mets, "grad_norm": gnorm}
+
+  return step
+
+
+def _chunked_sums(fn: Callable[[Any, Array], Array], xs: Any, rngs: Array,
+                  k: int) -> Array:
+  """sum_m fn(chunk m of xs, rngs[m]); one checkpointed chunk alive at a time.
+
+  jax.checkpoint makes the backward pass recompute each chunk from its
+  inputs instead of keeping every chunk's activations.
+  """
+  if k == 1:
+    return fn(xs, rngs[0])
+  body = jax.checkpoint(fn)
+  def step(acc, x):
+    return acc + body(*x), None
+  first = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], _split(xs, k)),
+                         rngs[0])
+  total, _ = jax.lax.scan(step, jnp.zeros(first.shape, first.dtype),
+                          (_split(xs, k), rngs))
+  return total
+
+
+# ---------------------------------------------------------------------------
+# Stage 2: QCC, query tower vs the multimodal product tower.
+# ---------------------------------------------------------------------------
+
+
+def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
+                     tx: optax.GradientTransformation,
+                     mesh: Mesh | None = None):
+  """Builds `stage2_step(state, batch, rng) -> (state, metrics)` (unjitted).
+
+  With `train_product_tower=False` no gradient reaches the product tower;
+  also freeze it in the optimizer (`STAGE2_FROZEN_TOWER`) so weight decay
+  does not move it either.
+  """
+  model = model_lib.DashClip(model_config)
+  m = model_lib.DashClip
+  det = cfg.deterministic
+  k = cfg.accum_steps
+
+  def encode(params, mb, rng):
+    r_p, r_q, r_n = jax.random.split(rng, 3)
+    mb = _constrain_batch(mb, mesh)
+    pp = params if cfg.train_product_tower else jax.lax.stop_gradient(params)
+    prod, _ = model.apply({"params": pp}, mb["image"], mb["title_ids"],
+                          mb["title_mask"], det, method=m.encode_product,
+                          rngs={"dropout": r_p})
+    qry, _ = model.apply({"params": params}, mb["query_ids"],
+                         mb["query_mask"], det, method=m.encode_query,
+                         rngs={"dropout": r_q})
+    reps = {"product": prod, "query": qry}
+    if "neg_query_ids" in mb:
+      bb, n, lq = mb["neg_query_ids"].shape
+      neg, _ = model.apply(
+          {"params": params}, mb["neg_query_ids"].reshape(bb * n, lq),
+          mb["neg_query_mask"].reshape(bb * n, lq), det,
+          method=m.encode_query, rngs={"dropout": r_n})
+      reps["neg"] = neg.reshape(bb, n, -1)
+    return _constrain_batch(reps, mesh)
+
+  def step(state: TrainState, batch: Batch, rng: Array
+           ) -> tuple[TrainState, Metrics]:
+    if "label" in batch:
+      weights = losses.label_weights(batch["label"], cfg.label_policy,
+                                     cfg.partial_weight)
+    else:
+      weights = batch.get("label_weight")
+
+    def loss_on_reps(params, reps):
+      loss, mets = losses.qcc_loss(
+          reps["product"], reps["query"], params["temp"], batch["product_id"],
+          neg_query=reps.get("neg"), neg_valid=batch.get("neg_valid"),
+          relevant_ids=batch.get("relevant_product_ids"), weights=weights,
+          symmetric=cfg.symmetric, hard_k=cfg.hard_k)
+      return loss, {**mets, "loss": loss}
+
+    (loss, mets), grads = _cached_value_and_grad(
+        encode, loss_on_reps, state.params, batch, rng, k)
+    params, opt_state, gnorm = _apply_update(tx, state, grads)
+    new = state.replace(step=state.step + 1, params=params,
+                        opt_state=opt_state)
+    return new, {**mets, "grad_norm": gnorm}
+
+  return step
+
+
+# ---------------------------------------------------------------------------
+# State init and jit with shardings.
+# ---------------------------------------------------------------------------
+
+
+def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
+               tx: optax.GradientTransformation, rng: Array,
+               mesh: Mesh | None = None, rules=shard_lib.DEFAULT_RULES,
+               params: Any = None) -> TrainState:
+  """A TrainState born sharded on `mesh` (params from the logical axes).
+
+  `params` (unboxed) replaces the random init, e.g. a converted checkpoint.
+  Optimizer state follows the params' shardings (XLA propagation through
+  `tx.init`); momentum copies share them; queues are replicated.
+  """
+  r_init, r_q = jax.random.split(rng)
+  abstract = jax.eval_shape(
+      lambda r: model_lib.init_params(model_config, r), r_init)
+  if mesh is not None:
+    p_sh = shard_lib.param_shardings(abstract, mesh, rules)
+  else:
+    p_sh = None
+  if params is None:
+    params = jax.jit(
+        lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
+        out_shardings=p_sh)(r_init)
+  elif p_sh is not None:
+    params = jax.device_put(params, p_sh)
+
+  def rest(p, r):
+    opt_state = tx.init(p)
+    params_m = queue = None
+    if cfg.momentum is not None:
+      params_m = {n: jax.tree.map(jnp.copy, p[n]) for n in MOMENTUM_MODULES}
+      if cfg.queue_size:
+        queue = losses.init_queue(r, cfg.queue_size, model_config.embed_dim)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                      opt_state=opt_state, params_m=params_m, queue=queue)
+
+  if mesh is None:
+    return jax.jit(rest)(params, r_q)
+  # Params keep their shardings; the rest is left to propagation, then the
+  # replicated parts are pinned so the state's layout is explicit.
+  with jax.set_mesh(mesh):
+    return jax.jit(rest, in_shardings=(p_sh, shard_lib.replicated(mesh)))(
+        params, r_q)
+
+
+def state_shardings(state: TrainState) -> Any:
+  """Shardings of a (concrete) state, to pin the step's in/out shardings."""
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def batch_shardings(batch: Batch, mesh: Mesh) -> dict[str, NamedSharding]:
+  return {k: shard_lib.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+
+
+def jit_step(step_fn, state: TrainState, batch: Batch, mesh: Mesh):
+  """jax.jit with explicit in/out shardings and the state donated.
+
+  `state`/`batch` are examples (concrete or ShapeDtypeStruct with shardings
+  for the state) fixing the layout; metrics come back replicated.
+  """
+  st_sh = state_shardings(state)
+  rep = shard_lib.replicated(mesh)
+  return jax.jit(step_fn,
+                 in_shardings=(st_sh, batch_shardings(batch, mesh), rep),
+                 out_shardings=(st_sh, rep), donate_argnums=(0,))

@@ -173,20 +173,32 @@ def geometry_from_shapes(tensors, layout: str, base: model_lib.ModelConfig
                          ) -> model_lib.ModelConfig:
   """Sizes read off the tensors; heads/eps/dropout from `base` (BLIP-14M)."""
   vis, txt = base.vision, base.text
-  if layout == "blip_original":
-    pos = tensors["visual_encoder.pos_embed"].shape
-    patch = tensors["visual_encoder.patch_embed.proj.weight"].shape
+  vision_names = {
+      "blip_original": ("visual_encoder.pos_embed",
+                        "visual_encoder.patch_embed.proj.weight",
+                        r"visual_encoder\.blocks\.(\d+)\.",
+                        "visual_encoder.blocks.0.mlp.fc1.weight"),
+      "hf_blip": ("vision_model.embeddings.position_embedding",
+                  "vision_model.embeddings.patch_embedding.weight",
+                  r"vision_model\.encoder\.layers\.(\d+)\.",
+                  "vision_model.encoder.layers.0.mlp.fc1.weight"),
+  }
+  if layout in vision_names:
+    pos_name, patch_name, block_rx, fc1_name = vision_names[layout]
+    pos = tensors[pos_name].shape
+    patch = tensors[patch_name].shape
     width = patch[0]
-    side = int(round((pos[1] - 1) ** 0.5))
+    side = int(round((pos[-2] - 1) ** 0.5))
     vis = dataclasses.replace(
         vis, width=width, patch_size=patch[2], image_size=side * patch[2],
-        depth=_count(tensors, r"visual_encoder\.blocks\.(\d+)\."),
-        mlp_dim=tensors["visual_encoder.blocks.0.mlp.fc1.weight"].shape[0],
+        depth=_count(tensors, block_rx), mlp_dim=tensors[fc1_name].shape[0],
         heads=max(1, width // 64))
-    prefix = "text_encoder."
-  else:
-    prefix = "bert." if "bert.embeddings.word_embeddings.weight" in tensors \
-        else ""
+  prefix = {"blip_original": "text_encoder.", "hf_blip": "text_encoder."
+            if "text_encoder.embeddings.word_embeddings.weight" in tensors
+            else "text_model."}.get(layout, "")
+  if layout == "hf_bert" and "bert.embeddings.word_embeddings.weight" in \
+      tensors:
+    prefix = "bert."
   word = tensors[prefix + "embeddings.word_embeddings.weight"].shape
   txt = dataclasses.replace(
       txt, vocab_size=word[0], width=word[1],

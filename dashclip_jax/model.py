@@ -425,7 +425,7 @@ class DashClip(nn.Module):
     keeps [CLS], as HF's BlipForImageTextRetrieval does.
     """
     if use_enc_token:
-      ids = ids.at[:, 0].set(tok.ENC_ID)
+      ids = jnp.asarray(ids).at[:, 0].set(tok.ENC_ID)
     return self.txt(ids, mask, image_tokens, deterministic)
 
   def itm_logits(self, ids: Array, mask: Array, image_tokens: Array,

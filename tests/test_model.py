@@ -1,0 +1,128 @@
+"""Model properties beyond HF parity: dtypes, remat, logical axes, configs."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dashclip_jax import model as model_lib
+
+CONFIG = model_lib.model_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def params():
+  return model_lib.unbox(model_lib.init_params(CONFIG, jax.random.key(0)))
+
+
+def _inputs():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+  ids = rng.integers(1000, 2000, (2, 10)).astype(np.int32)
+  ids[:, 0] = 101
+  mask = np.ones_like(ids)
+  mask[1, 6:] = 0
+  return images, ids, mask
+
+
+def _product_loss(config, params, images, ids, mask):
+  emb, _ = model_lib.DashClip(config).apply(
+      {"params": params}, images, ids, mask,
+      method=model_lib.DashClip.encode_product)
+  return jnp.sum(emb[0] * emb[1])
+
+
+def test_every_param_has_logical_axes():
+  specs = model_lib.logical_axes(CONFIG)
+  shapes = jax.eval_shape(lambda r: model_lib.unbox(
+      model_lib.init_params(CONFIG, r)), jax.random.key(0))
+  flat_specs = jax.tree_util.tree_leaves_with_path(
+      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  flat_shapes = dict(jax.tree_util.tree_leaves_with_path(shapes))
+  assert len(flat_specs) == len(flat_shapes)
+  for path, spec in flat_specs:
+    assert len(spec) == len(flat_shapes[path].shape), path
+  by_name = {jax.tree_util.keystr(p): tuple(s) for p, s in flat_specs}
+  assert by_name["['txt']['word_embed']['embedding']"] == ("vocab", "embed")
+  assert by_name["['img']['block_0']['mlp']['fc1']['kernel']"] == ("embed",
+                                                                   "mlp")
+  assert by_name["['txt']['layer_0']['cross_attn']['out']['kernel']"] == (
+      "heads", "kv", "embed")
+
+
+def test_remat_changes_nothing_numerically(params):
+  images, ids, mask = _inputs()
+  remat = CONFIG.replace(remat=True)
+  f = lambda c: jax.value_and_grad(lambda p: _product_loss(
+      c, p, images, ids, mask))(params)
+  (v0, g0), (v1, g1) = f(CONFIG), f(remat)
+  assert float(v0) == pytest.approx(float(v1), abs=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params(params):
+  images, ids, mask = _inputs()
+  bf16 = CONFIG.replace(dtype="bfloat16")
+  p16 = model_lib.unbox(model_lib.init_params(bf16, jax.random.key(0)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(p16))
+  emb32, _ = model_lib.DashClip(CONFIG).apply(
+      {"params": params}, images, ids, mask,
+      method=model_lib.DashClip.encode_product)
+  emb16, aux = model_lib.DashClip(bf16).apply(
+      {"params": params}, images, ids, mask,
+      method=model_lib.DashClip.encode_product)
+  assert aux["hidden"].dtype == jnp.bfloat16
+  assert emb16.dtype == jnp.float32  # Projections and norms in float32.
+  np.testing.assert_allclose(emb16, emb32, atol=5e-2)
+  assert not np.allclose(emb16, emb32, atol=1e-6)  # It did run in bf16.
+
+
+def test_padding_does_not_change_real_tokens(params):
+  """Extra [PAD] columns leave valid-token outputs (nearly) unchanged."""
+  _, ids, mask = _inputs()
+  module = model_lib.DashClip(CONFIG)
+  short, aux_s = module.apply({"params": params}, ids, mask,
+                              method=model_lib.DashClip.encode_text)
+  pad = lambda x: np.concatenate([x, np.zeros((2, 6), np.int32)], axis=1)
+  long, aux_l = module.apply({"params": params}, pad(ids), pad(mask),
+                             method=model_lib.DashClip.encode_text)
+  np.testing.assert_allclose(short, long, atol=1e-5)
+
+
+def test_config_round_trip_and_errors():
+  c = model_lib.model_config("small", embed_dim=64)
+  assert model_lib.ModelConfig.from_dict(c.to_dict()) == c
+  with pytest.raises(ValueError, match="Unknown model size"):
+    model_lib.model_config("huge")
+  with pytest.raises(ValueError, match="Unknown model config keys"):
+    model_lib.ModelConfig.from_dict({**c.to_dict(), "widht": 3})
+  base = model_lib.model_config("base")
+  assert (base.vision.width, base.vision.depth, base.text.heads,
+          base.embed_dim, base.vision.ln_eps, base.text.ln_eps) == (
+              768, 12, 12, 256, 1e-6, 1e-12)
+
+
+def test_shape_errors_are_clear(params):
+  module = model_lib.DashClip(CONFIG)
+  with pytest.raises(ValueError, match="not a multiple of patch"):
+    module.apply({"params": params}, np.zeros((1, 30, 30, 3), np.float32),
+                 method=model_lib.DashClip.encode_image)
+  long_ids = np.ones((1, 100), np.int32)
+  with pytest.raises(ValueError, match="exceeds max_positions 64"):
+    module.apply({"params": params}, long_ids, long_ids,
+                 method=model_lib.DashClip.encode_text)
+
+
+def test_interpolate_pos_embed_matches_torch():
+  torch = pytest.importorskip("torch")
+  table = np.random.default_rng(0).normal(size=(1, 1 + 16, 8)).astype(
+      np.float32)
+  ours = np.asarray(model_lib.interpolate_pos_embed(table, (6, 6)))
+  grid = torch.from_numpy(table[0, 1:].reshape(1, 4, 4, 8)).permute(0, 3, 1, 2)
+  ref = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic",
+                                        align_corners=False)
+  ref = ref.permute(0, 2, 3, 1).reshape(36, 8).numpy()
+  np.testing.assert_array_equal(ours[0, 0], table[0, 0])
+  np.testing.assert_allclose(ours[0, 1:], ref, atol=1e-5)

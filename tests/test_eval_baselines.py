@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
+from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.evaluation import baselines
-from dashclip_jax.evaluation import catalog
 from dashclip_jax.evaluation import metrics
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
@@ -50,15 +51,18 @@ def test_minilm_embeddings_are_normalised_and_semantic():
 def test_calibration_on_real_catalog():
   # Reference figures of the issue: BM25 0.727, MiniLM 0.781 (NDCG@10 over
   # the 600 test queries, every one of the 1,185 test products ranked).
-  cat = catalog.read_catalog(FASHION).select("test")
-  qs = catalog.read_qrels(os.path.join(FASHION, "qrels_test.csv"))
-  assert (len(cat), len(qs.ids)) == (1185, 600)
-  labels = metrics.labels_from_qrels(qs.qrels, qs.ids, cat.ids)
+  cat = catalog_lib.load_catalog(
+      os.path.join(FASHION, "styles.csv")).subset("test")
+  rel = relevance_lib.load_relevance(os.path.join(FASHION, "qrels_test.csv"),
+                                     cat, max_bad_fraction=0.0)
+  assert (len(cat), rel.num_queries) == (1185, 600)
+  labels = metrics.labels_from_relevance(rel)
+  qids, texts = rel.query_ids, rel.queries
   bm25 = metrics.retrieval_metrics(
-      metrics.rank_by_score(baselines.bm25_scores(qs.texts, cat.titles)),
-      labels, qs.ids)
+      metrics.rank_by_score(baselines.bm25_scores(texts, cat.titles)),
+      labels, qids)
   minilm = metrics.retrieval_metrics(
-      metrics.rank_by_score(baselines.minilm_scores(qs.texts, cat.titles)),
-      labels, qs.ids)
+      metrics.rank_by_score(baselines.minilm_scores(texts, cat.titles)),
+      labels, qids)
   assert bm25["ndcg@10"] == pytest.approx(0.727, abs=0.01)
   assert minilm["ndcg@10"] == pytest.approx(0.781, abs=0.01)

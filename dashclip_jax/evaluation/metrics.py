@@ -147,3 +147,14 @@ def labels_from_qrels(qrels: Sequence[tuple[str, str, int]],
                        f"labelled {label} after {labels[i, j]}")
     labels[i, j] = label
   return labels
+
+
+def labels_from_relevance(rel) -> np.ndarray:
+  """Dense int8 (Q, N) labels of a `dashclip_jax.data.relevance.Relevance`.
+
+  Its product indices are rows of the catalog it was loaded against; pairs
+  it does not list are 0.
+  """
+  labels = np.zeros((rel.num_queries, rel.num_products), np.int8)
+  labels[np.asarray(rel.query), np.asarray(rel.product)] = rel.label
+  return labels

@@ -1,0 +1,174 @@
+"""Graded query-product relevance data (issue 4 c).
+
+Layout: `query_id, query, product_id, label` in CSV or Parquet, labels
+2 (highly relevant), 1 (moderately relevant), 0 (irrelevant) -- the
+`relevance_train.csv` / `qrels_test.csv` files of the fashion set. Rows are
+validated against a Catalog; bad rows (malformed, empty query, unknown
+product, label outside {0, 1, 2}, duplicate pair, one query id with two texts)
+are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from dashclip_jax.data import bad_records as br
+from dashclip_jax.data import catalog as catalog_lib
+
+LABELS = (0, 1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class RelevanceColumns:
+  query_id: str = "query_id"
+  query: str = "query"
+  product_id: str = "product_id"
+  label: str = "label"
+
+
+@dataclasses.dataclass
+class Relevance:
+  """Judged (query, product, label) pairs over one Catalog.
+
+  Attributes:
+    name: where it came from.
+    query_ids: (Q,) query ids.
+    queries: (Q,) query texts.
+    query: int32 (M,) pair -> index into `queries`.
+    product: int32 (M,) pair -> row of the catalog it was validated against.
+    label: int8 (M,) pair -> 0, 1 or 2.
+    num_products: size of that catalog (product indices are < this).
+    bad: the counted skips made while loading.
+  """
+  name: str
+  query_ids: list[str]
+  queries: list[str]
+  query: np.ndarray
+  product: np.ndarray
+  label: np.ndarray
+  num_products: int
+  bad: br.BadRecords | None = None
+
+  def __len__(self) -> int:
+    return len(self.label)
+
+  @property
+  def num_queries(self) -> int:
+    return len(self.queries)
+
+  def qrels(self, min_label: int = 1) -> list[dict[int, int]]:
+    """Per query: {product index: label} for labels >= min_label."""
+    out = [dict() for _ in range(self.num_queries)]
+    for q, p, l in zip(self.query, self.product, self.label):
+      if l >= min_label:
+        out[int(q)][int(p)] = int(l)
+    return out
+
+  def products_by_query(self, labels: Sequence[int]) -> list[np.ndarray]:
+    """Per query: int32 array of product indices whose label is in `labels`."""
+    keep = np.isin(self.label, labels)
+    return _group(self.query[keep], self.product[keep], self.num_queries)
+
+  def queries_by_product(self, labels: Sequence[int]) -> list[np.ndarray]:
+    """Per product: int32 array of query indices whose label is in `labels`."""
+    keep = np.isin(self.label, labels)
+    return _group(self.product[keep], self.query[keep], self.num_products)
+
+
+def _group(keys: np.ndarray, values: np.ndarray, n: int) -> list[np.ndarray]:
+  order = np.argsort(keys, kind="stable")
+  keys, values = keys[order], values[order]
+  bounds = np.searchsorted(keys, np.arange(n + 1))
+  return [values[bounds[i]:bounds[i + 1]].astype(np.int32) for i in range(n)]
+
+
+def relevance_from_rows(
+    rows: Iterable[catalog_lib.Row],
+    catalog: catalog_lib.Catalog,
+    *,
+    name: str,
+    columns: RelevanceColumns = RelevanceColumns(),
+    header: Sequence[str] | None = None,
+    max_bad_fraction: float = 0.01,
+) -> Relevance:
+  """Validates (where, row, error) triples against `catalog`."""
+  if header is not None:
+    missing = [c for c in dataclasses.astuple(columns) if c not in header]
+    if missing:
+      raise ValueError(f"{name}: columns {missing} not found; the table has "
+                       f"{list(header)}. Set the column mapping.")
+  bad = br.BadRecords(f"relevance {name}", max_bad_fraction=max_bad_fraction)
+  qindex: dict[str, int] = {}
+  query_ids, queries = [], []
+  qs, ps, ls = [], [], []
+  seen_pairs = set()
+  for where, row, error in rows:
+    if row is None:
+      bad.bad(where, "malformed row", error)
+      continue
+    qid = catalog_lib.cell_text(row.get(columns.query_id))
+    text = catalog_lib.cell_text(row.get(columns.query))
+    pid = catalog_lib.cell_text(row.get(columns.product_id))
+    raw = catalog_lib.cell_text(row.get(columns.label))
+    if not qid or not text:
+      bad.bad(where, "empty query", f"query_id {qid!r}")
+      continue
+    try:
+      label = int(raw)
+    except ValueError:
+      label = None
+    if label not in LABELS:
+      bad.bad(where, "label outside {0,1,2}", f"label {raw!r}")
+      continue
+    p = catalog.index_of(pid)
+    if p is None:
+      bad.bad(where, "unknown product", f"product_id {pid!r}")
+      continue
+    q = qindex.get(qid)
+    if q is None:
+      q = qindex[qid] = len(queries)
+      query_ids.append(qid)
+      queries.append(text)
+    elif queries[q] != text:
+      bad.bad(where, "query text differs",
+              f"query_id {qid}: {text!r} vs {queries[q]!r}")
+      continue
+    if (q, p) in seen_pairs:
+      bad.bad(where, "duplicate pair", f"{qid}, {pid}")
+      continue
+    seen_pairs.add((q, p))
+    qs.append(q)
+    ps.append(p)
+    ls.append(label)
+    bad.ok()
+  if not ls:
+    raise br.BadDataError(f"{name}: no usable relevance rows. {bad.summary()}")
+  bad.check()
+  return Relevance(
+      name=name, query_ids=query_ids, queries=queries,
+      query=np.array(qs, np.int32), product=np.array(ps, np.int32),
+      label=np.array(ls, np.int8), num_products=len(catalog), bad=bad)
+
+
+def load_relevance(
+    path: str,
+    catalog: catalog_lib.Catalog,
+    columns: RelevanceColumns = RelevanceColumns(),
+    *,
+    max_bad_fraction: float = 0.01,
+) -> Relevance:
+  """Reads `query_id, query, product_id, label` rows (CSV or Parquet).
+
+  Args:
+    path: e.g. ".../fashion/relevance_train.csv".
+    catalog: products the rows must name (e.g. `catalog.subset("train")`);
+      rows naming any other product are skipped as "unknown product".
+    columns: column mapping.
+    max_bad_fraction: above this fraction of skipped rows, raise BadDataError.
+  """
+  header, rows = catalog_lib.read_table_rows(path)
+  return relevance_from_rows(rows, catalog, name=path, columns=columns,
+                             header=header, max_bad_fraction=max_bad_fraction)

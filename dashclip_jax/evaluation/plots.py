@@ -22,8 +22,10 @@ def tsne_plot(emb: np.ndarray, categories: Sequence[str], path: str,
   if n != len(categories):
     raise ValueError(f"{n} embeddings for {len(categories)} categories")
   perplexity = float(min(30, max(2, (n - 1) // 3)))
+  # Barnes-Hut pays a fixed per-iteration cost that dominates tiny sets.
+  method = "exact" if n < 300 else "barnes_hut"
   xy = manifold.TSNE(n_components=2, perplexity=perplexity, init="pca",
-                     random_state=seed).fit_transform(
+                     method=method, random_state=seed).fit_transform(
                          np.asarray(emb, np.float32))
   common = [c for c, _ in collections.Counter(categories).most_common(top)]
   cats = np.asarray(categories)

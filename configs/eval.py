@@ -1,0 +1,59 @@
+r"""Evaluation: retrieval (graded), baselines, probes, plots, report, export.
+
+  python -m dashclip_jax.evaluation.run --config=configs/eval.py:fashion \
+      --config.checkpoint=/tmp/dc/stage2 --workdir=/tmp/dc_eval
+  python -m dashclip_jax.evaluation.run --config=configs/eval.py:synthetic \
+      --config.checkpoint=/tmp/dc/stage2 --workdir=/tmp/dc_eval_syn
+
+Variants:
+  fashion    the real catalog layout (styles.csv + images/<id>.jpg): rank
+             every `data.split` product for each query of `data.qrels_path`.
+  synthetic  the embedded synthetic catalog (dashclip_jax.data.synthetic).
+
+Any graded query file in the `query_id, query, product_id, label` layout can
+be evaluated against any catalog: --config.data.catalog_dir=...
+--config.data.qrels_path=... --config.data.split=test.
+Add the un-adapted start point as a baseline with
+--config.init_checkpoint=DIR --config.baselines='("bm25","minilm","init")'.
+"""
+
+import ml_collections
+
+from dashclip_jax import config_lib
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, variant="fashion")
+  v = arg.variant
+  if v not in ("fashion", "synthetic"):
+    raise ValueError(f"unknown eval variant {v!r}: fashion or synthetic")
+  c = ml_collections.ConfigDict()
+  c.checkpoint = ""        # Model dir or training workdir (dashclip_jax.load).
+  c.init_checkpoint = ""   # For the "init" baseline: the un-adapted model.
+  c.batch_size = 32        # Encoder batch (one compiled shape).
+  c.data = ml_collections.ConfigDict(dict(
+      source="csv" if v == "fashion" else "synthetic",
+      catalog_dir="../shared/data/fashion" if v == "fashion" else "",
+      catalog_file="styles.csv",  # Table inside catalog_dir (CSV/Parquet).
+      qrels_path="",              # "": <catalog_dir>/qrels_test.csv.
+      split="test",               # Products ranked; "all": the whole table.
+      probe_split="train",        # Aisle probe trains on this split ...
+      max_probe_products=2000,    # ... at most this many (encoding cost).
+      # Only for source="synthetic" (the arguments of synthetic_data).
+      synthetic=dict(num_products=400, num_test_queries=60, image_size=96,
+                     seed=0),
+  ))
+  # Systems besides "dashclip": "bm25", "minilm" (titles only) and "init".
+  c.baselines = ["bm25", "minilm"]
+  c.knn = ml_collections.ConfigDict(dict(
+      depth=0,          # Ranked products per query; 0: the whole catalog.
+      mesh_axis="data",
+      ann="hnsw",       # faiss index for the ANN recall: hnsw, ivf, flat.
+      ann_k=10,
+  ))
+  c.probes = ml_collections.ConfigDict(dict(
+      aisle=True, relevance=True, zeros_per_query=20, seed=0))
+  c.plots = ml_collections.ConfigDict(dict(enabled=True, tsne_top=10))
+  c.export = ml_collections.ConfigDict(dict(
+      enabled=True, index="hnsw", dir=""))  # "": <workdir>/export.
+  return c

@@ -1,0 +1,214 @@
+"""The evaluation job end to end: tiny catalogs, a fake and a real model."""
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dashclip_jax.evaluation import baselines
+from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import run as run_lib
+from dashclip_jax.evaluation import search as search_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _eval_config(arg):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "eval_config", os.path.join(REPO, "configs", "eval.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+class HashModel:
+  """Bag of hashed title/query words: integer vectors, exact dot products."""
+
+  def __init__(self, dim=64):
+    self.dim = dim
+    self.product_calls = 0
+
+  def _embed(self, texts):
+    out = np.zeros((len(texts), self.dim), np.float32)
+    for i, t in enumerate(texts):
+      for w in baselines.bm25_tokenize(t):
+        out[i, zlib.crc32(w.encode()) % self.dim] += 1
+    return out
+
+  def encode_product(self, images, titles):
+    assert len(images) == len(titles) and images[0].ndim == 3
+    self.product_calls += 1
+    return self._embed(titles)
+
+  def encode_query(self, texts):
+    return self._embed(texts)
+
+
+TITLES = [  # id, title, category, split
+    ("10", "Acme Men Blue Shirt", "Shirts", "test"),
+    ("11", "Acme Men Red Shirt", "Shirts", "test"),
+    ("12", "Bolt Women Blue Heels", "Heels", "test"),
+    ("13", "Bolt Women Black Heels", "Heels", "test"),
+    ("14", "Core Unisex Black Watch", "Watches", "test"),
+    ("15", "Core Men Steel Watch", "Watches", "test"),
+    ("20", "Acme Men Green Shirt", "Shirts", "train"),
+    ("21", "Acme Men White Shirt", "Shirts", "train"),
+    ("22", "Bolt Women Red Heels", "Heels", "train"),
+    ("23", "Bolt Women Gold Heels", "Heels", "train"),
+    ("24", "Core Women Gold Watch", "Watches", "train"),
+    ("25", "Core Men Black Watch", "Watches", "train"),
+]
+QRELS = [  # query_id, query, product_id, label
+    ("q1", "men blue shirt", "10", 2), ("q1", "men blue shirt", "11", 1),
+    ("q2", "black heels", "13", 2), ("q2", "black heels", "12", 1),
+    ("q3", "black watch", "14", 2), ("q3", "black watch", "15", 1),
+    ("q4", "women heels", "12", 2), ("q4", "women heels", "13", 2),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_catalog(tmp_path_factory):
+  root = tmp_path_factory.mktemp("catalog")
+  os.makedirs(root / "images")
+  with open(root / "styles.csv", "w") as f:
+    f.write("id,gender,masterCategory,subCategory,articleType,baseColour,"
+            "season,year,usage,productDisplayName,split\n")
+    for i, (pid, title, cat, split) in enumerate(TITLES):
+      f.write(f"{pid},Men,Apparel,Topwear,{cat},Blue,Fall,2011,Casual,"
+              f"{title},{split}\n")
+      Image.fromarray(np.full((24, 18, 3), 20 * i, np.uint8)).save(
+          root / "images" / f"{pid}.jpg")
+  with open(root / "qrels_test.csv", "w") as f:
+    f.write("query_id,query,product_id,label\n")
+    for row in QRELS:
+      f.write(",".join(map(str, row)) + "\n")
+  return str(root)
+
+
+def _fashion_cfg(catalog_dir, **overrides):
+  cfg = _eval_config("fashion")
+  cfg.data.catalog_dir = catalog_dir
+  cfg.data.max_probe_products = 0
+  cfg.probes.zeros_per_query = 2
+  for k, v in overrides.items():
+    node = cfg
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return cfg
+
+
+def test_end_to_end_fake_model(tiny_catalog, tmp_path):
+  cfg = _fashion_cfg(tiny_catalog, baselines=["bm25", "minilm"])
+  model = HashModel()
+  out = run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": model})
+  test_titles = [t for _, t, _, s in TITLES if s == "test"]
+  queries = ["men blue shirt", "black heels", "black watch", "women heels"]
+  labels = np.zeros((4, 6), int)
+  pos = {pid: j for j, (pid, _, _, s) in enumerate(TITLES[:6])}
+  for qi, (qid, _, pid, lab) in enumerate(QRELS):
+    labels[int(qid[1]) - 1, pos[pid]] = lab
+  ids = ["q1", "q2", "q3", "q4"]
+  # The job's sharded KNN + metrics == numpy ranking + metrics.
+  want = metrics.retrieval_metrics(
+      metrics.rank_by_score(model.encode_query(queries) @
+                            model.encode_product([np.zeros((2, 2, 3))] * 6,
+                                                 test_titles).T),
+      labels, ids)
+  for k, v in want.items():
+    assert out["dashclip"][k] == pytest.approx(v), k
+  want_bm25 = metrics.retrieval_metrics(
+      metrics.rank_by_score(baselines.bm25_scores(queries, test_titles)),
+      labels, ids)
+  assert out["bm25"] == pytest.approx(want_bm25)
+  # Hand check of one figure: q1 ranks 10 first (2 words + shirt), so R@1=1.
+  assert out["dashclip"]["recall@1"] >= 0.75
+  # Probes ran on train -> test: titles name the category, so the hashed
+  # bag of words separates the three aisles exactly.
+  assert out["dashclip"]["aisle_acc"] == 1.0
+  assert set(run_lib.METRIC_KEYS) <= set(out["dashclip"])
+  assert set(run_lib.METRIC_KEYS) <= set(out["minilm"])
+  assert "aisle_acc" not in out["bm25"]
+  # Files: metrics.json == returned, report table, plots, export.
+  with open(tmp_path / "metrics.json") as f:
+    assert json.load(f) == out  # JSON floats round-trip exactly.
+  report = (tmp_path / "report.md").read_text()
+  assert "| dashclip | " in report and "| bm25 | " in report
+  for name in ("dashclip", "minilm"):
+    for kind in ("tsne", "cosine"):
+      assert (tmp_path / f"{kind}_{name}.png").stat().st_size > 1000
+  ids_out, emb = export_lib.read_embeddings(str(tmp_path / "export"))
+  assert ids_out == ["10", "11", "12", "13", "14", "15"]
+  np.testing.assert_array_equal(emb, model._embed(test_titles))
+  np.testing.assert_array_equal(np.load(tmp_path / "export" / "products.npy"),
+                                emb)
+  qids, qemb = export_lib.read_embeddings(str(tmp_path / "export"), "queries")
+  assert qids == ids
+  np.testing.assert_array_equal(qemb, model.encode_query(queries))
+
+
+def test_export_index_query_round_trip(tmp_path):
+  model = HashModel(dim=128)
+  titles = [f"brand{i} colour{i % 7} item{i % 11}" for i in range(300)]
+  ids = [f"p{i}" for i in range(300)]
+  emb = model._embed(titles)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  export_lib.export_embeddings(str(tmp_path), ids, titles, emb,
+                               index_kind="hnsw")
+  index = export_lib.ExportedIndex(str(tmp_path))
+  # A query equal to a title finds that product first with cosine 1.
+  hits = search_lib.search(index, model, [titles[42], titles[7]], k=5)
+  assert hits[0][0][:2] == ("p42", titles[42])
+  assert hits[0][0][2] == pytest.approx(np.linalg.norm(
+      model._embed([titles[42]])))
+  assert hits[1][0][0] == "p7"
+  assert len(hits[0]) == 5
+  text = search_lib.format_results(["x"], hits[:1])
+  assert "p42" in text.splitlines()[1] and titles[42] in text
+  with pytest.raises(ValueError, match=r"\(1, 3\) do not match .* 128"):
+    index.search(np.ones((1, 3)), 2)
+  with pytest.raises(FileNotFoundError, match="manifest.json missing"):
+    export_lib.ExportedIndex(str(tmp_path / "nope"))
+
+
+def test_config_errors_are_clear(tiny_catalog, tmp_path):
+  with pytest.raises(ValueError, match=r"unknown \['bm52'\]"):
+    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=["bm52"]),
+                     str(tmp_path), models={"dashclip": HashModel()})
+  with pytest.raises(ValueError, match="'init' but config.init_checkpoint"):
+    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=["init"]),
+                     str(tmp_path), models={"dashclip": HashModel()})
+  with pytest.raises(FileNotFoundError, match="catalog table not found"):
+    run_lib.evaluate(_fashion_cfg(str(tmp_path)), str(tmp_path),
+                     models={"dashclip": HashModel()})
+  with pytest.raises(ValueError, match="unknown eval variant 'fasion'"):
+    _eval_config("fasion")
+
+
+def test_qrels_naming_a_product_outside_the_split_is_an_error(tiny_catalog,
+                                                               tmp_path):
+  qrels = tmp_path / "q.csv"
+  qrels.write_text("query_id,query,product_id,label\nq1,men shirt,10,2\n"
+                   "q1,men shirt,20,2\n")  # 20 is a train product.
+  cfg = _fashion_cfg(tiny_catalog, baselines=[], **{
+      "data.qrels_path": str(qrels)})
+  with pytest.raises(ValueError, match="20"):
+    run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": HashModel()})
+
+
+def test_cli_rejects_unknown_config_key(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "dashclip_jax.evaluation.run",
+       "--config=configs/eval.py:synthetic", "--config.data.catalgo_dir=x",
+       f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+      timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+  assert proc.returncode != 0
+  assert "catalgo_dir" in proc.stderr

@@ -118,7 +118,8 @@ class Catalog:
         category=np.asarray(self.category)[idx].astype(np.int32),
         category_names=self.category_names,
         split=[self.split[i] for i in idx],
-        images=[self.images[i] for i in idx],
+        images=(self.images.take(idx) if hasattr(self.images, "take")
+                else [self.images[i] for i in idx]),
         where=[self.where[i] for i in idx],
         attributes={k: [v[i] for i in idx] for k, v in self.attributes.items()},
         bad=self.bad)

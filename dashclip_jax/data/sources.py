@@ -1,0 +1,103 @@
+"""Picks the data named by a config: synthetic (default), fashion, csv, tfds.
+
+`load_sources(config.data)` returns train/test catalogs and relevance sets,
+ready for `pipelines.stage1_dataset` / `stage2_dataset` / eval datasets.
+Config fields are listed in `dashclip_jax/data/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import synthetic
+
+SOURCES = ("synthetic", "fashion", "table", "tfds")
+
+
+@dataclasses.dataclass
+class Sources:
+  """Train/test catalogs and the relevance data over each."""
+  train_catalog: catalog_lib.Catalog
+  test_catalog: catalog_lib.Catalog
+  train_relevance: relevance_lib.Relevance | None
+  test_relevance: relevance_lib.Relevance | None
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+  if isinstance(cfg, Mapping):
+    return cfg.get(key, default)
+  return getattr(cfg, key, default) if cfg is not None else default
+
+
+def load_sources(cfg: Any = None) -> Sources:
+  """Loads the data a config names.
+
+  Args:
+    cfg: ConfigDict/dict with `source` in SOURCES (default "synthetic") and:
+      synthetic: `synthetic` (dict of `synthetic.synthetic_data` kwargs);
+      fashion: `path` (folder with styles.csv, relevance_train.csv,
+        qrels_test.csv);
+      table: `catalog_path` (CSV/Parquet), `columns` (dict of
+        CatalogColumns fields), optional `relevance_train_path`,
+        `relevance_test_path`;
+      tfds: `tfds_dir` (holding dashclip_catalog [+ dashclip_relevance]).
+      All: `max_bad_fraction` (0.01), `test_fraction` (0.1, hash split when
+      the catalog has no split column).
+
+  Returns:
+    Sources; relevance entries are None where the data has none.
+  """
+  source = _get(cfg, "source", "synthetic")
+  max_bad = float(_get(cfg, "max_bad_fraction", 0.01))
+  test_fraction = float(_get(cfg, "test_fraction", 0.1))
+  if source == "synthetic":
+    d = synthetic.synthetic_data(**dict(_get(cfg, "synthetic", None) or {}))
+    return Sources(d.train_catalog, d.test_catalog, d.train, d.test)
+
+  def rel(path, cat):
+    if not path:
+      return None
+    return relevance_lib.load_relevance(path, cat, max_bad_fraction=max_bad)
+
+  if source == "fashion":
+    root = _get(cfg, "path")
+    if not root or not os.path.isdir(root):
+      raise FileNotFoundError(f"data.path {root!r} is not a directory")
+    cat = catalog_lib.load_catalog(
+        os.path.join(root, "styles.csv"), catalog_lib.FASHION_COLUMNS,
+        test_fraction=test_fraction, max_bad_fraction=max_bad)
+    train, test = cat.subset("train"), cat.subset("test")
+    opt = lambda n: (os.path.join(root, n)
+                     if os.path.isfile(os.path.join(root, n)) else None)
+    return Sources(train, test, rel(opt("relevance_train.csv"), train),
+                   rel(opt("qrels_test.csv"), test))
+  if source == "table":
+    columns = catalog_lib.CatalogColumns(**dict(_get(cfg, "columns", None)
+                                                or {}))
+    cat = catalog_lib.load_catalog(
+        _get(cfg, "catalog_path"), columns, test_fraction=test_fraction,
+        max_bad_fraction=max_bad)
+    train, test = cat.subset("train"), cat.subset("test")
+    return Sources(train, test, rel(_get(cfg, "relevance_train_path"), train),
+                   rel(_get(cfg, "relevance_test_path"), test))
+  if source == "tfds":
+    # Imported here only: tensorflow-datasets is an optional extra.
+    from dashclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+    d = _get(cfg, "tfds_dir")
+    cat = tfds_builders.load_catalog_tfds(d, test_fraction=test_fraction,
+                                          max_bad_fraction=max_bad)
+    train, test = cat.subset("train"), cat.subset("test")
+    rels = {}
+    if os.path.isdir(os.path.join(d, "dashclip_relevance")):
+      for split, c in (("train", train), ("test", test)):
+        try:
+          rels[split] = tfds_builders.load_relevance_tfds(
+              d, split, c, max_bad_fraction=max_bad)
+        except (KeyError, ValueError):
+          rels[split] = None
+    return Sources(train, test, rels.get("train"), rels.get("test"))
+  raise ValueError(f"data.source {source!r} not in {SOURCES}")

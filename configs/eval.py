@@ -44,7 +44,7 @@ def get_config(arg=None):
                      seed=0),
   ))
   # Systems besides "dashclip": "bm25", "minilm" (titles only) and "init".
-  c.baselines = ["bm25", "minilm"]
+  c.baselines = ("bm25", "minilm")
   c.knn = ml_collections.ConfigDict(dict(
       depth=0,          # Ranked products per query; 0: the whole catalog.
       mesh_axis="data",

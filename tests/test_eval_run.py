@@ -107,7 +107,7 @@ def _fashion_cfg(catalog_dir, **overrides):
 
 
 def test_end_to_end_fake_model(tiny_catalog, tmp_path):
-  cfg = _fashion_cfg(tiny_catalog, baselines=["bm25", "minilm"])
+  cfg = _fashion_cfg(tiny_catalog, baselines=("bm25", "minilm"))
   model = HashModel()
   out = run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": model})
   test_titles = [t for _, t, _, s in TITLES if s == "test"]
@@ -181,10 +181,10 @@ def test_export_index_query_round_trip(tmp_path):
 
 def test_config_errors_are_clear(tiny_catalog, tmp_path):
   with pytest.raises(ValueError, match=r"unknown \['bm52'\]"):
-    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=["bm52"]),
+    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=("bm52",)),
                      str(tmp_path), models={"dashclip": HashModel()})
   with pytest.raises(ValueError, match="'init' but config.init_checkpoint"):
-    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=["init"]),
+    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=("init",)),
                      str(tmp_path), models={"dashclip": HashModel()})
   with pytest.raises(FileNotFoundError, match="catalog table not found"):
     run_lib.evaluate(_fashion_cfg(str(tmp_path)), str(tmp_path),
@@ -198,7 +198,7 @@ def test_qrels_naming_a_product_outside_the_split_is_an_error(tiny_catalog,
   qrels = tmp_path / "q.csv"
   qrels.write_text("query_id,query,product_id,label\nq1,men shirt,10,2\n"
                    "q1,men shirt,20,2\n")  # 20 is a train product.
-  cfg = _fashion_cfg(tiny_catalog, baselines=[], **{
+  cfg = _fashion_cfg(tiny_catalog, baselines=(), **{
       "data.qrels_path": str(qrels)})
   with pytest.raises(ValueError, match="20"):
     run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": HashModel()})
@@ -212,3 +212,57 @@ def test_cli_rejects_unknown_config_key(tmp_path):
       timeout=120, env={**os.environ, "PYTHONPATH": REPO})
   assert proc.returncode != 0
   assert "catalgo_dir" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+  import jax  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("ckpts")
+  config = model_lib.model_config("tiny")
+  dirs = []
+  for seed in (0, 1):
+    dirs.append(checkpoint_io.save_model_dir(
+        str(root / f"m{seed}"), model_lib.init_params(
+            config, jax.random.key(seed)), config))
+  return dirs
+
+
+def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
+                                                       tmp_path):
+  import dashclip_jax  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  cfg = _eval_config("synthetic")
+  cfg.checkpoint, cfg.init_checkpoint = tiny_checkpoints
+  cfg.baselines = ("init", "bm25")
+  cfg.plots.enabled = False
+  cfg.data.max_probe_products = 60
+  out = run_lib.evaluate(cfg, str(tmp_path))
+  assert set(out) == {"dashclip", "init", "bm25"}
+  # Two different random models: different numbers, both in range.
+  assert out["dashclip"]["ndcg@10"] != out["init"]["ndcg@10"]
+  for m in out.values():
+    assert 0.0 <= m["ndcg@10"] <= 1.0 and m["recall@50"] >= m["recall@1"]
+  # The export holds exactly what the public inference API computes.
+  data = synthetic.synthetic_data(**cfg.data.synthetic.to_dict())
+  cat = data.test_catalog
+  model = dashclip_jax.load(tiny_checkpoints[0])
+  ids, emb = export_lib.read_embeddings(str(tmp_path / "export"))
+  assert ids == list(cat.ids)
+  want = model.encode_product([cat.load_image(i) for i in range(5)],
+                              list(cat.titles[:5]))
+  np.testing.assert_allclose(emb[:5], want, atol=1e-5)
+  # The CLI prints what the Python search returns.
+  query = data.test.queries[0]
+  hits = search_lib.search(export_lib.ExportedIndex(str(tmp_path / "export")),
+                           model, [query], k=3)[0]
+  proc = subprocess.run(
+      [sys.executable, "-m", "dashclip_jax.evaluation.search",
+       f"--export_dir={tmp_path / 'export'}", f"--query={query}", "--k=3"],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, "PYTHONPATH": REPO})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0] == f"query: {query}"
+  assert [ln.split()[2] for ln in lines[1:]] == [h[0] for h in hits]

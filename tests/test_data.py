@@ -1,0 +1,328 @@
+"""Catalog/relevance loading, bad-record counting, synthetic data, augment."""
+
+import io
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+import pytest
+
+from dashclip_jax.data import augment
+from dashclip_jax.data import bad_records as br
+from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import synthetic
+
+FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                       "data", "fashion")
+HEADER = "id,title,category,image,split\n"
+
+
+def _jpeg(path, seed, size=(40, 32)):
+  rng = np.random.default_rng(seed)
+  Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), np.uint8)).save(
+      path, quality=90)
+
+
+def _write_catalog(tmp_path, lines, n_images=10):
+  root = tmp_path / "cat"
+  (root / "images").mkdir(parents=True)
+  for i in range(n_images):
+    _jpeg(root / "images" / f"{i}.jpg", i)
+  (root / "catalog.csv").write_text(HEADER + "".join(lines))
+  return root
+
+
+def _good_lines(n):
+  return [f"{i},Product {i} title,cat{i % 3},images/{i}.jpg,train\n"
+          for i in range(n)]
+
+
+def test_catalog_reads_columns_and_aligns_images(tmp_path):
+  root = _write_catalog(tmp_path, _good_lines(10))
+  cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  assert cat.ids == [str(i) for i in range(10)]
+  assert cat.titles[3] == "Product 3 title"
+  assert cat.category_names == ["cat0", "cat1", "cat2"]
+  np.testing.assert_array_equal(cat.category, [i % 3 for i in range(10)])
+  expected = np.asarray(Image.open(root / "images" / "7.jpg").convert("RGB"))
+  np.testing.assert_array_equal(cat.load_image(7), expected)
+  assert cat.where[0] == "catalog.csv line 2"
+  assert cat.bad.num_bad == 0
+
+
+def test_every_planted_bad_catalog_row_is_counted_and_named(tmp_path):
+  lines = _good_lines(10)
+  outside = tmp_path / "outside.jpg"
+  _jpeg(outside, 99)
+  lines += [
+      "10,Title, with comma,cat0,images/1.jpg,train\n",   # line 12: 6 fields
+      "11,,cat0,images/1.jpg,train\n",                     # line 13: no title
+      "12,Twelve,cat0,images/missing.jpg,train\n",         # line 14
+      "13,Thirteen,cat0,../outside.jpg,train\n",           # line 15: escapes
+      f"14,Fourteen,cat0,{outside},train\n",               # line 16: absolute
+      "3,Duplicate,cat0,images/3.jpg,train\n",             # line 17
+      ",No id,cat0,images/3.jpg,train\n",                  # line 18
+  ]
+  root = _write_catalog(tmp_path, lines)
+  cat = catalog_lib.load_catalog(str(root / "catalog.csv"),
+                                 max_bad_fraction=0.5)
+  assert len(cat) == 10
+  bad = cat.bad
+  bad.max_culprits = 10
+  assert dict(bad.counts) == {
+      "malformed row": 1, "empty title": 1, "missing image": 1,
+      "path escapes catalog root": 2, "duplicate id": 1, "missing id": 1}
+  assert bad.seen == 17
+  # Culprits name file and line, in file order.
+  lines_named = [c.split(":")[0] for c in bad.culprits]
+  assert lines_named == [f"catalog.csv line {n}" for n in (12, 13, 14, 15, 16)]
+  assert "6 fields, expected 5" in bad.culprits[0]
+  summary = bad.summary()
+  assert "skipped 7 of 17" in summary and "catalog.csv line 12" in summary
+
+
+def test_too_many_bad_rows_stop_with_a_clear_error(tmp_path):
+  lines = _good_lines(3) + [f"{i},T,cat0,images/none{i}.jpg,train\n"
+                            for i in range(3, 6)]
+  root = _write_catalog(tmp_path, lines)
+  with pytest.raises(br.BadDataError, match=r"catalog.csv line 5: missing "
+                     r"image.*max_bad_fraction=0.1"):
+    catalog_lib.load_catalog(str(root / "catalog.csv"), max_bad_fraction=0.1)
+
+
+def test_check_images_counts_corrupt_files(tmp_path):
+  root = _write_catalog(tmp_path, _good_lines(10))
+  (root / "images" / "4.jpg").write_bytes(b"not a jpeg at all")
+  cat = catalog_lib.load_catalog(str(root / "catalog.csv"), check_images=True,
+                                 max_bad_fraction=0.2)
+  assert "4" not in cat.ids and len(cat) == 9
+  assert cat.bad.counts == {"corrupt image": 1}
+  assert cat.bad.culprits[0].startswith("catalog.csv line 6: corrupt image")
+
+
+def test_missing_split_column_uses_deterministic_hash(tmp_path):
+  root = tmp_path / "c"
+  (root / "images").mkdir(parents=True)
+  for i in range(50):
+    _jpeg(root / "images" / f"{i}.jpg", i, size=(8, 8))
+  (root / "styles.csv").write_text(
+      "id,productDisplayName,articleType\n" +
+      "".join(f"{i},Title {i},Shirts\n" for i in range(50)))
+  cat = catalog_lib.load_catalog(str(root / "styles.csv"), test_fraction=0.3)
+  assert cat.split == [catalog_lib.hash_split(str(i), 0.3) for i in range(50)]
+  assert 5 < cat.split.count("test") < 25
+  assert len(cat.subset("train")) + len(cat.subset("test")) == 50
+
+
+def test_parquet_with_image_bytes_matches_csv_with_files(tmp_path):
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  root = _write_catalog(tmp_path, _good_lines(6))
+  csv_cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  table = pa.table({
+      "sku": [f"{i}" for i in range(6)],
+      "name": [f"Product {i} title" for i in range(6)],
+      "aisle": [f"cat{i % 3}" for i in range(6)],
+      "jpeg": [(root / "images" / f"{i}.jpg").read_bytes() for i in range(6)],
+  })
+  pq.write_table(table, tmp_path / "cat.parquet")
+  cols = catalog_lib.CatalogColumns(id="sku", title="name", category="aisle",
+                                    image=None, image_bytes="jpeg")
+  pq_cat = catalog_lib.load_catalog(str(tmp_path / "cat.parquet"), cols)
+  assert pq_cat.ids == csv_cat.ids and pq_cat.titles == csv_cat.titles
+  np.testing.assert_array_equal(pq_cat.category, csv_cat.category)
+  for i in range(6):
+    np.testing.assert_array_equal(pq_cat.load_image(i), csv_cat.load_image(i))
+  assert pq_cat.where[2] == "cat.parquet row 2"
+
+
+def test_wrong_column_mapping_names_the_columns(tmp_path):
+  root = _write_catalog(tmp_path, _good_lines(3))
+  cols = catalog_lib.CatalogColumns(title="productDisplayName")
+  with pytest.raises(ValueError, match="productDisplayName"):
+    catalog_lib.load_catalog(str(root / "catalog.csv"), cols)
+
+
+def test_every_planted_bad_relevance_row_is_counted_and_named(tmp_path):
+  root = _write_catalog(tmp_path, _good_lines(5))
+  cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  rows = [
+      "q1,red shirt,0,2", "q1,red shirt,1,1", "q2,blue bag,2,0",
+      "q2,blue bag,3,2",
+      "q3,hat,999,2",            # line 6: unknown product
+      "q3,hat,1,3",              # line 7: label outside
+      "q3,hat,1,x",              # line 8: label not a number
+      ",,1,2",                   # line 9: empty query
+      "q1,red shirt,0,1",        # line 10: duplicate pair
+      "q4,too,many,fields,2",    # line 11: malformed
+      "q2,green bag,4,2",        # line 12: query text differs
+  ]
+  path = tmp_path / "rel.csv"
+  path.write_text("query_id,query,product_id,label\n" + "\n".join(rows) + "\n")
+  rel = relevance_lib.load_relevance(str(path), cat, max_bad_fraction=0.9)
+  assert len(rel) == 4 and rel.queries == ["red shirt", "blue bag"]
+  np.testing.assert_array_equal(rel.label, [2, 1, 0, 2])
+  np.testing.assert_array_equal(rel.product, [0, 1, 2, 3])
+  assert dict(rel.bad.counts) == {
+      "unknown product": 1, "label outside {0,1,2}": 2, "empty query": 1,
+      "duplicate pair": 1, "malformed row": 1, "query text differs": 1}
+  assert [c.split(":")[0] for c in rel.bad.culprits] == [
+      f"rel.csv line {n}" for n in (6, 7, 8, 9, 10)]
+  assert rel.qrels() == [{0: 2, 1: 1}, {3: 2}]
+  with pytest.raises(br.BadDataError, match="rel.csv line 6"):
+    relevance_lib.load_relevance(str(path), cat, max_bad_fraction=0.2)
+
+
+def test_synthetic_data_is_deterministic_and_follows_its_rules():
+  d = synthetic.synthetic_data()
+  again = synthetic.synthetic_data.__wrapped__()  # Bypass the cache.
+  assert d.catalog.ids == again.catalog.ids
+  assert d.catalog.titles == again.catalog.titles
+  assert d.train.queries == again.train.queries
+  np.testing.assert_array_equal(d.train.label, again.train.label)
+  assert all(d.catalog.image_bytes(i) == again.catalog.image_bytes(i)
+             for i in range(len(d.catalog)))
+  assert 300 <= len(d.catalog) <= 500
+  assert set(d.catalog.split) == {"train", "test"}
+  # Every judged pair carries the rule's label.
+  by_id = {p.id: p for p in d.products}
+  text_to_query = {}
+  for rel, cat in ((d.train, d.train_catalog), (d.test, d.test_catalog)):
+    for q, p, lab in zip(rel.query, rel.product, rel.label):
+      product = by_id[cat.ids[p]]
+      query = text_to_query.setdefault(rel.queries[q], _parse(rel.queries[q]))
+      assert synthetic.label(query, product) == lab
+    assert set(np.unique(rel.label)) <= {0, 1, 2}
+  # Test qrels are complete: every label>0 test product is listed.
+  qrels = d.test.qrels()
+  for q, text in enumerate(d.test.queries):
+    want = {i for i, pid in enumerate(d.test_catalog.ids)
+            if synthetic.label(_parse(text), by_id[pid]) > 0}
+    assert set(qrels[q]) == want
+
+
+def _parse(text):
+  words = text.split()
+  kw = {"type": next(t for t in synthetic.TYPES if t.lower() == words[-1])}
+  for w in words[:-1]:
+    for attr, values in (("gender", synthetic.GENDERS),
+                         ("colour", synthetic.COLOURS),
+                         ("pattern", synthetic.PATTERNS),
+                         ("brand", synthetic.BRANDS)):
+      for v in values:
+        if v.lower() == w:
+          kw[attr] = v
+  return synthetic.Query(**kw)
+
+
+def test_synthetic_images_follow_attributes():
+  d = synthetic.synthetic_data()
+  masks = {}
+  for i, p in enumerate(d.products[:120]):
+    img = d.catalog.load_image(i).astype(np.int32)
+    fg = np.abs(img - 255).sum(-1) > 30
+    if p.pattern == "Solid" and p.colour != "White":
+      # Fill colour: the median foreground pixel is the product's colour.
+      med = np.median(img[fg], axis=0)
+      assert np.abs(med - synthetic.COLOURS[p.colour]).max() <= 15, p
+    assert p.colour.lower() in d.catalog.titles[i].lower()
+    assert d.catalog.category_names[d.catalog.category[i]] == p.type
+    masks.setdefault(p.type, []).append(fg)
+  # Shape follows type: masks of one type overlap more than across types.
+  iou = lambda a, b: (a & b).sum() / max((a | b).sum(), 1)
+  types = sorted(masks)
+  for t in types:
+    same = np.mean([iou(a, b) for a in masks[t][:3] for b in masks[t][3:6]])
+    other = np.mean([iou(masks[t][0], masks[u][0]) for u in types if u != t])
+    assert same > other, t
+
+
+def test_real_fashion_catalog_when_present():
+  if not os.path.isfile(os.path.join(FASHION, "styles.csv")):
+    pytest.skip("real fashion catalog not present")
+  cat = catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv"))
+  assert len(cat) == 11882 and cat.bad.num_bad == 0
+  assert len(cat.category_names) == 113
+  assert cat.split.count("train") == 10697 and cat.split.count("test") == 1185
+  train, test = cat.subset("train"), cat.subset("test")
+  rel = relevance_lib.load_relevance(
+      os.path.join(FASHION, "relevance_train.csv"), train)
+  qrels = relevance_lib.load_relevance(
+      os.path.join(FASHION, "qrels_test.csv"), test)
+  assert rel.bad.num_bad == 0 and qrels.bad.num_bad == 0
+  assert rel.num_queries == 3452 and qrels.num_queries == 600
+  assert qrels.label.min() >= 1
+  # Train relevance names only train products: against the test split every
+  # row is an unknown product, counted and refused.
+  with pytest.raises(br.BadDataError, match="unknown product"):
+    relevance_lib.load_relevance(os.path.join(FASHION, "qrels_test.csv"),
+                                 train)
+  img = cat.load_image(0)
+  assert img.shape == (128, 128, 3) and img.dtype == np.uint8
+
+
+# --- augmentation ----------------------------------------------------------
+
+
+def _photo(seed=0, h=60, w=80):
+  rng = np.random.default_rng(seed)
+  base = rng.integers(40, 200, (h // 4, w // 4, 3), np.uint8)
+  return np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR))
+
+
+def test_crop_params_follow_random_resized_crop():
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    top, left, h, w = augment.crop_params(rng, 60, 80, (0.5, 1.0))
+    assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80
+    area = h * w / (60 * 80)
+    assert 0.45 <= area <= 1.0
+    assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+  # No try fits a 1x100 strip: centre crop clamped to the ratio range.
+  assert augment.crop_params(rng, 1, 100, (0.9, 1.0)) == (0, 49, 1, 1)
+
+
+def test_autocontrast_and_equalize_match_pil():
+  img = _photo(1)
+  np.testing.assert_array_equal(
+      augment.autocontrast(img), np.asarray(ImageOps.autocontrast(
+          Image.fromarray(img))))
+  np.testing.assert_array_equal(
+      augment.equalize(img), np.asarray(ImageOps.equalize(
+          Image.fromarray(img))))
+
+
+def test_geometric_ops_at_magnitude_5():
+  img = _photo(2)
+  out = augment.translate_x(img, 5.0)
+  np.testing.assert_array_equal(out[:, :-5], img[:, 5:])
+  assert (out[:, -5:] == 128).all()
+  out = augment.translate_y(img, -5.0)
+  np.testing.assert_array_equal(out[5:], img[:-5])
+  # At M=5 brightness and sharpness have factor 1.0: no-ops, as in BLIP.
+  rng = np.random.default_rng(0)
+  for name in ("Brightness", "Sharpness", "Identity"):
+    np.testing.assert_array_equal(augment.apply_op(img, name, 5, rng), img)
+  # Rotation by +-15 degrees keeps the centre pixel.
+  rot = augment.apply_op(img, "Rotate", 5, rng)
+  np.testing.assert_allclose(rot[30, 40], img[30, 40], atol=3)
+
+
+def test_train_augment_is_a_function_of_the_rng():
+  img = _photo(3)
+  a = augment.train_augment(img, 48, np.random.default_rng(7), min_scale=0.2)
+  b = augment.train_augment(img, 48, np.random.default_rng(7), min_scale=0.2)
+  c = augment.train_augment(img, 48, np.random.default_rng(8), min_scale=0.2)
+  assert a.shape == (48, 48, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_decode_image_names_culprit():
+  with pytest.raises(catalog_lib.ImageError, match="styles.csv line 9"):
+    catalog_lib.decode_image(b"\x89PNG garbage", "styles.csv line 9")
+  buf = io.BytesIO()
+  Image.new("L", (5, 4), 77).save(buf, format="PNG")
+  out = catalog_lib.decode_image(buf.getvalue())
+  assert out.shape == (4, 5, 3) and (out == 77).all()

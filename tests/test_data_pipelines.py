@@ -1,6 +1,8 @@
 """grain pipelines: resume, sharding, alignment, workers, bad images, eval."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -263,3 +265,18 @@ def test_real_fashion_pipeline_when_present(tok):
     assert labels[(int(b["query_index"][i]), int(b["product_index"][i]))] >= 1
     for nq in b["neg_query_index"][i][b["neg_valid"][i]]:
       assert labels[(int(nq), int(b["product_index"][i]))] == 0
+
+
+def test_training_data_path_does_not_import_tensorflow():
+  code = (
+      "import sys\n"
+      "from dashclip_jax.data import sources, pipelines\n"
+      "s = sources.load_sources({'source': 'synthetic'})\n"
+      "b = next(iter(pipelines.stage1_dataset(s.train_catalog, batch_size=2,"
+      " image_size=16, shard=(0, 1))))\n"
+      "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+      " ('tensorflow', 'tensorflow_datasets')))\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True,
+                       cwd=os.path.join(os.path.dirname(__file__), ".."))
+  assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -20,6 +20,7 @@ code, so bad rows are still counted), with images read lazily per record.
 from __future__ import annotations
 
 import json
+import os
 from typing import Sequence
 
 import numpy as np
@@ -119,7 +120,15 @@ def prepare_catalog(catalog: catalog_lib.Catalog, data_dir: str) -> str:
   builder = DashclipCatalog(catalog=catalog, data_dir=data_dir,
                             file_format="array_record")
   builder.download_and_prepare()
+  # The category vocabulary may hold names no stored product uses (e.g. a
+  # split of a larger catalog); keep it so category indices do not move.
+  with open(_vocab_file(data_dir), "w") as f:
+    json.dump(list(catalog.category_names), f)
   return data_dir
+
+
+def _vocab_file(data_dir: str) -> str:
+  return os.path.join(data_dir, "dashclip_catalog", "category_names.json")
 
 
 def prepare_relevance(
@@ -204,6 +213,14 @@ def load_catalog_tfds(data_dir: str, *, test_fraction: float = 0.1,
     raise ValueError(f"tfds {data_dir}: {len(refs) - len(cat)} stored "
                      "products failed validation; the files are corrupt.")
   cat.images = TfdsImages(data_dir, refs)
+  if os.path.isfile(_vocab_file(data_dir)):
+    with open(_vocab_file(data_dir)) as f:
+      names = json.load(f)
+    lookup = {c: i for i, c in enumerate(names)}
+    cat.category = np.array(
+        [lookup[cat.category_names[c]] if c >= 0 else -1
+         for c in cat.category], np.int32)
+    cat.category_names = names
   return cat
 
 

@@ -407,8 +407,8 @@ def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
   """A TrainState born sharded on `mesh` (params from the logical axes).
 
   `params` (unboxed) replaces the random init, e.g. a converted checkpoint.
-  Optimizer state follows the params' shardings (XLA propagation through
-  `tx.init`); momentum copies share them; queues are replicated.
+  Optimizer moments and momentum copies take their param's sharding
+  (FSDP shards them too); counts and queues are replicated.
   """
   r_init, r_q = jax.random.split(rng)
   abstract = jax.eval_shape(
@@ -436,11 +436,18 @@ def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
 
   if mesh is None:
     return jax.jit(rest)(params, r_q)
-  # Params keep their shardings; the rest is left to propagation, then the
-  # replicated parts are pinned so the state's layout is explicit.
-  with jax.set_mesh(mesh):
-    return jax.jit(rest, in_shardings=(p_sh, shard_lib.replicated(mesh)))(
-        params, r_q)
+  rep = shard_lib.replicated(mesh)
+  abstract_state = jax.eval_shape(rest, params, r_q)
+  st_sh = TrainState(
+      step=rep, params=p_sh,
+      opt_state=shard_lib.shardings_like_params(
+          abstract_state.opt_state, params, p_sh, mesh),
+      params_m=None if abstract_state.params_m is None else
+      {n: p_sh[n] for n in MOMENTUM_MODULES},
+      queue=None if abstract_state.queue is None else
+      jax.tree.map(lambda _: rep, abstract_state.queue))
+  return jax.jit(rest, in_shardings=(p_sh, rep), out_shardings=st_sh)(
+      params, r_q)
 
 
 def state_shardings(state: TrainState) -> Any:

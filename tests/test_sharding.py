@@ -1,0 +1,107 @@
+"""Mesh construction, logical-axis param shardings, global batch assembly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from dashclip_jax import model as model_lib
+from dashclip_jax import sharding
+
+
+@pytest.mark.parametrize("cfg,want", [
+    ([("data", -1)], (8, 1, 1)),
+    ([("data", -1), ("fsdp", 1), ("tensor", 1)], (8, 1, 1)),
+    ([("data", 2), ("fsdp", -1)], (2, 4, 1)),
+    ([("fsdp", -1), ("tensor", 2)], (1, 4, 2)),
+    ([("data", 2), ("fsdp", 2), ("tensor", 2)], (2, 2, 2)),
+])
+def test_mesh_shape(cfg, want):
+  assert sharding.mesh_shape(cfg, 8) == want
+  mesh = sharding.make_mesh(cfg)
+  assert tuple(mesh.shape.values()) == want
+  assert mesh.axis_names == sharding.MESH_AXES
+
+
+@pytest.mark.parametrize("cfg,msg", [
+    ([("data", 3)], "do not divide"),
+    ([("data", -1), ("fsdp", -1)], "at most one -1"),
+    ([("batch", 8)], "unknown axes"),
+    ([("data", 2), ("fsdp", 2)], "uses 4 devices"),
+])
+def test_mesh_config_errors(cfg, msg):
+  with pytest.raises(ValueError, match=msg):
+    sharding.mesh_shape(cfg, 8)
+
+
+def test_undivisible_dims_are_replicated_not_uneven():
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
+  specs = {"a": P("embed", "mlp"), "b": P("vocab", "embed"), "c": P()}
+  shapes = {"a": jax.ShapeDtypeStruct((6, 3), jnp.float32),  # 3 % 2 != 0
+            "b": jax.ShapeDtypeStruct((5, 4), jnp.float32),  # 5 % 2 != 0
+            "c": jax.ShapeDtypeStruct((), jnp.float32)}
+  out = sharding.logical_to_sharding(specs, shapes, mesh)
+  assert out["a"].spec == P("fsdp", None)
+  assert out["b"].spec == P(None, "fsdp")
+  assert out["c"].spec == P()
+
+
+def test_model_param_shardings_follow_rules():
+  cfg = model_lib.model_config("tiny")
+  abstract = jax.eval_shape(lambda r: model_lib.init_params(cfg, r),
+                            jax.random.key(0))
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
+  sh = sharding.param_shardings(abstract, mesh)
+  mlp = sh["img"]["block_0"]["mlp"]["fc1"]
+  assert mlp["kernel"].spec == P("fsdp", "tensor")  # (embed, mlp)
+  assert mlp["bias"].spec == P("tensor")
+  q = sh["txt"]["layer_0"]["self_attn"]["query"]["kernel"]
+  assert q.spec == P("fsdp", "tensor", None)  # (embed, heads, kv)
+  assert sh["txt"]["word_embed"]["embedding"].spec == P("tensor", "fsdp")
+  assert sh["temp"].spec == P()
+  # Every sharded dim divides evenly.
+  shapes = model_lib.unbox(abstract)
+  for s, x in zip(jax.tree.leaves(sh), jax.tree.leaves(shapes)):
+    for dim, axes in zip(x.shape, s.spec):
+      if axes is not None:
+        names = (axes,) if isinstance(axes, str) else axes
+        assert dim % int(np.prod([mesh.shape[a] for a in names])) == 0
+
+
+def test_global_batch_is_sharded_over_data_and_fsdp():
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
+  local = {"ids": np.arange(8 * 3, dtype=np.int32).reshape(8, 3),
+           "product_id": np.arange(8, dtype=np.int32)}
+  g = sharding.global_batch(local, mesh)
+  np.testing.assert_array_equal(np.asarray(g["ids"]), local["ids"])
+  assert g["ids"].sharding.spec == P(("data", "fsdp"), None)
+  # 4 batch shards of 2 rows, each replicated over "tensor".
+  rows = sorted({tuple(np.asarray(s.data)[:, 0]) for s in
+                 g["ids"].addressable_shards})
+  assert rows == [(0, 3), (6, 9), (12, 15), (18, 21)]
+
+
+def test_global_batch_rejects_indivisible_batch():
+  mesh = sharding.make_mesh([("data", 8)])
+  with pytest.raises(ValueError, match="not divisible"):
+    sharding.global_batch({"ids": np.zeros((6, 2), np.int32)}, mesh)
+
+
+def test_state_is_born_sharded_and_adam_moments_follow_params():
+  from dashclip_jax import optim, train_steps
+  cfg = model_lib.model_config("tiny")
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
+  abstract = model_lib.unbox(jax.eval_shape(
+      lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
+  tx = optim.make_optimizer(optim.OptimConfig(), abstract)
+  state = train_steps.init_state(cfg, train_steps.StepConfig(), tx,
+                                 jax.random.key(0), mesh)
+  kernel = state.params["img"]["block_0"]["mlp"]["fc1"]["kernel"]
+  assert kernel.sharding.spec == P("fsdp", "tensor")
+  # Adam's mu/nu for that kernel: same layout as the param (FSDP memory).
+  moments = [x for x in jax.tree.leaves(state.opt_state)
+             if getattr(x, "shape", None) == kernel.shape]
+  assert moments and all(
+      m.sharding.is_equivalent_to(kernel.sharding, kernel.ndim)
+      for m in moments)

@@ -63,7 +63,7 @@ def test_stage1_resume_mid_epoch_gives_identical_batches(data, tok):
 
 def test_epochs_reshuffle_and_seed_changes_order(data, tok):
   cat = data.train_catalog.take(range(24))
-  ids = lambda ds: [b["product_index"].tolist() for b in ds]
+  ids = lambda ds: [b["product_id"].tolist() for b in ds]
   two = ids(_stage1(cat, tok, num_epochs=2))
   epoch1 = sum(two[:6], [])
   epoch2 = sum(two[6:], [])
@@ -80,13 +80,13 @@ def test_two_process_sharding_covers_the_epoch_exactly_once(data, tok):
     ds = _stage1(cat, tok, num_epochs=1, batch_size=3, shard=(index, 2))
     batches = list(ds)
     assert len(batches) == 7
-    seen.append(np.concatenate([b["product_index"] for b in batches]))
+    seen.append(np.concatenate([b["product_id"] for b in batches]))
   assert not set(seen[0]) & set(seen[1])
   assert sorted(np.concatenate(seen).tolist()) == list(range(42))
   # grain ShardOptions work the same way.
   import grain  # pylint: disable=g-import-not-at-top
   opt = grain.sharding.ShardOptions(shard_index=1, shard_count=2)
-  via_opt = np.concatenate([b["product_index"] for b in _stage1(
+  via_opt = np.concatenate([b["product_id"] for b in _stage1(
       cat, tok, num_epochs=1, batch_size=3, shard=opt)])
   np.testing.assert_array_equal(via_opt, seen[1])
 
@@ -94,7 +94,7 @@ def test_two_process_sharding_covers_the_epoch_exactly_once(data, tok):
 def test_stage1_image_title_category_stay_aligned(data, tok):
   cat = data.train_catalog.take(range(16))
   for batch in _stage1(cat, tok, num_epochs=1, augment=False):
-    for row, p in enumerate(batch["product_index"]):
+    for row, p in enumerate(batch["product_id"]):
       want_img = preprocess.normalize(
           preprocess.resize_square(cat.load_image(p), S))
       np.testing.assert_array_equal(batch["image"][row], want_img)
@@ -135,7 +135,7 @@ def test_corrupt_images_are_skipped_counted_and_named(data, tok):
                max_bad_fraction=0.2)
   it = iter(ds)
   batches = list(it)
-  got = np.concatenate([b["product_index"] for b in batches])
+  got = np.concatenate([b["product_id"] for b in batches])
   # 17 good examples -> 4 full batches; none of them is a bad one.
   assert len(batches) == 4 and len(set(got.tolist())) == 16
   assert not {2, 11, 17} & set(got.tolist())
@@ -163,7 +163,7 @@ def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
     b = next(it)
     assert b["neg_query_ids"].shape == (8, 3, 35)
     for i in range(8):
-      q, p = int(b["query_index"][i]), int(b["product_index"][i])
+      q, p = int(b["query_index"][i]), int(b["product_id"][i])
       assert labels[(q, p)] == b["label"][i] >= 1
       assert b["label_weight"][i] == (1.0 if b["label"][i] == 2 else 0.5)
       ids, _ = tok([tokenizer_lib.pre_caption(rel.queries[q])], 35)
@@ -173,7 +173,7 @@ def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
       np.testing.assert_array_equal(
           b["image"][i],
           preprocess.normalize(preprocess.resize_square(cat.load_image(p), S)))
-      rp = b["relevant_product_index"][i]
+      rp = b["relevant_product_ids"][i]
       assert sorted(rp[rp >= 0].tolist()) == sorted(relevant[q].tolist())
       negs = b["neg_query_index"][i][b["neg_valid"][i]]
       assert len(negs) == min(3, len(zero_queries[p]))
@@ -210,14 +210,19 @@ def test_eval_batches_pad_so_every_process_runs_the_same_count(data, tok):
     counts.append(len(ds))
     for b in ds:
       v = b["valid"].astype(bool)
-      assert (b["product_index"][~v] == -1).all()
+      assert (b["product_id"][~v] == -1).all()
       assert (b["image"][~v] == 0).all()
       for row in np.flatnonzero(v):
-        p = b["product_index"][row]
+        p = b["product_id"][row]
         np.testing.assert_allclose(
             b["image"][row], preprocess.eval_transform(cat.load_image(p), S))
-      seen += b["product_index"][v].tolist()
+      seen += b["product_id"][v].tolist()
   assert counts == [4, 4, 4]
+  # Stage-1 key names for the image-text eval.
+  b = pipelines.eval_products_dataset(cat, batch_size=8, image_size=S,
+                                      shard=(0, 1), tokenizer=tok,
+                                      text_prefix="")[0]
+  assert {"ids", "mask", "image", "product_id", "valid"} == set(b)
   assert sorted(seen) == list(range(len(cat)))
   qseen = []
   for index in range(2):
@@ -244,7 +249,7 @@ def test_real_fashion_pipeline_when_present(tok):
   next(it)
   state = it.get_state()
   b = next(it)
-  for row, p in enumerate(b["product_index"]):
+  for row, p in enumerate(b["product_id"]):
     path = os.path.join(FASHION, "images", f"{train.ids[p]}.jpg")
     want = preprocess.normalize(preprocess.resize_square(
         np.asarray(Image.open(path).convert("RGB")), S))
@@ -262,9 +267,9 @@ def test_real_fashion_pipeline_when_present(tok):
   labels = {(int(q), int(p)): int(l)
             for q, p, l in zip(rel.query, rel.product, rel.label)}
   for i in range(4):
-    assert labels[(int(b["query_index"][i]), int(b["product_index"][i]))] >= 1
+    assert labels[(int(b["query_index"][i]), int(b["product_id"][i]))] >= 1
     for nq in b["neg_query_index"][i][b["neg_valid"][i]]:
-      assert labels[(int(nq), int(b["product_index"][i]))] == 0
+      assert labels[(int(nq), int(b["product_id"][i]))] == 0
 
 
 def test_training_data_path_does_not_import_tensorflow():

@@ -25,8 +25,9 @@ size, L/Lq/Lt = token lengths, N = negatives, R = max relevant per query):
   stage 1 (`pipelines.stage1_dataset`):
     image          float32 (B, S, S, 3)  BLIP train augment, CLIP-normalised
     ids, mask      int32 (B, L)          title tokens, [CLS] ... [SEP] [PAD]
-    product_index  int32 (B,)            row in the catalog (ids repeat only
-                                         across epochs, never within one)
+    product_id     int32 (B,)            row in the catalog (the catalog's own
+                                         id is catalog.ids[product_id]);
+                                         equal ids in a batch = same product
     category       int32 (B,)            index into catalog.category_names,
                                          -1 = none
 
@@ -34,7 +35,7 @@ size, L/Lq/Lt = token lengths, N = negatives, R = max relevant per query):
     query_ids, query_mask    int32 (B, Lq)
     image                    float32 (B, S, S, 3)  product image, augmented
     title_ids, title_mask    int32 (B, Lt)
-    product_index            int32 (B,)    row in the catalog
+    product_id               int32 (B,)    row in the catalog
     query_index              int32 (B,)    index into relevance.queries
     label                    int32 (B,)    2 or 1
     label_weight             float32 (B,)  1, or label1_weight for label 1
@@ -42,24 +43,24 @@ size, L/Lq/Lt = token lengths, N = negatives, R = max relevant per query):
     neg_query_ids/_mask      int32 (B, N, Lq)  the product's label-0 queries
     neg_query_index          int32 (B, N)  -1 where there was none
     neg_valid                bool (B, N)
-    relevant_product_index   int32 (B, R)  the query's label>=1 products,
+    relevant_product_ids     int32 (B, R)  the query's label>=1 products,
                                            padded with -1. False-negative
                                            mask: in-batch product j is not a
                                            negative of row i if
-                                           product_index[j] is in row i's list.
+                                           product_id[j] is in row i's list.
 
   eval (`pipelines.eval_products_dataset` / `eval_queries_dataset`), every
   item once, same number of batches on every process, padding rows valid=0:
     products: image float32 (B, S, S, 3) (eval transform), title_ids,
-              title_mask int32 (B, L), product_index int32 (B,) (-1 pad),
-              valid int32 (B,)
+              title_mask int32 (B, L) (named ids/mask with text_prefix=""),
+              product_id int32 (B,) (-1 pad), valid int32 (B,)
     queries:  query_ids, query_mask int32 (B, L), query_index int32 (B,)
               (-1 pad), valid int32 (B,); judgements: relevance.qrels().
 
 Label-1 policy (stage 2, `label1_policy`): "positive" (label 1 = label 2),
 "weighted" (default; label-1 pairs are positives with `label_weight` =
 label1_weight = 0.5), "exclude" (only label-2 pairs are positives). In all
-three, label-1 products stay in `relevant_product_index`, so they are never
+three, label-1 products stay in `relevant_product_ids`, so they are never
 pushed away as in-batch negatives.
 
 Bad records are skipped and counted, never silent (`bad_records.py`):

@@ -104,7 +104,7 @@ def _train_pixels(catalog, i, rng, image_size, min_scale, augment):
 
 
 class Stage1Example(grain.transforms.RandomMap):
-  """Catalog row -> {image, ids, mask, product_index, category}."""
+  """Catalog row -> {image, ids, mask, product_id, category}."""
 
   def __init__(self, catalog: catalog_lib.Catalog, *, image_size: int,
                max_length: int, min_scale: float, augment: bool = True,
@@ -123,7 +123,7 @@ class Stage1Example(grain.transforms.RandomMap):
       return {BAD_KEY: str(e)}
     ids, mask = self.text(self.catalog.titles[index])
     return {"image": image, "ids": ids, "mask": mask,
-            "product_index": np.int32(index),
+            "product_id": np.int32(index),
             "category": np.int32(self.catalog.category[index])}
 
 
@@ -173,12 +173,12 @@ class Stage2Example(grain.transforms.RandomMap):
     return {
         "query_ids": query_ids, "query_mask": query_mask,
         "image": image, "title_ids": title_ids, "title_mask": title_mask,
-        "product_index": np.int32(p), "query_index": np.int32(q),
+        "product_id": np.int32(p), "query_index": np.int32(q),
         "label": np.int32(self.pair_label[index]),
         "label_weight": np.float32(self.pair_weight[index]),
         "neg_query_ids": neg_ids, "neg_query_mask": neg_mask,
         "neg_query_index": neg_index, "neg_valid": neg_index >= 0,
-        "relevant_product_index": self.relevant[q],
+        "relevant_product_ids": self.relevant[q],
     }
 
 
@@ -312,7 +312,7 @@ def stage1_dataset(
 
   Returns:
     IterDataset of dicts: image f32 (B,S,S,3), ids/mask i32 (B,L),
-    product_index i32 (B,), category i32 (B,).
+    product_id i32 (B,), category i32 (B,).
   """
   fn = Stage1Example(catalog, image_size=image_size, max_length=max_length,
                      min_scale=min_scale, augment=augment, tokenizer=tokenizer)
@@ -331,7 +331,7 @@ def stage2_pairs(relevance: relevance_lib.Relevance, label1_policy: str,
   "positive": label 1 and 2 pairs are positives with weight 1.
   "weighted": both are positives; label-1 pairs get weight `label1_weight`.
   "exclude":  only label-2 pairs are positives.
-  In every policy label-1 products stay in `relevant_product_index`, so they
+  In every policy label-1 products stay in `relevant_product_ids`, so they
   are never used as in-batch negatives of their query.
   """
   if label1_policy not in LABEL1_POLICIES:
@@ -445,25 +445,28 @@ def eval_plan(n: int, batch_size: int, shard: Any) -> tuple[np.ndarray, int]:
 
 
 class _ProductEval:
-  """Padded position -> {image, title_ids, title_mask, product_index, valid}."""
+  """Padded position -> {image, title_ids, title_mask, product_id, valid}."""
 
-  def __init__(self, catalog, items, image_size, max_length, tokenizer, bad):
+  def __init__(self, catalog, items, image_size, max_length, tokenizer, bad,
+               text_prefix):
     self.catalog, self.items = catalog, items
     self.image_size = image_size
     self.text = _Text(tokenizer, max_length)
     self.bad = bad
+    self.ids_key = text_prefix + "ids"
+    self.mask_key = text_prefix + "mask"
 
   def __call__(self, pos: int) -> dict:
     s, l = self.image_size, self.text.max_length
     out = {"image": np.zeros((s, s, 3), np.float32),
-           "title_ids": np.zeros((l,), np.int32),
-           "title_mask": np.zeros((l,), np.int32),
-           "product_index": np.int32(-1), "valid": np.int32(0)}
+           self.ids_key: np.zeros((l,), np.int32),
+           self.mask_key: np.zeros((l,), np.int32),
+           "product_id": np.int32(-1), "valid": np.int32(0)}
     if pos >= len(self.items):
       return out
     i = int(self.items[pos])
-    out["title_ids"], out["title_mask"] = self.text(self.catalog.titles[i])
-    out["product_index"] = np.int32(i)
+    out[self.ids_key], out[self.mask_key] = self.text(self.catalog.titles[i])
+    out["product_id"] = np.int32(i)
     try:
       out["image"] = preprocess.eval_transform(self.catalog.load_image(i), s)
     except catalog_lib.ImageError as e:
@@ -497,17 +500,20 @@ class _QueryEval:
 def eval_products_dataset(catalog: catalog_lib.Catalog, *, batch_size: int,
                           image_size: int = 384, max_length: int = 35,
                           shard: Any = None, max_bad_fraction: float = 0.01,
-                          tokenizer=None) -> grain.MapDataset:
+                          tokenizer=None, text_prefix: str = "title_"
+                          ) -> grain.MapDataset:
   """Every product once (this process: every count-th), eval transform.
 
   Returns a MapDataset of batches; `ds.bad` counts undecodable images (their
   rows come back with valid=0). Keys: image f32 (B,S,S,3), title_ids/
-  title_mask i32 (B,L), product_index i32 (B,) (-1 on padding), valid i32 (B,).
+  title_mask i32 (B,L) (`ids`/`mask` with text_prefix="", the stage-1 batch
+  names), product_id i32 (B,) (-1 on padding), valid i32 (B,).
   """
   items, length = eval_plan(len(catalog), batch_size, shard)
   bad = br.BadRecords(f"eval products {catalog.name}",
                       max_bad_fraction=max_bad_fraction)
-  fn = _ProductEval(catalog, items, image_size, max_length, tokenizer, bad)
+  fn = _ProductEval(catalog, items, image_size, max_length, tokenizer, bad,
+                    text_prefix)
   ds = grain.MapDataset.range(length).map(fn).batch(batch_size, batch_fn=stack)
   ds.bad = bad
   return ds

@@ -9,7 +9,8 @@ Train pipelines (random access, so resumable mid-epoch and deterministic):
        on the number of worker processes
     -> [mp_prefetch: worker processes]
     -> BatchSkippingBad: drops and counts examples whose image failed to
-       decode, stacks `batch_size` good ones into a dict of numpy arrays.
+       decode, stacks `batch_size` good ones into a dict of numpy arrays and
+       normalises the uint8 images (workers ship uint8: 4x less traffic).
 
 `iter(ds)` returns a grain DatasetIterator: `it.get_state()` / `it.set_state()`
 checkpoint it (the state is JSON-friendly and includes the bad-record
@@ -24,6 +25,7 @@ Batch formats are documented in `dashclip_jax/data/__init__.py`.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 from absl import flags
@@ -93,14 +95,16 @@ class _Text:
 
 
 def _train_pixels(catalog, i, rng, image_size, min_scale, augment):
-  """Product i's image -> float32 (S, S, 3) normalised (may raise ImageError)."""
+  """Product i's image -> uint8 (S, S, 3) (may raise ImageError).
+
+  Normalisation to float32 happens per batch in the main process: worker
+  processes then ship uint8, 4x less inter-process traffic.
+  """
   image = catalog.load_image(i)
   if augment:
-    image = augment_lib.train_augment(image, image_size, rng,
-                                      min_scale=min_scale)
-  else:
-    image = preprocess.resize_square(image, image_size)
-  return preprocess.normalize(image)
+    return augment_lib.train_augment(image, image_size, rng,
+                                     min_scale=min_scale)
+  return preprocess.resize_square(image, image_size)
 
 
 class Stage1Example(grain.transforms.RandomMap):
@@ -218,7 +222,9 @@ class _BatchSkippingBadIterator(grain.DatasetIterator):
         continue
       self.bad.ok()
       examples.append(example)
-    return stack(examples)
+    batch = stack(examples)
+    batch["image"] = preprocess.normalize(batch["image"])  # uint8 -> f32.
+    return batch
 
   def get_state(self) -> dict:
     return {"parent": self._parent.get_state(), "bad": self.bad.get_state()}
@@ -251,9 +257,13 @@ class BatchSkippingBad(grain.IterDataset):
 def _train_pipeline(num_records: int, example_fn: grain.transforms.RandomMap,
                     *, name: str, batch_size: int, seed: int,
                     num_epochs: int | None, shard: Any, worker_count: int,
-                    worker_buffer_size: int, read_threads: int,
+                    worker_buffer_size: int, read_threads: int | None,
                     max_bad_fraction: float) -> BatchSkippingBad:
   index, count = resolve_shard(shard)
+  if read_threads is None:
+    # Decode/augment release the GIL: in-process, threads use the cores;
+    # with workers, one thread each (more only oversubscribes the cores).
+    read_threads = 1 if worker_count else min(os.cpu_count() or 1, 8)
   start, stop = shard_range(num_records, index, count)
   ds = grain.MapDataset.range(start, stop)
   ds = ds.shuffle(seed=_seed(seed, index, 0)).repeat(num_epochs)
@@ -288,7 +298,7 @@ def stage1_dataset(
     shard: Any = None,
     worker_count: int = 0,
     worker_buffer_size: int = 2,
-    read_threads: int = 2,
+    read_threads: int | None = None,
     max_bad_fraction: float = 0.01,
     tokenizer=None,
 ) -> BatchSkippingBad:
@@ -306,7 +316,8 @@ def stage1_dataset(
     shard: None (this JAX process), grain ShardOptions, or (index, count).
     worker_count: grain worker processes (0: threads in this process).
     worker_buffer_size: examples buffered per worker.
-    read_threads: threads per process that run the per-example transform.
+    read_threads: threads per process that run the per-example transform
+      (None: min(cores, 8) without workers, 1 per worker with them).
     max_bad_fraction: stop with BadDataError above this bad-image fraction.
     tokenizer: a BlipTokenizer (default: packaged bert-base-uncased vocab).
 
@@ -387,7 +398,7 @@ def stage2_dataset(
     shard: Any = None,
     worker_count: int = 0,
     worker_buffer_size: int = 2,
-    read_threads: int = 2,
+    read_threads: int | None = None,
     max_bad_fraction: float = 0.01,
     tokenizer=None,
 ) -> BatchSkippingBad:

@@ -25,6 +25,7 @@ which must be >= 1: the loader is never the bottleneck.
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import time
 
@@ -32,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from dashclip_jax import model as model_lib  # noqa: E402
 from dashclip_jax.data import catalog as catalog_lib  # noqa: E402
@@ -129,11 +129,9 @@ def _model_config(size, batch_np):
 
 
 def bench_step(size, batch_np, steps):
-  try:
-    import dashclip_jax.train_steps  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  if importlib.util.find_spec("dashclip_jax.train_steps") is not None:
     return _step_with_train_steps(size, batch_np, steps), "train_steps"
-  except ImportError:
-    return _step_fallback(size, batch_np, steps), "fwd+bwd ITC fallback"
+  return _step_fallback(size, batch_np, steps), "fwd+bwd ITC fallback"
 
 
 def main():

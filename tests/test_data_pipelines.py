@@ -185,6 +185,12 @@ def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
         ids, _ = tok([tokenizer_lib.pre_caption(rel.queries[nq])], 35)
         np.testing.assert_array_equal(b["neg_query_ids"][i, k], ids[0])
       assert (b["neg_query_mask"][i][~b["neg_valid"][i]] == 0).all()
+  # Resume mid-epoch (negatives are drawn from the per-example rng too).
+  state = json.loads(json.dumps(it.get_state()))
+  want = next(it)
+  resumed = iter(ds)
+  resumed.set_state(state)
+  _equal(next(resumed), want)
 
 
 def test_label1_policies(data):

@@ -326,3 +326,22 @@ def test_decode_image_names_culprit():
   Image.new("L", (5, 4), 77).save(buf, format="PNG")
   out = catalog_lib.decode_image(buf.getvalue())
   assert out.shape == (4, 5, 3) and (out == 77).all()
+
+
+def test_load_sources_by_config(tmp_path):
+  from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
+  s = sources.load_sources(None)  # Default: the embedded synthetic data.
+  d = synthetic.synthetic_data()
+  assert s.train_catalog.ids == d.train_catalog.ids
+  assert s.test_relevance.queries == d.test.queries
+  root = _write_catalog(tmp_path, [
+      f"{i},Product {i},cat0,images/{i}.jpg,{'test' if i < 3 else 'train'}\n"
+      for i in range(10)])
+  (root / "qrels_test.csv").write_text(
+      "query_id,query,product_id,label\nq,product,1,2\n")
+  s = sources.load_sources({"source": "csv", "catalog_dir": str(root),
+                            "catalog_file": "catalog.csv"})
+  assert s.test_catalog.ids == ["0", "1", "2"] and len(s.train_catalog) == 7
+  assert s.train_relevance is None and s.test_relevance.qrels() == [{1: 2}]
+  with pytest.raises(ValueError, match="data.source"):
+    sources.load_sources({"source": "webdataset"})

@@ -15,7 +15,7 @@ from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
 
-SOURCES = ("synthetic", "fashion", "table", "tfds")
+SOURCES = ("synthetic", "fashion", "table", "csv", "tfds")
 
 
 @dataclasses.dataclass
@@ -44,6 +44,9 @@ def load_sources(cfg: Any = None) -> Sources:
       table: `catalog_path` (CSV/Parquet), `columns` (dict of
         CatalogColumns fields), optional `relevance_train_path`,
         `relevance_test_path`;
+      csv: like table, with the evaluation config's names: `catalog_dir` +
+        `catalog_file` (default styles.csv); relevance files are looked up
+        in catalog_dir as in "fashion" unless given;
       tfds: `tfds_dir` (holding dashclip_catalog [+ dashclip_relevance]).
       All: `max_bad_fraction` (0.01), `test_fraction` (0.1, hash split when
       the catalog has no split column).
@@ -75,15 +78,26 @@ def load_sources(cfg: Any = None) -> Sources:
                      if os.path.isfile(os.path.join(root, n)) else None)
     return Sources(train, test, rel(opt("relevance_train.csv"), train),
                    rel(opt("qrels_test.csv"), test))
-  if source == "table":
-    columns = catalog_lib.CatalogColumns(**dict(_get(cfg, "columns", None)
-                                                or {}))
+  if source in ("table", "csv"):
+    mapping = _get(cfg, "columns", None)
+    columns = (catalog_lib.CatalogColumns(**dict(mapping)) if mapping
+               else None)  # None: fashion mapping for styles.csv.
+    path = _get(cfg, "catalog_path")
+    train_rel = _get(cfg, "relevance_train_path")
+    test_rel = _get(cfg, "relevance_test_path")
+    if source == "csv" and not path:
+      d = _get(cfg, "catalog_dir") or ""
+      path = os.path.join(d, _get(cfg, "catalog_file", None) or "styles.csv")
+      in_dir = lambda n: (os.path.join(d, n)
+                          if os.path.isfile(os.path.join(d, n)) else None)
+      train_rel = train_rel or in_dir("relevance_train.csv")
+      test_rel = test_rel or in_dir("qrels_test.csv")
+    if not path or not os.path.isfile(path):
+      raise FileNotFoundError(f"catalog table {path!r} not found")
     cat = catalog_lib.load_catalog(
-        _get(cfg, "catalog_path"), columns, test_fraction=test_fraction,
-        max_bad_fraction=max_bad)
+        path, columns, test_fraction=test_fraction, max_bad_fraction=max_bad)
     train, test = cat.subset("train"), cat.subset("test")
-    return Sources(train, test, rel(_get(cfg, "relevance_train_path"), train),
-                   rel(_get(cfg, "relevance_test_path"), test))
+    return Sources(train, test, rel(train_rel, train), rel(test_rel, test))
   if source == "tfds":
     # Imported here only: tensorflow-datasets is an optional extra.
     from dashclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top

@@ -52,7 +52,10 @@ def get_config(arg=None):
       ann_k=10,
   ))
   c.probes = ml_collections.ConfigDict(dict(
-      aisle=True, relevance=True, zeros_per_query=20, seed=0))
+      aisle=True, relevance=True,
+      zeros_per_query=20,  # Sampled label-0 pairs per query (relevance).
+      aisle_c=1.0, relevance_c=0.01,  # Inverse L2 strengths (probes.py).
+      seed=0))
   c.plots = ml_collections.ConfigDict(dict(enabled=True, tsne_top=10))
   c.export = ml_collections.ConfigDict(dict(
       enabled=True, index="hnsw", dir=""))  # "": <workdir>/export.

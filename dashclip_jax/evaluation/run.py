@@ -172,11 +172,12 @@ def evaluate_embeddings(name: str, query_emb: np.ndarray,
   cats = categories_of(data.catalog)
   if probe_emb is not None and any(cats):
     out.update(probes.aisle_probe(probe_emb, categories_of(data.probe_catalog),
-                                  product_emb, cats))
+                                  product_emb, cats, c=cfg.probes.aisle_c))
   if cfg.probes.relevance:
     out.update(probes.relevance_probe(
         query_emb, product_emb, data.labels, data.query_ids,
-        zeros_per_query=cfg.probes.zeros_per_query, seed=cfg.probes.seed))
+        zeros_per_query=cfg.probes.zeros_per_query, seed=cfg.probes.seed,
+        c=cfg.probes.relevance_c))
   if cfg.plots.enabled:
     means = plots.cosine_by_relevance_plot(
         query_emb @ product_emb.T, data.labels,

@@ -72,18 +72,24 @@ def _batches():
 BATCH1, BATCH2 = _batches()
 
 
-def _tx(opt=OPT):
-  abstract = model_lib.unbox(jax.eval_shape(
-      lambda r: model_lib.init_params(CFG, r), jax.random.key(0)))
-  return optim.make_optimizer(opt, abstract)
+
+
+# CPU compile time dominates these tests; XLA's backend optimisations are
+# not what is under test (every run here uses the same options).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+PARAMS = jax.device_get(model_lib.unbox(
+    jax.jit(lambda r: model_lib.init_params(CFG, r))(jax.random.key(0))))
+TX = optim.make_optimizer(OPT, PARAMS)
 
 
 def _run(stage, mesh, step_cfg, tx, n_steps=1):
   """n steps on `mesh`; returns (host state, list of host metrics, jitted fn)."""
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
-  state = ts.init_state(CFG, step_cfg, tx, jax.random.key(0), mesh)
+  state = ts.init_state(CFG, step_cfg, tx, jax.random.key(0), mesh,
+                        params=PARAMS)
   batch = sharding.global_batch(BATCH1 if stage == 1 else BATCH2, mesh)
-  fn = ts.jit_step(make(CFG, step_cfg, tx, mesh), state, batch, mesh)
+  fn = ts.jit_step(make(CFG, step_cfg, tx, mesh), state, batch, mesh,
+                   compiler_options=FAST_COMPILE)
   mets = []
   for i in range(n_steps):
     state, m = fn(state, batch, jax.random.fold_in(jax.random.key(7), i))
@@ -98,7 +104,7 @@ def _one_device():
 @pytest.fixture(scope="module")
 def reference():
   """1-device results: stage 1 (3 steps, to exercise the queue), stage 2."""
-  tx = _tx()
+  tx = TX
   s1, m1, f1 = _run(1, _one_device(), S1, tx, n_steps=3)
   s2, m2, _ = _run(2, _one_device(), S2, tx, n_steps=1)
   return {1: (s1, m1, f1), 2: (s2, m2, None)}
@@ -113,6 +119,19 @@ def _assert_tree_close(a, b, rtol, atol, what):
         err_msg=f"{what}: {jax.tree_util.keystr(path)}")
 
 
+def _assert_tree_close_scaled(a, b, rel, what):
+  """|a - b| <= rel * max|b| per leaf: summation-order noise scales with the
+  summands, not with each (possibly cancelling) result element."""
+  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+  assert len(la) == len(lb), what
+  for (path, x), y in zip(la, lb):
+    y = np.asarray(y)
+    scale = float(np.abs(y).max()) if y.size else 0.0
+    np.testing.assert_allclose(
+        np.asarray(x), y, rtol=0, atol=rel * scale + 1e-12,
+        err_msg=f"{what}: {jax.tree_util.keystr(path)}")
+
+
 def _assert_metrics_close(got, want):
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6,
@@ -122,13 +141,13 @@ def _assert_metrics_close(got, want):
 @pytest.mark.parametrize("mesh_name", list(MESHES))
 def test_stage1_any_mesh_equals_one_device(reference, mesh_name):
   mesh = sharding.make_mesh(MESHES[mesh_name])
-  state, mets, _ = _run(1, mesh, S1, _tx(), n_steps=3)
+  state, mets, _ = _run(1, mesh, S1, TX, n_steps=3)
   ref_state, ref_mets, _ = reference[1]
   for got, want in zip(mets, ref_mets):
     _assert_metrics_close(got, want)
   # Params, Adam moments, momentum params and queues after 3 steps.
   _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")
-  _assert_tree_close(state.opt_state, ref_state.opt_state, 1e-4, 1e-6, "opt")
+  _assert_tree_close_scaled(state.opt_state, ref_state.opt_state, 1e-3, "opt")
   _assert_tree_close(state.params_m, ref_state.params_m, 1e-5, 2e-6, "params_m")
   _assert_tree_close(state.queue, ref_state.queue, 1e-5, 1e-6, "queue")
   assert int(state.queue["ptr"]) == (3 * B) % S1.queue_size
@@ -137,18 +156,18 @@ def test_stage1_any_mesh_equals_one_device(reference, mesh_name):
 @pytest.mark.parametrize("mesh_name", list(MESHES))
 def test_stage2_any_mesh_equals_one_device(reference, mesh_name):
   mesh = sharding.make_mesh(MESHES[mesh_name])
-  state, mets, _ = _run(2, mesh, S2, _tx())
+  state, mets, _ = _run(2, mesh, S2, TX)
   ref_state, ref_mets, _ = reference[2]
   _assert_metrics_close(mets[0], ref_mets[0])
   _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")
+  _assert_tree_close_scaled(state.opt_state, ref_state.opt_state, 1e-3, "opt")
 
 
 def test_reference_steps_really_train(reference):
   """Guards the equivalence tests against a no-op step."""
   s1, m1, _ = reference[1]
-  init = jax.device_get(ts.init_state(CFG, S1, _tx(), jax.random.key(0)))
   moved = [float(np.abs(a - b).max()) for a, b in zip(
-      jax.tree.leaves(s1.params), jax.tree.leaves(init.params))]
+      jax.tree.leaves(s1.params), jax.tree.leaves(PARAMS))]
   assert np.median(moved) > 1e-4
   assert all(np.isfinite(m["loss"]) for m in m1)
   assert int(s1.step) == 3
@@ -171,7 +190,8 @@ def test_step_compiles_once(reference):
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     mesh = _one_device()
-    state = ts.init_state(CFG, S1, _tx(), jax.random.key(0), mesh)
+    state = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh,
+                          params=PARAMS)
     # The same jitted function is reused with a fresh (equal-layout) state.
     batch = sharding.global_batch(BATCH1, mesh)
     compiles.clear()
@@ -196,11 +216,11 @@ def test_cached_accumulation_equals_big_batch(reference, stage):
   base = S1 if stage == 1 else S2
   ref_state, ref_mets, _ = reference[stage]
   state, mets, _ = _run(stage, _one_device(),
-                        dataclasses.replace(base, accum_steps=2), _tx(),
+                        dataclasses.replace(base, accum_steps=2), TX,
                         n_steps=len(ref_mets))
   for got, want in zip(mets, ref_mets):
     _assert_metrics_close(got, want)
-  _assert_tree_close(state.opt_state, ref_state.opt_state, 1e-4, 1e-9, "opt")
+  _assert_tree_close_scaled(state.opt_state, ref_state.opt_state, 1e-3, "opt")
   mu = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 1]
   assert max(float(np.abs(x).max()) for x in mu) > 1e-4  # real grads
   _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")

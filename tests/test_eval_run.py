@@ -193,6 +193,21 @@ def test_config_errors_are_clear(tiny_catalog, tmp_path):
     _eval_config("fasion")
 
 
+class NanModel(HashModel):
+
+  def encode_product(self, images, titles):
+    out = super().encode_product(images, titles)
+    out[[i for i, t in enumerate(titles) if "Red" in t]] = np.nan
+    return out
+
+
+def test_non_finite_embeddings_name_the_product(tiny_catalog, tmp_path):
+  cfg = _fashion_cfg(tiny_catalog, baselines=())
+  with pytest.raises(ValueError, match="dashclip: 1 product embeddings are "
+                     "not finite, first product id '11'"):
+    run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": NanModel()})
+
+
 def test_qrels_naming_a_product_outside_the_split_is_an_error(tiny_catalog,
                                                                tmp_path):
   qrels = tmp_path / "q.csv"

@@ -168,6 +168,12 @@ def evaluate_embeddings(name: str, query_emb: np.ndarray,
                         data: EvalData, cfg, workdir: str) -> dict[str, float]:
   """Retrieval, probes and plots of one embedding system."""
   t = time.time()
+  for what, emb, ids in (("query", query_emb, data.query_ids),
+                         ("product", product_emb, data.catalog.ids)):
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if bad.size:
+      raise ValueError(f"{name}: {bad.size} {what} embeddings are not finite, "
+                       f"first {what} id {ids[bad[0]]!r}")
   out = retrieval(query_emb, product_emb, data, cfg)
   cats = categories_of(data.catalog)
   if probe_emb is not None and any(cats):

@@ -231,9 +231,11 @@ def test_cli_rejects_unknown_config_key(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory):
-  import jax  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from dashclip_jax import checkpoint_io
+  from dashclip_jax import model as model_lib
+  # pylint: enable=g-import-not-at-top
   root = tmp_path_factory.mktemp("ckpts")
   config = model_lib.model_config("tiny")
   dirs = []

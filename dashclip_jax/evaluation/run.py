@@ -280,7 +280,9 @@ def evaluate(cfg, workdir: str,
 
 
 def _fmt(v) -> str:
-  return f"{v:.4f}" if isinstance(v, float) else ("–" if v is None else str(v))
+  if v is None:
+    return "–"
+  return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def write_report(results: dict[str, dict], data: EvalData, cfg,

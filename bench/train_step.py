@@ -65,7 +65,8 @@ def make_batch(b: int, cfg: model_lib.ModelConfig, seed: int = 0):
         "neg_query_ids": nq, "neg_query_mask": np.ones_like(nq),
         "neg_valid": np.ones((b, N_NEG), bool),
         "relevant_product_ids": np.full((b, 2), -1, np.int32),
-        "label": np.full((b,), 2, np.int32)}
+        "label": np.full((b,), 2, np.int32),
+        "label_weight": np.ones((b,), np.float32)}
   return s1, s2
 
 

@@ -100,6 +100,8 @@ def itc_loss(
     (loss, metrics): loss = (L_i2t + L_t2i) / 2, a float32 scalar.
   """
   b = img.shape[0]
+  if valid is not None:
+    valid = valid.astype(bool)
   img = img.astype(jnp.float32)
   txt = txt.astype(jnp.float32)
   t = clamp_temp(temp)
@@ -212,8 +214,7 @@ def enqueue(queue: Array, ptr: Array, new: Array,
     raise ValueError(f"enqueue: batch {b} larger than queue {q}.")
   if new.shape[1:] != queue.shape[1:]:
     raise ValueError(f"enqueue: rows {new.shape} do not fit queue {queue.shape}.")
-  if valid is None:
-    valid = jnp.ones((b,), bool)
+  valid = jnp.ones((b,), bool) if valid is None else valid.astype(bool)
   offs = jnp.cumsum(valid.astype(jnp.int32)) - 1
   idx = jnp.where(valid, (ptr + offs) % q, q)  # q = out of range -> dropped
   queue = queue.at[idx].set(jax.lax.stop_gradient(new).astype(queue.dtype),
@@ -259,6 +260,7 @@ def sample_hard_negatives(
     same = same | (ids[:, None] == ids[None, :])
   allowed = ~same
   if valid is not None:
+    valid = valid.astype(bool)
     allowed = allowed & valid[:, None] & valid[None, :]
   k_t, k_i = jax.random.split(rng)
   logit_i2t = jnp.where(allowed, sim, NEG_INF)

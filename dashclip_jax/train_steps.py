@@ -23,10 +23,13 @@ Batches (global arrays, batch dim first, sharded over ("data", "fsdp")):
     neg_valid                      optional bool (B, N)
     relevant_product_ids           optional int32 (B, R), -1 padded: products
                                    known relevant to query i (false negatives)
-    label                          optional int (B,) graded label of the pair
-                                   (2/1), weighted by `StepConfig.label_policy`
-    label_weight                   optional float (B,) explicit pair weights
-                                   (used when `label` is absent)
+    label_weight                   optional float32 (B,) pair weights (from
+                                   the data pipeline's label-1 policy)
+    label                          optional int32 (B,) graded label (2/1);
+                                   used instead of label_weight only when
+                                   `StepConfig.label_policy` is set
+  Extra keys (category, query_index, ...) are carried and ignored. Names and
+  shapes match `dashclip_jax.data` (pipelines.stage1/2_dataset).
 
 Gradient accumulation (`accum_steps = k > 1`) is GradCache-style, so the
 contrastive terms still see the whole batch: (1) embeddings of all k
@@ -90,7 +93,10 @@ class StepConfig:
   alpha_ramp_steps: int = 0  # BLIP: 1-2 epochs of steps.
   # Stage 2.
   train_product_tower: bool = False
-  label_policy: str = losses.DEFAULT_LABEL_POLICY
+  # None: pair weights come from the batch's `label_weight` (the data
+  # pipeline's `label1_policy`, default "weighted" 0.5, one source of truth).
+  # Set to "positive"/"weighted"/"exclude" to recompute them from `label`.
+  label_policy: str | None = None
   partial_weight: float = losses.DEFAULT_PARTIAL_WEIGHT
   symmetric: bool = False
   hard_k: int | None = None
@@ -226,6 +232,8 @@ def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
     b = batch["ids"].shape[0]
     ids = batch["product_id"]
     valid = batch.get("valid")
+    if valid is not None:
+      valid = valid.astype(bool)  # The eval pipelines use int32 0/1.
     r_enc, r_neg, r_itm, r_m = jax.random.split(rng, 4)
 
     params_m = queue = None
@@ -371,7 +379,10 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
 
   def step(state: TrainState, batch: Batch, rng: Array
            ) -> tuple[TrainState, Metrics]:
-    if "label" in batch:
+    if cfg.label_policy is not None:
+      if "label" not in batch:
+        raise KeyError("stage2: StepConfig.label_policy is set but the batch "
+                       f"has no 'label' (keys: {sorted(batch)}).")
       weights = losses.label_weights(batch["label"], cfg.label_policy,
                                      cfg.partial_weight)
     else:

@@ -38,8 +38,11 @@ CFG = _tiny()
 S1 = ts.StepConfig(deterministic=True, momentum=0.995, queue_size=12,
                    alpha_ramp_steps=4)
 S2 = ts.StepConfig(deterministic=True, train_product_tower=True,
+                   label_policy="weighted",
                    symmetric=True, hard_k=4)
-OPT = optim.OptimConfig(lr=1e-3, warmup_steps=1, total_steps=10,
+# init_lr > 0: the first step must already move the params (else the
+# one-step stage-2 comparisons would compare untouched params).
+OPT = optim.OptimConfig(lr=1e-3, init_lr=5e-4, warmup_steps=2, total_steps=10,
                         clip_norm=1.0, lr_mults=(("img/.*", 0.5), (".*", 1.0)))
 
 
@@ -169,6 +172,10 @@ def test_reference_steps_really_train(reference):
   moved = [float(np.abs(a - b).max()) for a, b in zip(
       jax.tree.leaves(s1.params), jax.tree.leaves(PARAMS))]
   assert np.median(moved) > 1e-4
+  s2, m2, _ = reference[2]  # One stage-2 step trains every tower.
+  moved2 = [float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(s2.params), jax.tree.leaves(PARAMS))]
+  assert np.median(moved2) > 1e-4 and np.isfinite(m2[0]["loss"])
   assert all(np.isfinite(m["loss"]) for m in m1)
   assert int(s1.step) == 3
   # Queue of 12 after 3 batches of 8: ptr 0 -> 8 -> 4 -> 0, so rows 0..3
@@ -307,3 +314,31 @@ def test_schedule_warmup_then_cosine():
 def test_lr_mults_unmatched_param_is_an_error():
   with pytest.raises(ValueError, match="no rule matches param 'temp'"):
     optim.lr_mult_tree({"temp": jnp.zeros(())}, [("img/.*", 1.0)])
+
+
+def test_stage2_frozen_tower_bf16(reference):
+  """bf16 compute, frozen product tower: the tower does not move at all (no
+  grad, no weight decay), the query tower does, params and Adam state stay
+  float32, and the loss matches the float32 run to bf16 precision."""
+  cfg16 = CFG.replace(dtype="bfloat16")
+  tx = optim.make_optimizer(
+      dataclasses.replace(OPT, lr_mults=ts.STAGE2_FROZEN_TOWER), PARAMS)
+  sc = dataclasses.replace(S2, train_product_tower=False)
+  mesh = _one_device()
+  state = ts.init_state(cfg16, sc, tx, jax.random.key(0), mesh, params=PARAMS)
+  batch = sharding.global_batch(BATCH2, mesh)
+  fn = ts.jit_step(ts.make_stage2_step(cfg16, sc, tx, mesh), state, batch,
+                   mesh, compiler_options=FAST_COMPILE)
+  state, mets = jax.device_get(fn(state, batch, jax.random.key(7)))
+  for name in ("img", "txt", "product_proj", "itm_head"):
+    for a, b in zip(jax.tree.leaves(state.params[name]),
+                    jax.tree.leaves(PARAMS[name])):
+      np.testing.assert_array_equal(a, b, err_msg=name)
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(state.params["query"]), jax.tree.leaves(PARAMS["query"])))
+  assert moved > 1e-4
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype in (np.float32, np.int32) for x in
+             jax.tree.leaves(state.opt_state))
+  np.testing.assert_allclose(mets["loss"], reference[2][1][0]["loss"],
+                             rtol=3e-2)

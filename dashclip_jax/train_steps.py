@@ -67,6 +67,10 @@ MOMENTUM_MODULES = ("img", "txt", "vision_proj", "text_proj")
 # freeze it in stage 2 with `optim.OptimConfig(lr_mults=STAGE2_FROZEN_TOWER)`.
 PRODUCT_TOWER_REGEX = r"(img|txt|product_proj|vision_proj|text_proj|itm_head)/.*"
 STAGE2_FROZEN_TOWER = ((PRODUCT_TOWER_REGEX, 0.0), (".*", 1.0))
+# Stage 1 never uses the query tower or product_proj: freeze them, else
+# AdamW's weight decay alone would shrink a pretrained query tower (and
+# their optimizer state would cost memory and time for nothing).
+STAGE1_LR_MULTS = ((r"(query|query_proj|product_proj)/.*", 0.0), (".*", 1.0))
 
 
 @flax.struct.dataclass

@@ -342,3 +342,36 @@ def test_stage2_frozen_tower_bf16(reference):
              jax.tree.leaves(state.opt_state))
   np.testing.assert_allclose(mets["loss"], reference[2][1][0]["loss"],
                              rtol=3e-2)
+
+
+def test_ragged_batch_padding_rows_are_inert():
+  """A final ragged batch padded to B with valid=False: what the padding
+  rows contain changes nothing (loss, update, queue), and the queue pointer
+  advances by the real rows only."""
+  mesh = _one_device()
+  valid = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
+  rng = np.random.default_rng(9)
+
+  def padded(seed_rows):
+    b = {k: v.copy() for k, v in BATCH1.items()}
+    b["valid"] = valid
+    b["image"][~valid] = seed_rows.standard_normal(b["image"][~valid].shape)
+    b["ids"][~valid, 1:] = seed_rows.integers(1000, 2000, (2, L - 1))
+    b["product_id"][~valid] = [0, 1]  # Even ids equal to real rows' ids.
+    return sharding.global_batch(b, mesh)
+
+  state0 = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh, params=PARAMS)
+  fn = ts.jit_step(ts.make_stage1_step(CFG, S1, TX, mesh), state0,
+                   padded(rng), mesh, compiler_options=FAST_COMPILE)
+  outs = []
+  for seed in (1, 2):
+    state = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh, params=PARAMS)
+    outs.append(jax.device_get(fn(state, padded(np.random.default_rng(seed)),
+                                  jax.random.key(3))))
+  (s_a, m_a), (s_b, m_b) = outs
+  _assert_metrics_close(m_a, m_b)
+  _assert_tree_close(s_a.params, s_b.params, 1e-6, 1e-7, "params")
+  _assert_tree_close(s_a.queue, s_b.queue, 1e-6, 1e-7, "queue")
+  assert int(s_a.queue["ptr"]) == 6
+  np.testing.assert_array_equal(s_a.queue["ids"][:6], BATCH1["product_id"][:6])
+  np.testing.assert_array_equal(s_a.queue["ids"][6:], -1)  # Untouched.

@@ -1,0 +1,10 @@
+"""Evaluation: graded retrieval, baselines, probes, plots, export.
+
+  metrics    Recall@K / NDCG@10 / MRR over graded labels, deterministic ties
+  knn        exact top-k sharded over devices; faiss ANN and its recall
+  baselines  BM25 and MiniLM-L6 over titles
+  probes     aisle-category and relevance probes (logistic regression)
+  plots      t-SNE by category, cosine by relevance label (PNG)
+  export     Parquet/.npy embeddings + faiss index; `search` is its CLI
+  run        the job: python -m dashclip_jax.evaluation.run --config=...
+"""

@@ -20,7 +20,6 @@ last line is the geometric mean of the two stage speedups (ours / torch).
 """
 
 import argparse
-import dataclasses
 import math
 import os
 import time

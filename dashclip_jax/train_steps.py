@@ -39,19 +39,26 @@ cotangents, summed. ITM's multimodal passes run inside (2) as a scan over k
 chunks with `jax.checkpoint`, so only one chunk's activations are alive.
 The result equals one step on the k-times-larger batch (tested), with one
 encoder forward more than plain backprop.
+
+Choices that differ from BLIP (BLIP_REFERENCE §4): the in-batch ITC columns
+and the ITM hard negatives span the *global* batch (BLIP pretraining uses the
+local one); negatives are sampled from online-vs-online similarities with
+every same-product pair masked (BLIP's retrieval variant), by
+`jax.random.categorical`, so the draw depends on the rng only, not on the
+mesh. The momentum update runs before the momentum forward, as in BLIP.
+Unused towers should be frozen in the optimizer: `STAGE1_LR_MULTS` (query
+tower in stage 1) and `STAGE2_FROZEN_TOWER` (product tower in stage 2).
 """
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib

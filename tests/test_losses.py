@@ -228,7 +228,7 @@ def np_qcc(c, q, temp, pid, neg=None, neg_valid=None, rel=None, w=None,
 @pytest.mark.parametrize("hard_k", [None, 2])
 def test_qcc_matches_numpy(policy, symmetric, hard_k):
   rng = np.random.default_rng(4)
-  b, n, e, r = 7, 3, 8, 2
+  b, n, e = 7, 3, 8
   c, q = _unit(rng, b, e), _unit(rng, b, e)
   neg = _unit(rng, b, n, e)
   neg_valid = rng.uniform(size=(b, n)) > 0.3

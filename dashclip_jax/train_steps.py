@@ -368,17 +368,21 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
   det = cfg.deterministic
   k = cfg.accum_steps
 
-  def encode(params, mb, rng):
-    r_p, r_q, r_n = jax.random.split(rng, 3)
+  def encode_products(params, mb, rng):
+    r_p = jax.random.split(rng, 3)[0]
     mb = _constrain_batch(mb, mesh)
-    pp = params if cfg.train_product_tower else jax.lax.stop_gradient(params)
-    prod, _ = model.apply({"params": pp}, mb["image"], mb["title_ids"],
+    prod, _ = model.apply({"params": params}, mb["image"], mb["title_ids"],
                           mb["title_mask"], det, method=m.encode_product,
                           rngs={"dropout": r_p})
+    return _constrain_batch(prod, mesh)
+
+  def encode_queries(params, mb, rng):
+    _, r_q, r_n = jax.random.split(rng, 3)
+    mb = _constrain_batch(mb, mesh)
     qry, _ = model.apply({"params": params}, mb["query_ids"],
                          mb["query_mask"], det, method=m.encode_query,
                          rngs={"dropout": r_q})
-    reps = {"product": prod, "query": qry}
+    reps = {"query": qry}
     if "neg_query_ids" in mb:
       bb, n, lq = mb["neg_query_ids"].shape
       neg, _ = model.apply(
@@ -387,6 +391,21 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
           method=m.encode_query, rngs={"dropout": r_n})
       reps["neg"] = neg.reshape(bb, n, -1)
     return _constrain_batch(reps, mesh)
+
+  def encode(params, mb, rng):
+    reps = encode_queries(params, mb, rng)
+    if cfg.train_product_tower:
+      reps["product"] = encode_products(params, mb, rng)
+    return reps
+
+  def frozen_products(params, batch, rng):
+    """Product embeddings without grad, computed once (never recomputed by
+    the GradCache VJP pass); same per-microbatch rngs as `encode`."""
+    p = jax.lax.stop_gradient(params)
+    if k == 1:
+      return encode_products(p, batch, rng)
+    return _merge(jax.lax.map(lambda a: encode_products(p, a[0], a[1]),
+                              (_split(batch, k), jax.random.split(rng, k))))
 
   def step(state: TrainState, batch: Batch, rng: Array
            ) -> tuple[TrainState, Metrics]:
@@ -399,9 +418,13 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
     else:
       weights = batch.get("label_weight")
 
+    products = (None if cfg.train_product_tower else
+                frozen_products(state.params, batch, rng))
+
     def loss_on_reps(params, reps):
+      prod = reps["product"] if cfg.train_product_tower else products
       loss, mets = losses.qcc_loss(
-          reps["product"], reps["query"], params["temp"], batch["product_id"],
+          prod, reps["query"], params["temp"], batch["product_id"],
           neg_query=reps.get("neg"), neg_valid=batch.get("neg_valid"),
           relevant_ids=batch.get("relevant_product_ids"), weights=weights,
           symmetric=cfg.symmetric, hard_k=cfg.hard_k)

@@ -316,14 +316,16 @@ def test_lr_mults_unmatched_param_is_an_error():
     optim.lr_mult_tree({"temp": jnp.zeros(())}, [("img/.*", 1.0)])
 
 
-def test_stage2_frozen_tower_bf16(reference):
-  """bf16 compute, frozen product tower: the tower does not move at all (no
-  grad, no weight decay), the query tower does, params and Adam state stay
-  float32, and the loss matches the float32 run to bf16 precision."""
+def test_stage2_frozen_tower_bf16_accumulated(reference):
+  """bf16 compute, frozen product tower, k=2 accumulation (the frozen path
+  embeds products once, outside the GradCache VJP): the tower does not move
+  at all (no grad, no weight decay), the query tower does, params and Adam
+  state stay float32, and the loss matches the float32 run to bf16
+  precision."""
   cfg16 = CFG.replace(dtype="bfloat16")
   tx = optim.make_optimizer(
       dataclasses.replace(OPT, lr_mults=ts.STAGE2_FROZEN_TOWER), PARAMS)
-  sc = dataclasses.replace(S2, train_product_tower=False)
+  sc = dataclasses.replace(S2, train_product_tower=False, accum_steps=2)
   mesh = _one_device()
   state = ts.init_state(cfg16, sc, tx, jax.random.key(0), mesh, params=PARAMS)
   batch = sharding.global_batch(BATCH2, mesh)

@@ -85,13 +85,13 @@ PARAMS = jax.device_get(model_lib.unbox(
 TX = optim.make_optimizer(OPT, PARAMS)
 
 
-def _run(stage, mesh, step_cfg, tx, n_steps=1):
+def _run(stage, mesh, step_cfg, tx, n_steps=1, cfg=CFG):
   """n steps on `mesh`; returns (host state, list of host metrics, jitted fn)."""
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
-  state = ts.init_state(CFG, step_cfg, tx, jax.random.key(0), mesh,
+  state = ts.init_state(cfg, step_cfg, tx, jax.random.key(0), mesh,
                         params=PARAMS)
   batch = sharding.global_batch(BATCH1 if stage == 1 else BATCH2, mesh)
-  fn = ts.jit_step(make(CFG, step_cfg, tx, mesh), state, batch, mesh,
+  fn = ts.jit_step(make(cfg, step_cfg, tx, mesh), state, batch, mesh,
                    compiler_options=FAST_COMPILE)
   mets = []
   for i in range(n_steps):
@@ -231,6 +231,20 @@ def test_cached_accumulation_equals_big_batch(reference, stage):
   mu = [x for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 1]
   assert max(float(np.abs(x).max()) for x in mu) > 1e-4  # real grads
   _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")
+
+
+def test_remat_changes_nothing_but_memory(reference):
+  """model_config(remat=True) recomputes blocks in the backward pass: same
+  metrics and updated params as the stored-activation step."""
+  state, mets, _ = _run(1, _one_device(), S1, TX, n_steps=1,
+                        cfg=CFG.replace(remat=True))
+  _, ref_mets, ref_fn = reference[1]
+  mesh = _one_device()
+  plain = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh, params=PARAMS)
+  plain, _ = jax.device_get(ref_fn(plain, sharding.global_batch(BATCH1, mesh),
+                                   jax.random.fold_in(jax.random.key(7), 0)))
+  _assert_metrics_close(mets[0], ref_mets[0])
+  _assert_tree_close(state.params, plain.params, 1e-5, 2e-6, "params")
 
 
 def test_hard_negatives_mesh_independent():

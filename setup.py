@@ -5,7 +5,9 @@ import setuptools
 # torch is pinned: an unpinned requirement pulls several GB of CUDA wheels,
 # and 2.13.0 is the CPU build the parity tests are written against.
 TORCH = ["torch==2.13.0", "transformers>=5.0"]
-TFDS = ["tensorflow-datasets>=4.9", "array-record>=0.8"]
+# importlib_resources: tensorflow-datasets imports it (via etils) without
+# declaring it, so a fresh install fails on first use without it.
+TFDS = ["tensorflow-datasets>=4.9", "array-record>=0.8", "importlib_resources"]
 
 setuptools.setup(
     name="dashclip_jax",

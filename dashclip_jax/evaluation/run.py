@@ -327,20 +327,21 @@ def write_report(results: dict[str, dict], data: EvalData, cfg,
 
 
 # -- command line ------------------------------------------------------------
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "configs/eval.py[:fashion|synthetic]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
+# Flags are defined only when this module is the program, so that importing
+# it (the main job's final evaluation does) leaves the importer's flags alone.
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  results = evaluate(_CONFIG.value, _WORKDIR.value)
+  results = evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file(
+      "config", None, "configs/eval.py[:fashion|synthetic]", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Output directory.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

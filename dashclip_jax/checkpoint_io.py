@@ -38,13 +38,25 @@ def _to_numpy(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def _this_process_only() -> ocp.options.MultiprocessingOptions:
+  # Model dirs hold host numpy trees, written by one process (the trainers'
+  # process 0, or a conversion) and read by each process on its own: no
+  # cross-process barriers, which would wait for processes that never come.
+  this = jax.process_index()
+  return ocp.options.MultiprocessingOptions(
+      primary_host=this, active_processes={this},
+      barrier_sync_key_prefix=f"model_dir_p{this}")
+
+
 def _save_tree(path: str, tree) -> None:
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.StandardCheckpointer(
+      multiprocessing_options=_this_process_only()) as ckptr:
     ckptr.save(os.path.abspath(path), _to_numpy(tree))
 
 
 def _restore_tree(path: str):
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.StandardCheckpointer(
+      multiprocessing_options=_this_process_only()) as ckptr:
     tree = ckptr.restore(os.path.abspath(path))
   return jax.tree_util.tree_map(np.asarray, tree)
 

@@ -59,4 +59,5 @@ def train_block(batch_size: int, total_steps: int
       log_every=10,
       eval_every=100,
       nan_policy="stop",      # "stop" or "skip" (skip the update, count it).
+      fast_compile=False,     # XLA opt level 0 for the step (CI-scale runs).
   ))

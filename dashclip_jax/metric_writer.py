@@ -46,7 +46,8 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in clean.items():
         if math.isfinite(v):
-          self._tb.add_scalar(k, v, step)
+          # TensorBoard tags allow [A-Za-z0-9_./-]: "eval/r@1" -> "eval/r_at_1".
+          self._tb.add_scalar(k.replace("@", "_at_"), v, step)
       self._tb.flush()
 
   def progress(self, step: int, metrics: dict[str, float]) -> None:

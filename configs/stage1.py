@@ -1,0 +1,90 @@
+r"""Stage 1: continual pretraining of BLIP's product encoders (ITC + ITM).
+
+  python -m dashclip_jax.main --config=configs/stage1.py:tiny --workdir=/tmp/s1
+  python -m dashclip_jax.main --config=configs/stage1.py:base \
+      --config.init.checkpoint=ckpt/blip14m --workdir=/tmp/s1
+
+Variants:
+  tiny   CI scale: tiny model, embedded synthetic catalog, a few steps.
+  demo   the README main job's stage 1: small model, synthetic catalog,
+         a few minutes on 2 CPU cores.
+  base   BLIP-14M on the fashion catalog: 224 px, lr 1e-5, wd 0.05, BLIP
+         momentum distillation; set init.checkpoint to a converted BLIP.
+"""
+
+from dashclip_jax import config_lib as common
+
+
+def data_block(variant: str):
+  """config.data: what to read (dashclip_jax.data.sources) and how."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  embedded = variant in ("tiny", "demo")
+  return ml_collections.ConfigDict(dict(
+      # Source: synthetic (embedded, no files), fashion (`path`: styles.csv +
+      # images/ + relevance_train.csv + qrels_test.csv), csv/table
+      # (`catalog_path`, relevance_*_path) or tfds (`tfds_dir`).
+      source="synthetic" if embedded else "fashion",
+      path="../shared/data/fashion",
+      catalog_path="",
+      relevance_train_path="",
+      relevance_test_path="",
+      tfds_dir="",
+      synthetic=dict(
+          num_products={"tiny": 96}.get(variant, 400),
+          num_train_queries={"tiny": 24}.get(variant, 160),
+          num_test_queries={"tiny": 12}.get(variant, 60),
+          image_size=64, seed=0),
+      max_bad_fraction=0.01,
+      test_fraction=0.1,      # Hash split where the catalog has no split.
+      # Pipelines.
+      num_shards=0,           # 0: one per process (see trainers/inputs.py).
+      workers=0,              # grain worker processes (0: threads).
+      image_size=0,           # 0: the model's image size.
+      text_max_length={"tiny": 16, "demo": 24}.get(variant, 30),
+      query_max_length={"tiny": 12, "demo": 16}.get(variant, 20),
+      min_scale=0.5,          # RandomResizedCrop (BLIP: 0.2 pretrain, 0.5 ft).
+      augment=variant != "tiny",
+      num_negatives={"tiny": 2, "demo": 4}.get(variant, 8),
+      label1_policy="weighted",  # Stage 2: positive | weighted | exclude.
+      label1_weight=0.5,
+      eval_max_products={"tiny": 16}.get(variant, 0),  # 0: all test products.
+  ))
+
+
+def get_config(arg=None):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  arg = common.parse_arg(arg, variant="base")
+  v = arg.variant
+  if v not in ("tiny", "demo", "base"):
+    raise ValueError(f"unknown stage1 variant {v!r}: tiny, demo or base")
+  c = ml_collections.ConfigDict()
+  c.stage = "stage1"
+  c.seed = 0
+  c.mesh = common.mesh_config()
+  c.model = common.model_block({"tiny": "tiny", "demo": "small"}.get(v, "base"))
+  if v == "demo":
+    c.model.image_size = 64
+  c.init = ml_collections.ConfigDict(dict(checkpoint=""))
+  c.data = data_block(v)
+  c.train = common.train_block(
+      batch_size={"tiny": 8, "demo": 32}.get(v, 256),
+      total_steps={"tiny": 6, "demo": 120}.get(v, 20000))
+  c.train.fast_compile = v == "tiny"
+  c.train.log_every = {"tiny": 2, "demo": 20}.get(v, 50)
+  c.train.eval_every = {"tiny": 3, "demo": 60}.get(v, 1000)
+  c.optim = ml_collections.ConfigDict(dict(
+      lr={"tiny": 1e-3, "demo": 3e-4}.get(v, 1e-5), init_lr=0.0, end_lr=0.0,
+      warmup_steps={"tiny": 1, "demo": 10}.get(v, 1000),
+      weight_decay=0.05, clip_norm=1.0,
+      lr_mults=[(".*", 1.0)],   # e.g. [("img/.*", 0.1), (".*", 1.0)]
+  ))
+  c.loss = ml_collections.ConfigDict(dict(
+      itc_weight=1.0, itm_weight=1.0,
+      momentum=0.995 if v == "base" else 0.0,   # 0: no momentum distillation.
+      queue_size=0, alpha=0.4, alpha_ramp_steps=0,
+      deterministic=False,
+  ))
+  c.eval = ml_collections.ConfigDict(dict(batch_size={"tiny": 16}.get(v, 64)))
+  c.checkpoint = common.checkpoint_block()
+  c.checkpoint.every_steps = {"tiny": 2, "demo": 60}.get(v, 1000)
+  return c

@@ -1,0 +1,208 @@
+r"""The main job: stage 1, stage 2 and the final evaluation.
+
+  python -m dashclip_jax.main --config=configs/stage2.py:demo --workdir=/tmp/dc
+  python -m dashclip_jax.main --config=configs/stage1.py:base \
+      --config.init.checkpoint=ckpt/blip14m --workdir=/tmp/s1 \
+      --config.train.batch_size=256
+
+A stage-2 config either names its init checkpoint (`init.checkpoint`: a
+stage-1 workdir, an exported model or a converted BLIP checkpoint) or carries
+a `stage1` block: then stage 1 runs first in `<workdir>/stage1` (resuming or
+reusing what is there), stage 2 in `<workdir>/stage2`, and the evaluation in
+`<workdir>/eval`. Rerunning the same command resumes wherever it stopped.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file[:variant].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for jax.distributed (multi-process runs); "
+    "unset: auto-detected on SLURM/TPU pods, else single process.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False,
+    "Call jax.distributed.initialize() with the platform's auto-detection "
+    "(Cloud TPU pods, SLURM, ...); launch/tpu_pod.sh and slurm_gpu.sh set it.")
+
+log = logging.getLogger("dashclip_jax")
+
+
+def init_distributed() -> None:
+  """jax.distributed.initialize where the run has several processes.
+
+  Explicit (--coordinator_address, e.g. localhost runs), platform
+  auto-detection (--multihost), or SLURM with more than one task.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value:
+    jax.distributed.initialize(
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _MULTIHOST.value or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+  if jax.process_count() > 1:
+    log.info("process %d of %d; %d local / %d global devices",
+             jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+
+
+def write_config(config, workdir: str) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def stage1_config_of(config):
+  """The nested stage-1 config of a stage-2 config, on the same data.
+
+  The `stage1` block supplies train/optim/loss/checkpoint/eval; data, model,
+  mesh and seed are the stage-2 config's, so one override moves both stages.
+  """
+  s1 = config.stage1.copy_and_resolve_references()
+  with s1.unlocked():
+    for key in ("data", "model", "mesh", "seed"):
+      s1[key] = config[key]
+  return s1
+
+
+def start_model_of(stage_config, stage_dir: str) -> str | None:
+  """The untrained start of a stage: its init checkpoint or models/0."""
+  if stage_config.init.checkpoint:
+    return stage_config.init.checkpoint
+  start = os.path.join(stage_dir, "models", "0")
+  return start if os.path.isdir(start) else None
+
+
+def run(config, workdir: str) -> dict:
+  """Runs what the config asks for; returns {"model": dir, "metrics": ...}."""
+  from dashclip_jax.trainers import final_eval  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import stage1  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
+  write_config(config, workdir)
+  if config.stage == "stage1":
+    return {"model": stage1.train(config, workdir)}
+  if config.stage != "stage2":
+    raise ValueError(f"config.stage must be stage1 or stage2, got "
+                     f"{config.stage!r}")
+  out = {}
+  stage2_dir = workdir
+  start_model = config.init.checkpoint or None
+  if config.get("stage1") is not None and not config.init.checkpoint:
+    stage1_dir = os.path.join(workdir, "stage1")
+    s1 = stage1_config_of(config)
+    log.info("=== stage 1 (in %s) ===", stage1_dir)
+    out["stage1_model"] = stage1.train(s1, stage1_dir)
+    start_model = start_model_of(s1, stage1_dir)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.init.checkpoint = out["stage1_model"]
+    stage2_dir = os.path.join(workdir, "stage2")
+  log.info("=== stage 2 (in %s) ===", stage2_dir)
+  out["model"] = stage2.train(config, stage2_dir)
+  if config.get("final_eval") is not None and config.final_eval.enabled:
+    eval_dir = os.path.join(workdir, "eval")
+    log.info("=== evaluation (in %s) ===", eval_dir)
+    out["metrics"] = final_eval.run(config, out["model"], eval_dir,
+                                    start_model)
+  return out
+
+
+def main(argv) -> None:
+  del argv
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("faiss").setLevel(logging.WARNING)
+  if not _WORKDIR.value:
+    sys.exit("dashclip_jax.main: error: --workdir is required")
+  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
+  try:
+    config = _CONFIG.value
+    config.get("stage")  # A config file that failed to load raises here.
+  except OSError as e:
+    sys.exit("dashclip_jax.main: error: --config: " +
+             " ".join(str(e).split()))
+  init_distributed()
+  try:
+    out = run(config, _WORKDIR.value)
+  except (common.InitCheckpointError, common.NonFiniteLossError,
+          common.ConfigError) as e:
+    sys.exit(f"dashclip_jax.main: error: {e}")
+  except common.Preempted as e:
+    log.warning("%s", e)
+    sys.exit(143)  # 128 + SIGTERM: schedulers read it as pre-empted.
+  if out.get("metrics"):
+    print(summary_table(out["metrics"]))
+    print(json.dumps(out["metrics"], indent=2, sort_keys=True))
+
+
+def summary_table(metrics: dict[str, dict]) -> str:
+  """The retrieval numbers per system, one row each, for the console."""
+  keys = ("ndcg@10", "recall@1", "recall@5", "recall@10", "mrr")
+  lines = ["retrieval (test queries -> test products):",
+           f"  {'system':<10}" + "".join(f"{k:>11}" for k in keys)]
+  for name, m in metrics.items():
+    lines.append(f"  {name:<10}" + "".join(
+        f"{m[k]:>11.4f}" if k in m else f"{'-':>11}" for k in keys))
+  return "\n".join(lines)
+
+
+def _unquoted(text: str) -> str:
+  """KeyError/AttributeError messages come repr'ed, sometimes twice."""
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      break
+  return text
+
+
+def flag_error(error: BaseException, argv: list[str]) -> str:
+  """One line naming the culprit of a config/override parsing failure."""
+  chain = [error]
+  while chain[-1].__cause__ or chain[-1].__context__:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  root = chain[-1]
+  one_line = lambda t: " ".join(t.split())
+  if isinstance(root, KeyError) and root.args:
+    key = str(root.args[0])
+    override = next((a.split("=")[0] for a in argv if a.startswith(
+        "--config.") and key in a.split("=")[0].split(".")), "--config")
+    hints = [_unquoted(str(e)) for e in chain if "Did you mean" in str(e)]
+    hint = one_line(hints[0].split("\n", 1)[-1]) if hints else ""
+    return f"{override}: no such config key {key!r}. {hint}".strip()
+  first = str(chain[0]).splitlines()[0]
+  where = first.split(": ")[0] + ": " if first.startswith("flag --") else ""
+  return where + one_line(_unquoted(str(root)))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a bad config or override as one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(f"dashclip_jax.main: error: {flag_error(e, argv)}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main, flags_parser=parse_flags)

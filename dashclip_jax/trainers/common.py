@@ -1,0 +1,288 @@
+"""Small pieces both trainers use (no trainer framework: see stage1/stage2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from dashclip_jax import checkpoint_io
+from dashclip_jax import inference
+from dashclip_jax import model as model_lib
+from dashclip_jax import optim
+from dashclip_jax import train_steps
+
+log = logging.getLogger("dashclip_jax")
+
+
+class ConfigError(ValueError):
+  """A config value the trainers cannot use (named in the message)."""
+
+
+class InitCheckpointError(FileNotFoundError):
+  """The configured init checkpoint does not exist or is not a model."""
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A NaN/Inf loss under nan_policy="stop"."""
+
+
+class Preempted(SystemExit):
+  """SIGTERM arrived: a checkpoint was saved and the run stopped early."""
+
+
+# ---------------------------------------------------------------------------
+# Model and init checkpoint.
+# ---------------------------------------------------------------------------
+
+
+def resolve_init_checkpoint(path: str) -> str:
+  """A model dir (converted or exported) or a training workdir -> model dir."""
+  try:
+    return inference.resolve_model_dir(path)
+  except FileNotFoundError as e:
+    raise InitCheckpointError(f"init checkpoint {path!r}: {e}") from None
+
+
+def model_config_from(cfg: ml_collections.ConfigDict,
+                      init_dir: str | None) -> model_lib.ModelConfig:
+  """The init checkpoint's geometry when there is one, else `cfg.size`.
+
+  Numerics (dtype, remat, dropout) always come from the experiment config.
+  """
+  if init_dir:
+    meta = checkpoint_io.read_metadata(init_dir)
+    mc = model_lib.ModelConfig.from_dict(meta["model_config"])
+  else:
+    mc = model_lib.model_config(cfg.size)
+  mc = mc.replace(dtype=cfg.dtype, remat=cfg.remat)
+  if cfg.image_size:
+    mc = mc.replace(vision=dataclasses.replace(mc.vision,
+                                               image_size=cfg.image_size))
+  if cfg.text_dropout >= 0:
+    mc = mc.replace(
+        text=dataclasses.replace(mc.text, dropout=cfg.text_dropout),
+        query=dataclasses.replace(mc.query, dropout=cfg.text_dropout))
+  return mc
+
+
+def load_init_params(init_dir: str, model_config: model_lib.ModelConfig):
+  """Params of a model dir, checked against the model's shapes."""
+  _, trees, _ = checkpoint_io.load_model_dir(init_dir)
+  params = trees["params"]
+  expected = jax.eval_shape(
+      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
+      jax.random.key(0))
+  flat_exp = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+  flat_got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  name = lambda p: "/".join(str(getattr(k, "key", k)) for k in p)
+  missing = sorted(name(p) for p in flat_exp if p not in flat_got)
+  if missing:
+    raise ValueError(f"init checkpoint {init_dir} lacks params: {missing[:5]}")
+  for path, want in flat_exp.items():
+    got = flat_got[path]
+    if tuple(got.shape) != tuple(want.shape):
+      raise ValueError(f"init checkpoint {init_dir}: {name(path)} has shape "
+                       f"{tuple(got.shape)}, the model needs "
+                       f"{tuple(want.shape)}")
+  return jax.tree.map(lambda g, w: np.asarray(g, w.dtype), params, expected)
+
+
+def host_params(params):
+  """Params as host numpy on every process (gathers FSDP/tensor shards)."""
+  if all(x.is_fully_addressable or x.is_fully_replicated
+         for x in jax.tree.leaves(params)):
+    return jax.tree.map(np.asarray, jax.device_get(params))
+  return jax.tree.map(np.asarray,
+                      multihost_utils.process_allgather(params, tiled=True))
+
+
+def export_model(workdir: str, step: int, params,
+                 model_config: model_lib.ModelConfig,
+                 provenance: dict[str, Any]) -> str:
+  """Writes `<workdir>/models/<step>`: what `dashclip_jax.load` reads.
+
+  Every process must call it (the gather is collective); process 0 writes,
+  and all return once the directory is complete.
+  """
+  out = os.path.join(workdir, "models", str(step))
+  done = os.path.exists(os.path.join(out, checkpoint_io.METADATA_FILE))
+  if not done:
+    host = host_params(params)
+    if jax.process_index() == 0:
+      checkpoint_io.save_model_dir(out, host, model_config,
+                                   provenance=provenance)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"export {out}")
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Optimiser / step options from the config.
+# ---------------------------------------------------------------------------
+
+
+def optim_config(cfg: ml_collections.ConfigDict, total_steps: int,
+                 extra_mults: tuple = ()) -> optim.OptimConfig:
+  mults = tuple(tuple(r) for r in extra_mults) + tuple(
+      (str(p), float(m)) for p, m in cfg.lr_mults)
+  return optim.OptimConfig(
+      lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
+      init_lr=cfg.init_lr, end_lr=cfg.end_lr, weight_decay=cfg.weight_decay,
+      clip_norm=cfg.clip_norm if cfg.clip_norm > 0 else None,
+      lr_mults=mults)
+
+
+def step_config(cfg: ml_collections.ConfigDict, accum_steps: int
+                ) -> train_steps.StepConfig:
+  fields = {f.name for f in dataclasses.fields(train_steps.StepConfig)}
+  values = {k: v for k, v in cfg.to_dict().items() if k in fields}
+  unknown = set(cfg.to_dict()) - fields
+  if unknown:
+    raise ConfigError(f"unknown loss options {sorted(unknown)}; known: "
+                     f"{sorted(fields)}")
+  if values.get("momentum") is not None and values["momentum"] <= 0:
+    values["momentum"] = None
+  if values.get("hard_k") is not None and values["hard_k"] <= 0:
+    values["hard_k"] = None
+  return train_steps.StepConfig(accum_steps=accum_steps, **values)
+
+
+def compiler_options(train_cfg: ml_collections.ConfigDict
+                     ) -> dict[str, Any] | None:
+  """XLA options of the train step: opt level 0 compiles about twice as fast
+  on CPU and runs slower; for CI-scale runs (`train.fast_compile`)."""
+  if train_cfg.get("fast_compile"):
+    return {"xla_backend_optimization_level": 0}
+  return None
+
+
+# ---------------------------------------------------------------------------
+# Loop helpers.
+# ---------------------------------------------------------------------------
+
+
+_SIGTERM_RECEIVED = threading.Event()
+
+
+def install_sigterm_handler() -> None:
+  """From now on SIGTERM (the pre-emption notice) only sets a flag that the
+  training loops poll: they save a checkpoint and exit. Idempotent."""
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    log.warning("SIGTERM: saving a checkpoint after this step and exiting")
+    _SIGTERM_RECEIVED.set()
+  try:
+    signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # Not the main thread (e.g. some test runners).
+    log.warning("not the main thread: SIGTERM will not save a checkpoint")
+
+
+def preemption_requested() -> bool:
+  """Asked once per step. With several processes the answer is agreed on by
+  all (any process signalled -> all stop after the same step), so no process
+  is left waiting in a collective of a step the others skipped."""
+  requested = _SIGTERM_RECEIVED.is_set()
+  if jax.process_count() > 1:
+    flags = multihost_utils.process_allgather(np.asarray(requested, np.int32))
+    requested = bool(np.any(flags))
+  return requested
+
+
+def guard_nonfinite(step_fn):
+  """Wraps a step so a NaN/Inf loss leaves the state untouched.
+
+  The step's metrics gain "nonfinite" (1.0 when the update was dropped); the
+  trainer fetches these flags at log steps only and stops or counts them.
+  """
+  def guarded(state, batch, rng):
+    new, metrics = step_fn(state, batch, rng)
+    ok = jnp.isfinite(metrics["loss"])
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    return new, {**metrics, "nonfinite": 1.0 - ok.astype(jnp.float32)}
+  return guarded
+
+
+def check_nonfinite(steps: list[int], flags: list[jax.Array],
+                    policy: str) -> int:
+  """Number of skipped steps among `steps`; raises under policy "stop"."""
+  bad = [s for s, f in zip(steps, jax.device_get(flags)) if float(f) > 0]
+  if bad and policy != "skip":
+    raise NonFiniteLossError(
+        f"loss is NaN/Inf at step {bad[0]}; stopping (the state before it is "
+        "kept; --config.train.nan_policy=skip skips such steps instead)")
+  for s in bad:
+    log.warning("non-finite loss at step %d: update skipped", s)
+  return len(bad)
+
+
+def global_data_state(local_state: dict[str, Any]) -> dict[str, Any]:
+  """Every process's data iterator state in one JSON-able dict.
+
+  Orbax writes JSON items from the primary process only, so each process's
+  shard states are gathered first (`inputs.ShardedBatches` keys them by
+  shard, and each process picks its own on restore).
+  """
+  if jax.process_count() == 1:
+    return local_state
+  raw = np.frombuffer(json.dumps(local_state).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray(len(raw), np.int32))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:len(raw)] = raw
+  every = multihost_utils.process_allgather(padded)
+  merged: dict[str, Any] = {"shards": {}}
+  for row, size in zip(every, sizes):
+    merged["shards"].update(json.loads(bytes(row[:int(size)]))["shards"])
+  return merged
+
+
+def step_rng(seed: int, step: int) -> jax.Array:
+  """The rng of a step: a function of (seed, step) only, so resume is exact."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def host_metrics(metrics: dict[str, jax.Array], prefix: str = "train/"
+                 ) -> dict[str, float]:
+  return {prefix + k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def retrieval_at_1(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> float:
+  """Fraction of rows of `a` whose nearest `b` row shares its id."""
+  sims = a @ b.T
+  best = np.argmax(sims, axis=1)
+  return float(np.mean(ids[best] == ids))
+
+
+def tree_bytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def copy_text_to_query(params, model_config: model_lib.ModelConfig):
+  """Query tower <- text encoder (no cross-attention) and query_proj <-
+  text_proj, when the geometries match (DashCLIP's query initialisation)."""
+  if (model_config.query.width, model_config.query.depth) != (
+      model_config.text.width, model_config.text.depth):
+    log.warning("query and text towers differ in shape: query tower kept")
+    return params
+  txt = params["txt"]
+  query = jax.tree.map(np.array, {k: v for k, v in txt.items()})
+  for layer in query.values():
+    if isinstance(layer, dict):
+      layer.pop("cross_attn", None)
+      layer.pop("cross_attn_norm", None)
+  if jax.tree.structure(query) != jax.tree.structure(params["query"]):
+    log.warning("query tower layout differs from the text encoder's: kept")
+    return params
+  return {**params, "query": query,
+          "query_proj": jax.tree.map(np.array, params["text_proj"])}

@@ -1,0 +1,178 @@
+"""Stage 1: continual pretraining of the product encoders (ITC + ITM).
+
+Reads top to bottom: mesh -> init weights -> data -> optimizer and state
+born sharded -> resume -> jitted step -> loop (log, eval, checkpoint) ->
+exported model (`<workdir>/models/<step>`, what `dashclip_jax.load` reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from dashclip_jax import checkpointing
+from dashclip_jax import metric_writer
+from dashclip_jax import model as model_lib
+from dashclip_jax import optim
+from dashclip_jax import sharding as shard_lib
+from dashclip_jax import train_steps
+from dashclip_jax.trainers import common
+from dashclip_jax.trainers import inputs
+
+log = logging.getLogger("dashclip_jax")
+
+
+def make_eval_fn(model_config: model_lib.ModelConfig, mesh):
+  """-> jitted (params, global batch) -> (image emb, text emb, ids, valid).
+
+  Outputs are replicated, so every process can read them whole.
+  """
+  module = model_lib.DashClip(model_config)
+
+  def embed(params, batch):
+    img, _ = module.apply({"params": params}, batch["image"],
+                          method=model_lib.DashClip.encode_image)
+    txt, _ = module.apply({"params": params}, batch["ids"], batch["mask"],
+                          method=model_lib.DashClip.encode_text)
+    return img, txt, batch["product_id"], batch["valid"]
+  return jax.jit(embed, out_shardings=shard_lib.replicated(mesh))
+
+
+def evaluate(embed, params, batches: list[dict[str, np.ndarray]], mesh
+             ) -> dict[str, float]:
+  """Image<->text retrieval R@1 over the eval products (a matching id wins)."""
+  imgs, txts, ids = [], [], []
+  for local in batches:
+    img, txt, pid, valid = jax.device_get(
+        embed(params, shard_lib.global_batch(local, mesh)))
+    valid = valid.astype(bool)
+    imgs.append(img[valid])
+    txts.append(txt[valid])
+    ids.append(pid[valid])
+  img, txt, ids = map(np.concatenate, (imgs, txts, ids))
+  i2t = common.retrieval_at_1(img, txt, ids)
+  t2i = common.retrieval_at_1(txt, img, ids)
+  return {"eval/i2t_r@1": i2t, "eval/t2i_r@1": t2i,
+          "eval/r@1": (i2t + t2i) / 2}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains stage 1 in `workdir`; returns the exported model directory."""
+  common.install_sigterm_handler()
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+
+  # --- Mesh. ---------------------------------------------------------------
+  mesh = shard_lib.make_mesh([tuple(a) for a in config.mesh])
+  shard_lib.check_batch_divisible(tc.batch_size, mesh)
+  log.info("stage 1: mesh %s, global batch %d, %d steps", dict(mesh.shape),
+           tc.batch_size, tc.total_steps)
+
+  # --- Model geometry and init weights. -------------------------------------
+  init_dir = (common.resolve_init_checkpoint(config.init.checkpoint)
+              if config.init.checkpoint else None)
+  model_config = common.model_config_from(config.model, init_dir)
+  init_params = (common.load_init_params(init_dir, model_config)
+                 if init_dir else None)
+
+  # --- Data (this process's slice of every global batch). -----------------
+  train_iter = inputs.stage1_train(config.data, model_config, tc.batch_size,
+                                   seed=config.seed)
+  eval_batches = inputs.stage1_eval(config.data, model_config,
+                                    config.eval.batch_size)
+
+  # --- Optimizer and state, born sharded. -----------------------------------
+  step_cfg = common.step_config(config.loss, tc.accum_steps)
+  # The query tower and product_proj are unused here: frozen (no decay).
+  optim_cfg = common.optim_config(config.optim, tc.total_steps,
+                                  train_steps.STAGE1_LR_MULTS[:-1])
+  abstract_params = jax.eval_shape(
+      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
+      jax.random.key(0))
+  tx = optim.make_optimizer(optim_cfg, abstract_params)
+  state = train_steps.init_state(model_config, step_cfg, tx,
+                                 jax.random.key(config.seed), mesh,
+                                 params=init_params)
+
+  # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
+  ckpts = checkpointing.TrainCheckpoints(
+      workdir, keep=config.checkpoint.keep,
+      best_metric=config.checkpoint.best_metric or None,
+      async_save=config.checkpoint.async_save)
+  restored = ckpts.restore(state)
+  if restored is not None:
+    state, data_state, meta = restored
+    train_iter.set_state(data_state)
+    log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
+  elif init_dir:
+    log.info("initialised from %s", init_dir)
+  else:
+    # The untrained start, kept as the main job's "init" reference.
+    common.export_model(workdir, 0, state.params, model_config,
+                        provenance=dict(stage="stage1", init="random"))
+  start_step = int(jax.device_get(state.step))
+
+  # --- The step: compiled once, explicit shardings, state donated. --------
+  step_fn = common.guard_nonfinite(
+      train_steps.make_stage1_step(model_config, step_cfg, tx, mesh))
+  jit_step = None
+  embed = make_eval_fn(model_config, mesh)
+  lr_at = optim.schedule(optim_cfg)
+  writer = metric_writer.MetricWriter(workdir, tc.total_steps)
+
+  # --- Loop. ----------------------------------------------------------------
+  pending_steps, pending_flags = [], []
+  t_last, n_last = time.time(), start_step
+  for step in range(start_step + 1, tc.total_steps + 1):
+    batch = shard_lib.global_batch(next(train_iter), mesh)
+    if jit_step is None:
+      jit_step = train_steps.jit_step(
+          step_fn, state, batch, mesh,
+          compiler_options=common.compiler_options(tc))
+    state, metrics = jit_step(state, batch, common.step_rng(config.seed,
+                                                            step))
+    pending_steps.append(step)
+    pending_flags.append(metrics["nonfinite"])
+    last = step == tc.total_steps
+    if step % tc.log_every == 0 or last:
+      skipped = common.check_nonfinite(pending_steps, pending_flags,
+                                       tc.nan_policy)
+      pending_steps, pending_flags = [], []
+      host = common.host_metrics(metrics)
+      now = time.time()
+      host["train/examples_per_s"] = ((step - n_last) * tc.batch_size /
+                                      max(now - t_last, 1e-9))
+      host["train/step_time_s"] = (now - t_last) / max(step - n_last, 1)
+      host["train/lr"] = float(lr_at(step - 1))
+      host["train/skipped_steps"] = float(skipped)
+      t_last, n_last = now, step
+      writer.write(step, host)
+      writer.progress(step, host)
+    eval_metrics = {}
+    if step % tc.eval_every == 0 or last:
+      eval_metrics = evaluate(embed, state.params, eval_batches, mesh)
+      writer.write(step, eval_metrics)
+      writer.progress(step, eval_metrics)
+    stop = common.preemption_requested()
+    if step % config.checkpoint.every_steps == 0 or stop or last:
+      ckpts.save(step, state,
+                 common.global_data_state(train_iter.get_state()),
+                 {**eval_metrics, "seed": config.seed},
+                 wait=stop or last)
+    if stop:
+      break
+  ckpts.close()
+  writer.close()
+
+  final_step = int(jax.device_get(state.step))
+  if final_step < tc.total_steps:
+    raise common.Preempted(f"stage 1 pre-empted at step {final_step}; the "
+                           "checkpoint is saved, rerun to resume")
+  return common.export_model(workdir, final_step, state.params, model_config,
+                             provenance=dict(stage="stage1", workdir=workdir,
+                                             init=init_dir or "random"))

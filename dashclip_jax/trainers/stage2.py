@@ -1,0 +1,193 @@
+"""Stage 2: align the query encoder with the multimodal product embedding (QCC).
+
+Reads top to bottom: mesh -> init weights (a stage-1 workdir/model or a
+converted BLIP checkpoint) -> data -> optimizer (product tower frozen unless
+configured) and state born sharded -> resume -> jitted step -> loop (log,
+eval, checkpoint) -> exported model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from dashclip_jax import checkpointing
+from dashclip_jax import metric_writer
+from dashclip_jax import model as model_lib
+from dashclip_jax import optim
+from dashclip_jax import sharding as shard_lib
+from dashclip_jax import train_steps
+from dashclip_jax.trainers import common
+from dashclip_jax.trainers import inputs
+
+log = logging.getLogger("dashclip_jax")
+
+
+def make_eval_fns(model_config: model_lib.ModelConfig, mesh):
+  """-> jitted (product embed, query embed): global batch -> (emb, id, valid).
+
+  Outputs are replicated, so every process can read them whole.
+  """
+  module = model_lib.DashClip(model_config)
+  rep = shard_lib.replicated(mesh)
+
+  def embed_products(params, batch):
+    emb = module.apply({"params": params}, batch["image"],
+                       batch["title_ids"], batch["title_mask"],
+                       method=model_lib.DashClip.encode_product)[0]
+    return emb, batch["product_id"], batch["valid"]
+
+  def embed_queries(params, batch):
+    emb = module.apply({"params": params}, batch["query_ids"],
+                       batch["query_mask"],
+                       method=model_lib.DashClip.encode_query)[0]
+    return emb, batch["query_index"], batch["valid"]
+  return (jax.jit(embed_products, out_shardings=rep),
+          jax.jit(embed_queries, out_shardings=rep))
+
+
+def evaluate(fns, params, data: inputs.Stage2Eval, mesh) -> dict[str, float]:
+  """Query -> product retrieval over the eval products: R@1 of a label-2 hit."""
+  embed_products, embed_queries = fns
+
+  def run(fn, batches):
+    embs, ids = [], []
+    for local in batches:
+      emb, idx, valid = jax.device_get(
+          fn(params, shard_lib.global_batch(local, mesh)))
+      embs.append(emb[valid.astype(bool)])
+      ids.append(idx[valid.astype(bool)])
+    return np.concatenate(embs), np.concatenate(ids)
+
+  products, product_ids = run(embed_products, data.product_batches)
+  queries, query_index = run(embed_queries, data.query_batches)
+  # Queries without a label-2 product among the eval products don't count.
+  keep = np.array([bool(data.relevant[q]) for q in query_index])
+  top = product_ids[np.argmax(queries[keep] @ products.T, axis=1)]
+  hits = [int(p) in data.relevant[q] for p, q in zip(top, query_index[keep])]
+  return {"eval/r@1": float(np.mean(hits)) if hits else float("nan")}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Trains stage 2 in `workdir`; returns the exported model directory."""
+  common.install_sigterm_handler()
+  os.makedirs(workdir, exist_ok=True)
+  tc = config.train
+
+  # --- Mesh. ---------------------------------------------------------------
+  mesh = shard_lib.make_mesh([tuple(a) for a in config.mesh])
+  shard_lib.check_batch_divisible(tc.batch_size, mesh)
+  log.info("stage 2: mesh %s, global batch %d, %d steps", dict(mesh.shape),
+           tc.batch_size, tc.total_steps)
+
+  # --- Init weights: stage 1's model or a converted BLIP checkpoint. -------
+  init_dir = (common.resolve_init_checkpoint(config.init.checkpoint)
+              if config.init.checkpoint else None)
+  model_config = common.model_config_from(config.model, init_dir)
+  init_params = (common.load_init_params(init_dir, model_config)
+                 if init_dir else None)
+  if init_params is not None and config.init.query_from_text:
+    # DashCLIP: the query tower starts as a copy of the text encoder.
+    init_params = common.copy_text_to_query(init_params, model_config)
+
+  # --- Data. ---------------------------------------------------------------
+  train_iter = inputs.stage2_train(config.data, model_config, tc.batch_size,
+                                   seed=config.seed)
+  eval_data = inputs.stage2_eval(config.data, model_config,
+                                 config.eval.batch_size)
+
+  # --- Optimizer (product tower frozen unless trained) and state. ---------
+  step_cfg = common.step_config(config.loss, tc.accum_steps)
+  frozen = () if step_cfg.train_product_tower else (
+      (train_steps.PRODUCT_TOWER_REGEX, 0.0),)
+  optim_cfg = common.optim_config(config.optim, tc.total_steps, frozen)
+  abstract_params = jax.eval_shape(
+      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
+      jax.random.key(0))
+  tx = optim.make_optimizer(optim_cfg, abstract_params)
+  state = train_steps.init_state(model_config, step_cfg, tx,
+                                 jax.random.key(config.seed), mesh,
+                                 params=init_params)
+
+  # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
+  ckpts = checkpointing.TrainCheckpoints(
+      workdir, keep=config.checkpoint.keep,
+      best_metric=config.checkpoint.best_metric or None,
+      async_save=config.checkpoint.async_save)
+  restored = ckpts.restore(state)
+  if restored is not None:
+    state, data_state, meta = restored
+    train_iter.set_state(data_state)
+    log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
+  elif init_dir:
+    log.info("initialised from %s", init_dir)
+  start_step = int(jax.device_get(state.step))
+
+  # --- The step: compiled once, explicit shardings, state donated. --------
+  step_fn = common.guard_nonfinite(
+      train_steps.make_stage2_step(model_config, step_cfg, tx, mesh))
+  jit_step = None
+  eval_fns = make_eval_fns(model_config, mesh)
+  lr_at = optim.schedule(optim_cfg)
+  writer = metric_writer.MetricWriter(workdir, tc.total_steps)
+  if start_step == 0:
+    before = evaluate(eval_fns, state.params, eval_data, mesh)
+    log.info("before stage 2: %s", before)
+    writer.write(0, before)
+
+  # --- Loop. ----------------------------------------------------------------
+  pending_steps, pending_flags = [], []
+  t_last, n_last = time.time(), start_step
+  for step in range(start_step + 1, tc.total_steps + 1):
+    batch = shard_lib.global_batch(next(train_iter), mesh)
+    if jit_step is None:
+      jit_step = train_steps.jit_step(
+          step_fn, state, batch, mesh,
+          compiler_options=common.compiler_options(tc))
+    state, metrics = jit_step(state, batch, common.step_rng(config.seed,
+                                                            step))
+    pending_steps.append(step)
+    pending_flags.append(metrics["nonfinite"])
+    last = step == tc.total_steps
+    if step % tc.log_every == 0 or last:
+      skipped = common.check_nonfinite(pending_steps, pending_flags,
+                                       tc.nan_policy)
+      pending_steps, pending_flags = [], []
+      host = common.host_metrics(metrics)
+      now = time.time()
+      host["train/examples_per_s"] = ((step - n_last) * tc.batch_size /
+                                      max(now - t_last, 1e-9))
+      host["train/step_time_s"] = (now - t_last) / max(step - n_last, 1)
+      host["train/lr"] = float(lr_at(step - 1))
+      host["train/skipped_steps"] = float(skipped)
+      t_last, n_last = now, step
+      writer.write(step, host)
+      writer.progress(step, host)
+    eval_metrics = {}
+    if step % tc.eval_every == 0 or last:
+      eval_metrics = evaluate(eval_fns, state.params, eval_data, mesh)
+      writer.write(step, eval_metrics)
+      writer.progress(step, eval_metrics)
+    stop = common.preemption_requested()
+    if step % config.checkpoint.every_steps == 0 or stop or last:
+      ckpts.save(step, state,
+                 common.global_data_state(train_iter.get_state()),
+                 {**eval_metrics, "seed": config.seed},
+                 wait=stop or last)
+    if stop:
+      break
+  ckpts.close()
+  writer.close()
+
+  final_step = int(jax.device_get(state.step))
+  if final_step < tc.total_steps:
+    raise common.Preempted(f"stage 2 pre-empted at step {final_step}; the "
+                           "checkpoint is saved, rerun to resume")
+  return common.export_model(workdir, final_step, state.params, model_config,
+                             provenance=dict(stage="stage2", workdir=workdir,
+                                             init=init_dir or "random"))

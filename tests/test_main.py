@@ -1,0 +1,313 @@
+"""The main job end to end: CLI errors, resume after kill -9, stage-2 inits,
+two processes over jax.distributed, and the full tiny stage 1 -> 2 -> eval.
+
+Runs go through `python -m dashclip_jax.main` in subprocesses (a kill -9 and
+jax.distributed need real processes). They share a persistent XLA cache, so
+a rerun of the same config does not compile again.
+"""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from dashclip_jax import checkpoint_io
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STAGE1_TINY = "--config=configs/stage1.py:tiny"
+STAGE2_TINY = "--config=configs/stage2.py:tiny"
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+def _env(xla_cache, devices):
+  return dict(
+      os.environ,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_COMPILATION_CACHE_DIR=xla_cache,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+      HF_HUB_OFFLINE="1")
+
+
+def _cmd(workdir, *args):
+  return [sys.executable, "-m", "dashclip_jax.main", f"--workdir={workdir}",
+          *args]
+
+
+def _main(xla_cache, workdir, *args, devices=1, timeout=600):
+  out = subprocess.run(_cmd(workdir, *args), cwd=ROOT,
+                       env=_env(xla_cache, devices), capture_output=True,
+                       text=True, timeout=timeout, check=False)
+  return out
+
+
+def _ok(out):
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def _params(model_dir):
+  _, trees, _ = checkpoint_io.load_model_dir(str(model_dir))
+  return trees["params"]
+
+
+def _assert_trees_equal(a, b, what):
+  flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  flat_b = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b], what
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(x, y, err_msg=f"{what}: {path}")
+
+
+def _last_line(text):
+  lines = [l for l in text.strip().splitlines() if l.strip()]
+  return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------------------
+# Clear one-line errors.
+
+
+def test_config_typo_is_a_one_line_error(xla_cache, tmp_path):
+  out = _main(xla_cache, tmp_path, STAGE1_TINY,
+              "--config.train.batch_sise=4")
+  assert out.returncode != 0
+  last = _last_line(out.stderr)
+  assert "batch_sise" in last and "Traceback" not in out.stderr, out.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_variant_is_a_one_line_error(xla_cache, tmp_path):
+  out = _main(xla_cache, tmp_path, "--config=configs/stage1.py:huge")
+  assert out.returncode != 0
+  assert "huge" in _last_line(out.stderr) and "Traceback" not in out.stderr
+
+
+def test_missing_init_checkpoint_is_a_one_line_error(xla_cache, tmp_path):
+  missing = tmp_path / "no_such_checkpoint"
+  out = _main(xla_cache, tmp_path / "run", STAGE2_TINY,
+              f"--config.init.checkpoint={missing}")
+  assert out.returncode != 0
+  last = _last_line(out.stderr)
+  assert last.startswith("dashclip_jax.main: error: init checkpoint")
+  assert str(missing) in last and "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------------------
+# Resume.
+
+
+def _checkpoint_steps(workdir):
+  d = workdir / "checkpoints"
+  if not d.is_dir():
+    return []
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
+
+
+def test_kill9_then_rerun_equals_uninterrupted(xla_cache, tmp_path):
+  steps = 24
+  args = (STAGE1_TINY, f"--config.train.total_steps={steps}",
+          "--config.checkpoint.every_steps=3", "--config.train.eval_every=8",
+          "--config.train.log_every=4")
+  ref = tmp_path / "uninterrupted"
+  _ok(_main(xla_cache, ref, *args))
+
+  run = tmp_path / "killed"
+  seed = random.randrange(1 << 30)
+  delay = random.Random(seed).uniform(0.0, 1.0)
+  proc = subprocess.Popen(_cmd(run, *args), cwd=ROOT,
+                          env=_env(xla_cache, 1), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not _checkpoint_steps(run) and proc.poll() is None:
+    assert time.time() < deadline, "no checkpoint within 300 s"
+    time.sleep(0.05)
+  time.sleep(delay)
+  proc.send_signal(signal.SIGKILL)
+  _, err = proc.communicate()
+  assert proc.returncode == -signal.SIGKILL, (
+      f"the run ended before the kill (delay {delay:.2f}s): {err[-2000:]}")
+  assert not (run / "models" / str(steps)).exists()
+
+  resumed = _ok(_main(xla_cache, run, *args))
+  assert "resumed from" in resumed.stderr, resumed.stderr[-2000:]
+  _assert_trees_equal(_params(run / "models" / str(steps)),
+                      _params(ref / "models" / str(steps)),
+                      f"resumed (killed after {delay:.2f}s, seed {seed}) "
+                      "vs uninterrupted")
+  # The metrics log continues where it stopped: the last step is there once.
+  lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text()
+           .splitlines()]
+  finals = [l for l in lines if l["step"] == steps and "train/loss" in l]
+  assert len(finals) == 1
+
+
+def test_sigterm_saves_and_rerun_resumes(xla_cache, tmp_path):
+  steps = 150  # Long enough that SIGTERM lands mid-run.
+  args = (STAGE1_TINY, f"--config.train.total_steps={steps}",
+          "--config.checkpoint.every_steps=1000", "--config.train.eval_every=1000",
+          "--config.train.log_every=1")
+  run = tmp_path / "preempted"
+  proc = subprocess.Popen(_cmd(run, *args), cwd=ROOT, env=_env(xla_cache, 1),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 300
+  log = run / "metrics.jsonl"
+  while proc.poll() is None and not (log.exists() and
+                                     "train/loss" in log.read_text()):
+    assert time.time() < deadline, "no training step within 300 s"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err[-2000:]
+  saved = _checkpoint_steps(run)
+  assert len(saved) == 1 and 0 < saved[0] < steps, (saved, err[-2000:])
+  assert "pre-empted at step" in err
+  # The rerun resumes from the saved step and finishes.
+  more = steps - saved[0]
+  resumed = _ok(_main(xla_cache, run, *args[:-1], "--config.train.log_every=50",
+                      timeout=600))
+  assert f"at step {saved[0]}" in resumed.stderr
+  assert (run / "models" / str(steps)).is_dir(), more
+
+
+# ---------------------------------------------------------------------------
+# Stage 2's init checkpoints.
+
+
+def _tiny_hf_blip(path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from dashclip_jax import tokenizer as tok  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  config = transformers.BlipConfig(
+      vision_config=dict(hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2,
+                         image_size=32, patch_size=8, layer_norm_eps=1e-6),
+      text_config=dict(vocab_size=tok.VOCAB_SIZE, hidden_size=32,
+                       intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, max_position_embeddings=64,
+                       encoder_hidden_size=32),
+      image_text_hidden_size=16)
+  transformers.BlipForImageTextRetrieval(config).save_pretrained(path)
+
+
+def _without_cross_attention(txt):
+  return {k: ({n: v for n, v in layer.items()
+               if n not in ("cross_attn", "cross_attn_norm")}
+              if isinstance(layer, dict) else layer)
+          for k, layer in txt.items()}
+
+
+def test_stage2_starts_from_a_converted_blip_checkpoint(xla_cache, tmp_path):
+  from dashclip_jax import convert  # pylint: disable=g-import-not-at-top
+  _tiny_hf_blip(tmp_path / "hf")
+  convert.convert(str(tmp_path / "hf"), str(tmp_path / "blip"), size="tiny")
+  blip = _params(tmp_path / "blip")
+  # lr 0: the exported model is exactly what stage 2 started from.
+  _ok(_main(xla_cache, tmp_path / "s2", STAGE2_TINY,
+            f"--config.init.checkpoint={tmp_path / 'blip'}",
+            "--config.train.total_steps=2", "--config.optim.lr=0",
+            "--config.final_eval.enabled=false"))
+  start = _params(tmp_path / "s2" / "models" / "2")
+  for tower in ("img", "txt", "vision_proj", "text_proj", "itm_head"):
+    _assert_trees_equal(start[tower], blip[tower], tower)
+  # DashCLIP: the query tower starts as the (unimodal) text encoder.
+  _assert_trees_equal(start["query"], _without_cross_attention(blip["txt"]),
+                      "query <- txt")
+  _assert_trees_equal(start["query_proj"], blip["text_proj"],
+                      "query_proj <- text_proj")
+
+
+def test_full_tiny_job_stage1_then_stage2_then_eval(xla_cache, tmp_path):
+  out = _ok(_main(xla_cache, tmp_path, STAGE2_TINY))
+  s1 = _params(tmp_path / "stage1" / "models" / "6")
+  s2 = _params(tmp_path / "stage2" / "models" / "6")
+  untrained = _params(tmp_path / "stage1" / "models" / "0")
+  # Stage 1 trained the product tower and left the unused query tower.
+  assert not np.array_equal(s1["img"]["patch_embed"]["kernel"],
+                            untrained["img"]["patch_embed"]["kernel"])
+  _assert_trees_equal(s1["query"], untrained["query"], "stage-1 query tower")
+  # Stage 2 loaded stage 1's model and kept its product tower frozen ...
+  for tower in ("img", "txt", "vision_proj", "text_proj", "product_proj"):
+    _assert_trees_equal(s2[tower], s1[tower], f"stage-2 {tower}")
+  # ... and trained the query tower it copied from stage 1's text encoder.
+  q_start = _without_cross_attention(s1["txt"])
+  assert jax.tree.structure(s2["query"]) == jax.tree.structure(q_start)
+  moved = [not np.array_equal(a, b) for a, b in
+           zip(jax.tree.leaves(s2["query"]), jax.tree.leaves(q_start))]
+  assert any(moved)
+  # The evaluation ran on the trained model against the untrained one.
+  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  assert {"dashclip", "init", "bm25"} <= set(metrics)
+  assert "ndcg@10" in metrics["dashclip"] and "system" in out.stdout
+  assert (tmp_path / "eval" / "report.md").is_file()
+  resolved = json.loads((tmp_path / "config.json").read_text())
+  assert resolved["stage"] == "stage2"
+
+
+# ---------------------------------------------------------------------------
+# Multi-process.
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(xla_cache, tmp_path):
+  """2 processes x 2 CPU devices == 1 process x 4 devices, same global batch.
+
+  data.num_shards=2 makes the one-process run read the two processes'
+  shards and concatenate them, i.e. the same global batches.
+  """
+  args = (STAGE1_TINY, "--config.train.total_steps=4",
+          "--config.checkpoint.every_steps=2", "--config.data.num_shards=2",
+          "--config.train.eval_every=2", "--config.train.log_every=2")
+  _ok(_main(xla_cache, tmp_path / "one", *args, devices=4))
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(tmp_path / "two", *args, f"--coordinator_address=localhost:{port}",
+           "--num_processes=2", f"--process_id={i}"),
+      cwd=ROOT, env=_env(xla_cache, 2), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for i, p in enumerate(procs):
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, f"process {i}: {err[-3000:]}"
+  # The cross-process all-reduce sums in another order than the in-process
+  # one, so equality is to float rounding: 2e-5 absolute on params of scale
+  # 2e-2 that each step moves by ~1e-3 (a batch that differs moves them by
+  # that much). Near-zero-gradient params (attention key biases) make Adam
+  # amplify rounding noise, hence no relative bound.
+  one = _params(tmp_path / "one" / "models" / "4")
+  two = _params(tmp_path / "two" / "models" / "4")
+  untrained = _params(tmp_path / "one" / "models" / "0")
+  for (path, a), b, a0 in zip(jax.tree_util.tree_flatten_with_path(one)[0],
+                              jax.tree.leaves(two), jax.tree.leaves(untrained)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-5, err_msg=str(path))
+  moved = max(float(np.max(np.abs(a - a0))) for a, a0 in
+              zip(jax.tree.leaves(one), jax.tree.leaves(untrained)))
+  assert moved > 1e-3  # Training moved params far beyond the tolerance.
+  losses = lambda run: [l["train/loss"] for l in map(json.loads, (
+      tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                        if "train/loss" in l]
+  np.testing.assert_allclose(losses("two"), losses("one"), rtol=1e-5)
+  assert len(losses("one")) == 2
+  # Both processes' data states were checkpointed (each resumes its shard).
+  ckpt = tmp_path / "two" / "checkpoints" / "4" / "data" / "metadata"
+  state = json.loads(ckpt.read_text())
+  assert set(state["shards"]) == {"0", "1"}

@@ -68,10 +68,10 @@ def get_config(arg=None):
   c.data = data_block(v)
   c.train = common.train_block(
       batch_size={"tiny": 8, "demo": 32}.get(v, 256),
-      total_steps={"tiny": 6, "demo": 120}.get(v, 20000))
+      total_steps={"tiny": 6, "demo": 80}.get(v, 20000))
   c.train.fast_compile = v == "tiny"
   c.train.log_every = {"tiny": 2, "demo": 20}.get(v, 50)
-  c.train.eval_every = {"tiny": 3, "demo": 60}.get(v, 1000)
+  c.train.eval_every = {"tiny": 3, "demo": 40}.get(v, 1000)
   c.optim = ml_collections.ConfigDict(dict(
       lr={"tiny": 1e-3, "demo": 3e-4}.get(v, 1e-5), init_lr=0.0, end_lr=0.0,
       warmup_steps={"tiny": 1, "demo": 10}.get(v, 1000),
@@ -86,5 +86,5 @@ def get_config(arg=None):
   ))
   c.eval = ml_collections.ConfigDict(dict(batch_size={"tiny": 16}.get(v, 64)))
   c.checkpoint = common.checkpoint_block()
-  c.checkpoint.every_steps = {"tiny": 2, "demo": 60}.get(v, 1000)
+  c.checkpoint.every_steps = {"tiny": 2, "demo": 40}.get(v, 1000)
   return c

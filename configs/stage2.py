@@ -69,12 +69,12 @@ def get_config(arg=None):
   c.data = s1.data_block(v)
   c.train = common.train_block(
       batch_size={"tiny": 8, "demo": 32}.get(v, 256),
-      total_steps={"tiny": 6, "demo": 150}.get(v, 10000))
+      total_steps={"tiny": 6, "demo": 100}.get(v, 10000))
   c.train.fast_compile = v == "tiny"
-  c.train.log_every = {"tiny": 2, "demo": 25}.get(v, 50)
-  c.train.eval_every = {"tiny": 3, "demo": 75}.get(v, 1000)
+  c.train.log_every = {"tiny": 2, "demo": 20}.get(v, 50)
+  c.train.eval_every = {"tiny": 3, "demo": 50}.get(v, 1000)
   c.optim = ml_collections.ConfigDict(dict(
-      lr={"tiny": 1e-3, "demo": 3e-4}.get(v, 1e-5), init_lr=0.0, end_lr=0.0,
+      lr={"tiny": 1e-3, "demo": 1e-3}.get(v, 1e-5), init_lr=0.0, end_lr=0.0,
       warmup_steps={"tiny": 1, "demo": 10}.get(v, 500),
       weight_decay=0.05, clip_norm=1.0, lr_mults=[(".*", 1.0)],
   ))
@@ -87,6 +87,6 @@ def get_config(arg=None):
   ))
   c.eval = ml_collections.ConfigDict(dict(batch_size={"tiny": 16}.get(v, 64)))
   c.checkpoint = common.checkpoint_block()
-  c.checkpoint.every_steps = {"tiny": 2, "demo": 75}.get(v, 1000)
+  c.checkpoint.every_steps = {"tiny": 2, "demo": 50}.get(v, 1000)
   c.final_eval = final_eval_block(c.data, embedded=v in ("tiny", "demo"))
   return c

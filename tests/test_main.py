@@ -257,6 +257,17 @@ def test_full_tiny_job_stage1_then_stage2_then_eval(xla_cache, tmp_path):
   assert (tmp_path / "eval" / "report.md").is_file()
   resolved = json.loads((tmp_path / "config.json").read_text())
   assert resolved["stage"] == "stage2"
+  # Metrics: JSON lines at the log steps (log_every=2) and TensorBoard.
+  lines = [json.loads(l) for l in (tmp_path / "stage2" / "metrics.jsonl")
+           .read_text().splitlines()]
+  logged = [l for l in lines if "train/loss" in l]
+  assert [l["step"] for l in logged] == [2, 4, 6]
+  for key in ("train/qcc_loss", "train/temp", "train/lr", "train/grad_norm",
+              "train/examples_per_s", "train/step_time_s"):
+    assert np.isfinite(logged[-1][key]), key
+  assert any(l.get("eval/r@1") is not None for l in lines)
+  assert any(f.name.startswith("events.out.tfevents") for f in
+             (tmp_path / "stage2" / "tensorboard").iterdir())
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
@@ -18,7 +19,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from dashclip_jax import checkpoint_io
+from dashclip_jax import checkpointing
 from dashclip_jax import inference
+from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import train_steps
@@ -254,6 +257,67 @@ def step_rng(seed: int, step: int) -> jax.Array:
 def host_metrics(metrics: dict[str, jax.Array], prefix: str = "train/"
                  ) -> dict[str, float]:
   return {prefix + k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def open_checkpoints(config: ml_collections.ConfigDict, workdir: str
+                     ) -> checkpointing.TrainCheckpoints:
+  c = config.checkpoint
+  return checkpointing.TrainCheckpoints(
+      workdir, keep=c.keep, best_metric=c.best_metric or None,
+      async_save=c.async_save)
+
+
+def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
+  """Resume from the workdir's newest readable checkpoint, if any.
+
+  Returns (state, resumed?): the state and the data iterator continue where
+  the checkpoint left them; otherwise both stay as given.
+  """
+  restored = ckpts.restore(state)
+  if restored is None:
+    return state, False
+  state, data_state, meta = restored
+  train_iter.set_state(data_state)
+  log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
+  return state, True
+
+
+class TrainLogger:
+  """Step metrics -> metrics.jsonl/TensorBoard/console at log steps only.
+
+  Device values are fetched only every `train.log_every` steps (and at the
+  last one); the NaN/Inf flags of the steps in between are checked then,
+  under `train.nan_policy`.
+  """
+
+  def __init__(self, writer: metric_writer.MetricWriter,
+               train_cfg: ml_collections.ConfigDict, lr_at, start_step: int):
+    self.writer, self.cfg, self.lr_at = writer, train_cfg, lr_at
+    self._pending_steps, self._pending_flags = [], []
+    self._t_last, self._n_last = time.time(), start_step
+
+  def step(self, step: int, metrics: dict[str, jax.Array], last: bool
+           ) -> None:
+    self._pending_steps.append(step)
+    self._pending_flags.append(metrics["nonfinite"])
+    if step % self.cfg.log_every and not last:
+      return
+    skipped = check_nonfinite(self._pending_steps, self._pending_flags,
+                              self.cfg.nan_policy)
+    self._pending_steps, self._pending_flags = [], []
+    host = host_metrics(metrics)
+    now, done = time.time(), step - self._n_last
+    host["train/examples_per_s"] = (done * self.cfg.batch_size /
+                                    max(now - self._t_last, 1e-9))
+    host["train/step_time_s"] = (now - self._t_last) / max(done, 1)
+    host["train/lr"] = float(self.lr_at(step - 1))
+    host["train/skipped_steps"] = float(skipped)
+    self._t_last, self._n_last = now, step
+    self.eval(step, host)
+
+  def eval(self, step: int, metrics: dict[str, float]) -> None:
+    self.writer.write(step, metrics)
+    self.writer.progress(step, metrics)
 
 
 def retrieval_at_1(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> float:

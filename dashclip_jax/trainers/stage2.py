@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax import checkpointing
 from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
@@ -115,17 +113,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
                                  params=init_params)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
-  ckpts = checkpointing.TrainCheckpoints(
-      workdir, keep=config.checkpoint.keep,
-      best_metric=config.checkpoint.best_metric or None,
-      async_save=config.checkpoint.async_save)
-  restored = ckpts.restore(state)
-  if restored is not None:
-    state, data_state, meta = restored
-    train_iter.set_state(data_state)
-    log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
-  elif init_dir:
-    log.info("initialised from %s", init_dir)
+  ckpts = common.open_checkpoints(config, workdir)
+  state, resumed = common.restore(ckpts, state, train_iter)
+  if not resumed:
+    log.info("initialised from %s", init_dir or "scratch (no init.checkpoint)")
   start_step = int(jax.device_get(state.step))
 
   # --- The step: compiled once, explicit shardings, state donated. --------
@@ -141,44 +132,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
     writer.write(0, before)
 
   # --- Loop. ----------------------------------------------------------------
-  pending_steps, pending_flags = [], []
-  t_last, n_last = time.time(), start_step
+  logger = common.TrainLogger(writer, tc, lr_at, start_step)
   for step in range(start_step + 1, tc.total_steps + 1):
     batch = shard_lib.global_batch(next(train_iter), mesh)
     if jit_step is None:
       jit_step = train_steps.jit_step(
           step_fn, state, batch, mesh,
           compiler_options=common.compiler_options(tc))
-    state, metrics = jit_step(state, batch, common.step_rng(config.seed,
-                                                            step))
-    pending_steps.append(step)
-    pending_flags.append(metrics["nonfinite"])
+    state, metrics = jit_step(state, batch,
+                              common.step_rng(config.seed, step))
     last = step == tc.total_steps
-    if step % tc.log_every == 0 or last:
-      skipped = common.check_nonfinite(pending_steps, pending_flags,
-                                       tc.nan_policy)
-      pending_steps, pending_flags = [], []
-      host = common.host_metrics(metrics)
-      now = time.time()
-      host["train/examples_per_s"] = ((step - n_last) * tc.batch_size /
-                                      max(now - t_last, 1e-9))
-      host["train/step_time_s"] = (now - t_last) / max(step - n_last, 1)
-      host["train/lr"] = float(lr_at(step - 1))
-      host["train/skipped_steps"] = float(skipped)
-      t_last, n_last = now, step
-      writer.write(step, host)
-      writer.progress(step, host)
+    logger.step(step, metrics, last)
     eval_metrics = {}
     if step % tc.eval_every == 0 or last:
       eval_metrics = evaluate(eval_fns, state.params, eval_data, mesh)
-      writer.write(step, eval_metrics)
-      writer.progress(step, eval_metrics)
+      logger.eval(step, eval_metrics)
     stop = common.preemption_requested()
     if step % config.checkpoint.every_steps == 0 or stop or last:
       ckpts.save(step, state,
                  common.global_data_state(train_iter.get_state()),
-                 {**eval_metrics, "seed": config.seed},
-                 wait=stop or last)
+                 {**eval_metrics, "seed": config.seed}, wait=stop or last)
     if stop:
       break
   ckpts.close()

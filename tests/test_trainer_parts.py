@@ -1,0 +1,97 @@
+"""Trainer pieces that need no training run: NaN policy, data shards, state."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dashclip_jax.trainers import common
+from dashclip_jax.trainers import inputs
+
+
+def _toy_step(state, batch, rng):
+  del rng
+  loss = jnp.sum(batch["x"]) / jnp.sum(batch["x"] != 0)  # NaN on all-zero x.
+  return {"w": state["w"] - 0.1 * loss}, {"loss": loss}
+
+
+def test_nonfinite_loss_leaves_the_state_untouched():
+  step = jax.jit(common.guard_nonfinite(_toy_step))
+  state = {"w": jnp.ones(3)}
+  good, m_good = step(state, {"x": jnp.ones(4)}, None)
+  np.testing.assert_allclose(good["w"], 0.9 * np.ones(3))
+  assert float(m_good["nonfinite"]) == 0.0
+  kept, m_bad = step(state, {"x": jnp.zeros(4)}, None)
+  np.testing.assert_array_equal(kept["w"], state["w"])
+  assert float(m_bad["nonfinite"]) == 1.0
+
+
+def test_nan_policy_stop_names_the_step_and_skip_counts():
+  flags = [jnp.float32(0), jnp.float32(1), jnp.float32(1)]
+  with pytest.raises(common.NonFiniteLossError, match="at step 12"):
+    common.check_nonfinite([11, 12, 13], flags, "stop")
+  assert common.check_nonfinite([11, 12, 13], flags, "skip") == 2
+  assert common.check_nonfinite([11], flags[:1], "stop") == 0
+
+
+def test_step_rng_depends_on_seed_and_step_only():
+  a = jax.random.key_data(common.step_rng(0, 5))
+  np.testing.assert_array_equal(a, jax.random.key_data(common.step_rng(0, 5)))
+  assert not np.array_equal(a, jax.random.key_data(common.step_rng(0, 6)))
+  assert not np.array_equal(a, jax.random.key_data(common.step_rng(1, 5)))
+
+
+class _FakeShard:
+  """Rows [shard, shard + count, ...) of 0..; a position as its state."""
+
+  def __init__(self, batch, shard):
+    self.batch, (self.index, self.count) = batch, shard
+    self.pos = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    rows = [self.index + self.count * (self.pos + i) for i in range(self.batch)]
+    self.pos += self.batch
+    return {"x": np.array(rows)}
+
+  def get_state(self):
+    return {"pos": self.pos}
+
+  def set_state(self, state):
+    self.pos = state["pos"]
+
+
+def test_sharded_batches_concatenate_shards_and_round_trip_state():
+  make = _FakeShard
+  batches = inputs.ShardedBatches(make, global_batch=6, num_shards=2)
+  first = next(batches)["x"]
+  np.testing.assert_array_equal(first, [0, 2, 4, 1, 3, 5])
+  state = json.loads(json.dumps(batches.get_state()))
+  expected = next(batches)["x"]
+  again = inputs.ShardedBatches(make, global_batch=6, num_shards=2)
+  again.set_state(state)
+  np.testing.assert_array_equal(next(again)["x"], expected)
+
+
+def test_sharded_batches_reject_mismatched_state_and_sizes():
+  batches = inputs.ShardedBatches(_FakeShard, global_batch=4, num_shards=2)
+  with pytest.raises(ValueError, match="num_shards"):
+    batches.set_state({"shards": {"0": {"pos": 0}}})
+  with pytest.raises(ValueError, match="not divisible"):
+    inputs.ShardedBatches(_FakeShard, global_batch=5, num_shards=2)
+
+
+def test_config_error_messages_name_the_override():
+  from dashclip_jax import main  # pylint: disable=g-import-not-at-top
+  try:
+    raise AttributeError(KeyError(
+        "'batch_sise'\nDid you mean \"batch_size\" instead of \"batch_sise\"?"
+    )) from KeyError("batch_sise")
+  except AttributeError as e:
+    text = main.flag_error(e, ["prog", "--config.train.batch_sise=4"])
+  assert text.startswith("--config.train.batch_sise: no such config key")
+  assert 'Did you mean "batch_size"' in text and "\n" not in text

@@ -69,14 +69,13 @@ def test_every_planted_bad_catalog_row_is_counted_and_named(tmp_path):
                                  max_bad_fraction=0.5)
   assert len(cat) == 10
   bad = cat.bad
-  bad.max_culprits = 10
   assert dict(bad.counts) == {
       "malformed row": 1, "empty title": 1, "missing image": 1,
       "path escapes catalog root": 2, "duplicate id": 1, "missing id": 1}
   assert bad.seen == 17
-  # Culprits name file and line, in file order.
+  # Every culprit is named by file and line, in file order.
   lines_named = [c.split(":")[0] for c in bad.culprits]
-  assert lines_named == [f"catalog.csv line {n}" for n in (12, 13, 14, 15, 16)]
+  assert lines_named == [f"catalog.csv line {n}" for n in range(12, 19)]
   assert "6 fields, expected 5" in bad.culprits[0]
   summary = bad.summary()
   assert "skipped 7 of 17" in summary and "catalog.csv line 12" in summary
@@ -168,7 +167,7 @@ def test_every_planted_bad_relevance_row_is_counted_and_named(tmp_path):
       "unknown product": 1, "label outside {0,1,2}": 2, "empty query": 1,
       "duplicate pair": 1, "malformed row": 1, "query text differs": 1}
   assert [c.split(":")[0] for c in rel.bad.culprits] == [
-      f"rel.csv line {n}" for n in (6, 7, 8, 9, 10)]
+      f"rel.csv line {n}" for n in range(6, 13)]
   assert rel.qrels() == [{0: 2, 1: 1}, {3: 2}]
   with pytest.raises(br.BadDataError, match="rel.csv line 6"):
     relevance_lib.load_relevance(str(path), cat, max_bad_fraction=0.2)
@@ -345,3 +344,15 @@ def test_load_sources_by_config(tmp_path):
   assert s.train_relevance is None and s.test_relevance.qrels() == [{1: 2}]
   with pytest.raises(ValueError, match="data.source"):
     sources.load_sources({"source": "webdataset"})
+
+
+def test_many_bad_records_of_one_kind_do_not_hide_another():
+  bad = br.BadRecords("catalog x.csv", max_bad_fraction=1.0)
+  for line in range(2, 12):
+    bad.bad(f"x.csv line {line}", "missing image")
+  bad.bad("x.csv line 12", "empty title")
+  assert bad.counts == {"missing image": 10, "empty title": 1}
+  named = [c.split(":")[0] for c in bad.culprits]
+  assert named == ["x.csv line 2", "x.csv line 3", "x.csv line 4",
+                   "x.csv line 12"]
+  assert "x.csv line 12: empty title" in bad.summary()

@@ -21,17 +21,18 @@ class BadDataError(ValueError):
 
 @dataclasses.dataclass
 class BadRecords:
-  """Counts skipped records of one source, with the first few culprits.
+  """Counts skipped records of one source, naming the first few of each kind.
 
   Attributes:
     source: what is being read, e.g. "catalog /data/styles.csv".
     max_bad_fraction: above this fraction of bad records (out of `seen`),
       `check` raises. 0.0 means any bad record is an error.
-    max_culprits: how many culprits to keep by name.
+    max_culprits: how many culprits of each reason to keep by name, so every
+      kind of problem is named however many of another kind come first.
   """
   source: str
   max_bad_fraction: float = 0.01
-  max_culprits: int = 5
+  max_culprits: int = 3
   seen: int = 0
   counts: collections.Counter = dataclasses.field(
       default_factory=collections.Counter)
@@ -70,12 +71,13 @@ class BadRecords:
     with self._lock:
       self.seen += 1
       self.counts[reason] += 1
-      if len(self.culprits) < self.max_culprits:
+      if self.counts[reason] <= self.max_culprits:
         msg = f"{where}: {reason}" + (f" ({detail})" if detail else "")
         self.culprits.append(msg)
 
   def summary(self) -> str:
-    """One-paragraph summary: totals, counts per reason, first culprits."""
+    """One-paragraph summary: totals, counts per reason, first culprits of
+    each reason (in the order they were met)."""
     if not self.num_bad:
       return f"{self.source}: {self.seen} records, none bad."
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))

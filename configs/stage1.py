@@ -53,38 +53,18 @@ def data_block(variant: str):
 
 def get_config(arg=None):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  arg = common.parse_arg(arg, variant="base")
-  v = arg.variant
-  if v not in ("tiny", "demo", "base"):
-    raise ValueError(f"unknown stage1 variant {v!r}: tiny, demo or base")
-  c = ml_collections.ConfigDict()
-  c.stage = "stage1"
-  c.seed = 0
-  c.mesh = common.mesh_config()
-  c.model = common.model_block({"tiny": "tiny", "demo": "small"}.get(v, "base"))
-  if v == "demo":
-    c.model.image_size = 64
+  c, v = common.stage_config("stage1", arg)
   c.init = ml_collections.ConfigDict(dict(checkpoint=""))
   c.data = data_block(v)
-  c.train = common.train_block(
-      batch_size={"tiny": 8, "demo": 32}.get(v, 256),
-      total_steps={"tiny": 6, "demo": 80}.get(v, 20000))
-  c.train.fast_compile = v == "tiny"
-  c.train.log_every = {"tiny": 2, "demo": 20}.get(v, 50)
-  c.train.eval_every = {"tiny": 3, "demo": 40}.get(v, 1000)
-  c.optim = ml_collections.ConfigDict(dict(
-      lr={"tiny": 1e-3, "demo": 3e-4}.get(v, 1e-5), init_lr=0.0, end_lr=0.0,
-      warmup_steps={"tiny": 1, "demo": 10}.get(v, 1000),
-      weight_decay=0.05, clip_norm=1.0,
-      lr_mults=[(".*", 1.0)],   # e.g. [("img/.*", 0.1), (".*", 1.0)]
-  ))
+  c.train.total_steps = common.by_variant(v, 6, 80, 20000)
+  c.train.eval_every = common.by_variant(v, 3, 40, 1000)
+  c.optim.lr = common.by_variant(v, 1e-3, 3e-4, 1e-5)
+  c.optim.warmup_steps = common.by_variant(v, 1, 10, 1000)
   c.loss = ml_collections.ConfigDict(dict(
       itc_weight=1.0, itm_weight=1.0,
       momentum=0.995 if v == "base" else 0.0,   # 0: no momentum distillation.
       queue_size=0, alpha=0.4, alpha_ramp_steps=0,
       deterministic=False,
   ))
-  c.eval = ml_collections.ConfigDict(dict(batch_size={"tiny": 16}.get(v, 64)))
-  c.checkpoint = common.checkpoint_block()
-  c.checkpoint.every_steps = {"tiny": 2, "demo": 40}.get(v, 1000)
+  c.checkpoint.every_steps = common.by_variant(v, 2, 40, 1000)
   return c

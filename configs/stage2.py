@@ -49,35 +49,18 @@ def final_eval_block(data: ml_collections.ConfigDict, embedded: bool):
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, variant="base")
-  v = arg.variant
-  if v not in ("tiny", "demo", "base"):
-    raise ValueError(f"unknown stage2 variant {v!r}: tiny, demo or base")
+  c, v = common.stage_config("stage2", arg)
   s1 = _sibling_config("stage1")
-  c = ml_collections.ConfigDict()
-  c.stage = "stage2"
-  c.seed = 0
-  c.mesh = common.mesh_config()
-  c.model = common.model_block({"tiny": "tiny", "demo": "small"}.get(v, "base"))
-  if v == "demo":
-    c.model.image_size = 64
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",          # Stage-1 workdir/model or converted BLIP.
       query_from_text=True,   # Query tower <- (stage-1) text encoder.
   ))
   c.stage1 = s1.get_config(v) if v in ("tiny", "demo") else None
   c.data = s1.data_block(v)
-  c.train = common.train_block(
-      batch_size={"tiny": 8, "demo": 32}.get(v, 256),
-      total_steps={"tiny": 6, "demo": 100}.get(v, 10000))
-  c.train.fast_compile = v == "tiny"
-  c.train.log_every = {"tiny": 2, "demo": 20}.get(v, 50)
-  c.train.eval_every = {"tiny": 3, "demo": 50}.get(v, 1000)
-  c.optim = ml_collections.ConfigDict(dict(
-      lr={"tiny": 1e-3, "demo": 1e-3}.get(v, 1e-5), init_lr=0.0, end_lr=0.0,
-      warmup_steps={"tiny": 1, "demo": 10}.get(v, 500),
-      weight_decay=0.05, clip_norm=1.0, lr_mults=[(".*", 1.0)],
-  ))
+  c.train.total_steps = common.by_variant(v, 6, 100, 10000)
+  c.train.eval_every = common.by_variant(v, 3, 50, 1000)
+  c.optim.lr = common.by_variant(v, 1e-3, 1e-3, 1e-5)
+  c.optim.warmup_steps = common.by_variant(v, 1, 10, 500)
   c.loss = ml_collections.ConfigDict(dict(
       train_product_tower=False,   # DashCLIP freezes the product side.
       # Label-1 pairs follow data.label1_policy / label1_weight.
@@ -85,8 +68,6 @@ def get_config(arg=None):
       hard_k=0,                    # >0: only the k hardest in-batch negatives.
       deterministic=False,
   ))
-  c.eval = ml_collections.ConfigDict(dict(batch_size={"tiny": 16}.get(v, 64)))
-  c.checkpoint = common.checkpoint_block()
-  c.checkpoint.every_steps = {"tiny": 2, "demo": 50}.get(v, 1000)
+  c.checkpoint.every_steps = common.by_variant(v, 2, 50, 1000)
   c.final_eval = final_eval_block(c.data, embedded=v in ("tiny", "demo"))
   return c

@@ -28,6 +28,43 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+VARIANTS = ("tiny", "demo", "base")
+
+
+def by_variant(variant: str, tiny, demo, base):
+  """The value of `variant` among the three named variants."""
+  return {"tiny": tiny, "demo": demo, "base": base}[variant]
+
+
+def stage_config(stage: str, arg: str | None
+                 ) -> tuple[ml_collections.ConfigDict, str]:
+  """-> (config, variant): what every stage config starts with (stage, seed,
+  mesh, model, train, optim, eval and checkpoint blocks sized by the variant
+  of `arg`). The caller sets the variant's steps, learning rate and the rest.
+  """
+  v = parse_arg(arg, variant="base").variant
+  if v not in VARIANTS:
+    raise ValueError(f"unknown {stage} variant {v!r}: tiny, demo or base")
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.seed = 0
+  c.mesh = mesh_config()
+  c.model = model_block(by_variant(v, "tiny", "small", "base"))
+  c.model.image_size = by_variant(v, 0, 64, 0)  # The demo's 64 px images.
+  c.train = train_block(batch_size=by_variant(v, 8, 32, 256), total_steps=0)
+  c.train.fast_compile = v == "tiny"
+  c.train.log_every = by_variant(v, 2, 20, 50)
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-5, init_lr=0.0, end_lr=0.0, warmup_steps=by_variant(v, 1, 10, 0),
+      weight_decay=0.05, clip_norm=1.0,
+      lr_mults=[(".*", 1.0)],   # e.g. [("img/.*", 0.1), (".*", 1.0)]
+  ))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=by_variant(v, 16, 64,
+                                                                64)))
+  c.checkpoint = checkpoint_block()
+  return c, v
+
+
 def mesh_config() -> list[tuple[str, int]]:
   # All devices on the data axis; fsdp/tensor are opt-in per experiment.
   return [("data", -1), ("fsdp", 1), ("tensor", 1)]

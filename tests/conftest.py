@@ -2,9 +2,27 @@
 
 import os
 
+import pytest
+
 # Must happen before jax is imported anywhere: the mesh tests need 8 devices,
 # and everything else simply runs on device 0.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_blip_config():
+  """HF BlipConfig at the tiny model's geometry (2 layers, width 32, 32 px)."""
+  transformers = pytest.importorskip("transformers")
+  from dashclip_jax import tokenizer as tok  # pylint: disable=g-import-not-at-top
+  return transformers.BlipConfig(
+      vision_config=dict(hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2,
+                         image_size=32, patch_size=8, layer_norm_eps=1e-6),
+      text_config=dict(vocab_size=tok.VOCAB_SIZE, hidden_size=32,
+                       intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, max_position_embeddings=64,
+                       encoder_hidden_size=32),
+      image_text_hidden_size=16)

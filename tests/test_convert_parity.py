@@ -24,22 +24,10 @@ TOL = 1e-5
 HEADS = {"vision.heads": 2, "text.heads": 2, "query.heads": 2}
 
 
-def _tiny_hf_config():
-  return transformers.BlipConfig(
-      vision_config=dict(hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2,
-                         image_size=32, patch_size=8, layer_norm_eps=1e-6),
-      text_config=dict(vocab_size=tok.VOCAB_SIZE, hidden_size=32,
-                       intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, max_position_embeddings=64,
-                       encoder_hidden_size=32),
-      image_text_hidden_size=16)
-
-
 @pytest.fixture(scope="module")
-def hf_model():
+def hf_model(tiny_hf_blip_config):
   torch.manual_seed(0)
-  model = transformers.BlipForImageTextRetrieval(_tiny_hf_config()).eval()
+  model = transformers.BlipForImageTextRetrieval(tiny_hf_blip_config).eval()
   # HF initialises LN to 1/0 and biases to 0; randomise them so a wrong
   # mapping of any tensor shows up in the outputs.
   with torch.no_grad():

@@ -193,23 +193,6 @@ def test_sigterm_saves_and_rerun_resumes(xla_cache, tmp_path):
 # Stage 2's init checkpoints.
 
 
-def _tiny_hf_blip(path):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
-  from dashclip_jax import tokenizer as tok  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  config = transformers.BlipConfig(
-      vision_config=dict(hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2,
-                         image_size=32, patch_size=8, layer_norm_eps=1e-6),
-      text_config=dict(vocab_size=tok.VOCAB_SIZE, hidden_size=32,
-                       intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, max_position_embeddings=64,
-                       encoder_hidden_size=32),
-      image_text_hidden_size=16)
-  transformers.BlipForImageTextRetrieval(config).save_pretrained(path)
-
-
 def _without_cross_attention(txt):
   return {k: ({n: v for n, v in layer.items()
                if n not in ("cross_attn", "cross_attn_norm")}
@@ -217,9 +200,14 @@ def _without_cross_attention(txt):
           for k, layer in txt.items()}
 
 
-def test_stage2_starts_from_a_converted_blip_checkpoint(xla_cache, tmp_path):
+def test_stage2_starts_from_a_converted_blip_checkpoint(
+    xla_cache, tmp_path, tiny_hf_blip_config):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
   from dashclip_jax import convert  # pylint: disable=g-import-not-at-top
-  _tiny_hf_blip(tmp_path / "hf")
+  torch.manual_seed(0)
+  transformers.BlipForImageTextRetrieval(tiny_hf_blip_config).save_pretrained(
+      tmp_path / "hf")
   convert.convert(str(tmp_path / "hf"), str(tmp_path / "blip"), size="tiny")
   blip = _params(tmp_path / "blip")
   # lr 0: the exported model is exactly what stage 2 started from.

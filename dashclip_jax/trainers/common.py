@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import threading
@@ -24,6 +23,7 @@ from dashclip_jax import inference
 from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
+from dashclip_jax import sharding as shard_lib
 from dashclip_jax import train_steps
 
 log = logging.getLogger("dashclip_jax")
@@ -78,6 +78,25 @@ def model_config_from(cfg: ml_collections.ConfigDict,
         text=dataclasses.replace(mc.text, dropout=cfg.text_dropout),
         query=dataclasses.replace(mc.query, dropout=cfg.text_dropout))
   return mc
+
+
+def mesh_and_init(config: ml_collections.ConfigDict, stage: str):
+  """-> (mesh, init model dir or None, model config, init params or None).
+
+  The mesh from `config.mesh` (the global batch must split over it); the
+  model geometry and weights from `config.init.checkpoint` when set.
+  """
+  tc = config.train
+  mesh = shard_lib.make_mesh([tuple(a) for a in config.mesh])
+  shard_lib.check_batch_divisible(tc.batch_size, mesh)
+  log.info("%s: mesh %s, global batch %d, %d steps", stage, dict(mesh.shape),
+           tc.batch_size, tc.total_steps)
+  init_dir = (resolve_init_checkpoint(config.init.checkpoint)
+              if config.init.checkpoint else None)
+  model_config = model_config_from(config.model, init_dir)
+  init_params = (load_init_params(init_dir, model_config) if init_dir
+                 else None)
+  return mesh, init_dir, model_config, init_params
 
 
 def load_init_params(init_dir: str, model_config: model_lib.ModelConfig):
@@ -191,15 +210,22 @@ def install_sigterm_handler() -> None:
     log.warning("not the main thread: SIGTERM will not save a checkpoint")
 
 
-def preemption_requested() -> bool:
-  """Asked once per step. With several processes the answer is agreed on by
-  all (any process signalled -> all stop after the same step), so no process
-  is left waiting in a collective of a step the others skipped."""
+def preemption_requested(sync_point: bool) -> bool:
+  """Asked once per step; True: save and stop after this step.
+
+  One process answers from its own flag every step. Several processes agree
+  (any signalled -> all stop after the same step, so none waits in a
+  collective of a step the others skipped), but only at `sync_point` steps:
+  the agreement is a host round trip that would otherwise stall the
+  asynchronous dispatch of every step.
+  """
   requested = _SIGTERM_RECEIVED.is_set()
-  if jax.process_count() > 1:
-    flags = multihost_utils.process_allgather(np.asarray(requested, np.int32))
-    requested = bool(np.any(flags))
-  return requested
+  if jax.process_count() == 1:
+    return requested
+  if not sync_point:
+    return False
+  flags = multihost_utils.process_allgather(np.asarray(requested, np.int32))
+  return bool(np.any(flags))
 
 
 def guard_nonfinite(step_fn):
@@ -259,6 +285,20 @@ def host_metrics(metrics: dict[str, jax.Array], prefix: str = "train/"
   return {prefix + k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
+def make_state(model_config: model_lib.ModelConfig,
+               step_cfg: train_steps.StepConfig, optim_cfg: optim.OptimConfig,
+               seed: int, mesh, init_params=None):
+  """-> (optax transformation, TrainState born sharded on `mesh`)."""
+  abstract_params = jax.eval_shape(
+      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
+      jax.random.key(0))
+  tx = optim.make_optimizer(optim_cfg, abstract_params)
+  state = train_steps.init_state(model_config, step_cfg, tx,
+                                 jax.random.key(seed), mesh,
+                                 params=init_params)
+  return tx, state
+
+
 def open_checkpoints(config: ml_collections.ConfigDict, workdir: str
                      ) -> checkpointing.TrainCheckpoints:
   c = config.checkpoint
@@ -313,11 +353,54 @@ class TrainLogger:
     host["train/lr"] = float(self.lr_at(step - 1))
     host["train/skipped_steps"] = float(skipped)
     self._t_last, self._n_last = now, step
-    self.eval(step, host)
+    self.write(step, host)
 
-  def eval(self, step: int, metrics: dict[str, float]) -> None:
+  def write(self, step: int, metrics: dict[str, float]) -> None:
     self.writer.write(step, metrics)
     self.writer.progress(step, metrics)
+
+
+def train_loop(config: ml_collections.ConfigDict, stage: str, state,
+               train_iter, step_fn, mesh, evaluate, ckpts, writer, lr_at):
+  """Steps `state` from its step to `config.train.total_steps`.
+
+  Per step: assemble the global batch, run the jitted step (compiled at the
+  first step, state donated); at log steps fetch and write metrics; every
+  `eval_every` steps write `evaluate(params)`; checkpoint every
+  `checkpoint.every_steps`, at the end, and on SIGTERM (then raise
+  `Preempted` once the checkpoint is written).
+  """
+  tc = config.train
+  start_step = int(jax.device_get(state.step))
+  logger = TrainLogger(writer, tc, lr_at, start_step)
+  jit_step = None
+  for step in range(start_step + 1, tc.total_steps + 1):
+    batch = shard_lib.global_batch(next(train_iter), mesh)
+    if jit_step is None:
+      jit_step = train_steps.jit_step(step_fn, state, batch, mesh,
+                                      compiler_options=compiler_options(tc))
+    state, metrics = jit_step(state, batch, step_rng(config.seed, step))
+    last = step == tc.total_steps
+    logger.step(step, metrics, last)
+    eval_metrics = {}
+    if step % tc.eval_every == 0 or last:
+      eval_metrics = evaluate(state.params)
+      logger.write(step, eval_metrics)
+    every = config.checkpoint.every_steps
+    stop = preemption_requested(
+        sync_point=step % tc.log_every == 0 or step % every == 0 or last)
+    if step % every == 0 or stop or last:
+      ckpts.save(step, state, global_data_state(train_iter.get_state()),
+                 {**eval_metrics, "seed": config.seed}, wait=stop or last)
+    if stop:
+      break
+  ckpts.close()
+  writer.close()
+  final_step = int(jax.device_get(state.step))
+  if final_step < tc.total_steps:
+    raise Preempted(f"{stage} pre-empted at step {final_step}; the "
+                    "checkpoint is saved, rerun to resume")
+  return state
 
 
 def retrieval_at_1(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> float:
@@ -327,11 +410,6 @@ def retrieval_at_1(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> float:
   return float(np.mean(ids[best] == ids))
 
 
-def tree_bytes(tree) -> int:
-  return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(tree))
-
-
 def copy_text_to_query(params, model_config: model_lib.ModelConfig):
   """Query tower <- text encoder (no cross-attention) and query_proj <-
   text_proj, when the geometries match (DashCLIP's query initialisation)."""
@@ -339,8 +417,7 @@ def copy_text_to_query(params, model_config: model_lib.ModelConfig):
       model_config.text.width, model_config.text.depth):
     log.warning("query and text towers differ in shape: query tower kept")
     return params
-  txt = params["txt"]
-  query = jax.tree.map(np.array, {k: v for k, v in txt.items()})
+  query = jax.tree.map(np.array, params["txt"])  # A copy: popped below.
   for layer in query.values():
     if isinstance(layer, dict):
       layer.pop("cross_attn", None)

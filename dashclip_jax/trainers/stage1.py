@@ -65,18 +65,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
 
-  # --- Mesh. ---------------------------------------------------------------
-  mesh = shard_lib.make_mesh([tuple(a) for a in config.mesh])
-  shard_lib.check_batch_divisible(tc.batch_size, mesh)
-  log.info("stage 1: mesh %s, global batch %d, %d steps", dict(mesh.shape),
-           tc.batch_size, tc.total_steps)
-
-  # --- Model geometry and init weights. -------------------------------------
-  init_dir = (common.resolve_init_checkpoint(config.init.checkpoint)
-              if config.init.checkpoint else None)
-  model_config = common.model_config_from(config.model, init_dir)
-  init_params = (common.load_init_params(init_dir, model_config)
-                 if init_dir else None)
+  # --- Mesh, model geometry and init weights. ------------------------------
+  mesh, init_dir, model_config, init_params = common.mesh_and_init(
+      config, "stage 1")
 
   # --- Data (this process's slice of every global batch). -----------------
   train_iter = inputs.stage1_train(config.data, model_config, tc.batch_size,
@@ -89,13 +80,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # The query tower and product_proj are unused here: frozen (no decay).
   optim_cfg = common.optim_config(config.optim, tc.total_steps,
                                   train_steps.STAGE1_LR_MULTS[:-1])
-  abstract_params = jax.eval_shape(
-      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
-      jax.random.key(0))
-  tx = optim.make_optimizer(optim_cfg, abstract_params)
-  state = train_steps.init_state(model_config, step_cfg, tx,
-                                 jax.random.key(config.seed), mesh,
-                                 params=init_params)
+  tx, state = common.make_state(model_config, step_cfg, optim_cfg,
+                                config.seed, mesh, init_params)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
   ckpts = common.open_checkpoints(config, workdir)
@@ -106,46 +92,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
     # The untrained start, kept as the main job's "init" reference.
     common.export_model(workdir, 0, state.params, model_config,
                         provenance=dict(stage="stage1", init="random"))
-  start_step = int(jax.device_get(state.step))
 
-  # --- The step: compiled once, explicit shardings, state donated. --------
+  # --- The step (compiled once, explicit shardings, state donated), loop. --
   step_fn = common.guard_nonfinite(
       train_steps.make_stage1_step(model_config, step_cfg, tx, mesh))
-  jit_step = None
   embed = make_eval_fn(model_config, mesh)
-  lr_at = optim.schedule(optim_cfg)
-  writer = metric_writer.MetricWriter(workdir, tc.total_steps)
-
-  # --- Loop. ----------------------------------------------------------------
-  logger = common.TrainLogger(writer, tc, lr_at, start_step)
-  for step in range(start_step + 1, tc.total_steps + 1):
-    batch = shard_lib.global_batch(next(train_iter), mesh)
-    if jit_step is None:
-      jit_step = train_steps.jit_step(
-          step_fn, state, batch, mesh,
-          compiler_options=common.compiler_options(tc))
-    state, metrics = jit_step(state, batch,
-                              common.step_rng(config.seed, step))
-    last = step == tc.total_steps
-    logger.step(step, metrics, last)
-    eval_metrics = {}
-    if step % tc.eval_every == 0 or last:
-      eval_metrics = evaluate(embed, state.params, eval_batches, mesh)
-      logger.eval(step, eval_metrics)
-    stop = common.preemption_requested()
-    if step % config.checkpoint.every_steps == 0 or stop or last:
-      ckpts.save(step, state,
-                 common.global_data_state(train_iter.get_state()),
-                 {**eval_metrics, "seed": config.seed}, wait=stop or last)
-    if stop:
-      break
-  ckpts.close()
-  writer.close()
-
-  final_step = int(jax.device_get(state.step))
-  if final_step < tc.total_steps:
-    raise common.Preempted(f"stage 1 pre-empted at step {final_step}; the "
-                           "checkpoint is saved, rerun to resume")
-  return common.export_model(workdir, final_step, state.params, model_config,
+  state = common.train_loop(
+      config, "stage 1", state, train_iter, step_fn, mesh,
+      lambda params: evaluate(embed, params, eval_batches, mesh), ckpts,
+      metric_writer.MetricWriter(workdir, tc.total_steps),
+      optim.schedule(optim_cfg))
+  return common.export_model(workdir, tc.total_steps, state.params,
+                             model_config,
                              provenance=dict(stage="stage1", workdir=workdir,
                                              init=init_dir or "random"))

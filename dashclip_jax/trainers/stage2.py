@@ -77,18 +77,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
 
-  # --- Mesh. ---------------------------------------------------------------
-  mesh = shard_lib.make_mesh([tuple(a) for a in config.mesh])
-  shard_lib.check_batch_divisible(tc.batch_size, mesh)
-  log.info("stage 2: mesh %s, global batch %d, %d steps", dict(mesh.shape),
-           tc.batch_size, tc.total_steps)
-
-  # --- Init weights: stage 1's model or a converted BLIP checkpoint. -------
-  init_dir = (common.resolve_init_checkpoint(config.init.checkpoint)
-              if config.init.checkpoint else None)
-  model_config = common.model_config_from(config.model, init_dir)
-  init_params = (common.load_init_params(init_dir, model_config)
-                 if init_dir else None)
+  # --- Mesh and init weights: stage 1's model or a converted BLIP. --------
+  mesh, init_dir, model_config, init_params = common.mesh_and_init(
+      config, "stage 2")
   if init_params is not None and config.init.query_from_text:
     # DashCLIP: the query tower starts as a copy of the text encoder.
     init_params = common.copy_text_to_query(init_params, model_config)
@@ -104,63 +95,29 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   frozen = () if step_cfg.train_product_tower else (
       (train_steps.PRODUCT_TOWER_REGEX, 0.0),)
   optim_cfg = common.optim_config(config.optim, tc.total_steps, frozen)
-  abstract_params = jax.eval_shape(
-      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
-      jax.random.key(0))
-  tx = optim.make_optimizer(optim_cfg, abstract_params)
-  state = train_steps.init_state(model_config, step_cfg, tx,
-                                 jax.random.key(config.seed), mesh,
-                                 params=init_params)
+  tx, state = common.make_state(model_config, step_cfg, optim_cfg,
+                                config.seed, mesh, init_params)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
   ckpts = common.open_checkpoints(config, workdir)
   state, resumed = common.restore(ckpts, state, train_iter)
   if not resumed:
     log.info("initialised from %s", init_dir or "scratch (no init.checkpoint)")
-  start_step = int(jax.device_get(state.step))
 
-  # --- The step: compiled once, explicit shardings, state donated. --------
+  # --- The step (compiled once, explicit shardings, state donated), loop. --
   step_fn = common.guard_nonfinite(
       train_steps.make_stage2_step(model_config, step_cfg, tx, mesh))
-  jit_step = None
   eval_fns = make_eval_fns(model_config, mesh)
-  lr_at = optim.schedule(optim_cfg)
   writer = metric_writer.MetricWriter(workdir, tc.total_steps)
-  if start_step == 0:
+  if not resumed:
     before = evaluate(eval_fns, state.params, eval_data, mesh)
     log.info("before stage 2: %s", before)
     writer.write(0, before)
-
-  # --- Loop. ----------------------------------------------------------------
-  logger = common.TrainLogger(writer, tc, lr_at, start_step)
-  for step in range(start_step + 1, tc.total_steps + 1):
-    batch = shard_lib.global_batch(next(train_iter), mesh)
-    if jit_step is None:
-      jit_step = train_steps.jit_step(
-          step_fn, state, batch, mesh,
-          compiler_options=common.compiler_options(tc))
-    state, metrics = jit_step(state, batch,
-                              common.step_rng(config.seed, step))
-    last = step == tc.total_steps
-    logger.step(step, metrics, last)
-    eval_metrics = {}
-    if step % tc.eval_every == 0 or last:
-      eval_metrics = evaluate(eval_fns, state.params, eval_data, mesh)
-      logger.eval(step, eval_metrics)
-    stop = common.preemption_requested()
-    if step % config.checkpoint.every_steps == 0 or stop or last:
-      ckpts.save(step, state,
-                 common.global_data_state(train_iter.get_state()),
-                 {**eval_metrics, "seed": config.seed}, wait=stop or last)
-    if stop:
-      break
-  ckpts.close()
-  writer.close()
-
-  final_step = int(jax.device_get(state.step))
-  if final_step < tc.total_steps:
-    raise common.Preempted(f"stage 2 pre-empted at step {final_step}; the "
-                           "checkpoint is saved, rerun to resume")
-  return common.export_model(workdir, final_step, state.params, model_config,
+  state = common.train_loop(
+      config, "stage 2", state, train_iter, step_fn, mesh,
+      lambda params: evaluate(eval_fns, params, eval_data, mesh), ckpts,
+      writer, optim.schedule(optim_cfg))
+  return common.export_model(workdir, tc.total_steps, state.params,
+                             model_config,
                              provenance=dict(stage="stage2", workdir=workdir,
                                              init=init_dir or "random"))

@@ -1,0 +1,237 @@
+"""Model FLOPs utilisation of the stage-1 and stage-2 train steps on one GPU.
+
+  python bench/mfu.py [--size base] [--dtype bfloat16] [--batch 128,256]
+                      [--batch2 256] [--stages 1,2] [--steps 10]
+                      [--remat] [--profile] [--peak_tflops 989.4]
+
+MFU = model FLOPs per step / step time / peak. Model FLOPs are counted
+analytically (`dashclip_jax/flops.py`: matmuls and attention; forward x3
+for trained towers, x1 for frozen ones), so rematerialisation or wasted
+work never raises the figure. XLA's own count of the compiled step is
+printed beside it (on GPU it misses the library matmuls: read it as a
+lower bound). The peak defaults to the H100/H200 SXM dense bf16 datasheet
+rate (989.4 TFLOP/s); a large bf16 matmul is timed in the same run so the
+figure can also be read against what the card delivers. `--profile`
+prints where the device time of a step goes, by model op (so far run on
+CPU only; on GPU it reads the trace's "XLA Ops" line when there is one).
+
+Measured (2026-11-27, one H200, jax 0.11.2, base, bf16, batch 256):
+stage 1 231 ms/step, 1107 examples/s, 59.3 model TFLOP/step, 256 TFLOP/s,
+MFU 25.9% (32% of the 796 TFLOP/s the card's matmul delivered).
+
+Steps are timed back to back after two warm-up steps (the state is donated,
+so each step waits on the previous one, as in training). The last lines
+are `mfu_stage<N>_<size>_<dtype>: <x>`, one per stage, for its last batch.
+"""
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dashclip_jax import flops as model_flops
+from dashclip_jax import model as model_lib
+from dashclip_jax import optim
+from dashclip_jax import sharding
+from dashclip_jax import tokenizer as tok
+from dashclip_jax import train_steps as ts
+
+TITLE_LEN, QUERY_LEN, N_NEG = 32, 16, 3
+
+
+def matmul_tflops(n: int = 8192, reps: int = 10) -> float:
+  """Delivered bf16 matmul rate, on random data (zeros run faster)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+  f = jax.jit(lambda x, y: x @ y)
+  for _ in range(3):
+    f(a, b).block_until_ready()
+  t0 = time.perf_counter()
+  for _ in range(reps):
+    out = f(a, b)
+  out.block_until_ready()
+  return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def random_batch(stage: int, b: int, cfg: model_lib.ModelConfig,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  s = cfg.vision.image_size
+
+  def tokens(shape):
+    ids = rng.integers(1000, 30000, shape).astype(np.int32)
+    ids[..., 0] = tok.CLS_ID
+    return ids, np.ones(shape, np.int32)
+
+  image = rng.standard_normal((b, s, s, 3)).astype(np.float32)
+  ids, mask = tokens((b, TITLE_LEN))
+  pid = np.arange(b, dtype=np.int32)
+  if stage == 1:
+    return {"image": image, "ids": ids, "mask": mask, "product_id": pid}
+  q_ids, q_mask = tokens((b, QUERY_LEN))
+  n_ids, n_mask = tokens((b, N_NEG, QUERY_LEN))
+  return {"image": image, "title_ids": ids, "title_mask": mask,
+          "product_id": pid, "query_ids": q_ids, "query_mask": q_mask,
+          "neg_query_ids": n_ids, "neg_query_mask": n_mask,
+          "neg_valid": np.ones((b, N_NEG), bool),
+          "label_weight": np.ones((b,), np.float32)}
+
+
+def profile_summary(run_step, compiled, top: int = 15) -> str:
+  """Device time per XLA op over 3 traced steps, biggest first, each named
+  by the model code it came from (from the compiled HLO's metadata)."""
+  trace_dir = tempfile.mkdtemp()
+  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  for _ in range(3):
+    run_step()
+  jax.profiler.stop_trace()
+  path = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"),
+                   recursive=True)[0]
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  source = {}  # HLO instruction name -> model op_name.
+  for line in compiled.as_text().splitlines():
+    m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]+)"', line)
+    if m:
+      source[m.group(1)] = m.group(2)
+  # Keep device-side events: the GPU's "XLA Ops" line if the trace has one
+  # (streams repeat the same kernels), else its streams; on CPU, the
+  # executor's op events.
+  names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") in ("process_name",
+                                                       "thread_name")}
+  device_pids = {pid for (pid, tid), n in names.items()
+                 if tid is None and "GPU" in n}
+  ops_lines = {key for key, n in names.items()
+               if key[0] in device_pids and n == "XLA Ops"}
+  host_prefixes = ("$", "Thunk", "Pjit", "CommonPjRt", "Slinky", "np.")
+
+  def keep(e):
+    if ops_lines:
+      return (e["pid"], e.get("tid")) in ops_lines
+    if device_pids:
+      return e["pid"] in device_pids
+    return not e["name"].startswith(host_prefixes)
+
+  per_op = collections.Counter()
+  for e in events:
+    if e.get("ph") != "X" or not keep(e):
+      continue
+    args = e.get("args", {})
+    hlo = args.get("hlo_op", e["name"])
+    where = source.get(hlo, args.get("long_name", ""))
+    # Group repeated layers: drop layer/block indices from the op path.
+    where = re.sub(r"(layer|block)_\d+", r"\1_*", where)
+    per_op[(re.sub(r"\.\d+$", "", hlo), where[-90:])] += e.get("dur", 0)
+  total = sum(per_op.values())
+  lines = [f"  profile: {total / 3e3:.1f} ms of op time per step "
+           f"({'XLA Ops line' if ops_lines else 'all device events'})"]
+  for (kind, where), us in per_op.most_common(top):
+    lines.append(f"  {us / 3e3:7.2f} ms {100 * us / total:5.1f}%  {kind:28s} "
+                 f"{where}")
+  return "\n".join(lines)
+
+
+def time_step(stage: int, cfg: model_lib.ModelConfig, b: int, steps: int,
+              profile: bool = False) -> dict[str, float]:
+  mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
+  abstract = model_lib.unbox(jax.eval_shape(
+      lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
+  lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER
+  tx = optim.make_optimizer(optim.OptimConfig(
+      lr=1e-5, warmup_steps=10, total_steps=1000, lr_mults=lr_mults), abstract)
+  sc = ts.StepConfig()
+  make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
+  state = ts.init_state(cfg, sc, tx, jax.random.key(0), mesh)
+  batch = sharding.global_batch(random_batch(stage, b, cfg), mesh)
+  t0 = time.perf_counter()
+  compiled = ts.jit_step(make(cfg, sc, tx, mesh), state, batch, mesh).lower(
+      state, batch, jax.random.key(0)).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list):  # Older jax returns one dict per computation.
+    cost = cost[0]
+  xla_flops = float(cost.get("flops", float("nan")))
+  for i in range(2):
+    state, metrics = compiled(state, batch, jax.random.key(i))
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, metrics = compiled(state, batch, jax.random.key(100 + i))
+  jax.block_until_ready(state)
+  step_s = (time.perf_counter() - t0) / steps
+  loss = float(metrics["loss"])
+  summary = None
+  if profile:
+    box = {"state": state}
+
+    def run_step():
+      box["state"], _ = compiled(box["state"], batch, jax.random.key(7))
+      jax.block_until_ready(box["state"])
+    summary = profile_summary(run_step, compiled)
+  if not np.isfinite(loss):
+    raise FloatingPointError(f"stage {stage} batch {b}: loss {loss}")
+  count = (model_flops.stage1_step if stage == 1 else model_flops.stage2_step)
+  flops = (count(cfg, b, TITLE_LEN) if stage == 1 else
+           count(cfg, b, TITLE_LEN, QUERY_LEN, N_NEG))
+  return dict(step_s=step_s, compile_s=compile_s, flops=flops,
+              xla_flops=xla_flops, loss=loss, profile=summary)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--size", default="base")
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--batch", default="128,256")
+  p.add_argument("--batch2", default=None, help="stage-2 batches (--batch)")
+  p.add_argument("--stages", default="1,2")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--remat", action="store_true")
+  p.add_argument("--profile", action="store_true",
+                 help="also print where each step's device time goes")
+  p.add_argument("--peak_tflops", type=float, default=989.4)
+  args = p.parse_args()
+  cfg = model_lib.model_config(args.size, dtype=args.dtype, remat=args.remat)
+  dev = jax.devices()[0]
+  print(f"jax {jax.__version__}, device {dev.device_kind} ({dev.platform}); "
+        f"size={args.size} dtype={args.dtype} remat={args.remat}", flush=True)
+  mm = matmul_tflops() if dev.platform == "gpu" else float("nan")
+  print(f"bf16 matmul 8192^3: {mm:.0f} TFLOP/s delivered "
+        f"(datasheet peak used for MFU: {args.peak_tflops:.0f})", flush=True)
+  last = {}
+  for stage in [int(s) for s in args.stages.split(",")]:
+    batches = args.batch2 if stage == 2 and args.batch2 else args.batch
+    for b in [int(x) for x in batches.split(",")]:
+      try:
+        r = time_step(stage, cfg, b, args.steps, args.profile)
+      except Exception as e:  # Out of memory at a big batch: say so, go on.
+        print(f"stage{stage} batch {b}: failed: {type(e).__name__}: "
+              f"{str(e).splitlines()[0][:200]}", flush=True)
+        continue
+      achieved = r["flops"] / r["step_s"] / 1e12
+      mfu = achieved / args.peak_tflops
+      last[stage] = mfu
+      print(f"stage{stage} batch {b}: {r['step_s'] * 1e3:.1f} ms/step, "
+            f"{b / r['step_s']:.0f} ex/s, model {r['flops'] / 1e12:.2f} "
+            f"TFLOP/step (XLA counts {r['xla_flops'] / 1e12:.2f}), "
+            f"{achieved:.0f} TFLOP/s, MFU {100 * mfu:.1f}% "
+            f"({100 * achieved / mm:.1f}% of delivered matmul), "
+            f"compile {r['compile_s']:.0f}s, loss {r['loss']:.3f}", flush=True)
+      if r["profile"]:
+        print(r["profile"], flush=True)
+  for stage, mfu in sorted(last.items()):
+    print(f"mfu_stage{stage}_{args.size}_{args.dtype}: {mfu:.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -37,28 +37,33 @@ def image_forward(cfg: model_lib.ModelConfig) -> int:
 
 
 def text_forward(t: model_lib.TextConfig, length: int,
-                 image: model_lib.VisionConfig | None = None) -> int:
-  """BERT forward for one sequence; with `image`, every layer also
-  cross-attends to that many image tokens (the image-grounded mode)."""
-  d = t.width
-  per_layer = (4 * _dense(length, d, d) + _attention(length, length, d)
-               + 2 * _dense(length, d, t.mlp_dim))
+                 image: model_lib.VisionConfig | None = None,
+                 texts_per_image: int = 1) -> int:
+  """BERT forward for `texts_per_image` sequences; with `image`, every layer
+  also cross-attends to one image's tokens (the image-grounded mode), whose
+  keys and values are projected once for all its texts."""
+  d, p = t.width, texts_per_image
+  per_layer = p * (4 * _dense(length, d, d) + _attention(length, length, d)
+                   + 2 * _dense(length, d, t.mlp_dim))
   if image is not None:
     n = vision_tokens(image)
-    per_layer += (2 * _dense(length, d, d) + 2 * _dense(n, image.width, d)
-                  + _attention(length, n, d))
+    per_layer += (p * (2 * _dense(length, d, d) + _attention(length, n, d))
+                  + 2 * _dense(n, image.width, d))
   return t.depth * per_layer
 
 
 def stage1_step(cfg: model_lib.ModelConfig, batch: int, text_len: int) -> int:
-  """ITC (image, text) + ITM (3 image-grounded passes per example), all
-  trained; plus the global similarity matrix used by both."""
+  """ITC (image, text) + ITM, all trained; plus the global similarity
+  matrix used by both. ITM runs 3 image-grounded passes per example: the
+  positive and the hard-negative text share the example's image, the third
+  pass grounds the text on its hard-negative image."""
   e = cfg.embed_dim
   per_example = (image_forward(cfg)
                  + text_forward(cfg.text, text_len)
                  + _dense(1, cfg.text.width, e)
-                 + 3 * (text_forward(cfg.text, text_len, cfg.vision)
-                        + _dense(1, cfg.text.width, 2)))
+                 + text_forward(cfg.text, text_len, cfg.vision, 2)
+                 + text_forward(cfg.text, text_len, cfg.vision)
+                 + 3 * _dense(1, cfg.text.width, 2))
   return 3 * (batch * per_example + _dense(batch, e, batch))
 
 

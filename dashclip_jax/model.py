@@ -330,7 +330,14 @@ class TextLayer(nn.Module):
     x = _layer_norm(c.ln_eps, name="self_attn_norm", **kw)(x + drop(h))
     if image_tokens is not None:
       # Keys/values: all 1+N image tokens (cls included); image mask is ones.
-      h = attn(name="cross_attn")(x, image_tokens, None)
+      # Texts b*p .. b*p+p-1 share image b: their queries attend as one
+      # sequence of p*L (queries never see each other here, so this equals
+      # p separate passes), and the image's keys/values are projected once.
+      n_img = image_tokens.shape[0]
+      b, length, width = x.shape
+      h = attn(name="cross_attn")(
+          x.reshape(n_img, (b // n_img) * length, width), image_tokens, None)
+      h = h.reshape(b, length, width)
       x = _layer_norm(c.ln_eps, name="cross_attn_norm", **kw)(x + drop(h))
     h = Mlp(c.mlp_dim, c.width, name="mlp", **kw)(x)
     x = _layer_norm(c.ln_eps, name="mlp_norm", **kw)(x + drop(h))
@@ -338,7 +345,11 @@ class TextLayer(nn.Module):
 
 
 class TextEncoder(nn.Module):
-  """ids/mask int (B, L) [+ image tokens (B, 1+N, Wv)] -> hidden (B, L, D)."""
+  """ids/mask int (B, L) [+ image tokens (B/p, 1+N, Wv)] -> hidden (B, L, D).
+
+  With image tokens for B/p images, texts b*p .. b*p+p-1 are grounded on
+  image b (p texts per image, each image projected once per layer).
+  """
   config: TextConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -351,6 +362,10 @@ class TextEncoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if image_tokens is not None and not c.cross_attention:
       raise ValueError("this text encoder has no cross-attention")
+    if image_tokens is not None and ids.shape[0] % image_tokens.shape[0]:
+      raise ValueError(
+          f"{ids.shape[0]} texts for {image_tokens.shape[0]} images: need a "
+          "whole number of texts per image")
     length = ids.shape[1]
     if length > c.max_positions:
       raise ValueError(
@@ -421,8 +436,10 @@ class DashClip(nn.Module):
                         use_enc_token: bool = True) -> Array:
     """Image-grounded text encoder -> hidden (B, L, D).
 
-    BLIP overwrites position 0 with [ENC] for this mode; `use_enc_token=False`
-    keeps [CLS], as HF's BlipForImageTextRetrieval does.
+    `image_tokens` (B/p, 1+N, Wv): p consecutive texts per image (p=1 is
+    one image per text). BLIP overwrites position 0 with [ENC] for this
+    mode; `use_enc_token=False` keeps [CLS], as HF's
+    BlipForImageTextRetrieval does.
     """
     if use_enc_token:
       ids = jnp.asarray(ids).at[:, 0].set(tok.ENC_ID)

@@ -281,31 +281,44 @@ def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
       tokens = reps["tokens"]
       w_pos = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(
           jnp.float32)
+      # Per image b: its positive text and its hard-negative text share its
+      # cross-attention keys/values (2 texts per image, projected once);
+      # text b's hard-negative image is a gathered copy. Weights per image:
+      # [positive, (text b, hard image), (hard text, image b)].
       pairs = {
-          # Rows: positives; (text b, hard image); (hard text, image b).
-          "ids": jnp.concatenate(
-              [batch["ids"], batch["ids"], batch["ids"][neg_txt]]),
-          "mask": jnp.concatenate(
-              [batch["mask"], batch["mask"], batch["mask"][neg_txt]]),
-          "tokens": jnp.concatenate([tokens, tokens[neg_img], tokens]),
-          "w": jnp.concatenate([w_pos, w_pos * ok_i, w_pos * ok_t]),
-          "label": jnp.concatenate([jnp.ones((b,), jnp.int32),
-                                    jnp.zeros((2 * b,), jnp.int32)]),
+          "own_ids": jnp.stack([batch["ids"], batch["ids"][neg_txt]], 1),
+          "own_mask": jnp.stack([batch["mask"], batch["mask"][neg_txt]], 1),
+          "tokens": tokens,
+          "ids": batch["ids"], "mask": batch["mask"],
+          "neg_tokens": tokens[neg_img],
+          "w": jnp.stack([w_pos, w_pos * ok_i, w_pos * ok_t], 1),
       }
 
       def itm_sums(c, r):
-        """(sum of weighted NLL, sum of weighted hits) over a chunk of pairs."""
-        logits = model.apply({"params": params}, c["ids"], c["mask"],
-                             c["tokens"], det, method=m.itm_logits,
-                             rngs={"dropout": r})
+        """(weighted NLL sum, weighted hit sum) over a chunk of images."""
+        n, _, length = c["own_ids"].shape
+        r_own, r_neg = jax.random.split(r)
+        own = model.apply({"params": params},
+                          c["own_ids"].reshape(2 * n, length),
+                          c["own_mask"].reshape(2 * n, length), c["tokens"],
+                          det, method=m.itm_logits, rngs={"dropout": r_own})
+        neg = model.apply({"params": params}, c["ids"], c["mask"],
+                          c["neg_tokens"], det, method=m.itm_logits,
+                          rngs={"dropout": r_neg})
+        own = own.reshape(n, 2, 2)
+        # BLIP's order: positives; (text b, hard image); (hard text, image b).
+        logits = jnp.concatenate([own[:, 0], neg, own[:, 1]])
+        w = jnp.concatenate([c["w"][:, 0], c["w"][:, 1], c["w"][:, 2]])
         if k == 1:  # Plain path: exactly losses.itm_loss.
-          l, im = losses.itm_loss(logits, c["w"])
-          w = jnp.sum(c["w"])
-          return jnp.stack([l * w, im["itm_acc"] * w])
+          l, im = losses.itm_loss(logits, w)
+          w_sum = jnp.sum(w)
+          return jnp.stack([l * w_sum, im["itm_acc"] * w_sum])
+        label = jnp.concatenate([jnp.ones((n,), jnp.int32),
+                                 jnp.zeros((2 * n,), jnp.int32)])
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-        nll = -jnp.take_along_axis(logp, c["label"][:, None], 1)[:, 0]
-        hit = (jnp.argmax(logits, -1) == c["label"]).astype(jnp.float32)
-        return jnp.stack([jnp.sum(nll * c["w"]), jnp.sum(hit * c["w"])])
+        nll = -jnp.take_along_axis(logp, label[:, None], 1)[:, 0]
+        hit = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
+        return jnp.stack([jnp.sum(nll * w), jnp.sum(hit * w)])
 
       sums = _chunked_sums(itm_sums, pairs, jax.random.split(r_itm, k), k)
       w_total = jnp.maximum(jnp.sum(pairs["w"]), 1e-12)

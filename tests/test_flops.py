@@ -61,8 +61,15 @@ def test_forward_counts_equal_model_matmuls(size):
   text_proj = 2 * cfg.text.width * cfg.embed_dim
   assert _count(apply(m.encode_text, ids, ids), params) == b * (
       flops.text_forward(cfg.text, length) + text_proj)
+  itm_head = 2 * cfg.text.width * 2
   assert _count(apply(m.itm_logits, ids, ids, tokens), params) == b * (
-      flops.text_forward(cfg.text, length, cfg.vision) + 2 * cfg.text.width * 2)
+      flops.text_forward(cfg.text, length, cfg.vision) + itm_head)
+  # Two texts per image: the image's keys/values are projected once.
+  ids2 = jnp.zeros((2 * b, length), jnp.int32)
+  assert _count(apply(m.itm_logits, ids2, ids2, tokens), params) == b * (
+      flops.text_forward(cfg.text, length, cfg.vision, 2) + 2 * itm_head)
+  assert (flops.text_forward(cfg.text, length, cfg.vision, 2)
+          < 2 * flops.text_forward(cfg.text, length, cfg.vision))
 
 
 def test_step_counts_scale_as_documented():

@@ -62,6 +62,36 @@ def test_remat_changes_nothing_numerically(params):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_texts_sharing_an_image_equal_repeated_images(params):
+  """p texts per image give the same ITM logits and gradients as repeating
+  each image p times (the image's keys/values are only projected once)."""
+  rng = np.random.default_rng(1)
+  tokens = rng.normal(size=(3, 17, 32)).astype(np.float32)
+  ids = rng.integers(1000, 2000, (6, 9)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[1, 5:] = 0
+
+  def itm(p, image_tokens):
+    return model_lib.DashClip(CONFIG).apply(
+        {"params": p}, ids, mask, image_tokens,
+        method=model_lib.DashClip.itm_logits)
+
+  shared = jax.value_and_grad(lambda p, t: jnp.sum(itm(p, t) ** 2),
+                              argnums=(0, 1))
+  repeated = jax.value_and_grad(
+      lambda p, t: jnp.sum(itm(p, jnp.repeat(t, 2, axis=0)) ** 2),
+      argnums=(0, 1))
+  (v0, g0), (v1, g1) = shared(params, tokens), repeated(params, tokens)
+  np.testing.assert_allclose(itm(params, tokens),
+                             itm(params, np.repeat(tokens, 2, axis=0)),
+                             atol=1e-6)
+  assert float(v0) == pytest.approx(float(v1), rel=1e-6)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  with pytest.raises(ValueError, match="6 texts for 4 images"):
+    itm(params, np.concatenate([tokens, tokens[:1]]))
+
+
 def test_bfloat16_compute_keeps_float32_params(params):
   images, ids, mask = _inputs()
   bf16 = CONFIG.replace(dtype="bfloat16")

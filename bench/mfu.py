@@ -15,9 +15,10 @@ figure can also be read against what the card delivers. `--profile`
 prints where the device time of a step goes, by model op (so far run on
 CPU only; on GPU it reads the trace's "XLA Ops" line when there is one).
 
-Measured (2026-11-27, one H200, jax 0.11.2, base, bf16, batch 256):
-stage 1 231 ms/step, 1107 examples/s, 59.3 model TFLOP/step, 256 TFLOP/s,
-MFU 25.9% (32% of the 796 TFLOP/s the card's matmul delivered).
+Measured (2026-11-27, one H200, jax 0.11.2, base, bf16, batch 256, before
+ITM's texts shared their image's keys/values, which cut 7.2% of the
+FLOPs): stage 1 231 ms/step, 1107 examples/s, 59.3 model TFLOP/step,
+256 TFLOP/s, MFU 25.9% (32% of the 796 TFLOP/s the card's matmul gave).
 
 Steps are timed back to back after two warm-up steps (the state is donated,
 so each step waits on the previous one, as in training). The last lines

@@ -76,14 +76,15 @@ def test_texts_sharing_an_image_equal_repeated_images(params):
         {"params": p}, ids, mask, image_tokens,
         method=model_lib.DashClip.itm_logits)
 
-  shared = jax.value_and_grad(lambda p, t: jnp.sum(itm(p, t) ** 2),
-                              argnums=(0, 1))
-  repeated = jax.value_and_grad(
+  shared = jax.jit(jax.value_and_grad(
+      lambda p, t: jnp.sum(itm(p, t) ** 2), argnums=(0, 1)))
+  repeated = jax.jit(jax.value_and_grad(
       lambda p, t: jnp.sum(itm(p, jnp.repeat(t, 2, axis=0)) ** 2),
-      argnums=(0, 1))
+      argnums=(0, 1)))
   (v0, g0), (v1, g1) = shared(params, tokens), repeated(params, tokens)
-  np.testing.assert_allclose(itm(params, tokens),
-                             itm(params, np.repeat(tokens, 2, axis=0)),
+  logits = jax.jit(itm)
+  np.testing.assert_allclose(logits(params, tokens),
+                             logits(params, np.repeat(tokens, 2, axis=0)),
                              atol=1e-6)
   assert float(v0) == pytest.approx(float(v1), rel=1e-6)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):

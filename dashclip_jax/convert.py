@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np

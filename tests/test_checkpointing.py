@@ -3,10 +3,8 @@
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from dashclip_jax import checkpointing
 

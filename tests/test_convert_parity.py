@@ -4,16 +4,13 @@ Tiny random HF models (CPU, float32) -> `dashclip_jax.convert` -> our Flax
 model; outputs must agree within 1e-5 max abs error.
 """
 
-import os
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from dashclip_jax import checkpoint_io
 from dashclip_jax import convert

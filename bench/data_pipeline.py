@@ -72,8 +72,7 @@ def _step_with_train_steps(size, batch_np, steps):
   from dashclip_jax import train_steps as ts  # pylint: disable=g-import-not-at-top
   cfg = _model_config(size, batch_np)
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  abstract = model_lib.unbox(jax.eval_shape(
-      lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
+  abstract = model_lib.abstract_params(cfg)
   oc = optim.OptimConfig(lr=1e-5, warmup_steps=10, total_steps=1000)
   tx = optim.make_optimizer(oc, abstract)
   sc = ts.StepConfig()

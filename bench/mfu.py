@@ -146,11 +146,12 @@ def profile_summary(run_step, compiled, top: int = 15) -> str:
 def time_step(stage: int, cfg: model_lib.ModelConfig, b: int, steps: int,
               profile: bool = False) -> dict[str, float]:
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  abstract = model_lib.unbox(jax.eval_shape(
-      lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
   lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER
+  # Not trainers.common.make_state: that pulls in ml_collections and the
+  # checkpoint stack, which the GPU image lacks; this needs jax/flax/optax.
   tx = optim.make_optimizer(optim.OptimConfig(
-      lr=1e-5, warmup_steps=10, total_steps=1000, lr_mults=lr_mults), abstract)
+      lr=1e-5, warmup_steps=10, total_steps=1000, lr_mults=lr_mults),
+      model_lib.abstract_params(cfg))
   sc = ts.StepConfig()
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
   state = ts.init_state(cfg, sc, tx, jax.random.key(0), mesh)

@@ -78,8 +78,7 @@ def make_batch(b: int, cfg: model_lib.ModelConfig, seed: int = 0):
 def ours_runners(cfg, batches):
   """{stage: run_one_step() -> loss}, compiled; plus compile seconds."""
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  abstract = model_lib.unbox(jax.eval_shape(
-      lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
+  abstract = model_lib.abstract_params(cfg)
   runners, compile_s = {}, {}
   for stage, batch_np in ((1, batches[0]), (2, batches[1])):
     lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER

@@ -507,6 +507,12 @@ def init_params(config: ModelConfig, rng: Array, text_length: int = 8
   return variables["params"]
 
 
+def abstract_params(config: ModelConfig) -> dict[str, Any]:
+  """Shapes and dtypes of the (unboxed) params of `config`, no FLOPs."""
+  return jax.eval_shape(lambda r: unbox(init_params(config, r)),
+                        jax.random.key(0))
+
+
 def unbox(params):
   """Strips flax's logical-partitioning boxes -> plain arrays."""
   return nn.meta.unbox(params)

@@ -308,17 +308,10 @@ def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
         own = own.reshape(n, 2, 2)
         # BLIP's order: positives; (text b, hard image); (hard text, image b).
         logits = jnp.concatenate([own[:, 0], neg, own[:, 1]])
-        w = jnp.concatenate([c["w"][:, 0], c["w"][:, 1], c["w"][:, 2]])
-        if k == 1:  # Plain path: exactly losses.itm_loss.
-          l, im = losses.itm_loss(logits, w)
-          w_sum = jnp.sum(w)
-          return jnp.stack([l * w_sum, im["itm_acc"] * w_sum])
-        label = jnp.concatenate([jnp.ones((n,), jnp.int32),
-                                 jnp.zeros((2 * n,), jnp.int32)])
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-        nll = -jnp.take_along_axis(logp, label[:, None], 1)[:, 0]
-        hit = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
-        return jnp.stack([jnp.sum(nll * w), jnp.sum(hit * w)])
+        w = c["w"].T.reshape(-1)
+        l, im = losses.itm_loss(logits, w)  # Weighted means; sums below.
+        w_sum = jnp.sum(w)
+        return jnp.stack([l * w_sum, im["itm_acc"] * w_sum])
 
       sums = _chunked_sums(itm_sums, pairs, jax.random.split(r_itm, k), k)
       w_total = jnp.maximum(jnp.sum(pairs["w"]), 1e-12)

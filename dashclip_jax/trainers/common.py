@@ -103,9 +103,7 @@ def load_init_params(init_dir: str, model_config: model_lib.ModelConfig):
   """Params of a model dir, checked against the model's shapes."""
   _, trees, _ = checkpoint_io.load_model_dir(init_dir)
   params = trees["params"]
-  expected = jax.eval_shape(
-      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
-      jax.random.key(0))
+  expected = model_lib.abstract_params(model_config)
   flat_exp = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
   flat_got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   name = lambda p: "/".join(str(getattr(k, "key", k)) for k in p)
@@ -289,10 +287,8 @@ def make_state(model_config: model_lib.ModelConfig,
                step_cfg: train_steps.StepConfig, optim_cfg: optim.OptimConfig,
                seed: int, mesh, init_params=None):
   """-> (optax transformation, TrainState born sharded on `mesh`)."""
-  abstract_params = jax.eval_shape(
-      lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
-      jax.random.key(0))
-  tx = optim.make_optimizer(optim_cfg, abstract_params)
+  tx = optim.make_optimizer(optim_cfg,
+                            model_lib.abstract_params(model_config))
   state = train_steps.init_state(model_config, step_cfg, tx,
                                  jax.random.key(seed), mesh,
                                  params=init_params)
@@ -401,6 +397,23 @@ def train_loop(config: ml_collections.ConfigDict, stage: str, state,
     raise Preempted(f"{stage} pre-empted at step {final_step}; the "
                     "checkpoint is saved, rerun to resume")
   return state
+
+
+def embed_all(fn, params, batches: list[dict[str, np.ndarray]], mesh
+              ) -> tuple[np.ndarray, ...]:
+  """Runs a jitted eval fn over this process's eval batches.
+
+  `fn(params, global batch)` returns replicated arrays, the last one the
+  rows' valid flags; the others come back as host arrays of the valid rows
+  of every batch, concatenated.
+  """
+  parts = []
+  for local in batches:
+    *outs, valid = jax.device_get(fn(params, shard_lib.global_batch(local,
+                                                                    mesh)))
+    keep = valid.astype(bool)
+    parts.append([x[keep] for x in outs])
+  return tuple(np.concatenate(column) for column in zip(*parts))
 
 
 def retrieval_at_1(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> float:

@@ -44,15 +44,7 @@ def make_eval_fn(model_config: model_lib.ModelConfig, mesh):
 def evaluate(embed, params, batches: list[dict[str, np.ndarray]], mesh
              ) -> dict[str, float]:
   """Image<->text retrieval R@1 over the eval products (a matching id wins)."""
-  imgs, txts, ids = [], [], []
-  for local in batches:
-    img, txt, pid, valid = jax.device_get(
-        embed(params, shard_lib.global_batch(local, mesh)))
-    valid = valid.astype(bool)
-    imgs.append(img[valid])
-    txts.append(txt[valid])
-    ids.append(pid[valid])
-  img, txt, ids = map(np.concatenate, (imgs, txts, ids))
+  img, txt, ids = common.embed_all(embed, params, batches, mesh)
   i2t = common.retrieval_at_1(img, txt, ids)
   t2i = common.retrieval_at_1(txt, img, ids)
   return {"eval/i2t_r@1": i2t, "eval/t2i_r@1": t2i,

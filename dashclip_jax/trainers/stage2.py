@@ -52,18 +52,10 @@ def make_eval_fns(model_config: model_lib.ModelConfig, mesh):
 def evaluate(fns, params, data: inputs.Stage2Eval, mesh) -> dict[str, float]:
   """Query -> product retrieval over the eval products: R@1 of a label-2 hit."""
   embed_products, embed_queries = fns
-
-  def run(fn, batches):
-    embs, ids = [], []
-    for local in batches:
-      emb, idx, valid = jax.device_get(
-          fn(params, shard_lib.global_batch(local, mesh)))
-      embs.append(emb[valid.astype(bool)])
-      ids.append(idx[valid.astype(bool)])
-    return np.concatenate(embs), np.concatenate(ids)
-
-  products, product_ids = run(embed_products, data.product_batches)
-  queries, query_index = run(embed_queries, data.query_batches)
+  products, product_ids = common.embed_all(embed_products, params,
+                                           data.product_batches, mesh)
+  queries, query_index = common.embed_all(embed_queries, params,
+                                          data.query_batches, mesh)
   # Queries without a label-2 product among the eval products don't count.
   keep = np.array([bool(data.relevant[q]) for q in query_index])
   top = product_ids[np.argmax(queries[keep] @ products.T, axis=1)]

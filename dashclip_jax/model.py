@@ -29,6 +29,8 @@ from dashclip_jax import tokenizer as tok
 
 Array = jax.Array
 
+ATTENTION_IMPLEMENTATIONS = ("einsum", "cudnn", "jax")
+
 # BLIP initialises its new weights (cross-attention, heads) with N(0, 0.02).
 _INIT_STD = 0.02
 
@@ -69,6 +71,18 @@ class ModelConfig:
   dtype: str = "float32"  # Compute dtype.
   param_dtype: str = "float32"
   remat: bool = False
+  # "einsum": attention as einsums + float32 softmax (any mask, dropout on
+  # the probs). "cudnn": cuDNN's fused (flash) attention, GPU only, for the
+  # calls that have no key mask and no active probs dropout (the ViT; the
+  # image-grounded text at eval); other calls keep the einsum path. "jax":
+  # the same calls through jax.nn.dot_product_attention's default (XLA).
+  # "cudnn" is experimental: bench/mfu.py has yet to time it on a GPU.
+  attention: str = "einsum"
+
+  def __post_init__(self):
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"Unknown attention {self.attention!r}; choose from "
+                       f"{ATTENTION_IMPLEMENTATIONS}")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -200,6 +214,7 @@ class Attention(nn.Module):
   deterministic: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  implementation: str = "einsum"  # ModelConfig.attention.
 
   @nn.compact
   def __call__(self, x: Array, kv: Array, mask: Array | None) -> Array:
@@ -212,19 +227,67 @@ class Attention(nn.Module):
     q = proj(name="query")(x)  # (B, Lq, H, Dh)
     k = proj(name="key")(kv)  # (B, Lk, H, Dh)
     v = proj(name="value")(kv)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    scores = scores * (head_dim ** -0.5)
-    if mask is not None:
-      big_neg = jnp.finfo(jnp.float32).min
-      scores = jnp.where(mask[:, None, None, :].astype(bool), scores, big_neg)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    probs = nn.Dropout(self.dropout)(probs, deterministic=self.deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    probs_dropout = self.dropout > 0 and not self.deterministic
+    if self.implementation == "einsum" or mask is not None or probs_dropout:
+      drop = functools.partial(nn.Dropout(self.dropout),
+                               deterministic=self.deterministic)
+      out = einsum_attention(q, k, v, mask, drop, self.dtype)
+    else:
+      # jax's fused attention has no probs dropout, so only calls without
+      # it come here; keys are all valid (mask None).
+      out = fused_attention(q, k, v, None if self.implementation == "jax"
+                            else self.implementation)
     return nn.DenseGeneral(
         self.width, axis=(-2, -1), dtype=self.dtype,
         param_dtype=self.param_dtype,
         kernel_init=_normal(("heads", "kv", "embed")),
         bias_init=_zeros(("embed",)), name="out")(out)
+
+
+# cuDNN's fused attention refused the ViT's 197 tokens in training (jax
+# 0.11.2, H200): lengths are padded up to a multiple of this, and the
+# padding masked by sequence lengths (not a bias).
+FUSED_ATTENTION_MULTIPLE = 64
+
+
+def fused_attention(q: Array, k: Array, v: Array,
+                    implementation: str | None) -> Array:
+  """jax.nn.dot_product_attention over all keys, lengths padded.
+
+  q (B, Lq, H, Dh), k/v (B, Lk, H, Dh) -> (B, Lq, H, Dh). Lq and Lk are
+  padded with zeros to a multiple of FUSED_ATTENTION_MULTIPLE; padded keys
+  are masked out through `key_value_seq_lengths` and padded queries are
+  dropped, so the result equals attention over the unpadded inputs.
+  """
+  b, q_len, _, _ = q.shape
+  k_len = k.shape[1]
+  m = FUSED_ATTENTION_MULTIPLE
+
+  def pad(x, length):
+    extra = -length % m
+    return jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0))) if extra else x
+
+  out = jax.nn.dot_product_attention(
+      pad(q, q_len), pad(k, k_len), pad(v, k_len),
+      query_seq_lengths=jnp.full((b,), q_len, jnp.int32),
+      key_value_seq_lengths=jnp.full((b,), k_len, jnp.int32),
+      implementation=implementation)
+  return out[:, :q_len]
+
+
+def einsum_attention(q: Array, k: Array, v: Array, mask: Array | None,
+                     drop_probs, dtype) -> Array:
+  """q (B, Lq, H, Dh), k/v (B, Lk, H, Dh), mask (B, Lk) -> (B, Lq, H, Dh).
+
+  Softmax in float32; `drop_probs` is applied to the (B, H, Lq, Lk) probs.
+  """
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+  scores = scores * (q.shape[-1] ** -0.5)
+  if mask is not None:
+    big_neg = jnp.finfo(jnp.float32).min
+    scores = jnp.where(mask[:, None, None, :].astype(bool), scores, big_neg)
+  probs = drop_probs(jax.nn.softmax(scores, axis=-1).astype(dtype))
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 class Mlp(nn.Module):
@@ -255,13 +318,15 @@ class ViTBlock(nn.Module):
   config: VisionConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = _layer_norm(c.ln_eps, name="norm1", **kw)(x)
-    x = x + Attention(c.heads, c.width, name="attn", **kw)(h, h, None)
+    x = x + Attention(c.heads, c.width, implementation=self.attention,
+                      name="attn", **kw)(h, h, None)
     h = _layer_norm(c.ln_eps, name="norm2", **kw)(x)
     x = x + Mlp(c.mlp_dim, c.width, name="mlp", **kw)(h)
     return _constrain(x)
@@ -273,6 +338,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, images: Array) -> Array:
@@ -301,7 +367,7 @@ class VisionTransformer(nn.Module):
     x = _constrain(x + pos.astype(x.dtype))
     block = nn.remat(ViTBlock) if self.remat else ViTBlock
     for i in range(c.depth):
-      x = block(c, name=f"block_{i}", **kw)(x)
+      x = block(c, attention=self.attention, name=f"block_{i}", **kw)(x)
     return _layer_norm(c.ln_eps, name="norm", **kw)(x)
 
 
@@ -316,6 +382,7 @@ class TextLayer(nn.Module):
   deterministic: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, x: Array, mask: Array,
@@ -325,7 +392,8 @@ class TextLayer(nn.Module):
     drop = functools.partial(nn.Dropout(c.dropout),
                              deterministic=self.deterministic)
     attn = functools.partial(Attention, c.heads, c.width, c.dropout,
-                             self.deterministic, **kw)
+                             self.deterministic, implementation=self.attention,
+                             **kw)
     h = attn(name="self_attn")(x, x, mask)
     x = _layer_norm(c.ln_eps, name="self_attn_norm", **kw)(x + drop(h))
     if image_tokens is not None:
@@ -354,6 +422,7 @@ class TextEncoder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
+  attention: str = "einsum"
 
   @nn.compact
   def __call__(self, ids: Array, mask: Array, image_tokens: Array | None = None,
@@ -381,8 +450,8 @@ class TextEncoder(nn.Module):
       image_tokens = image_tokens.astype(x.dtype)
     layer = nn.remat(TextLayer) if self.remat else TextLayer
     for i in range(c.depth):
-      x = layer(c, deterministic, name=f"layer_{i}", **kw)(x, mask,
-                                                           image_tokens)
+      x = layer(c, deterministic, attention=self.attention, name=f"layer_{i}",
+                **kw)(x, mask, image_tokens)
     return x
 
 
@@ -402,11 +471,11 @@ class DashClip(nn.Module):
   def setup(self):
     c = self.config
     kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-    self.img = VisionTransformer(c.vision, remat=c.remat, **kw)
-    self.txt = TextEncoder(c.text, remat=c.remat, **kw)
+    towers = dict(remat=c.remat, attention=c.attention, **kw)
+    self.img = VisionTransformer(c.vision, **towers)
+    self.txt = TextEncoder(c.text, **towers)
     self.query = TextEncoder(
-        dataclasses.replace(c.query, cross_attention=False), remat=c.remat,
-        **kw)
+        dataclasses.replace(c.query, cross_attention=False), **towers)
     # Projections run in float32: they are tiny and feed the losses.
     proj = functools.partial(_dense, c.embed_dim, "embed", "proj", jnp.float32,
                              kw["param_dtype"])

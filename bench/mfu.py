@@ -274,7 +274,8 @@ def main():
   p.add_argument("--out", default=None,
                  help="with --profile: keep traces and HLO in this folder")
   p.add_argument("--variants", default="einsum",
-                 help="attention implementations, each optionally +rbg")
+                 help="attention implementations (einsum, cudnn), each "
+                      "optionally +rbg")
   p.add_argument("--peak_tflops", type=float, default=989.4)
   p.add_argument("--read", default=None, metavar="PREFIX",
                  help="only summarise a kept PREFIX.trace.json.gz and "

@@ -75,6 +75,7 @@ def model_block(size: str) -> ml_collections.ConfigDict:
       size=size,           # dashclip_jax.model.model_config size.
       dtype="float32",     # Compute dtype; "bfloat16" on accelerators.
       remat=False,
+      attention="einsum",  # "cudnn": fused ViT attention (model.py).
       image_size=0,        # 0: the size's own.
       text_dropout=-1.0,   # < 0: the size's own.
   ))

@@ -29,7 +29,7 @@ from dashclip_jax import tokenizer as tok
 
 Array = jax.Array
 
-ATTENTION_IMPLEMENTATIONS = ("einsum", "cudnn", "jax")
+ATTENTION_IMPLEMENTATIONS = ("einsum", "cudnn")
 
 # BLIP initialises its new weights (cross-attention, heads) with N(0, 0.02).
 _INIT_STD = 0.02
@@ -72,11 +72,12 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: bool = False
   # "einsum": attention as einsums + float32 softmax (any mask, dropout on
-  # the probs). "cudnn": cuDNN's fused (flash) attention, GPU only, for the
-  # calls that have no key mask and no active probs dropout (the ViT; the
-  # image-grounded text at eval); other calls keep the einsum path. "jax":
-  # the same calls through jax.nn.dot_product_attention's default (XLA).
-  # "cudnn" is experimental: bench/mfu.py has yet to time it on a GPU.
+  # the probs). "cudnn": jax.nn.dot_product_attention for the calls that
+  # have no key mask and no active probs dropout (the ViT; the image-grounded
+  # text at eval), through cuDNN's fused (flash) kernel on GPU and XLA on
+  # other backends (same function, so a model trained with it runs
+  # anywhere); other calls keep the einsum path. Experimental: bench/mfu.py
+  # has yet to time it on a GPU.
   attention: str = "einsum"
 
   def __post_init__(self):
@@ -235,8 +236,7 @@ class Attention(nn.Module):
     else:
       # jax's fused attention has no probs dropout, so only calls without
       # it come here; keys are all valid (mask None).
-      out = fused_attention(q, k, v, None if self.implementation == "jax"
-                            else self.implementation)
+      out = fused_attention(q, k, v)
     return nn.DenseGeneral(
         self.width, axis=(-2, -1), dtype=self.dtype,
         param_dtype=self.param_dtype,
@@ -250,9 +250,8 @@ class Attention(nn.Module):
 FUSED_ATTENTION_MULTIPLE = 64
 
 
-def fused_attention(q: Array, k: Array, v: Array,
-                    implementation: str | None) -> Array:
-  """jax.nn.dot_product_attention over all keys, lengths padded.
+def fused_attention(q: Array, k: Array, v: Array) -> Array:
+  """jax.nn.dot_product_attention over all keys (cuDNN on GPU), padded.
 
   q (B, Lq, H, Dh), k/v (B, Lk, H, Dh) -> (B, Lq, H, Dh). Lq and Lk are
   padded with zeros to a multiple of FUSED_ATTENTION_MULTIPLE; padded keys
@@ -271,7 +270,7 @@ def fused_attention(q: Array, k: Array, v: Array,
       pad(q, q_len), pad(k, k_len), pad(v, k_len),
       query_seq_lengths=jnp.full((b,), q_len, jnp.int32),
       key_value_seq_lengths=jnp.full((b,), k_len, jnp.int32),
-      implementation=implementation)
+      implementation="cudnn" if jax.default_backend() == "gpu" else None)
   return out[:, :q_len]
 
 

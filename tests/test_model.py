@@ -51,29 +51,27 @@ def test_every_param_has_logical_axes():
       "heads", "kv", "embed")
 
 
-def test_remat_changes_nothing_numerically(params):
+def _assert_same_loss_and_grads(params, other_config):
+  """The product loss and its gradients under CONFIG and `other_config`."""
   images, ids, mask = _inputs()
-  remat = CONFIG.replace(remat=True)
   f = lambda c: jax.value_and_grad(lambda p: _product_loss(
       c, p, images, ids, mask))(params)
-  (v0, g0), (v1, g1) = f(CONFIG), f(remat)
+  (v0, g0), (v1, g1) = f(CONFIG), f(other_config)
   assert float(v0) == pytest.approx(float(v1), abs=1e-6)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_remat_changes_nothing_numerically(params):
+  _assert_same_loss_and_grads(params, CONFIG.replace(remat=True))
 
 
 def test_fused_attention_path_equals_einsum(params, monkeypatch):
   """attention="cudnn" routes the unmasked, dropout-free calls (ViT, image
   cross-attention at eval) through jax.nn.dot_product_attention, padded
   (cuDNN on GPU, XLA here). Values and grads equal the einsum path."""
-  images, ids, mask = _inputs()
   fused = CONFIG.replace(attention="cudnn")
-  f = lambda c: jax.value_and_grad(lambda p: _product_loss(
-      c, p, images, ids, mask))(params)
-  (v0, g0), (v1, g1) = f(CONFIG), f(fused)
-  assert float(v0) == pytest.approx(float(v1), abs=1e-6)
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+  _assert_same_loss_and_grads(params, fused)
   # The path is really taken, by the unmasked calls only: 2 ViT blocks and
   # 2 cross-attention layers; the masked text self-attention keeps einsums.
   calls = []
@@ -83,7 +81,7 @@ def test_fused_attention_path_equals_einsum(params, monkeypatch):
       lambda q, k, v, **kw: calls.append((q.shape[1], k.shape[1],
                                           kw["implementation"]))
       or real(q, k, v, **kw))
-  jax.make_jaxpr(lambda p: _product_loss(fused, p, images, ids, mask))(params)
+  jax.make_jaxpr(lambda p: _product_loss(fused, p, *_inputs()))(params)
   # Lengths padded to 64 (17 image tokens, 10 text tokens), cuDNN's rule.
   assert calls == [(64, 64, None)] * 4
   with pytest.raises(ValueError, match="Unknown attention"):

@@ -2,7 +2,7 @@
 
   python bench/mfu.py [--size base] [--dtype bfloat16] [--batch 128,256]
                       [--batch2 256] [--stages 1,2] [--steps 10]
-                      [--remat] [--profile] [--out DIR]
+                      [--remat] [--scan] [--profile] [--out DIR]
                       [--variants einsum,cudnn,cudnn+rbg] [--peak_tflops 989.4]
 
 MFU = model FLOPs per step / step time / peak. Model FLOPs are counted
@@ -269,6 +269,8 @@ def main():
   p.add_argument("--stages", default="1,2")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--remat", action="store_true")
+  p.add_argument("--scan", action="store_true",
+                 help="model.scan_layers: compile each tower's layers once")
   p.add_argument("--profile", action="store_true",
                  help="also print where each step's device time goes")
   p.add_argument("--out", default=None,
@@ -288,10 +290,11 @@ def main():
                                     hlo_text), steps=3, top=40))
     return
   base_cfg = model_lib.model_config(args.size, dtype=args.dtype,
-                                    remat=args.remat)
+                                    remat=args.remat, scan_layers=args.scan)
   dev = jax.devices()[0]
   print(f"jax {jax.__version__}, device {dev.device_kind} ({dev.platform}); "
-        f"size={args.size} dtype={args.dtype} remat={args.remat}", flush=True)
+        f"size={args.size} dtype={args.dtype} remat={args.remat} "
+        f"scan={args.scan}", flush=True)
   if args.out:
     os.makedirs(args.out, exist_ok=True)
   mm = matmul_tflops() if dev.platform == "gpu" else float("nan")

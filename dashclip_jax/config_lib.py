@@ -76,6 +76,7 @@ def model_block(size: str) -> ml_collections.ConfigDict:
       dtype="float32",     # Compute dtype; "bfloat16" on accelerators.
       remat=False,
       attention="einsum",  # "cudnn": fused ViT attention (model.py).
+      scan_layers=False,   # True: compile each tower's layers once (scan).
       image_size=0,        # 0: the size's own.
       text_dropout=-1.0,   # < 0: the size's own.
   ))

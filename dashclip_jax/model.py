@@ -71,6 +71,11 @@ class ModelConfig:
   dtype: str = "float32"  # Compute dtype.
   param_dtype: str = "float32"
   remat: bool = False
+  # Run each tower's layers as one jax.lax.scan over their (stacked)
+  # params: the same function, compiled once per tower instead of once per
+  # layer (base stage 1: 12+12 unrolled layers take minutes to compile).
+  # Params keep their per-layer names; dropout draws differ from unrolled.
+  scan_layers: bool = False
   # "einsum": attention as einsums + float32 softmax (any mask, dropout on
   # the probs). "cudnn": jax.nn.dot_product_attention for the calls that
   # have no key mask and no active probs dropout (the ViT; the image-grounded
@@ -308,6 +313,30 @@ def _constrain(x: Array) -> Array:
   return nn.with_logical_constraint(x, ("batch", None, None))
 
 
+def scan_layers(module: nn.Module, prefix: str, depth: int, remat: bool,
+                apply_layer, x: Array, dropout_rng: Array | None) -> Array:
+  """x through `module`'s layers <prefix>_0 .. <prefix>_{depth-1} as one scan.
+
+  `apply_layer(params, x, rngs) -> x` applies one layer with its params;
+  the layers' params are stacked on a leading axis and scanned over, layer
+  i drawing dropout from fold_in(dropout_rng, i).
+  """
+  params = module.variables["params"]
+  stacked = jax.tree.map(lambda *p: jnp.stack(p),
+                         *[params[f"{prefix}_{i}"] for i in range(depth)])
+
+  def body(x, layer):
+    p, i = layer
+    rngs = (None if dropout_rng is None else
+            {"dropout": jax.random.fold_in(dropout_rng, i)})
+    return apply_layer(p, x, rngs), None
+
+  if remat:
+    body = jax.checkpoint(body)
+  x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(depth)))
+  return x
+
+
 # ---------------------------------------------------------------------------
 # Image encoder.
 # ---------------------------------------------------------------------------
@@ -338,6 +367,7 @@ class VisionTransformer(nn.Module):
   param_dtype: Any = jnp.float32
   remat: bool = False
   attention: str = "einsum"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, images: Array) -> Array:
@@ -364,9 +394,15 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c.width)).astype(x.dtype),
                          x], axis=1)
     x = _constrain(x + pos.astype(x.dtype))
-    block = nn.remat(ViTBlock) if self.remat else ViTBlock
-    for i in range(c.depth):
-      x = block(c, attention=self.attention, name=f"block_{i}", **kw)(x)
+    if self.scan_layers and not self.is_initializing():
+      block = ViTBlock(c, attention=self.attention, parent=None, **kw)
+      x = scan_layers(self, "block", c.depth, self.remat,
+                      lambda p, x, rngs: block.apply({"params": p}, x), x,
+                      None)
+    else:
+      block = nn.remat(ViTBlock) if self.remat else ViTBlock
+      for i in range(c.depth):
+        x = block(c, attention=self.attention, name=f"block_{i}", **kw)(x)
     return _layer_norm(c.ln_eps, name="norm", **kw)(x)
 
 
@@ -422,6 +458,7 @@ class TextEncoder(nn.Module):
   param_dtype: Any = jnp.float32
   remat: bool = False
   attention: str = "einsum"
+  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, ids: Array, mask: Array, image_tokens: Array | None = None,
@@ -447,10 +484,19 @@ class TextEncoder(nn.Module):
     x = nn.Dropout(c.dropout)(x, deterministic=deterministic)
     if image_tokens is not None:
       image_tokens = image_tokens.astype(x.dtype)
-    layer = nn.remat(TextLayer) if self.remat else TextLayer
-    for i in range(c.depth):
-      x = layer(c, deterministic, attention=self.attention, name=f"layer_{i}",
-                **kw)(x, mask, image_tokens)
+    if self.scan_layers and not self.is_initializing():
+      layer = TextLayer(c, deterministic, attention=self.attention,
+                        parent=None, **kw)
+      x = scan_layers(
+          self, "layer", c.depth, self.remat,
+          lambda p, x, rngs: layer.apply({"params": p}, x, mask, image_tokens,
+                                         rngs=rngs), x,
+          None if deterministic else self.make_rng("dropout"))
+    else:
+      layer = nn.remat(TextLayer) if self.remat else TextLayer
+      for i in range(c.depth):
+        x = layer(c, deterministic, attention=self.attention,
+                  name=f"layer_{i}", **kw)(x, mask, image_tokens)
     return x
 
 
@@ -470,7 +516,8 @@ class DashClip(nn.Module):
   def setup(self):
     c = self.config
     kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-    towers = dict(remat=c.remat, attention=c.attention, **kw)
+    towers = dict(remat=c.remat, attention=c.attention,
+                  scan_layers=c.scan_layers, **kw)
     self.img = VisionTransformer(c.vision, **towers)
     self.txt = TextEncoder(c.text, **towers)
     self.query = TextEncoder(

@@ -54,8 +54,8 @@ def test_every_param_has_logical_axes():
 def _assert_same_loss_and_grads(params, other_config):
   """The product loss and its gradients under CONFIG and `other_config`."""
   images, ids, mask = _inputs()
-  f = lambda c: jax.value_and_grad(lambda p: _product_loss(
-      c, p, images, ids, mask))(params)
+  f = lambda c: jax.jit(jax.value_and_grad(lambda p: _product_loss(
+      c, p, images, ids, mask)))(params)
   (v0, g0), (v1, g1) = f(CONFIG), f(other_config)
   assert float(v0) == pytest.approx(float(v1), abs=1e-6)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
@@ -64,6 +64,23 @@ def _assert_same_loss_and_grads(params, other_config):
 
 def test_remat_changes_nothing_numerically(params):
   _assert_same_loss_and_grads(params, CONFIG.replace(remat=True))
+
+
+def test_scanned_layers_equal_unrolled(params):
+  """scan_layers runs the same function (params keep their per-layer
+  names); with dropout on, each layer draws its own mask from the rng."""
+  # With remat too: the scan body is then checkpointed (the train-step
+  # mesh test runs it without).
+  _assert_same_loss_and_grads(params, CONFIG.replace(scan_layers=True,
+                                                     remat=True))
+  _, ids, mask = _inputs()
+  module = model_lib.DashClip(CONFIG.replace(scan_layers=True))
+  text = jax.jit(lambda det, seed: module.apply(
+      {"params": params}, ids, mask, det, method=model_lib.DashClip.encode_text,
+      rngs={"dropout": jax.random.key(seed)})[0], static_argnums=0)
+  np.testing.assert_array_equal(text(False, 1), text(False, 1))
+  assert not np.allclose(text(False, 1), text(False, 2))
+  assert not np.allclose(text(False, 1), text(True, 1))
 
 
 def test_fused_attention_path_equals_einsum(params, monkeypatch):

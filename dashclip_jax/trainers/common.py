@@ -62,15 +62,16 @@ def model_config_from(cfg: ml_collections.ConfigDict,
                       init_dir: str | None) -> model_lib.ModelConfig:
   """The init checkpoint's geometry when there is one, else `cfg.size`.
 
-  Numerics (dtype, remat, attention, dropout) always come from the
-  experiment config.
+  Numerics and compilation (dtype, remat, attention, scan_layers,
+  dropout) always come from the experiment config.
   """
   if init_dir:
     meta = checkpoint_io.read_metadata(init_dir)
     mc = model_lib.ModelConfig.from_dict(meta["model_config"])
   else:
     mc = model_lib.model_config(cfg.size)
-  mc = mc.replace(dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention)
+  mc = mc.replace(dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention,
+                  scan_layers=cfg.scan_layers)
   if cfg.image_size:
     mc = mc.replace(vision=dataclasses.replace(mc.vision,
                                                image_size=cfg.image_size))

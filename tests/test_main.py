@@ -118,7 +118,7 @@ def _checkpoint_steps(workdir):
 
 
 def test_kill9_then_rerun_equals_uninterrupted(xla_cache, tmp_path):
-  steps = 60  # Seconds of steps after the first checkpoint: the kill lands.
+  steps = 45  # ~15 s of steps after the first checkpoint: the kill lands.
   args = (STAGE1_TINY, f"--config.train.total_steps={steps}",
           "--config.checkpoint.every_steps=3", "--config.train.eval_every=20",
           "--config.train.log_every=4")
@@ -156,7 +156,7 @@ def test_kill9_then_rerun_equals_uninterrupted(xla_cache, tmp_path):
 
 
 def test_sigterm_saves_and_rerun_resumes(xla_cache, tmp_path):
-  steps = 150  # Long enough that SIGTERM lands mid-run.
+  steps = 60  # SIGTERM is sent after step 1; ~20 s of steps remain.
   args = (STAGE1_TINY, f"--config.train.total_steps={steps}",
           "--config.checkpoint.every_steps=1000", "--config.train.eval_every=1000",
           "--config.train.log_every=1")

@@ -491,7 +491,8 @@ class TextEncoder(nn.Module):
           self, "layer", c.depth, self.remat,
           lambda p, x, rngs: layer.apply({"params": p}, x, mask, image_tokens,
                                          rngs=rngs), x,
-          None if deterministic else self.make_rng("dropout"))
+          None if deterministic or c.dropout == 0 else self.make_rng(
+              "dropout"))
     else:
       layer = nn.remat(TextLayer) if self.remat else TextLayer
       for i in range(c.depth):

@@ -26,31 +26,24 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, str(Path(__file__).parent))
-import mfu  # noqa: E402  (random_batch: the same batches as the MFU bench)
+import mfu  # noqa: E402  (the MFU bench's step setup and batches)
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import optim  # noqa: E402
-from dashclip_jax import sharding  # noqa: E402
 from dashclip_jax import train_steps as ts  # noqa: E402
 
 
 def compile_seconds(cfg: model_lib.ModelConfig, stage: int, batch: int
                     ) -> tuple[float, float]:
   """(trace + lower, compile) seconds of one train step."""
-  mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER
-  tx = optim.make_optimizer(optim.OptimConfig(lr_mults=lr_mults),
-                            model_lib.abstract_params(cfg))
-  sc = ts.StepConfig()
+  mesh, tx, sc, step = mfu.step_setup(stage, cfg)
   state = jax.eval_shape(lambda r: ts.init_state(cfg, sc, tx, r, mesh),
                          jax.random.key(0))
   abstract_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
       mfu.random_batch(stage, batch, cfg))
-  make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
   t0 = time.perf_counter()
-  lowered = ts.jit_step(make(cfg, sc, tx, mesh), state, abstract_batch,
-                        mesh).lower(state, abstract_batch, jax.random.key(0))
+  lowered = ts.jit_step(step, state, abstract_batch, mesh).lower(
+      state, abstract_batch, jax.random.key(0))
   t1 = time.perf_counter()
   lowered.compile()
   return t1 - t0, time.perf_counter() - t1

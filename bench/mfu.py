@@ -208,23 +208,31 @@ def profile_summary(run_step, compiled, keep_as: str | None = None,
   return format_op_times(*op_times(read_trace(path), hlo_text), steps)
 
 
-def time_step(stage: int, cfg: model_lib.ModelConfig, b: int, steps: int,
-              profile: bool = False, key_impl: str | None = None,
-              keep_as: str | None = None) -> dict[str, float]:
+def step_setup(stage: int, cfg: model_lib.ModelConfig):
+  """-> (1-device mesh, optimizer, StepConfig, unjitted step) of a stage.
+
+  Not trainers.common.make_state: that pulls in ml_collections and the
+  checkpoint stack, which the GPU image lacks; this needs jax/flax/optax.
+  """
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
   lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER
-  # Not trainers.common.make_state: that pulls in ml_collections and the
-  # checkpoint stack, which the GPU image lacks; this needs jax/flax/optax.
   tx = optim.make_optimizer(optim.OptimConfig(
       lr=1e-5, warmup_steps=10, total_steps=1000, lr_mults=lr_mults),
       model_lib.abstract_params(cfg))
   sc = ts.StepConfig()
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
+  return mesh, tx, sc, make(cfg, sc, tx, mesh)
+
+
+def time_step(stage: int, cfg: model_lib.ModelConfig, b: int, steps: int,
+              profile: bool = False, key_impl: str | None = None,
+              keep_as: str | None = None) -> dict[str, float]:
+  mesh, tx, sc, step = step_setup(stage, cfg)
   state = ts.init_state(cfg, sc, tx, jax.random.key(0), mesh)
   batch = sharding.global_batch(random_batch(stage, b, cfg), mesh)
   key = lambda i: jax.random.key(i, impl=key_impl)
   t0 = time.perf_counter()
-  compiled = ts.jit_step(make(cfg, sc, tx, mesh), state, batch, mesh).lower(
+  compiled = ts.jit_step(step, state, batch, mesh).lower(
       state, batch, key(0)).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()

@@ -313,7 +313,7 @@ def _constrain(x: Array) -> Array:
   return nn.with_logical_constraint(x, ("batch", None, None))
 
 
-def scan_layers(module: nn.Module, prefix: str, depth: int, remat: bool,
+def run_scanned_layers(module: nn.Module, prefix: str, depth: int, remat: bool,
                 apply_layer, x: Array, dropout_rng: Array | None) -> Array:
   """x through `module`'s layers <prefix>_0 .. <prefix>_{depth-1} as one scan.
 
@@ -396,9 +396,9 @@ class VisionTransformer(nn.Module):
     x = _constrain(x + pos.astype(x.dtype))
     if self.scan_layers and not self.is_initializing():
       block = ViTBlock(c, attention=self.attention, parent=None, **kw)
-      x = scan_layers(self, "block", c.depth, self.remat,
-                      lambda p, x, rngs: block.apply({"params": p}, x), x,
-                      None)
+      x = run_scanned_layers(
+          self, "block", c.depth, self.remat,
+          lambda p, x, rngs: block.apply({"params": p}, x), x, None)
     else:
       block = nn.remat(ViTBlock) if self.remat else ViTBlock
       for i in range(c.depth):
@@ -487,7 +487,7 @@ class TextEncoder(nn.Module):
     if self.scan_layers and not self.is_initializing():
       layer = TextLayer(c, deterministic, attention=self.attention,
                         parent=None, **kw)
-      x = scan_layers(
+      x = run_scanned_layers(
           self, "layer", c.depth, self.remat,
           lambda p, x, rngs: layer.apply({"params": p}, x, mask, image_tokens,
                                          rngs=rngs), x,

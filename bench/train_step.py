@@ -17,6 +17,8 @@ batch at the same sizes ("small": 4 layers, width 256, 128 px, patch 16):
 Steps of the two sides are interleaved and timed one by one (medians), so
 background load hits both alike. Prints examples/s per stage and side; the
 last line is the geometric mean of the two stage speedups (ours / torch).
+As the main job does, the process has glibc keep freed memory for reuse
+(dashclip_jax.host_memory; DASHCLIP_KEEP_FREED_MEMORY=0 for glibc's defaults).
 """
 
 import argparse
@@ -26,6 +28,12 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from dashclip_jax import host_memory  # noqa: E402
+
+# As the main job does, and before numpy/jax/torch start threads. It holds
+# for both sides: PyTorch's allocations come from the same malloc.
+KEEP_FREED_MEMORY = host_memory.reuse_freed_memory_unless_disabled()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -247,7 +255,8 @@ def main():
   print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}; size={args.size} "
-        f"batch={args.batch} steps={args.steps}")
+        f"batch={args.batch} steps={args.steps}; glibc keeps freed memory: "
+        f"{KEEP_FREED_MEMORY} (${host_memory.ENV_VAR})")
   ours, compile_s = ours_runners(cfg, batches)
   theirs = torch_runners(cfg, batches)
   b = args.batch

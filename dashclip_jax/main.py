@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dashclip_jax import host_memory
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes).")
@@ -204,5 +206,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+  # glibc keeps XLA's freed CPU temporaries for the next step. Before the
+  # config is loaded: that imports numpy and jax, and threads they start
+  # would keep malloc arenas of their own.
+  host_memory.reuse_freed_memory_unless_disabled()
   flags.mark_flag_as_required("config")
   app.run(main, flags_parser=parse_flags)

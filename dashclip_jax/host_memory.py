@@ -35,21 +35,19 @@ def reuse_freed_memory() -> bool:
   Sets one arena for all threads (XLA's threads would otherwise use arenas
   whose heaps are capped at 64 MB and so mmap big blocks anyway), no mmap,
   and trimming only above 2 GiB of free memory. Process-wide and one-way.
-  Call it before jax starts its backend: threads keep the arena they were
-  given on their first malloc. The cost is that the heap does not shrink
-  back after a peak.
+  Call it before numpy, jax or torch is imported: threads they start keep
+  the arena they were given on their first malloc. The cost is that the
+  heap does not shrink back after a peak.
 
   Returns:
-    True if set; False where the C library is not glibc (no mallopt).
+    True if set; False where the C library is not glibc.
   """
   if not sys.platform.startswith("linux"):
     return False
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-    gnu_get_libc_version = ctypes.CDLL(None).gnu_get_libc_version
-  except AttributeError:  # musl and others: no glibc entry points.
+  libc = ctypes.CDLL(None)
+  if not hasattr(libc, "gnu_get_libc_version"):  # musl and others.
     return False
-  del gnu_get_libc_version  # Looked up only to know this is glibc.
+  mallopt = libc.mallopt
   mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
   return all(mallopt(param, value) == 1 for param, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0),

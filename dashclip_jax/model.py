@@ -180,7 +180,8 @@ def gelu(x: Array) -> Array:
   # with erf rather than nn.gelu's erfc form: same values (~5e-7), and XLA's
   # CPU erfc is a branchy polynomial about 4x slower than its erf.
   half = jnp.asarray(0.5, x.dtype)
-  return half * x * (1 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+  inv_sqrt2 = jnp.asarray(0.7071067811865476, x.dtype)
+  return half * x * (1 + jax.lax.erf(x * inv_sqrt2))
 
 
 def l2_normalize(x: Array) -> Array:

@@ -42,10 +42,11 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import optim  # noqa: E402
 from dashclip_jax import sharding  # noqa: E402
 from dashclip_jax import tokenizer as tok  # noqa: E402
 from dashclip_jax import train_steps as ts  # noqa: E402
+
+import mfu  # noqa: E402  (bench/: the step setup shared with the MFU bench)
 
 LT, LQ, N_NEG = 32, 16, 3
 
@@ -85,19 +86,12 @@ def make_batch(b: int, cfg: model_lib.ModelConfig, seed: int = 0):
 
 def ours_runners(cfg, batches):
   """{stage: run_one_step() -> loss}, compiled; plus compile seconds."""
-  mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  abstract = model_lib.abstract_params(cfg)
   runners, compile_s = {}, {}
   for stage, batch_np in ((1, batches[0]), (2, batches[1])):
-    lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER
-    oc = optim.OptimConfig(lr=1e-5, warmup_steps=10, total_steps=1000,
-                           lr_mults=lr_mults)
-    tx = optim.make_optimizer(oc, abstract)
-    sc = ts.StepConfig(deterministic=False)
-    make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
+    mesh, tx, sc, step = mfu.step_setup(stage, cfg)
     state = ts.init_state(cfg, sc, tx, jax.random.key(0), mesh)
     batch = sharding.global_batch(batch_np, mesh)
-    step = ts.jit_step(make(cfg, sc, tx, mesh), state, batch, mesh)
+    step = ts.jit_step(step, state, batch, mesh)
     t0 = time.perf_counter()
     step = step.lower(state, batch, jax.random.key(0)).compile()
     compile_s[stage] = time.perf_counter() - t0

@@ -317,8 +317,9 @@ def _constrain(x: Array) -> Array:
   return nn.with_logical_constraint(x, ("batch", None, None))
 
 
-def run_scanned_layers(module: nn.Module, prefix: str, depth: int, remat: bool,
-                apply_layer, x: Array, dropout_rng: Array | None) -> Array:
+def run_scanned_layers(module: nn.Module, prefix: str, depth: int,
+                       remat: bool, apply_layer, x: Array,
+                       dropout_rng: Array | None) -> Array:
   """x through `module`'s layers <prefix>_0 .. <prefix>_{depth-1} as one scan.
 
   `apply_layer(params, x, rngs) -> x` applies one layer with its params;
@@ -491,12 +492,12 @@ class TextEncoder(nn.Module):
     if self.scan_layers and not self.is_initializing():
       layer = TextLayer(c, deterministic, attention=self.attention,
                         parent=None, **kw)
+      uses_dropout = not deterministic and c.dropout > 0
       x = run_scanned_layers(
           self, "layer", c.depth, self.remat,
           lambda p, x, rngs: layer.apply({"params": p}, x, mask, image_tokens,
                                          rngs=rngs), x,
-          None if deterministic or c.dropout == 0 else self.make_rng(
-              "dropout"))
+          self.make_rng("dropout") if uses_dropout else None)
     else:
       layer = nn.remat(TextLayer) if self.remat else TextLayer
       for i in range(c.depth):

@@ -48,6 +48,8 @@ class DashClipEncoder:
     self._text = apply(lambda mdl, i, k: mdl.encode_text(i, k)[0])
     self._query = apply(lambda mdl, i, k: mdl.encode_query(i, k)[0])
     self._product = apply(lambda mdl, x, i, k: mdl.encode_product(x, i, k)[0])
+    self._product_text = apply(
+        lambda mdl, i, k: mdl.encode_product_text(i, k)[0])
     self._itm = apply(lambda mdl, x, i, k: jax.nn.softmax(
         mdl.itm_logits(i, k, mdl.img(x)), axis=-1)[:, 1])
 
@@ -107,6 +109,10 @@ class DashClipEncoder:
       raise ValueError(f"{len(images)} images but {len(titles)} titles")
     return self._run(self._product, self.preprocess_images(images),
                      *self.tokenize(titles))
+
+  def encode_product_text(self, titles: Sequence[str]) -> np.ndarray:
+    """-> (B, E) the product embedding from the title alone (no image)."""
+    return self._run(self._product_text, *self.tokenize(titles))
 
   def encode_query(self, texts: Sequence[str]) -> np.ndarray:
     """-> (B, E) query-tower embeddings (in the product space after stage 2)."""

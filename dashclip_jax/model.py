@@ -68,6 +68,12 @@ class ModelConfig:
   embed_dim: int = 256
   temp_init: float = 0.07
   query_pooling: str = "cls"  # "cls" or "mean" (e.g. for a MiniLM query tower).
+  # Product embedding from the image-grounded text states: "enc" (BLIP's
+  # [ENC] position 0) or "mean" (masked mean over the title's positions,
+  # how MiniLM-style sentence encoders pool).
+  product_pooling: str = "enc"
+  # Unimodal text embedding (stage 1's ITC): "cls" (BLIP) or "mean".
+  text_pooling: str = "cls"
   dtype: str = "float32"  # Compute dtype.
   param_dtype: str = "float32"
   remat: bool = False
@@ -89,6 +95,14 @@ class ModelConfig:
     if self.attention not in ATTENTION_IMPLEMENTATIONS:
       raise ValueError(f"Unknown attention {self.attention!r}; choose from "
                        f"{ATTENTION_IMPLEMENTATIONS}")
+    for name, value, known in (("query_pooling", self.query_pooling,
+                                ("cls", "mean")),
+                               ("product_pooling", self.product_pooling,
+                                ("enc", "mean")),
+                               ("text_pooling", self.text_pooling,
+                                ("cls", "mean"))):
+      if value not in known:
+        raise ValueError(f"Unknown {name} {value!r}; choose from {known}")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -187,8 +201,17 @@ def gelu(x: Array) -> Array:
 def l2_normalize(x: Array) -> Array:
   """x / max(||x||, 1e-12) in float32, as torch.nn.functional.normalize."""
   x = x.astype(jnp.float32)
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / jnp.maximum(norm, 1e-12)
+  # sqrt(max(|x|^2, eps^2)) == max(|x|, eps), and its gradient stays finite
+  # at x = 0 (an all-padding row, e.g. a missing mined negative, pools to
+  # 0; jnp.linalg.norm's gradient there is NaN and would poison the step).
+  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))
+
+
+def masked_mean(hidden: Array, mask: Array) -> Array:
+  """float32 (B, D) mean of hidden (B, L, D) over positions where mask is 1."""
+  m = mask[..., None].astype(jnp.float32)
+  return (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
 
 
 def interpolate_pos_embed(pos_embed: Array, grid: tuple[int, int]) -> Array:
@@ -549,7 +572,9 @@ class DashClip(nn.Module):
   def encode_text(self, ids: Array, mask: Array, deterministic: bool = True
                   ) -> tuple[Array, dict[str, Array]]:
     hidden = self.txt(ids, mask, None, deterministic)
-    emb = l2_normalize(self.text_proj(hidden[:, 0].astype(jnp.float32)))
+    pooled = (masked_mean(hidden, mask) if self.config.text_pooling == "mean"
+              else hidden[:, 0].astype(jnp.float32))
+    emb = l2_normalize(self.text_proj(pooled))
     return emb, {"hidden": hidden}
 
   def encode_multimodal(self, ids: Array, mask: Array, image_tokens: Array,
@@ -574,29 +599,63 @@ class DashClip(nn.Module):
                                     use_enc_token)
     return self.itm_head(hidden[:, 0].astype(jnp.float32))
 
+  def product_features_from_tokens(self, image_tokens: Array, ids: Array,
+                                   mask: Array, deterministic: bool = True
+                                   ) -> tuple[Array, dict[str, Array]]:
+    """float32 (B, D) pooled image-grounded state: the product embedding
+    before `project_product` (what a frozen product tower caches)."""
+    hidden = self.encode_multimodal(ids, mask, image_tokens, deterministic)
+    if self.config.product_pooling == "mean":
+      pooled = masked_mean(hidden, mask)
+    else:
+      pooled = hidden[:, 0].astype(jnp.float32)
+    return pooled, {"hidden": hidden}
+
+  def product_features(self, images: Array, ids: Array, mask: Array,
+                       deterministic: bool = True
+                       ) -> tuple[Array, dict[str, Array]]:
+    tokens = self.img(images)
+    feats, aux = self.product_features_from_tokens(tokens, ids, mask,
+                                                   deterministic)
+    return feats, {**aux, "tokens": tokens}
+
+  def project_product(self, features: Array) -> Array:
+    """(B, D) product features -> (B, E) L2-normalised product embedding."""
+    return l2_normalize(self.product_proj(features.astype(jnp.float32)))
+
+  def encode_product_text(self, ids: Array, mask: Array
+                          ) -> tuple[Array, dict[str, Array]]:
+    """The product embedding without the image: the same text encoder,
+    [ENC], pooling and product_proj, its cross-attention sublayers skipped
+    (the evaluation's measure of what the image adds)."""
+    ids = jnp.asarray(ids).at[:, 0].set(tok.ENC_ID)
+    hidden = self.txt(ids, mask, None, True)
+    if self.config.product_pooling == "mean":
+      pooled = masked_mean(hidden, mask)
+    else:
+      pooled = hidden[:, 0].astype(jnp.float32)
+    return self.project_product(pooled), {"hidden": hidden}
+
   def encode_product_from_tokens(self, image_tokens: Array, ids: Array,
                                  mask: Array, deterministic: bool = True
                                  ) -> tuple[Array, dict[str, Array]]:
-    hidden = self.encode_multimodal(ids, mask, image_tokens, deterministic)
-    emb = l2_normalize(self.product_proj(hidden[:, 0].astype(jnp.float32)))
-    return emb, {"hidden": hidden}
+    feats, aux = self.product_features_from_tokens(image_tokens, ids, mask,
+                                                   deterministic)
+    return self.project_product(feats), aux
 
   def encode_product(self, images: Array, ids: Array, mask: Array,
                      deterministic: bool = True
                      ) -> tuple[Array, dict[str, Array]]:
-    """Multimodal product embedding: projection of the image-grounded [ENC]."""
-    tokens = self.img(images)
-    emb, aux = self.encode_product_from_tokens(tokens, ids, mask,
-                                               deterministic)
-    return emb, {**aux, "tokens": tokens}
+    """Multimodal product embedding: projection of the pooled image-grounded
+    state ([ENC] or mean, `config.product_pooling`)."""
+    feats, aux = self.product_features(images, ids, mask, deterministic)
+    return self.project_product(feats), aux
 
   def encode_query(self, ids: Array, mask: Array, deterministic: bool = True
                    ) -> tuple[Array, dict[str, Array]]:
     hidden = self.query(ids, mask, None, deterministic)
     if self.config.query_pooling == "mean":
-      m = mask[..., None].astype(jnp.float32)
-      pooled = (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(
-          m.sum(1), 1e-9)
+      pooled = masked_mean(hidden, mask)
     else:
       pooled = hidden[:, 0].astype(jnp.float32)
     return l2_normalize(self.query_proj(pooled)), {"hidden": hidden}

@@ -252,11 +252,12 @@ def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
   from dashclip_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   cfg = _eval_config("synthetic")
   cfg.checkpoint, cfg.init_checkpoint = tiny_checkpoints
-  cfg.baselines = ("init", "bm25")
+  cfg.baselines = ("init", "bm25", "dashclip_text")
   cfg.plots.enabled = False
   cfg.data.max_probe_products = 60
   out = run_lib.evaluate(cfg, str(tmp_path))
-  assert set(out) == {"dashclip", "init", "bm25"}
+  assert set(out) == {"dashclip", "init", "bm25", "dashclip_text"}
+  assert out["dashclip_text"]["ndcg@10"] != out["dashclip"]["ndcg@10"]
   # Two different random models: different numbers, both in range.
   assert out["dashclip"]["ndcg@10"] != out["init"]["ndcg@10"]
   for m in out.values():
@@ -270,6 +271,16 @@ def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
   want = model.encode_product([cat.load_image(i) for i in range(5)],
                               list(cat.titles[:5]))
   np.testing.assert_allclose(emb[:5], want, atol=1e-5)
+  # The title-only product embedding ignores the vision tower entirely.
+  other = dashclip_jax.load(tiny_checkpoints[1])
+  swapped = dashclip_jax.inference.DashClipEncoder(
+      model.config, {**model.params, "img": other.params["img"]},
+      model.tokenizer)
+  titles = list(cat.titles[:5])
+  np.testing.assert_array_equal(swapped.encode_product_text(titles),
+                                model.encode_product_text(titles))
+  assert not np.allclose(swapped.encode_product(
+      [cat.load_image(i) for i in range(5)], titles), want, atol=1e-3)
   # The CLI prints what the Python search returns.
   query = data.test.queries[0]
   hits = search_lib.search(export_lib.ExportedIndex(str(tmp_path / "export")),

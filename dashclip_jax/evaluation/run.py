@@ -40,7 +40,9 @@ from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import plots
 from dashclip_jax.evaluation import probes
 
-KNOWN_BASELINES = ("bm25", "minilm", "init")
+# "dashclip_text": the trained model with its product side fed the title
+# alone (no image): what the image adds to the product embedding.
+KNOWN_BASELINES = ("bm25", "minilm", "init", "dashclip_text")
 METRIC_KEYS = ("ndcg@10", "recall@1", "recall@5", "recall@10", "recall@50",
                "mrr", "aisle_acc", "aisle_f1", "relevance_acc",
                "relevance_f1")
@@ -251,6 +253,15 @@ def evaluate(cfg, workdir: str,
                  time.time() - t)
     embeddings[name] = (q, p)
     results[name] = evaluate_embeddings(name, q, p, probe, data, cfg, workdir)
+
+  if "dashclip_text" in cfg.baselines:
+    q = embeddings["dashclip"][0]
+    p = np.asarray(models["dashclip"].encode_product_text(titles), np.float32)
+    probe = (np.asarray(models["dashclip"].encode_product_text(
+        list(data.probe_catalog.titles)), np.float32)
+             if data.probe_catalog is not None else None)
+    results["dashclip_text"] = evaluate_embeddings("dashclip_text", q, p,
+                                                   probe, data, cfg, workdir)
 
   if "bm25" in cfg.baselines:
     ranking = metrics_lib.rank_by_score(

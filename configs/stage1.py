@@ -6,8 +6,10 @@ r"""Stage 1: continual pretraining of BLIP's product encoders (ITC + ITM).
 
 Variants:
   tiny   CI scale: tiny model, embedded synthetic catalog, a few steps.
-  demo   the README main job's stage 1: small model, synthetic catalog,
-         a few minutes on 2 CPU cores.
+  demo   the README main job's stage 1: small ViT + MiniLM-L6 text tower
+         (init.text_from), synthetic catalog, a few minutes on 2 CPU cores.
+  fashion  the fashion main job's stage 1 (configs/stage2.py:fashion): the
+         demo's model on ../shared/data/fashion, 300 steps.
   base   BLIP-14M on the fashion catalog: 224 px, lr 1e-5, wd 0.05, BLIP
          momentum distillation; set init.checkpoint to a converted BLIP.
 """
@@ -40,13 +42,17 @@ def data_block(variant: str):
       num_shards=0,           # 0: one per process (see trainers/inputs.py).
       workers=0,              # grain worker processes (0: threads).
       image_size=0,           # 0: the model's image size.
-      text_max_length={"tiny": 16, "demo": 24}.get(variant, 30),
-      query_max_length={"tiny": 12, "demo": 16}.get(variant, 20),
+      text_max_length={"tiny": 16, "demo": 24, "fashion": 24}.get(variant, 30),
+      query_max_length={"tiny": 12, "demo": 16, "fashion": 16}.get(variant,
+                                                                   20),
       min_scale=0.5,          # RandomResizedCrop (BLIP: 0.2 pretrain, 0.5 ft).
       augment=variant != "tiny",
-      num_negatives={"tiny": 2, "demo": 4}.get(variant, 8),
+      num_negatives={"tiny": 2, "demo": 4, "fashion": 4}.get(variant, 8),
       label1_policy="weighted",  # Stage 2: positive | weighted | exclude.
       label1_weight=0.5,
+      # Stage 2: this share of the train queries (by a hash of the text)
+      # never trains; the run selects its model on them, not on the test set.
+      heldout_query_fraction=0.1,
       eval_max_products={"tiny": 16}.get(variant, 0),  # 0: all test products.
   ))
 
@@ -54,17 +60,29 @@ def data_block(variant: str):
 def get_config(arg=None):
   import ml_collections  # pylint: disable=g-import-not-at-top
   c, v = common.stage_config("stage1", arg)
-  c.init = ml_collections.ConfigDict(dict(checkpoint=""))
+  c.init = ml_collections.ConfigDict(dict(
+      checkpoint="",
+      # "minilm": text + query towers from MiniLM-L6 when no checkpoint.
+      text_from="minilm" if v in ("demo", "fashion") else "",
+  ))
   c.data = data_block(v)
-  c.train.total_steps = common.by_variant(v, 6, 80, 20000)
-  c.train.eval_every = common.by_variant(v, 3, 40, 1000)
-  c.optim.lr = common.by_variant(v, 1e-3, 3e-4, 1e-5)
-  c.optim.warmup_steps = common.by_variant(v, 1, 10, 1000)
+  c.train.total_steps = common.by_variant(v, 6, 80, 300, 20000)
+  c.train.eval_every = common.by_variant(v, 3, 40, 100, 1000)
+  c.optim.lr = common.by_variant(v, 1e-3, 3e-4, 3e-4, 1e-5)
+  c.optim.warmup_steps = common.by_variant(v, 1, 10, 20, 1000)
+  # Stage 1 never uses the query tower or product_proj: frozen (else AdamW's
+  # weight decay alone would shrink a pretrained query tower).
+  c.optim.lr_mults = "(query|query_proj|product_proj)/.*=0; .*=1"
+  if v in ("demo", "fashion"):
+    # Their text tower is MiniLM (init.text_from): a tenth of the lr keeps
+    # what it knows; its new cross-attention and the ViT learn at full lr.
+    c.optim.lr_mults = ("(query|query_proj|product_proj)/.*=0; "
+                        "txt/.*cross_attn.*=1; txt/.*=0.1; .*=1")
   c.loss = ml_collections.ConfigDict(dict(
       itc_weight=1.0, itm_weight=1.0,
       momentum=0.995 if v == "base" else 0.0,   # 0: no momentum distillation.
       queue_size=0, alpha=0.4, alpha_ramp_steps=0,
       deterministic=False,
   ))
-  c.checkpoint.every_steps = common.by_variant(v, 2, 40, 1000)
+  c.checkpoint.every_steps = common.by_variant(v, 2, 40, 100, 1000)
   return c

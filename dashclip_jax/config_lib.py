@@ -28,12 +28,13 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-VARIANTS = ("tiny", "demo", "base")
+VARIANTS = ("tiny", "demo", "fashion", "base")
 
 
-def by_variant(variant: str, tiny, demo, base):
-  """The value of `variant` among the three named variants."""
-  return {"tiny": tiny, "demo": demo, "base": base}[variant]
+def by_variant(variant: str, tiny, demo, fashion, base):
+  """The value of `variant` among the named variants."""
+  return {"tiny": tiny, "demo": demo, "fashion": fashion, "base": base}[
+      variant]
 
 
 def stage_config(stage: str, arg: str | None
@@ -44,23 +45,27 @@ def stage_config(stage: str, arg: str | None
   """
   v = parse_arg(arg, variant="base").variant
   if v not in VARIANTS:
-    raise ValueError(f"unknown {stage} variant {v!r}: tiny, demo or base")
+    raise ValueError(f"unknown {stage} variant {v!r}: "
+                     f"{', '.join(VARIANTS)}")
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.seed = 0
   c.mesh = mesh_config()
-  c.model = model_block(by_variant(v, "tiny", "small", "base"))
-  c.model.image_size = by_variant(v, 0, 64, 0)  # The demo's 64 px images.
-  c.train = train_block(batch_size=by_variant(v, 8, 32, 256), total_steps=0)
+  c.model = model_block(by_variant(v, "tiny", "small", "small", "base"))
+  # 64 px: the demo's images; the fashion run's budget (its photos are 128).
+  c.model.image_size = by_variant(v, 0, 64, 64, 0)
+  c.train = train_block(batch_size=by_variant(v, 8, 32, 32, 256),
+                        total_steps=0)
   c.train.fast_compile = v == "tiny"
-  c.train.log_every = by_variant(v, 2, 20, 50)
+  c.train.log_every = by_variant(v, 2, 20, 50, 50)
   c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-5, init_lr=0.0, end_lr=0.0, warmup_steps=by_variant(v, 1, 10, 0),
+      lr=1e-5, init_lr=0.0, end_lr=0.0, warmup_steps=by_variant(v, 1, 10, 10, 0),
       weight_decay=0.05, clip_norm=1.0,
-      lr_mults=[(".*", 1.0)],   # e.g. [("img/.*", 0.1), (".*", 1.0)]
+      # "regex=mult; ...", first match wins, 0 freezes: "img/.*=0.1; .*=1".
+      lr_mults=".*=1",
   ))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=by_variant(v, 16, 64,
-                                                                64)))
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=by_variant(v, 16, 64, 64, 64)))
   c.checkpoint = checkpoint_block()
   return c, v
 

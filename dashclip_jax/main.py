@@ -77,11 +77,14 @@ def stage1_config_of(config):
 
   The `stage1` block supplies train/optim/loss/checkpoint/eval; data, model,
   mesh and seed are the stage-2 config's, so one override moves both stages.
+  So does `init.text_from`: it initialises whichever stage starts the run.
   """
   s1 = config.stage1.copy_and_resolve_references()
   with s1.unlocked():
     for key in ("data", "model", "mesh", "seed"):
       s1[key] = config[key]
+    if config.init.get("text_from"):
+      s1.init.text_from = config.init.text_from
   return s1
 
 

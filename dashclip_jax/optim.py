@@ -69,6 +69,23 @@ def lr_mult_tree(params: Any, rules: Sequence[tuple[str, float]]) -> Any:
   return jax.tree.map(pick, tree_paths(params))
 
 
+def trains_any(params: Any, rules: Sequence[tuple[str, float]],
+               regex: str) -> bool:
+  """Whether some param whose path fullmatches `regex` has a non-zero mult."""
+  pattern = re.compile(regex)
+  mults = jax.tree.leaves(lr_mult_tree(params, rules))
+  paths = jax.tree.leaves(tree_paths(params))
+  return any(m != 0.0 and pattern.fullmatch(p) for p, m in zip(paths, mults))
+
+
+def trained_modules(params: Any, rules: Sequence[tuple[str, float]]
+                    ) -> list[str]:
+  """Top-level modules with at least one param of non-zero mult (for logs)."""
+  mults = jax.tree.leaves(lr_mult_tree(params, rules))
+  paths = jax.tree.leaves(tree_paths(params))
+  return sorted({p.split("/")[0] for p, m in zip(paths, mults) if m != 0.0})
+
+
 def decay_mask(params: Any) -> Any:
   """True where weight decay applies: >= 2-D tensors, except NO_DECAY_NAMES."""
   def decays(path, x):

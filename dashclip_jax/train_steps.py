@@ -47,7 +47,18 @@ every same-product pair masked (BLIP's retrieval variant), by
 `jax.random.categorical`, so the draw depends on the rng only, not on the
 mesh. The momentum update runs before the momentum forward, as in BLIP.
 Unused towers should be frozen in the optimizer: `STAGE1_LR_MULTS` (query
-tower in stage 1) and `STAGE2_FROZEN_TOWER` (product tower in stage 2).
+tower in stage 1) and `STAGE2_FROZEN_TOWER` (product tower in stage 2); the
+trainers take these rules from the configs' `optim.lr_mults`, which any run
+can override.
+
+Stage 2's product side: the product tower body (ViT + image-grounded text
+encoder, `PRODUCT_TOWER_BODY_REGEX`) is either trained (`train_product_tower`)
+or frozen. Frozen, it runs in eval mode (no dropout, whatever
+`deterministic` says; the data side uses the eval image transform), so its
+pooled features are a function of the params alone; the trainer then computes
+them once per run as a table and feeds them as `product_features` (B, D),
+and the step runs only the query tower and `product_proj`. `product_proj`
+always gets gradients; `optim.lr_mults` decides whether it moves.
 """
 
 import dataclasses
@@ -74,6 +85,14 @@ MOMENTUM_MODULES = ("img", "txt", "vision_proj", "text_proj")
 # freeze it in stage 2 with `optim.OptimConfig(lr_mults=STAGE2_FROZEN_TOWER)`.
 PRODUCT_TOWER_REGEX = r"(img|txt|product_proj|vision_proj|text_proj|itm_head)/.*"
 STAGE2_FROZEN_TOWER = ((PRODUCT_TOWER_REGEX, 0.0), (".*", 1.0))
+# The product tower without its projection: what stage 2 may cache.
+PRODUCT_TOWER_BODY_REGEX = r"(img|txt)/.*"
+# Stage 2's default (configs/stage2.py): the tower body and the stage-1
+# heads frozen, `product_proj` trained with the query tower. A random
+# `product_proj` that never trains makes the product embedding a random
+# projection of the [ENC]/mean state.
+STAGE2_TRAIN_PRODUCT_PROJ = ((r"(img|txt|vision_proj|text_proj|itm_head)/.*",
+                              0.0), (".*", 1.0))
 # Stage 1 never uses the query tower or product_proj: freeze them, else
 # AdamW's weight decay alone would shrink a pretrained query tower (and
 # their optimizer state would cost memory and time for nothing).
@@ -102,7 +121,7 @@ class StepConfig:
   queue_size: int = 0  # Only with momentum; 0 = in-batch momentum targets.
   alpha: float = 0.4
   alpha_ramp_steps: int = 0  # BLIP: 1-2 epochs of steps.
-  # Stage 2.
+  # Stage 2. False: the product tower body is frozen and runs in eval mode.
   train_product_tower: bool = False
   # None: pair weights come from the batch's `label_weight` (the data
   # pipeline's `label1_policy`, default "weighted" 0.5, one source of truth).
@@ -373,14 +392,7 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
   m = model_lib.DashClip
   det = cfg.deterministic
   k = cfg.accum_steps
-
-  def encode_products(params, mb, rng):
-    r_p = jax.random.split(rng, 3)[0]
-    mb = _constrain_batch(mb, mesh)
-    prod, _ = model.apply({"params": params}, mb["image"], mb["title_ids"],
-                          mb["title_mask"], det, method=m.encode_product,
-                          rngs={"dropout": r_p})
-    return _constrain_batch(prod, mesh)
+  product_features = make_product_features_fn(model_config, cfg, mesh)
 
   def encode_queries(params, mb, rng):
     _, r_q, r_n = jax.random.split(rng, 3)
@@ -401,16 +413,18 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
   def encode(params, mb, rng):
     reps = encode_queries(params, mb, rng)
     if cfg.train_product_tower:
-      reps["product"] = encode_products(params, mb, rng)
+      reps["product_features"] = product_features(params, mb, rng)
     return reps
 
-  def frozen_products(params, batch, rng):
-    """Product embeddings without grad, computed once (never recomputed by
-    the GradCache VJP pass); same per-microbatch rngs as `encode`."""
+  def frozen_features(params, batch, rng):
+    """The frozen tower's features: from the batch's cached table rows, else
+    computed once without grad (never recomputed by the GradCache VJP)."""
+    if "product_features" in batch:
+      return batch["product_features"].astype(jnp.float32)
     p = jax.lax.stop_gradient(params)
     if k == 1:
-      return encode_products(p, batch, rng)
-    return _merge(jax.lax.map(lambda a: encode_products(p, a[0], a[1]),
+      return product_features(p, batch, rng)
+    return _merge(jax.lax.map(lambda a: product_features(p, a[0], a[1]),
                               (_split(batch, k), jax.random.split(rng, k))))
 
   def step(state: TrainState, batch: Batch, rng: Array
@@ -424,11 +438,16 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
     else:
       weights = batch.get("label_weight")
 
-    products = (None if cfg.train_product_tower else
-                frozen_products(state.params, batch, rng))
+    if cfg.train_product_tower and "product_features" in batch:
+      raise ValueError("stage2: the batch carries cached product_features but "
+                       "the product tower is trained (train_product_tower)")
+    features = (None if cfg.train_product_tower else
+                frozen_features(state.params, batch, rng))
 
     def loss_on_reps(params, reps):
-      prod = reps["product"] if cfg.train_product_tower else products
+      feats = reps["product_features"] if cfg.train_product_tower else features
+      # product_proj runs here, with grad, on the full batch.
+      prod = model.apply({"params": params}, feats, method=m.project_product)
       loss, mets = losses.qcc_loss(
           prod, reps["query"], params["temp"], batch["product_id"],
           neg_query=reps.get("neg"), neg_valid=batch.get("neg_valid"),
@@ -444,6 +463,27 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
     return new, {**mets, "grad_norm": gnorm}
 
   return step
+
+
+def make_product_features_fn(model_config: model_lib.ModelConfig,
+                             cfg: StepConfig, mesh: Mesh | None = None):
+  """-> `features(params, batch, rng)`: float32 (B, D) pooled product states
+  (`DashClip.product_features`) of the batch's image + title.
+
+  A frozen tower (`train_product_tower=False`) runs in eval mode, so the
+  result does not depend on `rng` and equals the cached table's rows.
+  """
+  model = model_lib.DashClip(model_config)
+  det = cfg.deterministic or not cfg.train_product_tower
+
+  def features(params, batch, rng):
+    batch = _constrain_batch(batch, mesh)
+    feats, _ = model.apply({"params": params}, batch["image"],
+                           batch["title_ids"], batch["title_mask"], det,
+                           method=model_lib.DashClip.product_features,
+                           rngs={"dropout": jax.random.split(rng, 3)[0]})
+    return _constrain_batch(feats, mesh)
+  return features
 
 
 # ---------------------------------------------------------------------------

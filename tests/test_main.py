@@ -221,8 +221,8 @@ def test_stage2_starts_from_a_converted_blip_checkpoint(
   # DashCLIP: the query tower starts as the (unimodal) text encoder.
   _assert_trees_equal(start["query"], _without_cross_attention(blip["txt"]),
                       "query <- txt")
-  _assert_trees_equal(start["query_proj"], blip["text_proj"],
-                      "query_proj <- text_proj")
+  _assert_trees_equal(start["query_proj"], blip["product_proj"],
+                      "query_proj <- product_proj")
 
 
 def test_full_tiny_job_stage1_then_stage2_then_eval(xla_cache, tmp_path):

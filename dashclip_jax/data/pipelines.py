@@ -140,8 +140,13 @@ class Stage2Example(grain.transforms.RandomMap):
                pair_weight: np.ndarray, neg_queries: list[np.ndarray],
                relevant: np.ndarray, *, image_size: int,
                query_length: int, title_length: int, min_scale: float,
-               num_negatives: int, augment: bool = True, tokenizer=None):
+               num_negatives: int, augment: bool = True, tokenizer=None,
+               product_ok: np.ndarray | None = None):
     self.catalog = catalog
+    # product_ok (bool per product) given: images are not read (the trainer
+    # feeds cached product features), and pairs of products whose image
+    # failed when the table was built are skipped and counted.
+    self.product_ok = product_ok
     self.queries = list(queries)
     self.pair_query, self.pair_product = pair_query, pair_product
     self.pair_label, self.pair_weight = pair_label, pair_weight
@@ -156,11 +161,17 @@ class Stage2Example(grain.transforms.RandomMap):
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
     q, p = int(self.pair_query[index]), int(self.pair_product[index])
-    try:
-      image = _train_pixels(self.catalog, p, rng, self.image_size,
-                            self.min_scale, self.augment)
-    except catalog_lib.ImageError as e:
-      return {BAD_KEY: str(e)}
+    if self.product_ok is not None:
+      if not self.product_ok[p]:
+        return {BAD_KEY: f"{self.catalog.where[p]}: image failed in the "
+                         "product table"}
+      image = None
+    else:
+      try:
+        image = _train_pixels(self.catalog, p, rng, self.image_size,
+                              self.min_scale, self.augment)
+      except catalog_lib.ImageError as e:
+        return {BAD_KEY: str(e)}
     query_ids, query_mask = self.query_text(self.queries[q])
     title_ids, title_mask = self.title_text(self.catalog.titles[p])
     n, lq = self.num_negatives, self.query_text.max_length
@@ -174,7 +185,7 @@ class Stage2Example(grain.transforms.RandomMap):
       for k, nq in enumerate(chosen):
         neg_ids[k], neg_mask[k] = self.query_text(self.queries[int(nq)])
         neg_index[k] = nq
-    return {
+    out = {
         "query_ids": query_ids, "query_mask": query_mask,
         "image": image, "title_ids": title_ids, "title_mask": title_mask,
         "product_id": np.int32(p), "query_index": np.int32(q),
@@ -184,6 +195,9 @@ class Stage2Example(grain.transforms.RandomMap):
         "neg_query_index": neg_index, "neg_valid": neg_index >= 0,
         "relevant_product_ids": self.relevant[q],
     }
+    if image is None:
+      del out["image"]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -223,7 +237,8 @@ class _BatchSkippingBadIterator(grain.DatasetIterator):
       self.bad.ok()
       examples.append(example)
     batch = stack(examples)
-    batch["image"] = preprocess.normalize(batch["image"])  # uint8 -> f32.
+    if "image" in batch:
+      batch["image"] = preprocess.normalize(batch["image"])  # uint8 -> f32.
     return batch
 
   def get_state(self) -> dict:
@@ -401,6 +416,7 @@ def stage2_dataset(
     read_threads: int | None = None,
     max_bad_fraction: float = 0.01,
     tokenizer=None,
+    product_ok: np.ndarray | None = None,
 ) -> BatchSkippingBad:
   """Stage-2 (query-product relevance) training batches.
 
@@ -420,6 +436,9 @@ def stage2_dataset(
     label1_policy: "positive", "weighted" (default) or "exclude".
     label1_weight: weight of label-1 pairs under "weighted".
     max_relevant: cap on R (relevant products per query).
+    product_ok: bool (num products,): set when the trainer feeds cached
+      product features; batches then carry no `image`, and pairs whose
+      product is not ok are skipped as bad records.
 
   Returns:
     IterDataset of dicts (see the package docstring for keys and shapes).
@@ -435,7 +454,8 @@ def stage2_dataset(
                                                         max_relevant),
       image_size=image_size, query_length=query_length,
       title_length=title_length, min_scale=min_scale,
-      num_negatives=num_negatives, augment=augment, tokenizer=tokenizer)
+      num_negatives=num_negatives, augment=augment, tokenizer=tokenizer,
+      product_ok=product_ok)
   return _train_pipeline(
       len(pq), fn, name=f"stage2 {relevance.name}", batch_size=batch_size,
       seed=seed, num_epochs=num_epochs, shard=shard, worker_count=worker_count,

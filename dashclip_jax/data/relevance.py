@@ -11,6 +11,7 @@ are skipped and counted.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -71,6 +72,36 @@ class Relevance:
     """Per query: int32 array of product indices whose label is in `labels`."""
     keep = np.isin(self.label, labels)
     return _group(self.query[keep], self.product[keep], self.num_queries)
+
+  def split_queries(self, fraction: float
+                    ) -> tuple["Relevance", "Relevance"]:
+    """-> (kept, held out): each query with all its pairs goes to one side.
+
+    A query is held out when a hash of its normalised text falls below
+    `fraction`, so two ids with one text never straddle the split and the
+    choice is the same on every machine (model selection never sees a
+    training query, nor tunes on the test set).
+    """
+    def held(text: str) -> bool:
+      digest = hashlib.sha256(" ".join(text.lower().split()).encode())
+      return int.from_bytes(digest.digest()[:8], "big") / 2**64 < fraction
+    out = np.array([held(t) for t in self.queries], bool)
+    return (self.take_queries(np.flatnonzero(~out), "kept"),
+            self.take_queries(np.flatnonzero(out), "held out"))
+
+  def take_queries(self, indices: Sequence[int], what: str) -> "Relevance":
+    """The pairs of queries `indices` (renumbered 0..), same catalog."""
+    indices = np.asarray(indices, np.int64)
+    new = np.full((self.num_queries,), -1, np.int64)
+    new[indices] = np.arange(len(indices))
+    keep = new[self.query] >= 0
+    return Relevance(
+        name=f"{self.name} [{what}: {len(indices)} queries]",
+        query_ids=[self.query_ids[i] for i in indices],
+        queries=[self.queries[i] for i in indices],
+        query=new[self.query[keep]].astype(np.int32),
+        product=self.product[keep], label=self.label[keep],
+        num_products=self.num_products, bad=self.bad)
 
   def queries_by_product(self, labels: Sequence[int]) -> list[np.ndarray]:
     """Per product: int32 array of query indices whose label is in `labels`."""

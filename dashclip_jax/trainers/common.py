@@ -23,6 +23,7 @@ from dashclip_jax import inference
 from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
+from dashclip_jax import pretrained
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax import train_steps
 
@@ -86,7 +87,9 @@ def mesh_and_init(config: ml_collections.ConfigDict, stage: str):
   """-> (mesh, init model dir or None, model config, init params or None).
 
   The mesh from `config.mesh` (the global batch must split over it); the
-  model geometry and weights from `config.init.checkpoint` when set.
+  model geometry and weights from `config.init.checkpoint` when set, else
+  the text and query towers from `config.init.text_from` (pretrained.py)
+  when set.
   """
   tc = config.train
   mesh = shard_lib.make_mesh([tuple(a) for a in config.mesh])
@@ -98,7 +101,25 @@ def mesh_and_init(config: ml_collections.ConfigDict, stage: str):
   model_config = model_config_from(config.model, init_dir)
   init_params = (load_init_params(init_dir, model_config) if init_dir
                  else None)
+  text_from = config.init.get("text_from", "")
+  if text_from and init_dir:
+    log.info("%s: init.text_from=%r ignored: init.checkpoint is set", stage,
+             text_from)
+  elif text_from:
+    # Pretrained text/query towers; their geometry replaces the size's.
+    model_config, init_params = pretrained.text_init(text_from, model_config,
+                                                     config.seed)
   return mesh, init_dir, model_config, init_params
+
+
+def init_name(config: ml_collections.ConfigDict, init_dir: str | None
+              ) -> str:
+  """Where a run's weights started, for logs and provenance."""
+  if init_dir:
+    return init_dir
+  text_from = config.init.get("text_from", "")
+  return f"text towers from {text_from}, rest random" if text_from \
+      else "random"
 
 
 def load_init_params(init_dir: str, model_config: model_lib.ModelConfig):
@@ -155,10 +176,29 @@ def export_model(workdir: str, step: int, params,
 # ---------------------------------------------------------------------------
 
 
-def optim_config(cfg: ml_collections.ConfigDict, total_steps: int,
-                 extra_mults: tuple = ()) -> optim.OptimConfig:
-  mults = tuple(tuple(r) for r in extra_mults) + tuple(
-      (str(p), float(m)) for p, m in cfg.lr_mults)
+def parse_lr_mults(spec) -> tuple[tuple[str, float], ...]:
+  """"regex=mult; regex=mult; ..." (the form a command line can override)
+  or a sequence of (regex, mult) pairs -> pairs; first match wins."""
+  if not isinstance(spec, str):
+    return tuple((str(p), float(m)) for p, m in spec)
+  out = []
+  for item in filter(None, (s.strip() for s in spec.split(";"))):
+    regex, sep, mult = item.rpartition("=")
+    try:
+      if not sep or not regex.strip():
+        raise ValueError
+      out.append((regex.strip(), float(mult)))
+    except ValueError:
+      raise ConfigError(f"optim.lr_mults: {item!r} is not 'regex=mult' "
+                        "(rules are separated by ';')") from None
+  return tuple(out)
+
+
+def optim_config(cfg: ml_collections.ConfigDict, total_steps: int
+                 ) -> optim.OptimConfig:
+  """The optimizer of `cfg` (config.optim). Its `lr_mults` are the only
+  freezing rules: no built-in rule comes before them."""
+  mults = parse_lr_mults(cfg.lr_mults)
   return optim.OptimConfig(
       lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
       init_lr=cfg.init_lr, end_lr=cfg.end_lr, weight_decay=cfg.weight_decay,
@@ -427,7 +467,13 @@ def retrieval_at_1(a: np.ndarray, b: np.ndarray, ids: np.ndarray) -> float:
 
 def copy_text_to_query(params, model_config: model_lib.ModelConfig):
   """Query tower <- text encoder (no cross-attention) and query_proj <-
-  text_proj, when the geometries match (DashCLIP's query initialisation)."""
+  product_proj, when the geometries match (DashCLIP's query initialisation).
+
+  product_proj, not text_proj: stage 2 matches queries to product
+  embeddings, so the query side starts as the product side's text path
+  (from a BLIP conversion both equal text_proj; after a MiniLM init both
+  are the identity, and text_proj is stage 1's ITC head).
+  """
   if (model_config.query.width, model_config.query.depth) != (
       model_config.text.width, model_config.text.depth):
     log.warning("query and text towers differ in shape: query tower kept")
@@ -441,4 +487,4 @@ def copy_text_to_query(params, model_config: model_lib.ModelConfig):
     log.warning("query tower layout differs from the text encoder's: kept")
     return params
   return {**params, "query": query,
-          "query_proj": jax.tree.map(np.array, params["text_proj"])}
+          "query_proj": jax.tree.map(np.array, params["product_proj"])}

@@ -55,9 +55,13 @@ class ShardedBatches:
   """This process's shards of the train data, rows concatenated per batch.
 
   get_state/set_state give a JSON-friendly state (one entry per shard).
+  With `product_features` (float32 (num products, D), stage 2's cached
+  table), each batch gains its rows by `product_id`.
   """
 
-  def __init__(self, make_dataset, global_batch: int, num_shards: int):
+  def __init__(self, make_dataset, global_batch: int, num_shards: int,
+               product_features: np.ndarray | None = None):
+    self.product_features = product_features
     n_proc, proc = jax.process_count(), jax.process_index()
     num_shards = num_shards or n_proc
     if num_shards % n_proc:
@@ -76,7 +80,10 @@ class ShardedBatches:
 
   def __next__(self) -> dict[str, np.ndarray]:
     parts = [next(it) for it in self._iters]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if self.product_features is not None:
+      batch["product_features"] = self.product_features[batch["product_id"]]
+    return batch
 
   def bad_summary(self) -> str:
     return "; ".join(it.bad.summary() for it in self._iters)
@@ -118,21 +125,58 @@ def stage1_train(cfg: ml_collections.ConfigDict,
 
 def stage2_train(cfg: ml_collections.ConfigDict,
                  model_config: model_lib.ModelConfig, global_batch: int,
-                 seed: int) -> ShardedBatches:
-  """Endless stage-2 batches (one positive pair per row, mined negatives)."""
+                 seed: int, frozen_tower: bool = False,
+                 product_table: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> ShardedBatches:
+  """Endless stage-2 batches (one positive pair per row, mined negatives).
+
+  frozen_tower: the product tower runs in eval mode, so its images get the
+    eval transform (no augmentation) like the embeddings it is judged by.
+  product_table: (features (P, D), ok (P,)) of the train catalog: batches
+    carry `product_features` instead of images (`ok` False: skipped).
+  """
   src = load_sources(cfg)
-  if src.train_relevance is None:
-    raise ValueError("stage 2 needs graded relevance data for the train "
-                     f"catalog; data source {cfg.source!r} "
-                     "has none (e.g. relevance_train.csv)")
+  kept, _ = train_relevance(cfg)
+  kwargs = _common_kwargs(cfg, model_config, seed)
+  if frozen_tower:
+    kwargs["augment"] = False
+  features, ok = product_table if product_table is not None else (None, None)
   return ShardedBatches(
       lambda b, shard: pipelines.stage2_dataset(
-          src.train_catalog, src.train_relevance, batch_size=b,
+          src.train_catalog, kept, batch_size=b,
           query_length=cfg.query_max_length,
           title_length=cfg.text_max_length, num_negatives=cfg.num_negatives,
           label1_policy=cfg.label1_policy, label1_weight=cfg.label1_weight,
-          shard=shard, **_common_kwargs(cfg, model_config, seed)),
-      global_batch, cfg.num_shards)
+          shard=shard, product_ok=ok, **kwargs),
+      global_batch, cfg.num_shards, product_features=features)
+
+
+def train_relevance(cfg: ml_collections.ConfigDict
+                    ) -> tuple[relevance_lib.Relevance, relevance_lib.Relevance]:
+  """-> (training queries, held-out queries) of the train relevance data.
+
+  `heldout_query_fraction` of the queries (by a hash of their text) never
+  train: stage 2 selects its model on them, never on the test set.
+  """
+  rel = load_sources(cfg).train_relevance
+  if rel is None:
+    raise ValueError("stage 2 needs graded relevance data for the train "
+                     f"catalog; data source {cfg.source!r} "
+                     "has none (e.g. relevance_train.csv)")
+  return rel.split_queries(cfg.heldout_query_fraction)
+
+
+def train_products(cfg: ml_collections.ConfigDict,
+                   model_config: model_lib.ModelConfig, global_batch: int
+                   ) -> tuple[int, Any]:
+  """-> (number of train products, this process's padded eval-transform
+  batches of them, read lazily): what stage 2's product table is made of."""
+  catalog = load_sources(cfg).train_catalog
+  ds = pipelines.eval_products_dataset(
+      catalog, batch_size=global_batch // jax.process_count(),
+      image_size=image_size(cfg, model_config),
+      max_length=cfg.text_max_length, max_bad_fraction=cfg.max_bad_fraction)
+  return len(catalog), ds
 
 
 def _eval_catalog(cfg):
@@ -157,31 +201,40 @@ def stage1_eval(cfg: ml_collections.ConfigDict,
 
 @dataclasses.dataclass
 class Stage2Eval:
-  """Test products and queries of this process, and the label-2 qrels.
+  """Held-out train queries and the train products judged for them.
 
-  relevant[q] = catalog rows of the label-2 products of query q.
+  labels[q, j]: graded label of query q for product `product_rows[j]` (a
+  train catalog row), -1 where unjudged (ranked last, counted as 0).
   """
-  product_batches: list[dict[str, np.ndarray]]
+  product_rows: np.ndarray
+  product_batches: Any
   query_batches: list[dict[str, np.ndarray]]
-  relevant: list[set[int]]
+  labels: np.ndarray
+  query_ids: list[str]
 
 
 def stage2_eval(cfg: ml_collections.ConfigDict,
                 model_config: model_lib.ModelConfig, global_batch: int
-                ) -> Stage2Eval:
-  src = load_sources(cfg)
-  catalog = _eval_catalog(cfg)
-  if src.test_relevance is None:
-    raise ValueError("stage-2 eval needs graded test queries (e.g. "
-                     "qrels_test.csv); the data source has none")
-  rel: relevance_lib.Relevance = src.test_relevance
+                ) -> Stage2Eval | None:
+  """Model selection data: held-out queries over their judged products
+  (None when no query is held out)."""
+  _, held = train_relevance(cfg)
+  if not held.num_queries or not (held.label == 2).any():
+    return None
+  rows = np.unique(held.product)
+  col = {int(r): j for j, r in enumerate(rows)}
+  labels = np.full((held.num_queries, len(rows)), -1, np.int32)
+  for q, p, l in zip(held.query, held.product, held.label):
+    labels[int(q), col[int(p)]] = int(l)
+  keep = np.flatnonzero((labels == 2).any(axis=1))  # Metrics need a label 2.
+  held = held.take_queries(keep, "with a label 2")
+  labels = labels[keep]
   local = global_batch // jax.process_count()
+  catalog = load_sources(cfg).train_catalog.take(rows)
   products = pipelines.eval_products_dataset(
       catalog, batch_size=local, image_size=image_size(cfg, model_config),
       max_length=cfg.text_max_length, max_bad_fraction=cfg.max_bad_fraction)
   queries = pipelines.eval_queries_dataset(
-      rel, batch_size=local, max_length=cfg.query_max_length)
-  # eval_max_products keeps the first rows, so row indices stay valid.
-  relevant = [{p for p, l in q.items() if l == 2 and p < len(catalog)}
-              for q in rel.qrels(min_label=2)]
-  return Stage2Eval(list(products), list(queries), relevant)
+      held, batch_size=local, max_length=cfg.query_max_length)
+  return Stage2Eval(rows, products, list(queries), labels,
+                    list(held.query_ids))

@@ -70,12 +70,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # --- Optimizer and state, born sharded. -----------------------------------
   step_cfg = common.step_config(config.loss, tc.accum_steps)
   # The query tower and product_proj are unused here: frozen (no decay).
-  optim_cfg = common.optim_config(config.optim, tc.total_steps,
-                                  train_steps.STAGE1_LR_MULTS[:-1])
+  optim_cfg = common.optim_config(config.optim, tc.total_steps)
   tx, state = common.make_state(model_config, step_cfg, optim_cfg,
                                 config.seed, mesh, init_params)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
+  init_name = common.init_name(config, init_dir)
   ckpts = common.open_checkpoints(config, workdir)
   state, resumed = common.restore(ckpts, state, train_iter)
   if not resumed and init_dir:
@@ -83,7 +83,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   elif not resumed:
     # The untrained start, kept as the main job's "init" reference.
     common.export_model(workdir, 0, state.params, model_config,
-                        provenance=dict(stage="stage1", init="random"))
+                        provenance=dict(stage="stage1", init=init_name))
 
   # --- The step (compiled once, explicit shardings, state donated), loop. --
   step_fn = common.guard_nonfinite(
@@ -97,4 +97,4 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   return common.export_model(workdir, tc.total_steps, state.params,
                              model_config,
                              provenance=dict(stage="stage1", workdir=workdir,
-                                             init=init_dir or "random"))
+                                             init=init_name))

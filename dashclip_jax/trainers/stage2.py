@@ -1,15 +1,18 @@
 """Stage 2: align the query encoder with the multimodal product embedding (QCC).
 
 Reads top to bottom: mesh -> init weights (a stage-1 workdir/model or a
-converted BLIP checkpoint) -> data -> optimizer (product tower frozen unless
-configured) and state born sharded -> resume -> jitted step -> loop (log,
-eval, checkpoint) -> exported model.
+converted BLIP checkpoint) -> optimizer (what is frozen: `optim.lr_mults`)
+and state born sharded -> data (with a frozen product tower, its features
+computed once as a table) -> resume -> jitted step -> loop (log, eval,
+checkpoint) -> exported model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import time
 
 import jax
 import ml_collections
@@ -20,6 +23,7 @@ from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax import train_steps
+from dashclip_jax.evaluation import metrics as eval_metrics
 from dashclip_jax.trainers import common
 from dashclip_jax.trainers import inputs
 
@@ -27,9 +31,11 @@ log = logging.getLogger("dashclip_jax")
 
 
 def make_eval_fns(model_config: model_lib.ModelConfig, mesh):
-  """-> jitted (product embed, query embed): global batch -> (emb, id, valid).
+  """-> jitted (product embed, query embed, project features).
 
-  Outputs are replicated, so every process can read them whole.
+  The first two map a global batch -> (emb, id, valid), replicated so every
+  process can read them whole; the third maps cached product features
+  (the frozen tower's table rows) -> product embeddings.
   """
   module = model_lib.DashClip(model_config)
   rep = shard_lib.replicated(mesh)
@@ -45,22 +51,73 @@ def make_eval_fns(model_config: model_lib.ModelConfig, mesh):
                        batch["query_mask"],
                        method=model_lib.DashClip.encode_query)[0]
     return emb, batch["query_index"], batch["valid"]
+
+  def project(params, features):
+    return module.apply({"params": params}, features,
+                        method=model_lib.DashClip.project_product)
   return (jax.jit(embed_products, out_shardings=rep),
-          jax.jit(embed_queries, out_shardings=rep))
+          jax.jit(embed_queries, out_shardings=rep), jax.jit(project))
 
 
-def evaluate(fns, params, data: inputs.Stage2Eval, mesh) -> dict[str, float]:
-  """Query -> product retrieval over the eval products: R@1 of a label-2 hit."""
-  embed_products, embed_queries = fns
-  products, product_ids = common.embed_all(embed_products, params,
-                                           data.product_batches, mesh)
-  queries, query_index = common.embed_all(embed_queries, params,
-                                          data.query_batches, mesh)
-  # Queries without a label-2 product among the eval products don't count.
-  keep = np.array([bool(data.relevant[q]) for q in query_index])
-  top = product_ids[np.argmax(queries[keep] @ products.T, axis=1)]
-  hits = [int(p) in data.relevant[q] for p, q in zip(top, query_index[keep])]
-  return {"eval/r@1": float(np.mean(hits)) if hits else float("nan")}
+def product_feature_table(config: ml_collections.ConfigDict,
+                          model_config: model_lib.ModelConfig, params, mesh
+                          ) -> tuple[np.ndarray, np.ndarray]:
+  """-> (features float32 (P, D), ok bool (P,)) of every train product.
+
+  The frozen tower's pooled states (eval mode, eval transform), the same
+  on every process: a stage-2 step then runs only the query tower and
+  `product_proj`. Products whose image fails are not ok (their pairs skip).
+  """
+  t0 = time.time()
+  module = model_lib.DashClip(model_config)
+
+  def features(params, batch):
+    out, _ = module.apply({"params": params}, batch["image"],
+                          batch["title_ids"], batch["title_mask"],
+                          method=model_lib.DashClip.product_features)
+    return out, batch["product_id"], batch["valid"]
+  fn = jax.jit(features, out_shardings=shard_lib.replicated(mesh))
+  n, batches = inputs.train_products(config.data, model_config,
+                                     config.eval.batch_size)
+  feats, ids = common.embed_all(fn, params, batches, mesh)
+  table = np.zeros((n, feats.shape[1]), np.float32)
+  ok = np.zeros((n,), bool)
+  table[ids], ok[ids] = feats, True
+  log.info("stage 2: product feature table %s of %d products (%d without "
+           "image) in %.1f s", table.shape, n, n - int(ok.sum()),
+           time.time() - t0)
+  return table, ok
+
+
+def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
+             table: tuple[np.ndarray, np.ndarray] | None = None
+             ) -> dict[str, float]:
+  """Held-out queries ranking their judged train products (graded NDCG@10,
+  R@1, MRR; eval_lib.metrics). With the frozen tower's `table`, product
+  embeddings are its rows projected, exactly what the forward would give."""
+  if data is None:
+    return {}
+  embed_products, embed_queries, project = fns
+  n = len(data.product_rows)
+  if table is not None:
+    features, ok = table
+    products = np.array(project(params, features[data.product_rows]))
+    products[~ok[data.product_rows]] = np.nan
+  else:
+    emb, cols = common.embed_all(embed_products, params,
+                                 data.product_batches, mesh)
+    products = np.full((n, emb.shape[1]), np.nan, np.float32)
+    products[cols] = emb  # Products whose image failed stay NaN.
+  queries, q_index = common.embed_all(embed_queries, params,
+                                      data.query_batches, mesh)
+  labels = data.labels[q_index]
+  scores = queries @ products.T
+  scores[(labels < 0) | np.isnan(scores)] = -np.inf  # Unjudged/unreadable.
+  ranking = eval_metrics.rank_by_score(scores)
+  m = eval_metrics.retrieval_metrics(ranking, np.maximum(labels, 0),
+                                     [data.query_ids[i] for i in q_index])
+  return {f"eval/{k}": m[k] for k in ("ndcg@10", "recall@1", "mrr")} | {
+      "eval/r@1": m["recall@1"]}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -72,44 +129,61 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # --- Mesh and init weights: stage 1's model or a converted BLIP. --------
   mesh, init_dir, model_config, init_params = common.mesh_and_init(
       config, "stage 2")
-  if init_params is not None and config.init.query_from_text:
+  if init_dir and config.init.query_from_text:
     # DashCLIP: the query tower starts as a copy of the text encoder.
     init_params = common.copy_text_to_query(init_params, model_config)
 
-  # --- Data. ---------------------------------------------------------------
-  train_iter = inputs.stage2_train(config.data, model_config, tc.batch_size,
-                                   seed=config.seed)
-  eval_data = inputs.stage2_eval(config.data, model_config,
-                                 config.eval.batch_size)
-
-  # --- Optimizer (product tower frozen unless trained) and state. ---------
-  step_cfg = common.step_config(config.loss, tc.accum_steps)
-  frozen = () if step_cfg.train_product_tower else (
-      (train_steps.PRODUCT_TOWER_REGEX, 0.0),)
-  optim_cfg = common.optim_config(config.optim, tc.total_steps, frozen)
+  # --- Optimizer and state. What trains is `optim.lr_mults` alone: the -----
+  # product tower body is trained iff some param of it has a non-zero mult.
+  if "train_product_tower" in config.loss:
+    raise common.ConfigError(
+        "loss.train_product_tower is gone: set optim.lr_mults (e.g. "
+        "[('(vision_proj|text_proj|itm_head)/.*', 0.0), ('.*', 1.0)] trains "
+        "the whole product tower)")
+  optim_cfg = common.optim_config(config.optim, tc.total_steps)
+  step_cfg = dataclasses.replace(
+      common.step_config(config.loss, tc.accum_steps),
+      train_product_tower=optim.trains_any(
+          model_lib.abstract_params(model_config), optim_cfg.lr_mults,
+          train_steps.PRODUCT_TOWER_BODY_REGEX))
+  log.info("stage 2 trains: %s", ", ".join(optim.trained_modules(
+      model_lib.abstract_params(model_config), optim_cfg.lr_mults)))
   tx, state = common.make_state(model_config, step_cfg, optim_cfg,
                                 config.seed, mesh, init_params)
+
+  # --- Data. A frozen tower's features come from a table built once. ------
+  table = None
+  if not step_cfg.train_product_tower and tc.cache_product_features:
+    table = product_feature_table(config, model_config, state.params, mesh)
+  train_iter = inputs.stage2_train(
+      config.data, model_config, tc.batch_size, seed=config.seed,
+      frozen_tower=not step_cfg.train_product_tower, product_table=table)
+  eval_data = inputs.stage2_eval(config.data, model_config,
+                                 config.eval.batch_size)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
   ckpts = common.open_checkpoints(config, workdir)
   state, resumed = common.restore(ckpts, state, train_iter)
   if not resumed:
-    log.info("initialised from %s", init_dir or "scratch (no init.checkpoint)")
+    log.info("initialised from %s", common.init_name(config, init_dir))
 
   # --- The step (compiled once, explicit shardings, state donated), loop. --
   step_fn = common.guard_nonfinite(
       train_steps.make_stage2_step(model_config, step_cfg, tx, mesh))
   eval_fns = make_eval_fns(model_config, mesh)
   writer = metric_writer.MetricWriter(workdir, tc.total_steps)
+  evaluate_now = lambda params: evaluate(eval_fns, params, eval_data, mesh,
+                                        table)
   if not resumed:
-    before = evaluate(eval_fns, state.params, eval_data, mesh)
+    before = evaluate_now(state.params)
     log.info("before stage 2: %s", before)
     writer.write(0, before)
   state = common.train_loop(
       config, "stage 2", state, train_iter, step_fn, mesh,
-      lambda params: evaluate(eval_fns, params, eval_data, mesh), ckpts,
+      evaluate_now, ckpts,
       writer, optim.schedule(optim_cfg))
   return common.export_model(workdir, tc.total_steps, state.params,
                              model_config,
                              provenance=dict(stage="stage2", workdir=workdir,
-                                             init=init_dir or "random"))
+                                             init=common.init_name(
+                                                 config, init_dir)))

@@ -235,8 +235,11 @@ def test_full_tiny_job_stage1_then_stage2_then_eval(xla_cache, tmp_path):
                             untrained["img"]["patch_embed"]["kernel"])
   _assert_trees_equal(s1["query"], untrained["query"], "stage-1 query tower")
   # Stage 2 loaded stage 1's model and kept its product tower frozen ...
-  for tower in ("img", "txt", "vision_proj", "text_proj", "product_proj"):
+  for tower in ("img", "txt", "vision_proj", "text_proj", "itm_head"):
     _assert_trees_equal(s2[tower], s1[tower], f"stage-2 {tower}")
+  # ... but trained the projection that makes the product embedding ...
+  assert not np.array_equal(s2["product_proj"]["kernel"],
+                            s1["product_proj"]["kernel"])
   # ... and trained the query tower it copied from stage 1's text encoder.
   q_start = _without_cross_attention(s1["txt"])
   assert jax.tree.structure(s2["query"]) == jax.tree.structure(q_start)

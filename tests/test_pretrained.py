@@ -177,3 +177,18 @@ def test_text_from_is_ignored_with_an_init_checkpoint(tmp_path, caplog):
   assert init_dir == str(tmp_path / "m")
   assert config.query.width == tiny.query.width
   assert "init.text_from='minilm' ignored" in caplog.text
+
+
+def test_text_from_of_a_stage2_config_reaches_its_nested_stage1():
+  from dashclip_jax import main  # pylint: disable=g-import-not-at-top
+  config = _stage2_tiny(text_from="minilm")
+  assert config.stage1.init.text_from == ""  # The tiny stage 1's own value.
+  assert main.stage1_config_of(config).init.text_from == "minilm"
+
+
+def test_minilm_init_sets_enc_and_dec_rows_to_cls(minilm_init):
+  _, params = minilm_init
+  for tower in ("txt", "query"):
+    table = params[tower]["word_embed"]["embedding"]
+    np.testing.assert_array_equal(table[tok.ENC_ID], table[tok.CLS_ID])
+    np.testing.assert_array_equal(table[tok.DEC_ID], table[tok.CLS_ID])

@@ -3,7 +3,8 @@
   python bench/stage2_table.py [--batch 32] [--negatives 4] [--steps 8]
 
 Same model, batch, loss and optimizer on both sides (the demo's geometry:
-the small ViT at 64 px and MiniLM-L6-shaped text and query towers, product
+the small ViT at 64 px, `--image_size` to change, and MiniLM-L6-shaped text
+and query towers, product
 tower body frozen, product_proj + query tower trained):
   per_batch: each step runs the frozen product tower (ViT + image-grounded
     text encoder, eval mode) on the batch, then QCC;
@@ -11,7 +12,8 @@ tower body frozen, product_proj + query tower trained):
     computes once per run), so a step runs only the query tower and
     product_proj.
 Steps of the two sides are interleaved and timed one by one (medians), so
-background load hits both alike. The last line is the speedup (table /
+background load hits both alike. Device work only: with the table the data
+pipeline also stops decoding and resizing images, which this leaves out. The last line is the speedup (table /
 per_batch examples per second).
 """
 
@@ -33,11 +35,12 @@ from dashclip_jax import tokenizer as tok  # noqa: E402
 from dashclip_jax import train_steps as ts  # noqa: E402
 
 
-def demo_geometry() -> model_lib.ModelConfig:
+def demo_geometry(image_size: int) -> model_lib.ModelConfig:
   c = model_lib.model_config("small")
   minilm = dataclasses.replace(c.text, width=384, depth=6, heads=12,
                                mlp_dim=1536, max_positions=512)
-  return c.replace(vision=dataclasses.replace(c.vision, image_size=64),
+  return c.replace(vision=dataclasses.replace(c.vision,
+                                             image_size=image_size),
                    text=minilm,
                    query=dataclasses.replace(minilm, cross_attention=False),
                    embed_dim=384, query_pooling="mean", product_pooling="mean")
@@ -66,8 +69,9 @@ def main():
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--negatives", type=int, default=4)
   parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--image_size", type=int, default=64)
   args = parser.parse_args()
-  cfg = demo_geometry()
+  cfg = demo_geometry(args.image_size)
   step_cfg = ts.StepConfig(train_product_tower=False)
   opt = optim.OptimConfig(lr=1e-4, total_steps=1000,
                           lr_mults=ts.STAGE2_TRAIN_PRODUCT_PROJ)
@@ -101,7 +105,8 @@ def main():
       jax.block_until_ready(m)
       side["times"].append(time.perf_counter() - t0)
   print(f"jax {jax.__version__} ({jax.devices()[0].platform}), batch "
-        f"{args.batch}, {args.negatives} negatives, {args.steps} steps")
+        f"{args.batch}, {args.negatives} negatives, {args.image_size} px, "
+        f"{args.steps} steps")
   speed = {}
   for name, side in sides.items():
     med = statistics.median(side["times"])

@@ -384,9 +384,11 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
                      mesh: Mesh | None = None):
   """Builds `stage2_step(state, batch, rng) -> (state, metrics)` (unjitted).
 
-  With `train_product_tower=False` no gradient reaches the product tower;
-  also freeze it in the optimizer (`STAGE2_FROZEN_TOWER`) so weight decay
-  does not move it either.
+  With `train_product_tower=False` no gradient reaches the product tower
+  body, which runs in eval mode (or comes as the batch's cached
+  `product_features`); freeze it in the optimizer too
+  (`STAGE2_TRAIN_PRODUCT_PROJ`, the stage-2 config's default) so weight
+  decay does not move it either. `product_proj` gets gradients either way.
   """
   model = model_lib.DashClip(model_config)
   m = model_lib.DashClip

@@ -4,8 +4,10 @@
       [--steps=200] [--rows=default,proj_frozen,...]
 
 Every row is the fashion main job's stage 2 (configs/stage2.py:fashion)
-started from the same stage-1 workdir (`--stage1`, e.g. the `stage1/` of a
-fashion main-job run) with one change, for `--steps` steps, then its test
+with the product tower body frozen (`FROZEN_BODY`, DashCLIP's choice and
+this project's earlier default) started from the same stage-1 workdir
+(`--stage1`, e.g. the `stage1/` of a fashion main-job run) with one change,
+for `--steps` steps, then its test
 evaluation (qrels_test.csv, all 1,185 test products per query) with the
 `dashclip_text` system beside it: the same model with its product side fed
 the title alone (ablation e). Rows run one after another (reruns resume
@@ -21,13 +23,15 @@ import subprocess
 import sys
 import time
 
+FROZEN_BODY = ("--config.optim.lr_mults=(img|txt|vision_proj|text_proj|"
+               "itm_head)/.*=0; .*=1")
 ROWS = {
     # (a) the product side.
-    "default": ("product_proj trained, tower frozen (the default)", []),
+    "default": ("tower body frozen, product_proj trained", []),
     "proj_frozen": ("product_proj frozen too (identity from MiniLM)", [
         "--config.optim.lr_mults=(img|txt|vision_proj|text_proj|itm_head|"
         "product_proj)/.*=0; .*=1"]),
-    "tower_trained": ("whole product tower trained", [
+    "tower_trained": ("whole product tower trained (fashion's default)", [
         "--config.optim.lr_mults=(vision_proj|text_proj|itm_head)/.*=0; "
         ".*=1"]),
     # (b) label-1 pairs.
@@ -40,14 +44,19 @@ ROWS = {
                     ["--config.data.num_negatives=0"]),
     "negatives_8": ("8 mined negatives", ["--config.data.num_negatives=8"]),
     # (d) stage 1: start from the MiniLM init itself (stage 1's models/0).
-    "no_stage1": ("no stage 1 (stage 2 from the MiniLM init)", None),
+    # Against tower_trained: does stage 1 help when stage 2 trains the tower?
+    "no_stage1": ("tower trained, no stage 1 (from the MiniLM init)", [
+        "--config.optim.lr_mults=(vision_proj|text_proj|itm_head)/.*=0; "
+        ".*=1"]),
 }
 
 
 def command(row: str, stage1: str, out: str, steps: int) -> list[str]:
   start = (os.path.join(stage1, "models", "0") if row == "no_stage1"
            else stage1)
-  extra = ROWS[row][1] or []
+  extra = ROWS[row][1]
+  if not any(e.startswith("--config.optim.lr_mults=") for e in extra):
+    extra = [FROZEN_BODY, *extra]
   return [sys.executable, "-m", "dashclip_jax.main",
           "--config=configs/stage2.py:fashion",
           f"--workdir={os.path.join(out, row)}",

@@ -234,3 +234,26 @@ def test_product_table_equals_per_batch_features():
   assert "image" not in cached
   np.testing.assert_array_equal(cached["product_features"],
                                 table[cached["product_id"]])
+
+
+@pytest.mark.parametrize("variant", ["tiny", "demo", "fashion", "base"])
+def test_every_variant_builds_and_its_freezing_rules_parse(variant):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "stage2_config", os.path.join(REPO, "configs", "stage2.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant)
+  abstract = model_lib.abstract_params(CFG)
+  rules = common.optim_config(config.optim, 10).lr_mults
+  tower = optim.trains_any(abstract, rules, ts.PRODUCT_TOWER_BODY_REGEX)
+  # demo and fashion train the whole product tower (measured best); tiny
+  # and base keep DashCLIP's frozen, cached tower body.
+  assert tower == (variant in ("demo", "fashion"))
+  assert "product_proj" in optim.trained_modules(abstract, rules)
+  if config.stage1 is not None:
+    s1_rules = common.optim_config(config.stage1.optim, 10).lr_mults
+    assert "query" not in optim.trained_modules(abstract, s1_rules)
+  assert config.data.source == ("synthetic" if variant in ("tiny", "demo")
+                                else "fashion")

@@ -403,7 +403,8 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
                          mb["query_mask"], det, method=m.encode_query,
                          rngs={"dropout": r_q})
     reps = {"query": qry}
-    if "neg_query_ids" in mb:
+    # data.num_negatives=0 still ships (B, 0, Lq) arrays: nothing to encode.
+    if "neg_query_ids" in mb and mb["neg_query_ids"].shape[1]:
       bb, n, lq = mb["neg_query_ids"].shape
       neg, _ = model.apply(
           {"params": params}, mb["neg_query_ids"].reshape(bb * n, lq),

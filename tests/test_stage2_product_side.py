@@ -257,3 +257,17 @@ def test_every_variant_builds_and_its_freezing_rules_parse(variant):
     assert "query" not in optim.trained_modules(abstract, s1_rules)
   assert config.data.source == ("synthetic" if variant in ("tiny", "demo")
                                 else "fashion")
+
+
+def test_zero_mined_negatives_is_in_batch_only():
+  # data.num_negatives=0 gives (B, 0, Lq) negatives: same as none at all.
+  cfg = ts.StepConfig(deterministic=True, train_product_tower=False)
+  empty = dict(BATCH, neg_query_ids=np.zeros((B, 0, LQ), np.int32),
+               neg_query_mask=np.zeros((B, 0, LQ), np.int32),
+               neg_valid=np.zeros((B, 0), bool))
+  none = {k: v for k, v in BATCH.items() if not k.startswith("neg_")}
+  _, m_empty = _one_step(cfg, ts.STAGE2_TRAIN_PRODUCT_PROJ, batch=empty)
+  _, m_none = _one_step(cfg, ts.STAGE2_TRAIN_PRODUCT_PROJ, batch=none)
+  _, m_with = _one_step(cfg, ts.STAGE2_TRAIN_PRODUCT_PROJ)
+  np.testing.assert_allclose(m_empty["loss"], m_none["loss"], rtol=1e-6)
+  assert abs(float(m_with["loss"]) - float(m_none["loss"])) > 1e-4

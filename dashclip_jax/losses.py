@@ -52,15 +52,20 @@ def _weighted_mean(x: Array, w: Array | None) -> Array:
 
 
 def _positive_targets(ids: Array | None, col_ids: Array | None, b: int,
-                      k: int) -> Array:
+                      k: int, col_valid: Array | None = None) -> Array:
   """Row-normalised multi-positive targets (B, K).
 
   With instance ids, every column with the same id is a positive (BLIP
   retrieval variant); without, column i is the only positive of row i.
+  Invalid columns (padding) are never positives, whatever their id: their
+  logits are masked to NEG_INF, so a target there would cost ~1e9.
   """
   if ids is None:
-    return jnp.eye(b, k, dtype=jnp.float32)
-  y = (ids[:, None] == col_ids[None, :]).astype(jnp.float32)
+    y = jnp.eye(b, k, dtype=jnp.float32)
+  else:
+    y = (ids[:, None] == col_ids[None, :]).astype(jnp.float32)
+  if col_valid is not None:
+    y = jnp.where(col_valid[None, :], y, 0.0)
   return y / jnp.maximum(jnp.sum(y, axis=1, keepdims=True), 1.0)
 
 
@@ -132,7 +137,7 @@ def itc_loss(
 
   s_i2t = img @ txt_cols.T / t  # (B, K)
   s_t2i = txt @ img_cols.T / t  # (B, K)
-  y = _positive_targets(ids, col_ids, b, k)
+  y = _positive_targets(ids, col_ids, b, k, col_valid)
   if col_valid is not None:
     colmask = col_valid[None, :]
     s_i2t = jnp.where(colmask, s_i2t, NEG_INF)
@@ -301,6 +306,13 @@ def itm_loss(logits: Array, weights: Array | None = None) -> tuple[Array, Metric
 # pairs are relevant (they earn gain in the NDCG we evaluate with), so
 # dropping them wastes data, but a full positive would teach the model that
 # a missed constraint costs nothing. Half weight keeps the pull, ranks 2 > 1.
+# "exclude" means one thing wherever it is set: label-1 pairs are no
+# training pairs, neither anchors nor in-batch negatives, exactly as if the
+# data pipeline had dropped them (data.pipelines.stage2_pairs does). A
+# weight-0 row kept as a negative would spend a batch slot on a pair whose
+# product is relevant to its query, and would be a fourth policy that
+# `data.label1_policy` cannot express. Either way a label-1 product is never
+# a negative of its own query (relevant_product_ids).
 LABEL_POLICIES = ("positive", "weighted", "exclude")
 DEFAULT_LABEL_POLICY = "weighted"
 DEFAULT_PARTIAL_WEIGHT = 0.5
@@ -312,6 +324,8 @@ def label_weights(labels: Array, policy: str = DEFAULT_LABEL_POLICY,
 
   label 2 -> 1.0; label 1 -> 1.0 ("positive"), `partial_weight`
   ("weighted") or 0.0 ("exclude"); label 0 (or padding, < 0) -> 0.0.
+  Rows with weight 0 here are no training pairs: pass `label_valid` as
+  `qcc_loss(valid=...)` too, so they are not negatives either.
   """
   if policy not in LABEL_POLICIES:
     raise ValueError(f"label policy {policy!r} not in {LABEL_POLICIES}.")
@@ -319,6 +333,19 @@ def label_weights(labels: Array, policy: str = DEFAULT_LABEL_POLICY,
   labels = jnp.asarray(labels)
   return jnp.where(labels >= 2, 1.0, jnp.where(labels == 1, w1, 0.0)).astype(
       jnp.float32)
+
+
+def label_valid(labels: Array, policy: str = DEFAULT_LABEL_POLICY) -> Array:
+  """(B,) bool: which rows are training pairs under `policy`.
+
+  Label 2 always; label 1 unless "exclude"; label 0 and padding (< 0) never
+  (the pipeline's pairs are label 1 or 2; label-0 queries are the mined
+  negatives).
+  """
+  if policy not in LABEL_POLICIES:
+    raise ValueError(f"label policy {policy!r} not in {LABEL_POLICIES}.")
+  labels = jnp.asarray(labels)
+  return labels >= (2 if policy == "exclude" else 1)
 
 
 def false_negative_mask(product_ids: Array, relevant_ids: Array | None) -> Array:
@@ -345,6 +372,7 @@ def qcc_loss(
     neg_valid: Array | None = None,
     relevant_ids: Array | None = None,
     weights: Array | None = None,
+    valid: Array | None = None,
     symmetric: bool = False,
     hard_k: int | None = None,
 ) -> tuple[Array, Metrics]:
@@ -369,6 +397,9 @@ def qcc_loss(
       (-1 padded); used for false-negative masking.
     weights: optional (B,) pair weights, e.g. `label_weights(...)` (0 drops a
       pair as anchor; its query is still a negative for other products).
+    valid: optional (B,) bool; False rows (padding, or pairs a label policy
+      excludes: `label_valid`) are neither anchors nor negatives, as if they
+      were not in the batch.
     symmetric: also add the query->product term over in-batch products and
       average the two directions.
     hard_k: keep only the k hardest admissible in-batch negatives per row
@@ -385,6 +416,10 @@ def qcc_loss(
   eye = jnp.eye(b, dtype=bool)
   s = c @ q.T / t  # (B, B) product i vs query j
   neg_ok = ~fn
+  if valid is not None:
+    valid = valid.astype(bool)
+    neg_ok = neg_ok & valid[None, :]  # Before hard_k: never a hardest negative.
+    weights = valid if weights is None else jnp.where(valid, weights, 0.0)
   if hard_k is not None and hard_k < b - 1:
     masked = jnp.where(neg_ok, jax.lax.stop_gradient(s), -jnp.inf)
     kth = jax.lax.top_k(masked, hard_k)[0][:, -1:]
@@ -407,13 +442,15 @@ def qcc_loss(
              "qcc_acc": _weighted_mean(
                  (jnp.argmax(logits, 1) == jnp.arange(b)).astype(jnp.float32),
                  weights),
-             "qcc_num_neg": jnp.mean(jnp.sum(logits > NEG_INF / 2, 1) - 1.0),
+             "qcc_num_neg": _weighted_mean(
+                 jnp.sum(logits > NEG_INF / 2, 1) - 1.0, valid),
              "temp": t}
   loss = l_p2q
   if symmetric:
     # Query i vs in-batch products j: product j is a false negative of query
     # i when fn[j, i] (same product, or known relevant to query i).
-    s_q = jnp.where(eye | ~fn.T, s.T, NEG_INF)
+    q_neg_ok = ~fn.T if valid is None else ~fn.T & valid[None, :]
+    s_q = jnp.where(eye | q_neg_ok, s.T, NEG_INF)
     nll_q2p = jax.nn.logsumexp(s_q, axis=1) - pos
     l_q2p = _weighted_mean(nll_q2p, weights)
     metrics["qcc_q2p"] = l_q2p

@@ -125,7 +125,9 @@ class StepConfig:
   train_product_tower: bool = False
   # None: pair weights come from the batch's `label_weight` (the data
   # pipeline's `label1_policy`, default "weighted" 0.5, one source of truth).
-  # Set to "positive"/"weighted"/"exclude" to recompute them from `label`.
+  # Set to "positive"/"weighted"/"exclude" to recompute them from `label`;
+  # "exclude" then masks label-1 rows out entirely (not even negatives),
+  # the pipeline's meaning (see losses.LABEL_POLICIES).
   label_policy: str | None = None
   partial_weight: float = losses.DEFAULT_PARTIAL_WEIGHT
   symmetric: bool = False
@@ -432,12 +434,16 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
 
   def step(state: TrainState, batch: Batch, rng: Array
            ) -> tuple[TrainState, Metrics]:
+    valid = None  # Every row a training pair (the pipelines drop remainders).
     if cfg.label_policy is not None:
       if "label" not in batch:
         raise KeyError("stage2: StepConfig.label_policy is set but the batch "
                        f"has no 'label' (keys: {sorted(batch)}).")
       weights = losses.label_weights(batch["label"], cfg.label_policy,
                                      cfg.partial_weight)
+      # Pairs the policy excludes are no training pairs, not even negatives:
+      # the batch the pipeline's label1_policy would have built without them.
+      valid = losses.label_valid(batch["label"], cfg.label_policy)
     else:
       weights = batch.get("label_weight")
 
@@ -455,7 +461,7 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
           prod, reps["query"], params["temp"], batch["product_id"],
           neg_query=reps.get("neg"), neg_valid=batch.get("neg_valid"),
           relevant_ids=batch.get("relevant_product_ids"), weights=weights,
-          symmetric=cfg.symmetric, hard_k=cfg.hard_k)
+          valid=valid, symmetric=cfg.symmetric, hard_k=cfg.hard_k)
       return loss, {**mets, "loss": loss}
 
     (loss, mets), grads = _cached_value_and_grad(
@@ -497,12 +503,16 @@ def make_product_features_fn(model_config: model_lib.ModelConfig,
 def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
                tx: optax.GradientTransformation, rng: Array,
                mesh: Mesh | None = None, rules=shard_lib.DEFAULT_RULES,
-               params: Any = None) -> TrainState:
+               params: Any = None, params_m: Any = None,
+               queue: Any = None) -> TrainState:
   """A TrainState born sharded on `mesh` (params from the logical axes).
 
-  `params` (unboxed) replaces the random init, e.g. a converted checkpoint.
-  Optimizer moments and momentum copies take their param's sharding
-  (FSDP shards them too); counts and queues are replicated.
+  `params` (unboxed) replaces the random init, e.g. a converted checkpoint;
+  under momentum distillation `params_m` (MOMENTUM_MODULES' trees) replaces
+  the copies of the online encoders and `queue` (a `losses.init_queue`
+  dict) the random queues, e.g. BLIP's. Optimizer moments and momentum
+  copies take their param's sharding (FSDP shards them too); counts and
+  queues are replicated.
   """
   r_init, r_q = jax.random.split(rng)
   abstract = jax.eval_shape(
@@ -518,20 +528,28 @@ def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
   elif p_sh is not None:
     params = jax.device_put(params, p_sh)
 
-  def rest(p, r):
+  def rest(p, r, given_m, given_q):
     opt_state = tx.init(p)
     params_m = queue = None
     if cfg.momentum is not None:
-      params_m = {n: jax.tree.map(jnp.copy, p[n]) for n in MOMENTUM_MODULES}
+      params_m = given_m if given_m is not None else {
+          n: jax.tree.map(jnp.copy, p[n]) for n in MOMENTUM_MODULES}
       if cfg.queue_size:
-        queue = losses.init_queue(r, cfg.queue_size, model_config.embed_dim)
+        queue = given_q if given_q is not None else losses.init_queue(
+            r, cfg.queue_size, model_config.embed_dim)
     return TrainState(step=jnp.zeros((), jnp.int32), params=p,
                       opt_state=opt_state, params_m=params_m, queue=queue)
 
   if mesh is None:
-    return jax.jit(rest)(params, r_q)
+    return jax.jit(rest)(params, r_q, params_m, queue)
   rep = shard_lib.replicated(mesh)
-  abstract_state = jax.eval_shape(rest, params, r_q)
+  m_sh = None if params_m is None else {n: p_sh[n] for n in MOMENTUM_MODULES}
+  q_sh = None if queue is None else jax.tree.map(lambda _: rep, queue)
+  if params_m is not None:
+    params_m = jax.device_put(params_m, m_sh)
+  if queue is not None:
+    queue = jax.device_put(queue, q_sh)
+  abstract_state = jax.eval_shape(rest, params, r_q, params_m, queue)
   st_sh = TrainState(
       step=rep, params=p_sh,
       opt_state=shard_lib.shardings_like_params(
@@ -540,8 +558,8 @@ def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
       {n: p_sh[n] for n in MOMENTUM_MODULES},
       queue=None if abstract_state.queue is None else
       jax.tree.map(lambda _: rep, abstract_state.queue))
-  return jax.jit(rest, in_shardings=(p_sh, rep), out_shardings=st_sh)(
-      params, r_q)
+  return jax.jit(rest, in_shardings=(p_sh, rep, m_sh, q_sh),
+                 out_shardings=st_sh)(params, r_q, params_m, queue)
 
 
 def state_shardings(state: TrainState) -> Any:

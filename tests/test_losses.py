@@ -56,8 +56,9 @@ def np_itc(img, txt, temp, ids=None, valid=None, img_m=None, txt_m=None,
         y[i] = 1
       else:
         y = (cid == ids[i]).astype(float)
-        y /= y.sum()
+      # Positives among the columns that exist (padding columns never count).
       y = y[keep]
+      y /= y.sum()
       if momentum:
         y = alpha * _softmax((am[i] @ cols.T / temp)[keep]) + (1 - alpha) * y
       tot += -(y * _log_softmax(logits)).sum()
@@ -67,7 +68,9 @@ def np_itc(img, txt, temp, ids=None, valid=None, img_m=None, txt_m=None,
 
 
 @pytest.mark.parametrize("case", ["plain", "ids", "valid", "momentum_queue",
-                                  "momentum_queue_ids_valid", "temp_clamped"])
+                                  "momentum_queue_ids_valid", "temp_clamped",
+                                  "ids_valid_collide",
+                                  "momentum_queue_ids_valid_collide"])
 def test_itc_matches_numpy(case):
   rng = np.random.default_rng(0)
   b, e, q = 6, 8, 10
@@ -82,6 +85,8 @@ def test_itc_matches_numpy(case):
   if "valid" in case:
     valid = np.array([1, 1, 1, 0, 1, 0], bool)
     kw["valid"] = npkw["valid"] = valid
+  if "collide" in case:  # Padding rows 3 and 5 carry real rows' ids.
+    kw["ids"] = npkw["ids"] = np.array([3, 1, 3, 1, 1, 3], np.int32)
   if "momentum" in case:
     img_m, txt_m = _unit(rng, b, e), _unit(rng, b, e)
     img_q, txt_q = _unit(rng, q, e), _unit(rng, q, e)
@@ -95,6 +100,40 @@ def test_itc_matches_numpy(case):
   want = np_itc(img, txt, temp, **npkw)
   np.testing.assert_allclose(loss, want, rtol=RTOL, atol=ATOL)
   assert metrics["temp"] == pytest.approx(min(max(temp, 0.001), 0.5))
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+def test_itc_padding_rows_equal_the_batch_without_them(momentum):
+  """Padding rows whose ids equal real rows' ids: loss and gradients equal
+  those of the same batch without the padding rows (a positive target on a
+  masked column gave a loss of ~1e8 here)."""
+  rng = np.random.default_rng(7)
+  b, e, q = 6, 8, 10
+  real = np.array([1, 1, 1, 0, 1, 0], bool)
+  ids = np.array([3, 1, 3, 1, 2, 3], np.int32)  # Padding ids 1, 3: real ones.
+  img, txt = _unit(rng, b, e), _unit(rng, b, e)
+  kw = {}
+  if momentum:
+    kw = dict(img_m=_unit(rng, b, e), txt_m=_unit(rng, b, e),
+              img_queue=_unit(rng, q, e), txt_queue=_unit(rng, q, e),
+              id_queue=np.array([3, -1, 2, 9, 9, -1, 1, 0, 0, 5], np.int32),
+              alpha=0.3)
+
+  def loss(img, txt, temp, ids, valid, **kw):
+    return losses.itc_loss(img, txt, temp, ids=ids, valid=valid, **kw)[0]
+
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  got, (g_img, g_txt, g_t) = grad(img, txt, 0.07, ids, real, **kw)
+  sub = {k: (v[real] if k in ("img_m", "txt_m") else v) for k, v in kw.items()}
+  want, (w_img, w_txt, w_t) = grad(img[real], txt[real], 0.07, ids[real],
+                                   None, **sub)
+  assert float(want) < 100  # A sane loss: the reference is not broken too.
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(g_img[real], w_img, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(g_txt[real], w_txt, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(g_t, w_t, rtol=1e-4, atol=1e-6)
+  assert not np.asarray(g_img[~real]).any()  # Padding gets no gradient.
+  assert not np.asarray(g_txt[~real]).any()
 
 
 def test_temp_clamp_passes_gradient_like_blip():
@@ -169,6 +208,30 @@ def test_hard_negatives_respect_masks_and_match_softmax():
     np.testing.assert_array_equal(x, y)
 
 
+def test_hard_negatives_ignore_padding_rows_with_real_ids():
+  """Padding rows (ids equal to real rows' ids) are never drawn and draw
+  nothing: the real rows' negatives follow the softmax of the batch
+  without the padding rows."""
+  rng = np.random.default_rng(8)
+  sim = rng.standard_normal((6, 6)).astype(np.float32) * 2
+  ids = np.array([0, 1, 0, 1, 2, 2], np.int32)
+  valid = np.array([1, 1, 1, 0, 1, 0], bool)  # Padding ids 1, 2: real ones.
+  fn = jax.jit(jax.vmap(losses.sample_hard_negatives, (0, None, None, None)))
+  keys = jax.random.split(jax.random.key(1), 4000)
+  neg_txt, neg_img, ok_t, ok_i = map(np.asarray, fn(keys, sim, ids, valid))
+  np.testing.assert_array_equal(ok_t[0], valid)
+  np.testing.assert_array_equal(ok_i[0], valid)
+  real = np.flatnonzero(valid)
+  sub, sub_ids = sim[np.ix_(real, real)], ids[real]
+  for r, i in enumerate(real):
+    for draws, row in ((neg_txt[:, i], sub[r]), (neg_img[:, i], sub[:, r])):
+      p = np.where(sub_ids == sub_ids[r], 0.0, np.exp(row - row.max()))
+      want = np.zeros(6)
+      want[real] = p / p.sum()
+      freq = np.bincount(draws, minlength=6) / len(draws)
+      np.testing.assert_allclose(freq, want, atol=0.03)
+
+
 def test_hard_negatives_flag_rows_without_negative():
   sim = jnp.zeros((3, 3))
   ids = jnp.array([5, 5, 5])
@@ -241,11 +304,17 @@ def test_qcc_matches_numpy(policy, symmetric, hard_k):
             "weighted": [1, .5, 1, .5, 1, 1, .5],
             "exclude": [1, 0, 1, 0, 1, 1, 0]}[policy]
   np.testing.assert_allclose(w, want_w)
+  v = np.asarray(losses.label_valid(labels, policy))
+  np.testing.assert_array_equal(v, labels >= (2 if policy == "exclude" else 1))
   fn = jax.jit(lambda *a: losses.qcc_loss(
       *a, neg_query=neg, neg_valid=neg_valid, relevant_ids=rel, weights=w,
-      symmetric=symmetric, hard_k=hard_k))
+      valid=v, symmetric=symmetric, hard_k=hard_k))
   loss, _ = fn(c, q, 0.05, pid)
-  want = np_qcc(c, q, 0.05, pid, neg, neg_valid, rel, w, symmetric, hard_k)
+  # "exclude": label-1 pairs are no training pairs, neither anchors nor
+  # negatives, as when the data pipeline drops them (stage2_pairs): the
+  # reference is the batch without them.
+  want = np_qcc(c[v], q[v], 0.05, pid[v], neg[v], neg_valid[v], rel[v], w[v],
+                symmetric, hard_k)
   np.testing.assert_allclose(loss, want, rtol=RTOL, atol=ATOL)
 
 

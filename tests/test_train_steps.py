@@ -6,6 +6,9 @@ are shared through module-scoped fixtures.
 """
 
 import dataclasses
+import functools
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,11 @@ from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding
 from dashclip_jax import train_steps as ts
+from dashclip_jax.data import pipelines
+from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.trainers import common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 B, L, LQ, N, R = 8, 8, 6, 2, 3
 MESHES = {
@@ -85,12 +93,14 @@ PARAMS = jax.device_get(model_lib.unbox(
 TX = optim.make_optimizer(OPT, PARAMS)
 
 
-def _run(stage, mesh, step_cfg, tx, n_steps=1, cfg=CFG):
+def _run(stage, mesh, step_cfg, tx, n_steps=1, cfg=CFG, batch=None):
   """n steps on `mesh`; returns (host state, list of host metrics, jitted fn)."""
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
   state = ts.init_state(cfg, step_cfg, tx, jax.random.key(0), mesh,
                         params=PARAMS)
-  batch = sharding.global_batch(BATCH1 if stage == 1 else BATCH2, mesh)
+  if batch is None:
+    batch = BATCH1 if stage == 1 else BATCH2
+  batch = sharding.global_batch(batch, mesh)
   fn = ts.jit_step(make(cfg, step_cfg, tx, mesh), state, batch, mesh,
                    compiler_options=FAST_COMPILE)
   mets = []
@@ -164,6 +174,120 @@ def test_stage2_any_mesh_equals_one_device(reference, mesh_name):
   _assert_metrics_close(mets[0], ref_mets[0])
   _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")
   _assert_tree_close_scaled(state.opt_state, ref_state.opt_state, 1e-3, "opt")
+
+
+@functools.cache
+def _production_stage2():
+  """configs/stage2.py:tiny's stage 2 -> (config, StepConfig, optimizer): its
+  loss block (dropout on, pair weights from the data pipeline), its
+  lr_mults (product tower body and stage-1 heads frozen, product_proj
+  trained), so a frozen body whose features the trainer caches. The lr
+  schedule is OPT's, which moves the params on the first step."""
+  spec = importlib.util.spec_from_file_location(
+      "stage2_config", os.path.join(REPO, "configs", "stage2.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  mults = common.optim_config(config.optim, OPT.total_steps).lr_mults
+  sc = dataclasses.replace(
+      common.step_config(config.loss, config.train.accum_steps),
+      train_product_tower=optim.trains_any(
+          model_lib.abstract_params(CFG), mults, ts.PRODUCT_TOWER_BODY_REGEX))
+  tx = optim.make_optimizer(dataclasses.replace(OPT, lr_mults=mults), PARAMS)
+  return config, sc, tx
+
+
+@functools.cache
+def _product_features():
+  """The frozen body's features of BATCH2's products (eval mode), as the
+  trainer's cached table gives them."""
+  _, sc, _ = _production_stage2()
+  return np.asarray(jax.jit(ts.make_product_features_fn(CFG, sc))(
+      PARAMS, BATCH2, jax.random.key(0)))
+
+
+def _pipeline_batch(policy, weight=0.5):
+  """BATCH2's pairs as the data pipeline ships them under a label-1 policy:
+  the pairs `stage2_pairs` keeps, their label_weight, cached features."""
+  pid = BATCH2["product_id"]
+  rel = relevance_lib.Relevance(
+      name="BATCH2", query_ids=[str(i) for i in range(B)], queries=[""] * B,
+      query=np.arange(B, dtype=np.int32), product=pid,
+      label=BATCH2["label"].astype(np.int8), num_products=int(pid.max()) + 1)
+  rows, _, label, w = pipelines.stage2_pairs(rel, policy, weight)
+  batch = {k: v[rows] for k, v in BATCH2.items() if k != "image"}
+  np.testing.assert_array_equal(batch["label"], label)
+  batch["label_weight"] = w
+  batch["product_features"] = _product_features()[rows]
+  return batch
+
+
+@pytest.fixture(scope="module")
+def production_stage2():
+  """One 1-device step of the production stage-2 setup on BATCH2."""
+  config, sc, tx = _production_stage2()
+  batch = _pipeline_batch(config.data.label1_policy, config.data.label1_weight)
+  state, mets, fn = _run(2, _one_device(), sc, tx, batch=batch)
+  return sc, tx, batch, state, mets, fn
+
+
+def test_production_stage2_reference_is_the_production_setup(
+    production_stage2):
+  """Guards the mesh test below: frozen cached body, pipeline weights with
+  label-1 pairs at 0.5, dropout on, and a step that trains what it should."""
+  sc, tx, batch, state, mets, fn = production_stage2
+  assert not sc.train_product_tower and not sc.deterministic
+  assert sc.label_policy is None and "image" not in batch
+  np.testing.assert_allclose(batch["label_weight"],
+                             np.where(BATCH2["label"] == 1, 0.5, 1.0))
+  moved = {k for k in PARAMS if any(
+      not np.array_equal(a, b) for a, b in zip(
+          jax.tree.leaves(state.params[k]), jax.tree.leaves(PARAMS[k])))}
+  assert moved == {"product_proj", "query", "query_proj", "temp"}, moved
+  assert np.isfinite(mets[0]["loss"])
+  # Dropout is live: another rng, another loss (the mesh test then also
+  # shows that the dropout draws do not depend on the mesh).
+  mesh = _one_device()
+  fresh = ts.init_state(CFG, sc, tx, jax.random.key(0), mesh, params=PARAMS)
+  _, other = fn(fresh, sharding.global_batch(batch, mesh), jax.random.key(8))
+  assert abs(float(other["loss"]) - float(mets[0]["loss"])) > 1e-4
+
+
+@pytest.mark.parametrize("mesh_name", list(MESHES))
+def test_production_stage2_any_mesh_equals_one_device(production_stage2,
+                                                      mesh_name):
+  """configs/stage2.py:tiny's setup (frozen body, cached features, dropout,
+  pipeline-side label weights) on each mesh equals one device."""
+  sc, tx, batch, ref_state, ref_mets, _ = production_stage2
+  mesh = sharding.make_mesh(MESHES[mesh_name])
+  state, mets, _ = _run(2, mesh, sc, tx, batch=batch)
+  _assert_metrics_close(mets[0], ref_mets[0])
+  _assert_tree_close(state.params, ref_state.params, 1e-5, 2e-6, "params")
+  _assert_tree_close_scaled(state.opt_state, ref_state.opt_state, 1e-3, "opt")
+
+
+def test_label1_exclude_means_the_same_in_the_step_and_the_pipeline():
+  """label1_policy "exclude" has one meaning: label-1 pairs are no training
+  pairs. The pipeline drops them (stage2_pairs); StepConfig.label_policy=
+  "exclude" on a batch that still holds them makes those rows inert,
+  neither anchors nor in-batch negatives (either direction, hard_k too):
+  the same loss, gradients and update as the pipeline's batch."""
+  _, sc, tx = _production_stage2()
+  # Dropout off: its masks follow the batch's shape, which differs here.
+  sc = dataclasses.replace(sc, deterministic=True, symmetric=True, hard_k=2)
+  mesh = _one_device()
+  full = _pipeline_batch("positive")
+  dropped = _pipeline_batch("exclude")
+  assert len(full["label"]) == B and (dropped["label"] == 2).all()
+  s_step, m_step, _ = _run(2, mesh, dataclasses.replace(
+      sc, label_policy="exclude"), tx, batch=full)
+  s_pipe, m_pipe, _ = _run(2, mesh, sc, tx, batch=dropped)
+  for k in ("loss", "qcc_p2q", "qcc_q2p", "qcc_acc", "qcc_num_neg",
+            "grad_norm"):
+    np.testing.assert_allclose(m_step[0][k], m_pipe[0][k], rtol=2e-5,
+                               atol=2e-6, err_msg=k)
+  _assert_tree_close_scaled(s_step.opt_state, s_pipe.opt_state, 1e-4, "opt")
+  _assert_tree_close(s_step.params, s_pipe.params, 1e-5, 2e-6, "params")
 
 
 def test_scanned_layers_on_a_mesh_equal_one_device(reference):
@@ -374,33 +498,38 @@ def test_stage2_frozen_tower_bf16_accumulated(reference):
 
 
 def test_ragged_batch_padding_rows_are_inert():
-  """A final ragged batch padded to B with valid=False: what the padding
-  rows contain changes nothing (loss, update, queue), and the queue pointer
-  advances by the real rows only."""
+  """A final ragged batch padded to B with valid=False, its padding rows
+  carrying real rows' product ids: loss, gradients (Adam's moments and the
+  gradient norm), update, momentum params and queue equal one step on the
+  same batch without its padding rows, and the queue pointer advances by
+  the real rows only. ITM's hard negatives draw from the batch's shape, so
+  it is weighted 0 here (test_losses checks that padding is never drawn)."""
   mesh = _one_device()
-  valid = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
+  real = np.array([1, 1, 1, 1, 1, 1, 0, 0], bool)
   rng = np.random.default_rng(9)
-
-  def padded(seed_rows):
-    b = {k: v.copy() for k, v in BATCH1.items()}
-    b["valid"] = valid
-    b["image"][~valid] = seed_rows.standard_normal(b["image"][~valid].shape)
-    b["ids"][~valid, 1:] = seed_rows.integers(1000, 2000, (2, L - 1))
-    b["product_id"][~valid] = [0, 1]  # Even ids equal to real rows' ids.
-    return sharding.global_batch(b, mesh)
-
-  state0 = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh, params=PARAMS)
-  fn = ts.jit_step(ts.make_stage1_step(CFG, S1, TX, mesh), state0,
-                   padded(rng), mesh, compiler_options=FAST_COMPILE)
+  padded = {k: v.copy() for k, v in BATCH1.items()}
+  padded["valid"] = real
+  padded["image"][~real] = rng.standard_normal(padded["image"][~real].shape)
+  padded["ids"][~real, 1:] = rng.integers(1000, 2000, (2, L - 1))
+  padded["product_id"][~real] = [0, 1]  # Equal to rows 0, 3 and 1's ids.
+  unpadded = {k: v[real] for k, v in BATCH1.items()}
+  sc = dataclasses.replace(S1, itm_weight=0.0)
   outs = []
-  for seed in (1, 2):
-    state = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh, params=PARAMS)
-    outs.append(jax.device_get(fn(state, padded(np.random.default_rng(seed)),
-                                  jax.random.key(3))))
+  for batch in (padded, unpadded):
+    state = ts.init_state(CFG, sc, TX, jax.random.key(0), mesh, params=PARAMS)
+    batch = sharding.global_batch(batch, mesh)
+    fn = ts.jit_step(ts.make_stage1_step(CFG, sc, TX, mesh), state, batch,
+                     mesh, compiler_options=FAST_COMPILE)
+    outs.append(jax.device_get(fn(state, batch, jax.random.key(3))))
   (s_a, m_a), (s_b, m_b) = outs
-  _assert_metrics_close(m_a, m_b)
-  _assert_tree_close(s_a.params, s_b.params, 1e-6, 1e-7, "params")
-  _assert_tree_close(s_a.queue, s_b.queue, 1e-6, 1e-7, "queue")
+  assert np.isfinite(m_b["loss"]) and m_b["loss"] < 100
+  for k in ("loss", "itc_loss", "itc_i2t", "itc_t2i", "itc_acc", "grad_norm"):
+    np.testing.assert_allclose(m_a[k], m_b[k], rtol=2e-5, atol=2e-6,
+                               err_msg=k)
+  _assert_tree_close_scaled(s_a.opt_state, s_b.opt_state, 1e-4, "opt")
+  _assert_tree_close(s_a.params, s_b.params, 1e-5, 2e-6, "params")
+  _assert_tree_close(s_a.params_m, s_b.params_m, 1e-5, 2e-6, "params_m")
+  _assert_tree_close(s_a.queue, s_b.queue, 1e-5, 1e-6, "queue")
   assert int(s_a.queue["ptr"]) == 6
   np.testing.assert_array_equal(s_a.queue["ids"][:6], BATCH1["product_id"][:6])
   np.testing.assert_array_equal(s_a.queue["ids"][6:], -1)  # Untouched.

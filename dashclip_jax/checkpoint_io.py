@@ -4,8 +4,11 @@ Layout of a model directory (written by `convert` and by the trainers):
   dashclip.json   model config, tokenizer, preprocessing, provenance
   vocab.txt       the tokenizer's vocab (so the directory is self-contained)
   params/         Orbax checkpoint of the parameter tree (plain arrays)
-  momentum/       optional: BLIP momentum-encoder params (stage 1 uses them)
-  queues/         optional: BLIP ITC feature queues, stored as (Q, E)
+  momentum/       optional: BLIP momentum-encoder params; stage 1 starts
+                  momentum distillation from them (trainers/stage1.py)
+  queues/         optional: BLIP ITC feature queues, stored as (Q, E), with
+                  queue_ptr (and idx_queue); stage 1 loads them when their
+                  size is loss.queue_size
 """
 
 from __future__ import annotations

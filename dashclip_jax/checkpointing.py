@@ -4,13 +4,18 @@ One checkpoint = `<workdir>/checkpoints/<step>/` with three items:
   state  the TrainState pytree (params, optimizer, step, momentum, queues),
          restored straight into the shardings of a target state
   data   the data iterator's state (JSON), so a resume continues mid-epoch
-  meta   step, rng seed and the eval metric that picks the best checkpoint
+  meta   step, rng seed, the eval metric that picks the best checkpoint and
+         the run's flattened config (to name what changed on a resume)
 
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a save interrupted midway (kill -9, preemption) never touches
 the last good one. A checkpoint that is nevertheless unreadable (disk
-damage, a partial copy) is skipped with a warning and the previous one used.
-Kept: the last `keep` checkpoints plus the best by the eval metric.
+damage, a partial copy) is moved aside to `<step>.damaged` with a warning
+and the previous one used, so the run can save that step again. One whose
+saved arrays do not fit the target state (a config change such as
+`loss.queue_size`) is not damage: `StateMismatchError` names the config
+keys that changed. Kept: the last `keep` checkpoints plus the best by the
+eval metric.
 """
 
 from __future__ import annotations
@@ -18,12 +23,134 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 log = logging.getLogger("dashclip_jax.checkpointing")
+
+# What a training run writes into its workdir (set aside on a restart).
+RUN_OUTPUTS = ("checkpoints", "models", "metrics.jsonl", "tensorboard")
+
+
+class StateMismatchError(ValueError):
+  """A checkpoint whose arrays do not fit the target state (not damage)."""
+
+
+def flatten_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
+  """Nested dicts/ConfigDicts -> {"a.b": JSON value}; flat dicts pass."""
+  out: dict[str, Any] = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if isinstance(v, Mapping):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[f"{prefix}{k}"] = v
+  walk(dict(config or {}), "")
+  # JSON round trip: the form it takes in (and back from) the meta item.
+  return json.loads(json.dumps(out, default=str))
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+  """"key old -> new, ..." over the keys whose values differ ("" if none)."""
+  missing = "(unset)"
+  keys = sorted(k for k in set(old) | set(new)
+                if old.get(k, missing) != new.get(k, missing))
+  return ", ".join(f"{k} {old.get(k, missing)} -> {new.get(k, missing)}"
+                   for k in keys)
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(
+      k, "idx", k)))) for k in path)
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{"params/img/...": shape} of a state or of its Orbax tree metadata."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_name(p): tuple(x.shape) for p, x in leaves}
+
+
+def _shape_mismatch(saved: dict[str, tuple], here: dict[str, tuple]) -> str:
+  """What differs between two {path: shape} maps, briefly ("" if nothing)."""
+  def tops(paths):
+    return ", ".join(sorted({p.split("/")[0] for p in paths}))
+  only_here = [p for p in here if p not in saved]
+  only_saved = [p for p in saved if p not in here]
+  reshaped = sorted(p for p in here if p in saved and here[p] != saved[p])
+  parts = []
+  if only_here:
+    parts.append(f"{tops(only_here)}: {len(only_here)} arrays only in this "
+                 "config")
+  if only_saved:
+    parts.append(f"{tops(only_saved)}: {len(only_saved)} arrays only in the "
+                 "checkpoint")
+  if reshaped:
+    p = reshaped[0]
+    more = f" (+{len(reshaped) - 1} more)" if len(reshaped) > 1 else ""
+    parts.append(f"{p} {saved[p]} in the checkpoint, {here[p]} here{more}")
+  return "; ".join(parts)
+
+
+def _primary_then_sync(fn, name: str):
+  """Runs `fn` on process 0 only; every process returns once it is done."""
+  out = fn() if jax.process_index() == 0 else None
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+  return out
+
+
+def _quiet_aborted_reads():
+  """Drops the "Event loop is closed" reports of a failed restore's reads;
+  -> the previous sys.unraisablehook (put it back if the restore worked).
+
+  Orbax stops its event loop at the first error; each read still in flight
+  then reports to the closed loop as a traceback (hundreds for a train
+  state) through sys.unraisablehook, during and after the restore. Every
+  other report is kept.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if not (isinstance(exc, RuntimeError) and
+            str(exc) == "Event loop is closed"):
+      previous(unraisable)
+  sys.unraisablehook = hook
+  return previous
+
+
+def _unused_name(path: str) -> str:
+  candidate, n = path, 1
+  while os.path.exists(candidate):
+    candidate, n = f"{path}.{n}", n + 1
+  return candidate
+
+
+def set_aside_run(workdir: str) -> str | None:
+  """Moves a previous run's outputs (RUN_OUTPUTS) into a new
+  `<workdir>/before_restart_<time>/`; -> that directory, None if none."""
+  workdir = os.path.abspath(workdir)
+  present = [n for n in RUN_OUTPUTS
+             if os.path.exists(os.path.join(workdir, n))]
+  if not present:
+    return None
+  dest = _unused_name(os.path.join(
+      workdir, time.strftime("before_restart_%Y%m%d_%H%M%S")))
+
+  def move():
+    os.makedirs(dest)
+    for name in present:
+      os.replace(os.path.join(workdir, name), os.path.join(dest, name))
+  _primary_then_sync(move, f"set aside {workdir}")
+  return dest
 
 
 class TrainCheckpoints:
@@ -31,8 +158,12 @@ class TrainCheckpoints:
 
   def __init__(self, workdir: str, *, keep: int = 2,
                best_metric: str | None = None, best_mode: str = "max",
-               async_save: bool = True):
+               async_save: bool = True,
+               config: Mapping[str, Any] | None = None):
+    """`config` (nested or flat) is saved with every checkpoint, so that a
+    resume can name the values that changed since."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.config = None if config is None else flatten_config(config)
     self.keep = keep
     self.best_metric = best_metric
     self.best_mode = best_mode
@@ -57,6 +188,8 @@ class TrainCheckpoints:
   def save(self, step: int, state: Any, data_state: dict | None,
            meta: dict[str, Any] | None = None, *, wait: bool = False) -> None:
     meta = dict(meta or {}, step=int(step))
+    if self.config is not None:
+      meta["config"] = self.config
     self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state or {}),
@@ -107,23 +240,97 @@ class TrainCheckpoints:
     """-> (state, data_state, meta) of the newest readable checkpoint.
 
     `target_state` (concrete or ShapeDtypeStructs with shardings) fixes the
-    restored layout. Falls back to older checkpoints with a warning when the
-    newest cannot be read. None when there is no checkpoint.
+    restored layout. A newest checkpoint that cannot be read is moved aside
+    (`<step>.damaged`) with a warning and the previous one tried; one whose
+    arrays do not fit `target_state` raises StateMismatchError naming the
+    config changes. None when there is no (readable) checkpoint.
     """
     candidates = [step] if step is not None else self.steps()[::-1]
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
-    for s in candidates:
-      try:
-        out = self._mngr.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except
-        log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the "
-                    "previous one", self.directory, s, type(e).__name__,
-                    str(e).splitlines()[0][:200])
-        continue
-      return out["state"], dict(out["data"] or {}), dict(out["meta"] or {})
-    return None
+    damaged = []
+    try:
+      for s in candidates:
+        saved = self._saved_shapes(s)
+        mismatch = saved and _shape_mismatch(saved, _shapes(abstract))
+        if mismatch:
+          raise StateMismatchError(self._mismatch_message(s, mismatch))
+        hook = _quiet_aborted_reads()
+        try:
+          out = self._mngr.restore(s, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract),
+              data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # pylint: disable=broad-except
+          # Shapes fit (or are unreadable), so this is damage, not config.
+          log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the "
+                      "previous one", self.directory, s, type(e).__name__,
+                      str(e).splitlines()[0][:200])
+          damaged.append(s)
+          continue
+        if not damaged:  # No read was aborted: nothing to quiet.
+          sys.unraisablehook = hook
+        meta = dict(out["meta"] or {})
+        self._log_config_changes(s, meta.get("config"))
+        return out["state"], dict(out["data"] or {}), meta
+      return None
+    finally:
+      # Only now, after the fallback: a failed restore's reads may still
+      # be in flight, and moving their files under them makes more noise.
+      for s in damaged:
+        log.warning("moved the unreadable checkpoint %s/%d to %s, so that "
+                    "step %d can be saved again", self.directory, s,
+                    self._set_aside_damaged(s), s)
+
+  def _saved_shapes(self, step: int) -> dict[str, tuple] | None:
+    """The array shapes a checkpoint holds; None when unreadable."""
+    path = epath.Path(self.directory) / str(step) / "state"
+    try:
+      # A handler of its own: given to the manager (item_handlers), one
+      # breaks the manager's later saves once a restore has failed.
+      meta = ocp.StandardCheckpointHandler().metadata(path)
+      return _shapes(getattr(meta, "tree", meta)) or None
+    except Exception:  # pylint: disable=broad-except
+      return None  # Damaged metadata: the restore below says more.
+
+  def _saved_config(self, step: int) -> dict[str, Any] | None:
+    try:
+      meta = self._mngr.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return (meta or {}).get("config")
+
+  def _mismatch_message(self, step: int, mismatch: str) -> str:
+    saved = self._saved_config(step)
+    if saved is None:
+      changed = ("it was written without its config (an older version), so "
+                 "the changed keys are unknown")
+    elif self.config is None:
+      changed = "no config given to compare with"
+    else:
+      diff = config_changes(saved, self.config)
+      changed = f"changed: {diff}" if diff else "no config value changed"
+    return (f"checkpoint {self.directory}/{step} does not fit this config's "
+            f"train state ({mismatch}); {changed}")
+
+  def _log_config_changes(self, step: int, saved: dict | None) -> None:
+    if self.config is None:
+      return
+    if saved is None:
+      log.info("checkpoint %s/%d has no saved config (an older version): "
+               "config changes since are not listed", self.directory, step)
+    elif diff := config_changes(saved, self.config):
+      log.info("resuming step %d with changed config values: %s", step, diff)
+
+  def _set_aside_damaged(self, step: int) -> str:
+    """Renames an unreadable step to `<step>.damaged`, which Orbax ignores,
+    so that training can save that step again."""
+    src = os.path.join(self.directory, str(step))
+    dest = _unused_name(src + ".damaged")
+    self._mngr.wait_until_finished()
+    _primary_then_sync(lambda: os.replace(src, dest),
+                       f"set aside {src}")
+    self._mngr.reload()
+    return dest
 
   def close(self) -> None:
     self._mngr.wait_until_finished()

@@ -5,6 +5,7 @@ import shutil
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dashclip_jax import checkpointing
 
@@ -80,3 +81,133 @@ def test_no_checkpoint_returns_none(tmp_path):
   ckpts = checkpointing.TrainCheckpoints(str(tmp_path))
   assert ckpts.restore(_state(0)) is None
   ckpts.close()
+
+
+# ---------------------------------------------------------------------------
+# A checkpoint that does not fit the config vs a damaged one; what changed.
+
+
+def _damage(ckpts, step, keep_tree_metadata=False):
+  """Removes the array data of a step's state item (keeps its markers and,
+  with `keep_tree_metadata`, the shapes it claims to hold)."""
+  state_dir = os.path.join(ckpts.directory, str(step), "state")
+  kept = ("_CHECKPOINT_METADATA",) + (
+      ("_METADATA", "_sharding", "array_metadatas", "manifest.ocdbt",
+       "commit_success") if keep_tree_metadata else ())
+  for entry in os.listdir(state_dir):
+    path = os.path.join(state_dir, entry)
+    if entry.startswith(kept):
+      continue
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+
+
+CONFIG = {"loss": {"queue_size": 0, "alpha": 0.4}, "optim": {"lr": 1e-3},
+          "train": {"total_steps": 6}, "mesh": [("data", -1), ("fsdp", 1)]}
+
+
+def _with(config, **changes):
+  out = checkpointing.flatten_config(config)
+  out.update(changes)
+  return out
+
+
+def test_state_that_does_not_fit_names_the_changed_keys(tmp_path, caplog):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), config=CONFIG)
+  _save_steps(ckpts, [1, 2])
+  ckpts.close()
+  # The new config adds a queue to the state: neither step fits it.
+  bigger = {**_state(0), "queue": {"img": jnp.zeros((16, 3))}}
+  reopened = checkpointing.TrainCheckpoints(
+      str(tmp_path), config=_with(CONFIG, **{"loss.queue_size": 16}))
+  with caplog.at_level("WARNING"), pytest.raises(
+      checkpointing.StateMismatchError) as e:
+    reopened.restore(bigger)
+  msg = str(e.value)
+  assert "\n" not in msg and f"{ckpts.directory}/2" in msg
+  assert "loss.queue_size 0 -> 16" in msg and "queue" in msg
+  assert "optim.lr" not in msg  # Unchanged keys are not named.
+  # Not taken for damage: no fallback, nothing moved aside.
+  assert not any("unreadable" in r.getMessage() for r in caplog.records)
+  assert reopened.steps() == [1, 2]
+  assert sorted(os.listdir(ckpts.directory)) == ["1", "2"]
+  # A changed shape is a mismatch too.
+  wider = {**_state(0), "w": jnp.zeros((4, 5))}
+  with pytest.raises(checkpointing.StateMismatchError, match=r"w \(4, 3\)"):
+    reopened.restore(wider)
+  reopened.close()
+
+
+def test_resume_with_changed_values_logs_them(tmp_path, caplog):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), config=CONFIG)
+  _save_steps(ckpts, [1])
+  ckpts.close()
+  changed = _with(CONFIG, **{"optim.lr": 5e-4, "train.total_steps": 8})
+  reopened = checkpointing.TrainCheckpoints(str(tmp_path), config=changed)
+  with caplog.at_level("INFO", logger="dashclip_jax.checkpointing"):
+    state, _, meta = reopened.restore(_state(0))
+  assert meta["step"] == 1
+  np.testing.assert_array_equal(state["w"], np.full((4, 3), 1.0))
+  lines = [r.getMessage() for r in caplog.records if "changed" in
+           r.getMessage()]
+  assert len(lines) == 1, lines
+  assert "optim.lr 0.001 -> 0.0005" in lines[0]
+  assert "train.total_steps 6 -> 8" in lines[0] and "alpha" not in lines[0]
+  reopened.close()
+
+
+def test_older_checkpoint_without_config(tmp_path):
+  old = checkpointing.TrainCheckpoints(str(tmp_path))  # Writes no config.
+  _save_steps(old, [1])
+  old.close()
+  new = checkpointing.TrainCheckpoints(str(tmp_path), config=CONFIG)
+  _, _, meta = new.restore(_state(0))  # Fits: resumes.
+  assert meta["step"] == 1
+  with pytest.raises(checkpointing.StateMismatchError,
+                     match="without its config"):
+    new.restore({**_state(0), "queue": {"img": jnp.zeros((16, 3))}})
+  new.close()
+
+
+@pytest.mark.parametrize("keep_tree_metadata", [False, True])
+def test_damaged_newest_is_moved_aside_and_its_step_saved_again(
+    tmp_path, caplog, keep_tree_metadata):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  _save_steps(ckpts, [1, 2, 3])
+  ckpts.close()
+  _damage(ckpts, 3, keep_tree_metadata)
+  rerun = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  with caplog.at_level("WARNING"):
+    _, _, meta = rerun.restore(_state(0))
+  assert meta["step"] == 2
+  assert any("3.damaged" in r.getMessage() for r in caplog.records)
+  assert os.path.isdir(os.path.join(ckpts.directory, "3.damaged"))
+  # Training passes step 3 again: its save must succeed ...
+  _save_steps(rerun, [3, 4])
+  rerun.close()
+  # ... and a second rerun resumes from the newest.
+  again = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  state, _, meta = again.restore(_state(0))
+  assert meta["step"] == 4 and again.steps() == [2, 3, 4]
+  np.testing.assert_array_equal(state["w"], np.full((4, 3), 4.0))
+  _save_steps(again, [5])
+  again.close()
+  assert os.path.isdir(os.path.join(ckpts.directory, "3.damaged"))
+
+
+def test_set_aside_run_moves_the_previous_run(tmp_path):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path))
+  _save_steps(ckpts, [1])
+  ckpts.close()
+  (tmp_path / "models" / "0").mkdir(parents=True)
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+  (tmp_path / "config.json").write_text("{}")
+  moved = checkpointing.set_aside_run(str(tmp_path))
+  assert moved and os.path.dirname(moved) == str(tmp_path)
+  assert sorted(os.listdir(moved)) == ["checkpoints", "metrics.jsonl",
+                                       "models"]
+  assert (tmp_path / "config.json").exists()  # Not part of a run's output.
+  assert checkpointing.TrainCheckpoints(str(tmp_path)).steps() == []
+  assert checkpointing.set_aside_run(str(tmp_path / "empty")) is None

@@ -1,0 +1,154 @@
+"""Resume after a config change: a state that no longer fits stops with one
+line naming the changed keys, `checkpoint.restart` starts over without
+losing the old run, and other changes resume and are named in the log.
+
+The states are the stage-1 trainer's own (`common.make_state` from the tiny
+config), saved and restored through `common.open_checkpoints` and
+`common.restore` as `stage1.train` calls them (as zeros of their shapes:
+nothing is compiled).
+"""
+
+import functools
+import importlib.util
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from dashclip_jax.trainers import common
+from dashclip_jax.trainers import stage1
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _stage1_config(**overrides):
+  spec = importlib.util.spec_from_file_location(
+      "stage1_config", ROOT / "configs" / "stage1.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("tiny")
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@functools.lru_cache(maxsize=None)
+def _abstract_state(momentum, queue_size):
+  config = _stage1_config(**{"loss.momentum": momentum,
+                             "loss.queue_size": queue_size})
+  mc = common.model_config_from(config.model, None)
+  return jax.eval_shape(lambda: common.make_state(
+      mc, stage1.step_config(config.loss, 1, 96, config.train.batch_size),
+      common.optim_config(config.optim, config.train.total_steps),
+      config.seed, None)[1])
+
+
+def _state(config):
+  """The trainer's TrainState for `config`, as zeros of the right shapes
+  (its structure is what matters here; nothing is compiled)."""
+  abstract = _abstract_state(config.loss.momentum, config.loss.queue_size)
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+
+
+class _Data:
+  """A train iterator's checkpointable state, nothing else."""
+
+  def __init__(self):
+    self.state = None
+
+  def get_state(self):
+    return {"shards": {"0": {"pos": 3}}}
+
+  def set_state(self, state):
+    self.state = state
+
+
+def _save(config, workdir, step=2):
+  ckpts = common.open_checkpoints(config, str(workdir))
+  ckpts.save(step, _state(config), _Data().get_state(), {"seed": 0},
+             wait=True)
+  ckpts.close()
+
+
+QUEUE = {"loss.momentum": 0.995, "loss.queue_size": 16}
+
+
+def test_state_change_stops_in_one_line_naming_keys_and_restart(tmp_path):
+  _save(_stage1_config(), tmp_path)
+  changed = _stage1_config(**QUEUE)
+  ckpts = common.open_checkpoints(changed, str(tmp_path))
+  with pytest.raises(common.ConfigError) as e:
+    common.restore(ckpts, _state(changed), _Data())
+  ckpts.close()
+  msg = str(e.value)
+  assert "\n" not in msg and "checkpoints/2 does not fit" in msg, msg
+  assert "loss.queue_size 0 -> 16" in msg and "loss.momentum 0.0 -> 0.995" \
+      in msg, msg
+  assert "--config.checkpoint.restart=True" in msg, msg
+  assert "optim.lr" not in msg
+  # Nothing was touched: the old run is still there to resume.
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
+  _save(_stage1_config(), tmp_path)
+  (tmp_path / "models" / "2").mkdir(parents=True)
+  restart = _stage1_config(**QUEUE, **{"checkpoint.restart": True})
+  with caplog.at_level("WARNING", logger="dashclip_jax"):
+    ckpts = common.open_checkpoints(restart, str(tmp_path))
+  state = _state(restart)
+  _, resumed = common.restore(ckpts, state, _Data())
+  assert not resumed and ckpts.steps() == []
+  moved = [r.getMessage() for r in caplog.records if "restart" in
+           r.getMessage()]
+  assert len(moved) == 1 and "before_restart_" in moved[0], moved
+  old = pathlib.Path(moved[0].split()[-1])
+  assert (old / "checkpoints" / "2").is_dir() and (old / "models" / "2") \
+      .is_dir()
+  assert not (tmp_path / "models").exists()
+  ckpts.save(1, state, _Data().get_state(), {}, wait=True)
+  ckpts.close()
+  # The new run resumes without `restart` (and does not list it as a change).
+  again = common.open_checkpoints(_stage1_config(**QUEUE), str(tmp_path))
+  with caplog.at_level("INFO", logger="dashclip_jax.checkpointing"):
+    _, resumed = common.restore(again, _state(_stage1_config(**QUEUE)),
+                                _Data())
+  again.close()
+  assert resumed
+  assert not any("changed config" in r.getMessage() for r in caplog.records)
+
+
+def test_changed_values_that_fit_resume_and_are_logged(tmp_path, caplog):
+  _save(_stage1_config(), tmp_path)
+  changed = _stage1_config(**{"optim.lr": 5e-4, "train.total_steps": 8})
+  ckpts = common.open_checkpoints(changed, str(tmp_path))
+  data = _Data()
+  with caplog.at_level("INFO"):
+    state, resumed = common.restore(ckpts, _state(changed), data)
+  ckpts.close()
+  assert resumed and int(state.step) == 0 and isinstance(
+      state, type(_state(changed))) and data.state == {
+      "shards": {"0": {"pos": 3}}}
+  lines = [r.getMessage() for r in caplog.records
+           if "changed config" in r.getMessage()]
+  assert len(lines) == 1, lines
+  assert "optim.lr 0.001 -> 0.0005" in lines[0]
+  assert "train.total_steps 6 -> 8" in lines[0]
+
+
+def test_stage1_of_a_main_job_names_its_own_restart_option(tmp_path):
+  (tmp_path / "config.json").write_text('{"stage": "stage2"}')
+  workdir = tmp_path / "stage1"  # Where dashclip_jax.main runs stage 1.
+  _save(_stage1_config(), workdir)
+  changed = _stage1_config(**QUEUE)
+  ckpts = common.open_checkpoints(changed, str(workdir))
+  with pytest.raises(common.ConfigError,
+                     match=r"--config\.stage1\.checkpoint\.restart=True"):
+    common.restore(ckpts, _state(changed), _Data())
+  ckpts.close()

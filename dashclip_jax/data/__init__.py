@@ -17,7 +17,8 @@ max_bad_fraction (0.01), test_fraction (0.1); and for the pipelines
 (keyword arguments of `pipelines.stage1_dataset` / `stage2_dataset`):
 batch_size, image_size, max_length / query_length / title_length,
 min_scale, num_negatives, label1_policy, label1_weight, seed, num_epochs,
-worker_count, worker_buffer_size, read_threads.
+worker_count, worker_buffer_size, read_threads, min_seen_for_bad_fraction
+(50).
 
 Batch formats (dicts of numpy arrays; B = per-process batch size, S = image
 size, L/Lq/Lt = token lengths, N = negatives, R = max relevant per query):
@@ -64,10 +65,16 @@ three, label-1 products stay in `relevant_product_ids`, so they are never
 pushed away as in-batch negatives.
 
 Bad records are skipped and counted, never silent (`bad_records.py`):
-malformed CSV rows, missing/duplicate ids, empty titles, missing images,
+malformed CSV rows (an unclosed quote: every row it swallows, named by the
+line where it opened), missing/duplicate ids, empty titles, missing images,
 image paths escaping the catalog root, relevance rows with empty query,
-unknown product, label outside {0, 1, 2}, duplicate pair (at load time), and
-undecodable images (in the pipeline). Each source logs a summary naming the
-first culprits (file and row) and raises `BadDataError` above
-`max_bad_fraction`.
+unknown product, label outside {0, 1, 2}, duplicate pair (at load time, for
+CSV, Parquet and TFDS alike), and undecodable images (in the pipeline).
+Each source logs a summary naming the first culprits once, by file and row
+("styles.csv line 17 (product 1865): bad image (cannot decode image: ...)"),
+and raises `BadDataError` above `max_bad_fraction`: tables when loaded, the
+train pipelines' images from `min_seen_for_bad_fraction` images seen on and
+at the end of the data. `ShardedBatches.bad_report` gives the trainers the
+counts they log at log steps. `synthetic_data(bad_images=N)` damages N
+images to exercise all this.
 """

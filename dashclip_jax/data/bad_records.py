@@ -29,10 +29,14 @@ class BadRecords:
       `check` raises. 0.0 means any bad record is an error.
     max_culprits: how many culprits of each reason to keep by name, so every
       kind of problem is named however many of another kind come first.
+    min_seen: a stream judged while it is read (`judge`) is judged only from
+      this many records on, so a few early bad records of a large source do
+      not stop it on a tiny sample. The end of a source is always judged.
   """
   source: str
   max_bad_fraction: float = 0.01
   max_culprits: int = 3
+  min_seen: int = 0
   seen: int = 0
   counts: collections.Counter = dataclasses.field(
       default_factory=collections.Counter)
@@ -93,11 +97,19 @@ class BadRecords:
     if not self.num_bad:
       return
     if self.too_many():
+      sample = (f" (judged from min_seen_for_bad_fraction={self.min_seen} "
+                "records on)" if self.min_seen else "")
       raise BadDataError(
-          f"{self.summary()} That is more than max_bad_fraction="
-          f"{self.max_bad_fraction} of the records; fix the data or raise "
-          "the limit.")
+          f"{self.summary()}. That is more than max_bad_fraction="
+          f"{self.max_bad_fraction} of the records{sample}; fix the data or "
+          "raise the limit.")
     logging.warning("%s", self.summary())
+
+  def judge(self) -> None:
+    """Mid-stream verdict: raises above the limit once `min_seen` records
+    were seen (no log line: the trainers report counts at log steps)."""
+    if self.seen >= self.min_seen and self.num_bad and self.too_many():
+      self.check()
 
   # Iterator state (JSON-friendly) so that counts survive a checkpoint.
   def get_state(self) -> dict:

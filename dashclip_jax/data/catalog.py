@@ -20,16 +20,30 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+from PIL import UnidentifiedImageError
 
 from dashclip_jax.data import bad_records as br
 
 
 class ImageError(ValueError):
-  """An image could not be read or decoded (message names the culprit)."""
+  """An image could not be read or decoded.
+
+  The message is "<where>: <reason>"; both parts are kept so that counters
+  name the culprit once (`where`, e.g. "styles.csv line 17 (product 1865)")
+  and say what failed (`reason`).
+  """
+
+  def __init__(self, where: str, reason: str):
+    super().__init__(f"{where}: {reason}" if where else reason)
+    self.where, self.reason = where, reason
+
+  def __reduce__(self):  # Picklable despite the two-argument constructor.
+    return type(self), (self.where, self.reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +143,10 @@ class Catalog:
     idx = [i for i, s in enumerate(self.split) if s == split]
     return self.take(idx, name=f"{self.name}[{split}]")
 
+  def culprit(self, i: int) -> str:
+    """How messages name product `i`: "styles.csv line 17 (product 1865)"."""
+    return f"{self.where[i]} (product {self.ids[i]})"
+
   def image_bytes(self, i: int) -> bytes:
     src = self.images[i]
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -137,13 +155,17 @@ class Catalog:
       with open(src, "rb") as f:
         return f.read()
     except OSError as e:
-      raise ImageError(f"{self.where[i]} (product {self.ids[i]}): cannot read "
-                       f"image {src}: {e}") from e
+      raise ImageError(self.culprit(i), f"cannot read image {src}: "
+                       f"{e.strerror or e}") from e
 
   def load_image(self, i: int) -> np.ndarray:
     """Decodes product `i`'s image -> uint8 (H, W, 3). Raises ImageError."""
-    return decode_image(self.image_bytes(i),
-                        f"{self.where[i]} (product {self.ids[i]})")
+    return decode_image(self.image_bytes(i), self.culprit(i))
+
+
+# PIL names a file object by its repr ("<_io.BytesIO object at 0x...>"),
+# which says nothing about the culprit: messages drop it.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def decode_image(data: bytes, where: str = "") -> np.ndarray:
@@ -153,10 +175,15 @@ def decode_image(data: bytes, where: str = "") -> np.ndarray:
       im.load()
       rgb = im.convert("RGB")
   except Exception as e:  # PIL raises many types for corrupt data.
-    raise ImageError(f"{where}: cannot decode image: {e}") from e
+    if isinstance(e, UnidentifiedImageError):
+      reason = ("empty file" if not data else
+                f"not an image in a known format ({len(data)} bytes)")
+    else:
+      reason = _OBJECT_REPR.sub("", str(e)) or type(e).__name__
+    raise ImageError(where, f"cannot decode image: {reason}") from e
   arr = np.asarray(rgb, dtype=np.uint8)
   if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-    raise ImageError(f"{where}: empty image of shape {arr.shape}")
+    raise ImageError(where, f"empty image of shape {arr.shape}")
   return arr
 
 
@@ -170,10 +197,19 @@ def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
   """Header and rows of a CSV file; malformed rows come back as errors.
 
   A row with the wrong number of fields (e.g. an unquoted comma inside a title
-  of the public fashion file) is reported, never guessed at.
+  of the public fashion file) is reported, never guessed at. A quote left
+  open swallows the lines after it into one field: each of those lines is
+  reported as a lost row, named after the line where the quote opened. Rows
+  are named by the line they start on.
   """
   f = open(path, newline="", encoding="utf-8", errors="replace")
-  reader = csv.reader(f)
+  lines = []  # The physical lines of the record being parsed.
+
+  def physical_lines():
+    for line in f:
+      lines.append(line)
+      yield line
+  reader = csv.reader(physical_lines())
   try:
     header = next(reader)
   except StopIteration:
@@ -185,15 +221,32 @@ def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
   def rows():
     with f:
       while True:
+        lines.clear()
         try:
           row = next(reader)
+          error = ""
         except StopIteration:
           return
         except csv.Error as e:
-          yield f"{base} line {reader.line_num}", None, f"unparsable CSV: {e}"
+          row, error = None, f"unparsable CSV: {e}"
+        start = reader.line_num - max(len(lines), 1) + 1
+        where = f"{base} line {start}"
+        if row is not None and not row:  # Blank line: not a record.
           continue
-        where = f"{base} line {reader.line_num}"
-        if not row:  # Blank line: not a record.
+        if len(lines) > 1 and (error or len(row) != len(header) or
+                               _swallows_rows(lines[1:], len(header))):
+          # csv reads exactly one record's lines, so `lines` are the lost
+          # rows: the first holds the open quote.
+          lost = [k for k, l in enumerate(lines) if l.strip()]
+          yield where, None, (f"unclosed quote: the field runs to line "
+                              f"{reader.line_num} and swallows the "
+                              f"{len(lost) - 1} rows after it")
+          for k in lost[1:]:
+            yield (f"{base} line {start + k}", None,
+                   f"lost in the unclosed quote of line {start}")
+          continue
+        if error:
+          yield where, None, error
           continue
         if len(row) != len(header):
           yield where, None, (f"malformed row: {len(row)} fields, expected "
@@ -201,6 +254,19 @@ def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
           continue
         yield where, dict(zip(header, row)), ""
   return header, rows()
+
+
+def _swallows_rows(continuation: list[str], num_fields: int) -> bool:
+  """Whether a record's continuation lines read as records of their own:
+  then a stray quote joined them, not a line break inside a quoted field."""
+  for line in continuation:
+    try:
+      fields = next(csv.reader([line]), [])
+    except csv.Error:
+      continue
+    if len(fields) == num_fields:
+      return True
+  return False
 
 
 def read_parquet_rows(path: str) -> tuple[list[str], Iterator[Row]]:
@@ -335,8 +401,11 @@ def catalog_from_rows(
       try:
         decode_image(img if isinstance(img, bytes) else open(img, "rb").read(),
                      where)
-      except (ImageError, OSError) as e:
-        bad.bad(where, "corrupt image", f"id {pid}: {e}")
+      except ImageError as e:
+        bad.bad(where, "corrupt image", f"id {pid}: {e.reason}")
+        continue
+      except OSError as e:
+        bad.bad(where, "corrupt image", f"id {pid}: {e.strerror or e}")
         continue
     split = cell_text(row.get(columns.split)) if has_split else ""
     seen_ids.add(pid)

@@ -39,9 +39,14 @@ from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 
-# Key an example dict carries instead of data when its record was bad.
+# Keys an example dict carries instead of data when its record was bad:
+# what failed, and the culprit ("styles.csv line 17 (product 1865)").
 BAD_KEY = "__bad__"
+BAD_WHERE_KEY = "__bad_where__"
 LABEL1_POLICIES = ("positive", "weighted", "exclude")
+# Train pipelines judge max_bad_fraction from this many images on (config:
+# data.min_seen_for_bad_fraction); the end of the data is always judged.
+MIN_SEEN = 50
 
 
 # ---------------------------------------------------------------------------
@@ -124,7 +129,7 @@ class Stage1Example(grain.transforms.RandomMap):
       image = _train_pixels(self.catalog, index, rng, self.image_size,
                             self.min_scale, self.augment)
     except catalog_lib.ImageError as e:
-      return {BAD_KEY: str(e)}
+      return {BAD_KEY: e.reason, BAD_WHERE_KEY: e.where}
     ids, mask = self.text(self.catalog.titles[index])
     return {"image": image, "ids": ids, "mask": mask,
             "product_id": np.int32(index),
@@ -163,15 +168,15 @@ class Stage2Example(grain.transforms.RandomMap):
     q, p = int(self.pair_query[index]), int(self.pair_product[index])
     if self.product_ok is not None:
       if not self.product_ok[p]:
-        return {BAD_KEY: f"{self.catalog.where[p]}: image failed in the "
-                         "product table"}
+        return {BAD_KEY: "image failed in the product table",
+                BAD_WHERE_KEY: self.catalog.culprit(p)}
       image = None
     else:
       try:
         image = _train_pixels(self.catalog, p, rng, self.image_size,
                               self.min_scale, self.augment)
       except catalog_lib.ImageError as e:
-        return {BAD_KEY: str(e)}
+        return {BAD_KEY: e.reason, BAD_WHERE_KEY: e.where}
     query_ids, query_mask = self.query_text(self.queries[q])
     title_ids, title_mask = self.title_text(self.catalog.titles[p])
     n, lq = self.num_negatives, self.query_text.max_length
@@ -212,12 +217,10 @@ def stack(examples: Sequence[dict]) -> dict:
 class _BatchSkippingBadIterator(grain.DatasetIterator):
   """Drops + counts bad examples, stacks good ones into batches."""
 
-  def __init__(self, parent, batch_size: int, bad: br.BadRecords,
-               min_seen: int):
+  def __init__(self, parent, batch_size: int, bad: br.BadRecords):
     super().__init__(parent)
     self._batch_size = batch_size
     self.bad = bad
-    self._min_seen = min_seen
 
   def __next__(self) -> dict:
     examples = []
@@ -228,14 +231,13 @@ class _BatchSkippingBadIterator(grain.DatasetIterator):
         self.bad.check()  # End of data: final verdict on the bad fraction.
         raise
       if BAD_KEY in example:
-        self.bad.bad(example[BAD_KEY].split(": ")[0], "bad image",
+        self.bad.bad(example.get(BAD_WHERE_KEY, "?"), "bad image",
                      example[BAD_KEY])
-        # Decide early (after min_seen) so a broken dataset stops quickly.
-        if self.bad.seen >= self._min_seen and self.bad.too_many():
-          self.bad.check()
-        continue
-      self.bad.ok()
-      examples.append(example)
+      else:
+        self.bad.ok()
+        examples.append(example)
+      # Judged on the images seen so far, from bad.min_seen of them on.
+      self.bad.judge()
     batch = stack(examples)
     if "image" in batch:
       batch["image"] = preprocess.normalize(batch["image"])  # uint8 -> f32.
@@ -253,7 +255,7 @@ class BatchSkippingBad(grain.IterDataset):
   """IterDataset of batches of good examples (drop_remainder at the end)."""
 
   def __init__(self, parent: grain.IterDataset, batch_size: int, name: str,
-               max_bad_fraction: float, min_seen: int = 200):
+               max_bad_fraction: float, min_seen: int = MIN_SEEN):
     super().__init__(parent)
     self._batch_size = batch_size
     self._name = name
@@ -261,9 +263,10 @@ class BatchSkippingBad(grain.IterDataset):
     self._min_seen = min_seen
 
   def __iter__(self) -> _BatchSkippingBadIterator:
-    bad = br.BadRecords(self._name, max_bad_fraction=self._max_bad_fraction)
+    bad = br.BadRecords(self._name, max_bad_fraction=self._max_bad_fraction,
+                        min_seen=self._min_seen)
     return _BatchSkippingBadIterator(self._parent.__iter__(), self._batch_size,
-                                     bad, self._min_seen)
+                                     bad)
 
   def __str__(self) -> str:
     return f"BatchSkippingBad(batch_size={self._batch_size})"
@@ -273,7 +276,8 @@ def _train_pipeline(num_records: int, example_fn: grain.transforms.RandomMap,
                     *, name: str, batch_size: int, seed: int,
                     num_epochs: int | None, shard: Any, worker_count: int,
                     worker_buffer_size: int, read_threads: int | None,
-                    max_bad_fraction: float) -> BatchSkippingBad:
+                    max_bad_fraction: float,
+                    min_seen_for_bad_fraction: int) -> BatchSkippingBad:
   index, count = resolve_shard(shard)
   if read_threads is None:
     # Decode/augment release the GIL: in-process, threads use the cores;
@@ -293,7 +297,7 @@ def _train_pipeline(num_records: int, example_fn: grain.transforms.RandomMap,
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
   return BatchSkippingBad(ds, batch_size, f"{name} (shard {index}/{count})",
-                          max_bad_fraction)
+                          max_bad_fraction, min_seen_for_bad_fraction)
 
 
 # ---------------------------------------------------------------------------
@@ -315,6 +319,7 @@ def stage1_dataset(
     worker_buffer_size: int = 2,
     read_threads: int | None = None,
     max_bad_fraction: float = 0.01,
+    min_seen_for_bad_fraction: int = MIN_SEEN,
     tokenizer=None,
 ) -> BatchSkippingBad:
   """Stage-1 (catalog) training batches.
@@ -333,7 +338,10 @@ def stage1_dataset(
     worker_buffer_size: examples buffered per worker.
     read_threads: threads per process that run the per-example transform
       (None: min(cores, 8) without workers, 1 per worker with them).
-    max_bad_fraction: stop with BadDataError above this bad-image fraction.
+    max_bad_fraction: stop with BadDataError above this fraction of the
+      images seen (judged from `min_seen_for_bad_fraction` images on, and at
+      the end of the data).
+    min_seen_for_bad_fraction: the smallest sample the fraction is judged on.
     tokenizer: a BlipTokenizer (default: packaged bert-base-uncased vocab).
 
   Returns:
@@ -346,7 +354,8 @@ def stage1_dataset(
       len(catalog), fn, name=f"stage1 {catalog.name}", batch_size=batch_size,
       seed=seed, num_epochs=num_epochs, shard=shard, worker_count=worker_count,
       worker_buffer_size=worker_buffer_size, read_threads=read_threads,
-      max_bad_fraction=max_bad_fraction)
+      max_bad_fraction=max_bad_fraction,
+      min_seen_for_bad_fraction=min_seen_for_bad_fraction)
 
 
 def stage2_pairs(relevance: relevance_lib.Relevance, label1_policy: str,
@@ -356,7 +365,10 @@ def stage2_pairs(relevance: relevance_lib.Relevance, label1_policy: str,
 
   "positive": label 1 and 2 pairs are positives with weight 1.
   "weighted": both are positives; label-1 pairs get weight `label1_weight`.
-  "exclude":  only label-2 pairs are positives.
+  "exclude":  label-1 pairs are no training pairs (dropped here), so they are
+              neither anchors nor in-batch negatives; the step-side
+              `StepConfig.label_policy="exclude"` means the same (it masks
+              such rows out, see losses.LABEL_POLICIES).
   In every policy label-1 products stay in `relevant_product_ids`, so they
   are never used as in-batch negatives of their query.
   """
@@ -415,6 +427,7 @@ def stage2_dataset(
     worker_buffer_size: int = 2,
     read_threads: int | None = None,
     max_bad_fraction: float = 0.01,
+    min_seen_for_bad_fraction: int = MIN_SEEN,
     tokenizer=None,
     product_ok: np.ndarray | None = None,
 ) -> BatchSkippingBad:
@@ -430,7 +443,8 @@ def stage2_dataset(
     relevance: graded pairs.
     batch_size, image_size, min_scale, augment, seed, num_epochs, shard,
       worker_count, worker_buffer_size, read_threads, max_bad_fraction,
-      tokenizer: as in `stage1_dataset` (defaults follow BLIP retrieval).
+      min_seen_for_bad_fraction, tokenizer: as in `stage1_dataset`
+      (defaults follow BLIP retrieval).
     query_length: Lq. title_length: Lt.
     num_negatives: N mined negative queries per example.
     label1_policy: "positive", "weighted" (default) or "exclude".
@@ -460,7 +474,8 @@ def stage2_dataset(
       len(pq), fn, name=f"stage2 {relevance.name}", batch_size=batch_size,
       seed=seed, num_epochs=num_epochs, shard=shard, worker_count=worker_count,
       worker_buffer_size=worker_buffer_size, read_threads=read_threads,
-      max_bad_fraction=max_bad_fraction)
+      max_bad_fraction=max_bad_fraction,
+      min_seen_for_bad_fraction=min_seen_for_bad_fraction)
 
 
 # ---------------------------------------------------------------------------
@@ -501,7 +516,7 @@ class _ProductEval:
     try:
       out["image"] = preprocess.eval_transform(self.catalog.load_image(i), s)
     except catalog_lib.ImageError as e:
-      self.bad.bad(self.catalog.where[i], "bad image", str(e))
+      self.bad.bad(e.where, "bad image", e.reason)
       return out  # valid stays 0: the evaluator leaves this product out.
     self.bad.ok()
     out["valid"] = np.int32(1)

@@ -11,6 +11,7 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
+from dashclip_jax import config_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
@@ -100,18 +101,23 @@ def load_sources(cfg: Any = None) -> Sources:
     return Sources(train, test, rel(train_rel, train), rel(test_rel, test))
   if source == "tfds":
     # Imported here only: tensorflow-datasets is an optional extra.
-    from dashclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
+    from dashclip_jax.data import tfds_builders
+    # pylint: enable=g-import-not-at-top
     d = _get(cfg, "tfds_dir")
     cat = tfds_builders.load_catalog_tfds(d, test_fraction=test_fraction,
                                           max_bad_fraction=max_bad)
     train, test = cat.subset("train"), cat.subset("test")
     rels = {}
     if os.path.isdir(os.path.join(d, "dashclip_relevance")):
+      # Only a split that is not stored means "no relevance"; bad relevance
+      # data raises (BadDataError), as it does for CSV.
+      stored = set(tfds.data_source("dashclip_relevance", data_dir=d,
+                                    download=False))
       for split, c in (("train", train), ("test", test)):
-        try:
+        if split in stored:
           rels[split] = tfds_builders.load_relevance_tfds(
               d, split, c, max_bad_fraction=max_bad)
-        except (KeyError, ValueError):
-          rels[split] = None
     return Sources(train, test, rels.get("train"), rels.get("test"))
-  raise ValueError(f"data.source {source!r} not in {SOURCES}")
+  raise config_lib.ConfigError(f"data.source {source!r} not in {SOURCES}")

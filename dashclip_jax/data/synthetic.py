@@ -311,11 +311,23 @@ def _as_rows(rows, name):
     yield f"{name} row {n}", dict(zip(keys, r)), ""
 
 
+def bad_image_rows(num_products: int, bad_images: int) -> list[int]:
+  """Catalog rows whose image `synthetic_data(bad_images=...)` damages:
+  spread evenly over the catalog (so over both splits)."""
+  count = min(max(bad_images, 0), num_products)
+  return [(2 * j + 1) * num_products // (2 * count) for j in range(count)]
+
+
+def _damage(png: bytes, kind: int) -> bytes:
+  """Undecodable variants of an image: truncated, header only, not one."""
+  return (png[:len(png) // 2], png[:16], b"this is not an image")[kind % 3]
+
+
 @functools.lru_cache(maxsize=4)
 def synthetic_data(num_products: int = 400, num_train_queries: int = 160,
                    num_test_queries: int = 60, image_size: int = 96,
-                   test_fraction: float = 0.2, seed: int = 0
-                   ) -> SyntheticData:
+                   test_fraction: float = 0.2, seed: int = 0,
+                   bad_images: int = 0) -> SyntheticData:
   """Builds the embedded data set (deterministic in its arguments; cached).
 
   Args:
@@ -324,15 +336,22 @@ def synthetic_data(num_products: int = 400, num_train_queries: int = 160,
     image_size: rendered image side in pixels (the pipeline resizes).
     test_fraction: share of products in "test" (hash of the id).
     seed: generation seed.
+    bad_images: damage this many products' images (`bad_image_rows`;
+      truncated, header-only or non-image bytes) to exercise the handling
+      of bad data; queries and labels are unchanged.
 
   Returns:
     SyntheticData; images are PNG bytes in memory (~1 KB each).
   """
   rng = np.random.default_rng(seed)
   products = _products(num_products, rng)
+  damaged = {r: k for k, r in enumerate(bad_image_rows(num_products,
+                                                        bad_images))}
   rows = []
   for n, p in enumerate(products):
     img = _png(render(p, image_size, np.random.default_rng([seed, n])))
+    if n in damaged:
+      img = _damage(img, damaged[n])
     rows.append((f"synthetic product {n}", {
         "id": p.id, "title": p.title, "category": p.type, "image": img,
         "split": catalog_lib.hash_split(p.id, test_fraction),

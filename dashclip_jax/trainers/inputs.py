@@ -16,17 +16,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from dashclip_jax import model as model_lib
+from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.data import pipelines
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources as sources_lib
 
+log = logging.getLogger("dashclip_jax")
 
 # The config.data fields that name the data (sources.load_sources reads them).
 SOURCE_KEYS = ("source", "path", "catalog_path", "catalog_dir",
@@ -65,11 +69,11 @@ class ShardedBatches:
     n_proc, proc = jax.process_count(), jax.process_index()
     num_shards = num_shards or n_proc
     if num_shards % n_proc:
-      raise ValueError(f"data.num_shards={num_shards} is not a multiple of "
-                       f"the {n_proc} processes")
+      raise ConfigError(f"data.num_shards={num_shards} is not a multiple of "
+                        f"the {n_proc} processes")
     if global_batch % num_shards:
-      raise ValueError(f"global batch {global_batch} is not divisible by "
-                       f"data.num_shards={num_shards}")
+      raise ConfigError(f"global batch {global_batch} is not divisible by "
+                        f"data.num_shards={num_shards}")
     per_proc = num_shards // n_proc
     self.shards = list(range(proc * per_proc, (proc + 1) * per_proc))
     self._iters = [iter(make_dataset(global_batch // num_shards,
@@ -87,6 +91,20 @@ class ShardedBatches:
 
   def bad_summary(self) -> str:
     return "; ".join(it.bad.summary() for it in self._iters)
+
+  def bad_report(self) -> tuple[int, int, str]:
+    """-> (examples seen, bad images among them, summary naming the first
+    culprits) of the data so far. The counts are over every process (a
+    collective then: call it on all of them at the same step); the summary
+    is this process's shards'."""
+    seen = sum(it.bad.seen for it in self._iters)
+    bad = sum(it.bad.num_bad for it in self._iters)
+    if jax.process_count() > 1:
+      seen, bad = (int(x) for x in np.sum(multihost_utils.process_allgather(
+          np.asarray([seen, bad], np.int64)), axis=0))
+    summary = "; ".join(it.bad.summary() for it in self._iters
+                        if it.bad.num_bad)
+    return seen, bad, summary
 
   def get_state(self) -> dict[str, Any]:
     return {"shards": {str(s): it.get_state()
@@ -108,7 +126,9 @@ def _common_kwargs(cfg, model_config, seed):
   return dict(image_size=image_size(cfg, model_config),
               min_scale=cfg.min_scale, augment=cfg.augment, seed=seed,
               worker_count=cfg.workers,
-              max_bad_fraction=cfg.max_bad_fraction)
+              max_bad_fraction=cfg.max_bad_fraction,
+              min_seen_for_bad_fraction=cfg.get("min_seen_for_bad_fraction",
+                                                pipelines.MIN_SEEN))
 
 
 def stage1_train(cfg: ml_collections.ConfigDict,
@@ -160,8 +180,8 @@ def train_relevance(cfg: ml_collections.ConfigDict
   """
   rel = load_sources(cfg).train_relevance
   if rel is None:
-    raise ValueError("stage 2 needs graded relevance data for the train "
-                     f"catalog; data source {cfg.source!r} "
+    raise ConfigError("stage 2 needs graded relevance data for the train "
+                      f"catalog; data source {cfg.source!r} "
                      "has none (e.g. relevance_train.csv)")
   return rel.split_queries(cfg.heldout_query_fraction)
 
@@ -196,7 +216,11 @@ def stage1_eval(cfg: ml_collections.ConfigDict,
       image_size=image_size(cfg, model_config),
       max_length=cfg.text_max_length, text_prefix="",
       max_bad_fraction=cfg.max_bad_fraction)
-  return list(ds)
+  batches = list(ds)
+  if ds.bad.num_bad:
+    log.warning("stage 1 eval: %d of %d products ranked; %s",
+                ds.bad.seen - ds.bad.num_bad, ds.bad.seen, ds.bad.summary())
+  return batches
 
 
 @dataclasses.dataclass
@@ -205,12 +229,17 @@ class Stage2Eval:
 
   labels[q, j]: graded label of query q for product `product_rows[j]` (a
   train catalog row), -1 where unjudged (ranked last, counted as 0).
+  product_names[j]: how messages name product j ("styles.csv line 17
+  (product 1865)"), e.g. when its image cannot be read.
   """
   product_rows: np.ndarray
   product_batches: Any
   query_batches: list[dict[str, np.ndarray]]
   labels: np.ndarray
   query_ids: list[str]
+  product_names: list[str] | None = None
+  # What stage2.evaluate last warned about (it warns once per distinct set).
+  reported_skips: Any = dataclasses.field(default=None, repr=False)
 
 
 def stage2_eval(cfg: ml_collections.ConfigDict,
@@ -237,4 +266,5 @@ def stage2_eval(cfg: ml_collections.ConfigDict,
   queries = pipelines.eval_queries_dataset(
       held, batch_size=local, max_length=cfg.query_max_length)
   return Stage2Eval(rows, products, list(queries), labels,
-                    list(held.query_ids))
+                    list(held.query_ids),
+                    [catalog.culprit(j) for j in range(len(catalog))])

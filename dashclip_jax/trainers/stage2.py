@@ -94,30 +94,66 @@ def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
              ) -> dict[str, float]:
   """Held-out queries ranking their judged train products (graded NDCG@10,
   R@1, MRR; eval_lib.metrics). With the frozen tower's `table`, product
-  embeddings are its rows projected, exactly what the forward would give."""
+  embeddings are its rows projected, exactly what the forward would give.
+
+  Products whose image cannot be read are skipped (not ranked), and so are
+  queries left without a readable label-2 product; the metrics count them
+  (eval/products_ranked, eval/products_skipped, eval/queries_ranked) and a
+  warning names them.
+  """
   if data is None:
     return {}
   embed_products, embed_queries, project = fns
   n = len(data.product_rows)
   if table is not None:
     features, ok = table
+    ok = ok[data.product_rows]
     products = np.array(project(params, features[data.product_rows]))
-    products[~ok[data.product_rows]] = np.nan
   else:
     emb, cols = common.embed_all(embed_products, params,
                                  data.product_batches, mesh)
-    products = np.full((n, emb.shape[1]), np.nan, np.float32)
-    products[cols] = emb  # Products whose image failed stay NaN.
+    products = np.zeros((n, emb.shape[1]), np.float32)
+    products[cols] = emb
+    ok = np.zeros((n,), bool)
+    ok[cols] = True  # The rest: their image failed (valid=0).
   queries, q_index = common.embed_all(embed_queries, params,
                                       data.query_batches, mesh)
-  labels = data.labels[q_index]
-  scores = queries @ products.T
-  scores[(labels < 0) | np.isnan(scores)] = -np.inf  # Unjudged/unreadable.
+  labels = data.labels[q_index][:, ok]
+  ranked = (labels == 2).any(axis=1)  # Metrics need a readable label 2.
+  _report_skips(data, ok, [data.query_ids[i] for i in q_index[~ranked]])
+  counts = {"eval/products_ranked": float(ok.sum()),
+            "eval/products_skipped": float(n - ok.sum()),
+            "eval/queries_ranked": float(ranked.sum())}
+  if not ranked.any():
+    return {f"eval/{k}": float("nan") for k in ("ndcg@10", "recall@1", "mrr",
+                                                 "r@1")} | counts
+  labels = labels[ranked]
+  scores = queries[ranked] @ products[ok].T
+  scores[(labels < 0) | np.isnan(scores)] = -np.inf  # Unjudged/non-finite.
   ranking = eval_metrics.rank_by_score(scores)
   m = eval_metrics.retrieval_metrics(ranking, np.maximum(labels, 0),
-                                     [data.query_ids[i] for i in q_index])
+                                     [data.query_ids[i]
+                                      for i in q_index[ranked]])
   return {f"eval/{k}": m[k] for k in ("ndcg@10", "recall@1", "mrr")} | {
-      "eval/r@1": m["recall@1"]}
+      "eval/r@1": m["recall@1"]} | counts
+
+
+def _report_skips(data: inputs.Stage2Eval, ok: np.ndarray,
+                  queries: list[str]) -> None:
+  """Warns (once per distinct set) which products and queries were skipped."""
+  skipped = np.flatnonzero(~ok)
+  key = (tuple(skipped.tolist()), tuple(queries))
+  if not skipped.size or key == data.reported_skips:
+    return
+  data.reported_skips = key
+  names = data.product_names or [f"train catalog row {r}"
+                                 for r in data.product_rows]
+  first = lambda xs: ", ".join(xs[:5]) + (" ..." if len(xs) > 5 else "")
+  log.warning("held-out eval: ranking %d of %d products, %d skipped (image "
+              "unreadable): %s; %d queries skipped (no readable label-2 "
+              "product)%s", ok.sum(), len(ok), skipped.size,
+              first([names[j] for j in skipped]), len(queries),
+              f": {first(queries)}" if queries else "")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> str:

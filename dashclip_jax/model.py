@@ -11,8 +11,10 @@ Towers (top-level param names are public API; regexes select them):
   temp          learned ITC temperature (BLIP init 0.07; clamped in the loss).
 
 Every parameter carries logical axis names ("embed", "mlp", "heads", "kv",
-"vocab", "pos", "proj") so `sharding.py` can map them onto a mesh; activations
-are constrained along "batch".
+"vocab", "pos", "proj") so `sharding.py` can map them onto a mesh. The model
+sets no activation shardings of its own: the train steps pin the batch dims
+of the towers' inputs and outputs to the mesh's batch axes
+(`train_steps._constrain_batch`), and XLA propagates them in between.
 """
 
 from __future__ import annotations
@@ -336,10 +338,6 @@ class Mlp(nn.Module):
                   "fc2")(x)
 
 
-def _constrain(x: Array) -> Array:
-  return nn.with_logical_constraint(x, ("batch", None, None))
-
-
 def run_scanned_layers(module: nn.Module, prefix: str, depth: int,
                        remat: bool, apply_layer, x: Array,
                        dropout_rng: Array | None) -> Array:
@@ -384,8 +382,7 @@ class ViTBlock(nn.Module):
     x = x + Attention(c.heads, c.width, implementation=self.attention,
                       name="attn", **kw)(h, h, None)
     h = _layer_norm(c.ln_eps, name="norm2", **kw)(x)
-    x = x + Mlp(c.mlp_dim, c.width, name="mlp", **kw)(h)
-    return _constrain(x)
+    return x + Mlp(c.mlp_dim, c.width, name="mlp", **kw)(h)
 
 
 class VisionTransformer(nn.Module):
@@ -421,7 +418,7 @@ class VisionTransformer(nn.Module):
     pos = interpolate_pos_embed(pos, (gh, gw))
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c.width)).astype(x.dtype),
                          x], axis=1)
-    x = _constrain(x + pos.astype(x.dtype))
+    x = x + pos.astype(x.dtype)
     if self.scan_layers and not self.is_initializing():
       block = ViTBlock(c, attention=self.attention, parent=None, **kw)
       x = run_scanned_layers(
@@ -471,8 +468,7 @@ class TextLayer(nn.Module):
       h = h.reshape(b, length, width)
       x = _layer_norm(c.ln_eps, name="cross_attn_norm", **kw)(x + drop(h))
     h = Mlp(c.mlp_dim, c.width, name="mlp", **kw)(x)
-    x = _layer_norm(c.ln_eps, name="mlp_norm", **kw)(x + drop(h))
-    return _constrain(x)
+    return _layer_norm(c.ln_eps, name="mlp_norm", **kw)(x + drop(h))
 
 
 class TextEncoder(nn.Module):

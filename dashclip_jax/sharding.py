@@ -11,6 +11,7 @@ with -1 meaning "all remaining devices".
 """
 
 from collections.abc import Sequence
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -18,8 +19,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dashclip_jax.config_lib import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+
+log = logging.getLogger("dashclip_jax")
 
 # Logical axis names used by dashclip_jax.model -> mesh axes.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
@@ -44,23 +49,23 @@ def mesh_shape(config: Sequence[tuple[str, int]], n_devices: int
   sizes = dict(config)
   unknown = set(sizes) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"mesh config: unknown axes {sorted(unknown)}; "
-                     f"use {MESH_AXES}.")
+    raise ConfigError(f"mesh config: unknown axes {sorted(unknown)}; "
+                      f"use {MESH_AXES}.")
   if len(sizes) != len(config):
-    raise ValueError(f"mesh config: repeated axis in {config}.")
+    raise ConfigError(f"mesh config: repeated axis in {config}.")
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1:
-    raise ValueError(f"mesh config: at most one -1 axis, got {free}.")
+    raise ConfigError(f"mesh config: at most one -1 axis, got {free}.")
   fixed = int(np.prod([s for s in sizes.values() if s != -1]))
   if fixed <= 0 or n_devices % fixed:
-    raise ValueError(f"mesh config {config}: fixed sizes (product {fixed}) "
-                     f"do not divide {n_devices} devices.")
+    raise ConfigError(f"mesh config {config}: fixed sizes (product {fixed}) "
+                      f"do not divide {n_devices} devices.")
   if free:
     sizes[free[0]] = n_devices // fixed
   shape = tuple(sizes.get(a, 1) for a in MESH_AXES)
   if int(np.prod(shape)) != n_devices:
-    raise ValueError(f"mesh config {config} uses {int(np.prod(shape))} "
-                     f"devices, have {n_devices}.")
+    raise ConfigError(f"mesh config {config} uses {int(np.prod(shape))} "
+                      f"devices, have {n_devices}.")
   return shape
 
 
@@ -69,7 +74,7 @@ def make_mesh(config: Sequence[tuple[str, int]] = (("data", -1),),
   """Mesh over `devices` (default all) with axes ("data", "fsdp", "tensor").
 
   Auto axis types: shardings are propagated by XLA (GSPMD) from the in/out
-  shardings and the logical constraints in the model.
+  shardings and the batch constraints of the train steps.
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(config, len(devices))
@@ -78,16 +83,35 @@ def make_mesh(config: Sequence[tuple[str, int]] = (("data", -1),),
                        devices=devices)
 
 
-def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Replaces any mesh axis that does not divide its dim by None (replicate)."""
-  out = []
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+# (name, shape, replicated dims) already logged: one line per param, not
+# one per call (state init, restore and export each resolve shardings).
+_LOGGED_REPLICATED: set[tuple[str, tuple[int, ...], str]] = set()
+
+
+def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh,
+              name: str = "") -> P:
+  """Replaces any mesh axis that does not divide its dim by None (replicate).
+
+  Each param so replicated is logged once, by `name` and shape: it costs
+  memory on every device of that axis.
+  """
+  out, undivided = [], []
+  for i, (dim, axes) in enumerate(zip(
+      shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
     if axes is None:
       out.append(None)
       continue
     names = (axes,) if isinstance(axes, str) else tuple(axes)
     size = int(np.prod([mesh.shape[a] for a in names]))
     out.append(axes if dim % size == 0 else None)
+    if dim % size:
+      undivided.append(f"dim {i} ({dim}) over "
+                       + "x".join(f"{a}={mesh.shape[a]}" for a in names))
+  key = (name, tuple(shape), "; ".join(undivided))
+  if undivided and key not in _LOGGED_REPLICATED:
+    _LOGGED_REPLICATED.add(key)
+    log.warning("sharding: %s %s replicated, not sharded: %s does not "
+                "divide", name or "a param", tuple(shape), key[2])
   return P(*out)
 
 
@@ -105,11 +129,14 @@ def logical_to_sharding(logical_specs: Any, shapes: Any, mesh: Mesh,
 
   Returns:
     Pytree of NamedSharding; a dim whose size is not divisible by its mesh
-    axes is replicated instead of sharded unevenly.
+    axes is replicated instead of sharded unevenly (logged once per param,
+    with its name and shape).
   """
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
-  return jax.tree.map(
-      lambda spec, x: NamedSharding(mesh, _fit_spec(spec, x.shape, mesh)),
+  return jax.tree_util.tree_map_with_path(
+      lambda path, spec, x: NamedSharding(mesh, _fit_spec(
+          spec, x.shape, mesh, jax.tree_util.keystr(path, simple=True,
+                                                    separator="/"))),
       mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
@@ -142,8 +169,8 @@ def batch_shardings(batch: Any, mesh: Mesh) -> Any:
 def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
   n = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % n:
-    raise ValueError(f"global batch {batch_size} is not divisible by the "
-                     f"data*fsdp mesh size {n}.")
+    raise ConfigError(f"global batch {batch_size} is not divisible by the "
+                      f"data*fsdp mesh size {n}.")
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh

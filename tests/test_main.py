@@ -280,15 +280,22 @@ def test_two_processes_match_one_process(xla_cache, tmp_path):
   """2 processes x 2 CPU devices == 1 process x 4 devices, same global batch.
 
   data.num_shards=2 makes the one-process run read the two processes'
-  shards and concatenate them, i.e. the same global batches.
+  shards and concatenate them, i.e. the same global batches. The two
+  processes run the main job (stage 1, 2 steps of stage 2, the final
+  evaluation and export); its metrics and export are checked against one
+  process evaluating the same model.
   """
-  args = (STAGE1_TINY, "--config.train.total_steps=4",
-          "--config.checkpoint.every_steps=2", "--config.data.num_shards=2",
-          "--config.train.eval_every=2", "--config.train.log_every=2")
-  _ok(_main(xla_cache, tmp_path / "one", *args, devices=4))
+  stage1 = ("--config.train.total_steps=4", "--config.checkpoint.every_steps=2",
+            "--config.train.eval_every=2", "--config.train.log_every=2")
+  _ok(_main(xla_cache, tmp_path / "one", STAGE1_TINY, *stage1,
+            "--config.data.num_shards=2", devices=4))
   port = _free_port()
   procs = [subprocess.Popen(
-      _cmd(tmp_path / "two", *args, f"--coordinator_address=localhost:{port}",
+      _cmd(tmp_path / "two", STAGE2_TINY, "--config.data.num_shards=2",
+           *[a.replace("--config.", "--config.stage1.") for a in stage1],
+           "--config.train.total_steps=2", "--config.train.eval_every=2",
+           "--config.final_eval.plots.enabled=false",
+           f"--coordinator_address=localhost:{port}",
            "--num_processes=2", f"--process_id={i}"),
       cwd=ROOT, env=_env(xla_cache, 2), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -301,7 +308,7 @@ def test_two_processes_match_one_process(xla_cache, tmp_path):
   # that much). Near-zero-gradient params (attention key biases) make Adam
   # amplify rounding noise, hence no relative bound.
   one = _params(tmp_path / "one" / "models" / "4")
-  two = _params(tmp_path / "two" / "models" / "4")
+  two = _params(tmp_path / "two" / "stage1" / "models" / "4")
   untrained = _params(tmp_path / "one" / "models" / "0")
   for (path, a), b, a0 in zip(jax.tree_util.tree_flatten_with_path(one)[0],
                               jax.tree.leaves(two), jax.tree.leaves(untrained)):
@@ -312,9 +319,44 @@ def test_two_processes_match_one_process(xla_cache, tmp_path):
   losses = lambda run: [l["train/loss"] for l in map(json.loads, (
       tmp_path / run / "metrics.jsonl").read_text().splitlines())
                         if "train/loss" in l]
-  np.testing.assert_allclose(losses("two"), losses("one"), rtol=1e-5)
+  np.testing.assert_allclose(losses("two/stage1"), losses("one"), rtol=1e-5)
   assert len(losses("one")) == 2
   # Both processes' data states were checkpointed (each resumes its shard).
-  ckpt = tmp_path / "two" / "checkpoints" / "4" / "data" / "metadata"
+  ckpt = tmp_path / "two" / "stage1" / "checkpoints" / "4" / "data" / "metadata"
   state = json.loads(ckpt.read_text())
   assert set(state["shards"]) == {"0", "1"}
+
+  # The final evaluation of the two processes == one process's of the same
+  # model: the same metrics, and an export of two parts (one per process)
+  # holding the same embeddings as one process's single part.
+  from dashclip_jax.evaluation import export as export_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import final_eval  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "stage2_config", ROOT / "configs" / "stage2.py")
+  stage2_config = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(stage2_config)
+  config = stage2_config.get_config("tiny")
+  config.final_eval.plots.enabled = False
+  two_eval = tmp_path / "two" / "eval"
+  got = json.loads((two_eval / "metrics.json").read_text())
+  want = final_eval.run(config,
+                        str(tmp_path / "two" / "stage2" / "models" / "2"),
+                        str(tmp_path / "one_eval"),
+                        str(tmp_path / "two" / "stage1" / "models" / "0"))
+  assert set(got) == set(want) == {"dashclip", "init", "bm25"}
+  for system, m in want.items():
+    assert set(got[system]) == set(m), system
+    for key, value in m.items():
+      assert got[system][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (
+          system, key)
+  assert sorted(f.name for f in (two_eval / "export").glob("*.parquet")) == [
+      "products-00000-of-00002.parquet", "products-00001-of-00002.parquet",
+      "queries.parquet"]
+  ids, emb = export_lib.read_embeddings(str(two_eval / "export"))
+  want_ids, want_emb = export_lib.read_embeddings(
+      str(tmp_path / "one_eval" / "export"))
+  assert ids == want_ids and len(ids) > 2
+  np.testing.assert_allclose(emb, want_emb, rtol=0, atol=1e-6)
+  assert export_lib.ExportedIndex(str(two_eval / "export")).index.ntotal == (
+      len(ids))

@@ -105,3 +105,43 @@ def test_state_is_born_sharded_and_adam_moments_follow_params():
   assert moments and all(
       m.sharding.is_equivalent_to(kernel.sharding, kernel.ndim)
       for m in moments)
+
+
+def test_undivisible_dims_are_logged_once_per_param(caplog):
+  # BERT's 30,524-token vocab over tensor=8: 30524 % 8 == 4.
+  mesh = sharding.make_mesh([("tensor", 8)])
+  specs = {"txt": {"word_embed": {"embedding": P("vocab", "embed")}},
+           "mlp": {"kernel": P("embed", "mlp")}}
+  shapes = {"txt": {"word_embed": {"embedding": jax.ShapeDtypeStruct(
+      (30524, 16), jnp.float32)}},
+            "mlp": {"kernel": jax.ShapeDtypeStruct((16, 64), jnp.float32)}}
+  with caplog.at_level("INFO", logger="dashclip_jax"):
+    out = sharding.logical_to_sharding(specs, shapes, mesh)
+    sharding.logical_to_sharding(specs, shapes, mesh)  # E.g. a resume.
+  assert out["txt"]["word_embed"]["embedding"].spec == P(None, "fsdp")
+  assert out["mlp"]["kernel"].spec == P("fsdp", "tensor")
+  lines = [r.getMessage() for r in caplog.records if "replicat" in
+           r.getMessage()]
+  assert len(lines) == 1, lines
+  assert "txt/word_embed/embedding" in lines[0] and "(30524, 16)" in lines[0]
+  assert "tensor=8" in lines[0]
+
+
+def test_model_sets_no_activation_constraints_of_its_own(monkeypatch):
+  # Flax's logical constraints are inert without active rules, and none are
+  # active in the step: the step pins the batch dims itself
+  # (train_steps._constrain_batch), so the model must not claim to.
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(nn, "with_logical_constraint",
+                      lambda x, *a, **k: calls.append(a) or x)
+  cfg = model_lib.model_config("tiny")
+  params = model_lib.unbox(model_lib.init_params(cfg, jax.random.key(0)))
+  m = model_lib.DashClip(cfg)
+  size = cfg.vision.image_size
+  m.apply({"params": params}, jnp.zeros((2, size, size, 3)),
+          method=model_lib.DashClip.encode_image)
+  m.apply({"params": params}, jnp.ones((2, 8), jnp.int32),
+          jnp.ones((2, 8), jnp.int32), method=model_lib.DashClip.encode_text)
+  assert not calls
+  assert "constrained" not in model_lib.__doc__

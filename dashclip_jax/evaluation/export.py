@@ -1,13 +1,19 @@
 """Embedding export: Parquet + .npy tables keyed by id, and a faiss index.
 
 Layout of an export directory:
-  products.parquet   id (string), title (string), category (string),
-                     embedding (list<float32>, length E)
-  products.npy       float32 (N, E), row i == products.parquet row i
+  products-<i>-of-<n>.parquet   part i of n (one per process, catalog order):
+                     id (string), title (string), category (string),
+                     embedding (fixed-size list<float32>, length E)
+  products.npy       float32 (N, E), the parts' rows in order
   queries.parquet    id, text, embedding          (when queries are given)
   queries.npy        float32 (Q, E)
   products.faiss     faiss inner-product index over products.npy rows
   manifest.json      counts, dim, index kind, model checkpoint, files
+
+Several processes export one catalog without gathering it: each embeds its
+own rows and writes its part (`write_products_part`), then one process reads
+the parts into the index and manifest (`finish_export`).
+`export_embeddings` does both for one process (a single part).
 """
 
 import json
@@ -25,8 +31,18 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "products.faiss"
 
 
+def part_file(part: int, num_parts: int) -> str:
+  """products-00001-of-00004.parquet: part 1 of 4."""
+  if not 0 <= part < num_parts:
+    raise ValueError(f"part {part} is not in [0, {num_parts})")
+  return f"products-{part:05d}-of-{num_parts:05d}.parquet"
+
+
 def _table(ids, texts, text_name, emb, extra=None) -> pa.Table:
   emb = np.asarray(emb, np.float32)
+  if emb.ndim != 2:
+    raise ValueError(f"{text_name} embeddings must be (N, E), got "
+                     f"{emb.shape}")
   if len(ids) != len(emb) or len(texts) != len(emb):
     raise ValueError(f"{len(ids)} ids, {len(texts)} {text_name}s and "
                      f"{len(emb)} embeddings must match")
@@ -40,6 +56,74 @@ def _table(ids, texts, text_name, emb, extra=None) -> pa.Table:
   return pa.table(cols)
 
 
+def _embeddings(table: pa.Table) -> np.ndarray:
+  emb = table.column("embedding").combine_chunks()
+  return emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
+
+
+def write_products_part(out_dir: str, part: int, num_parts: int,
+                        product_ids: Sequence[str], titles: Sequence[str],
+                        product_emb: np.ndarray, *,
+                        categories: Sequence[str] | None = None) -> str:
+  """Writes part `part` of `num_parts` of the product table -> its path."""
+  os.makedirs(out_dir, exist_ok=True)
+  extra = {"category": categories} if categories is not None else None
+  path = os.path.join(out_dir, part_file(part, num_parts))
+  pq.write_table(_table(product_ids, titles, "title", product_emb, extra),
+                 path)
+  return path
+
+
+def write_queries(out_dir: str, query_ids: Sequence[str],
+                  query_texts: Sequence[str], query_emb: np.ndarray) -> None:
+  """queries.parquet and queries.npy."""
+  os.makedirs(out_dir, exist_ok=True)
+  pq.write_table(_table(query_ids, query_texts, "text", query_emb),
+                 os.path.join(out_dir, "queries.parquet"))
+  np.save(os.path.join(out_dir, "queries.npy"),
+          np.asarray(query_emb, np.float32))
+
+
+def finish_export(out_dir: str, num_parts: int, *, index_kind: str = "hnsw",
+                  checkpoint: str = "",
+                  info: dict[str, Any] | None = None) -> str:
+  """Reads the `num_parts` product parts into products.npy, the faiss index
+  and the manifest (after every part is written)."""
+  parts = [part_file(i, num_parts) for i in range(num_parts)]
+  missing = [p for p in parts if not os.path.isfile(os.path.join(out_dir, p))]
+  if missing:
+    raise FileNotFoundError(f"{out_dir}: product part {missing[0]} is missing "
+                            f"({len(missing)} of {num_parts})")
+  table = pa.concat_tables(pq.read_table(os.path.join(out_dir, p))
+                           for p in parts)
+  ids = table.column("id").to_pylist()
+  if len(set(ids)) != len(ids):
+    raise ValueError("product ids must be unique to key the export")
+  product_emb = _embeddings(table)
+  # Parts of an earlier export into the same directory with another count.
+  for f in os.listdir(out_dir):
+    if f.startswith("products-") and f.endswith(".parquet") and (
+        f not in parts):
+      os.remove(os.path.join(out_dir, f))
+  np.save(os.path.join(out_dir, "products.npy"), product_emb)
+  faiss.write_index(knn.build_index(product_emb, kind=index_kind),
+                    os.path.join(out_dir, INDEX_FILE))
+  files = parts + ["products.npy", INDEX_FILE]
+  num_queries = 0
+  if os.path.isfile(os.path.join(out_dir, "queries.parquet")):
+    num_queries = pq.read_metadata(os.path.join(
+        out_dir, "queries.parquet")).num_rows
+    files += ["queries.parquet", "queries.npy"]
+  manifest = dict(num_products=len(product_emb), dim=product_emb.shape[1],
+                  num_queries=num_queries, index=index_kind,
+                  metric="inner_product",
+                  checkpoint=os.path.abspath(checkpoint) if checkpoint else "",
+                  product_parts=parts, files=files, **(info or {}))
+  with open(os.path.join(out_dir, MANIFEST), "w") as f:
+    json.dump(manifest, f, indent=2)
+  return out_dir
+
+
 def export_embeddings(out_dir: str, product_ids: Sequence[str],
                       titles: Sequence[str], product_emb: np.ndarray, *,
                       categories: Sequence[str] | None = None,
@@ -49,54 +133,51 @@ def export_embeddings(out_dir: str, product_ids: Sequence[str],
                       index_kind: str = "hnsw",
                       checkpoint: str = "",
                       info: dict[str, Any] | None = None) -> str:
-  """Writes the export directory described in the module docstring."""
-  product_emb = np.asarray(product_emb, np.float32)
-  if product_emb.ndim != 2:
-    raise ValueError(f"product embeddings must be (N, E), got "
-                     f"{product_emb.shape}")
+  """Writes the export directory of one process (a single product part)."""
   if len(set(map(str, product_ids))) != len(product_ids):
     raise ValueError("product ids must be unique to key the export")
-  os.makedirs(out_dir, exist_ok=True)
-  extra = {"category": categories} if categories is not None else None
-  pq.write_table(_table(product_ids, titles, "title", product_emb, extra),
-                 os.path.join(out_dir, "products.parquet"))
-  np.save(os.path.join(out_dir, "products.npy"), product_emb)
-  files = ["products.parquet", "products.npy", INDEX_FILE]
+  write_products_part(out_dir, 0, 1, product_ids, titles, product_emb,
+                      categories=categories)
   if query_emb is not None:
-    pq.write_table(_table(query_ids, query_texts, "text", query_emb),
-                   os.path.join(out_dir, "queries.parquet"))
-    np.save(os.path.join(out_dir, "queries.npy"),
-            np.asarray(query_emb, np.float32))
-    files += ["queries.parquet", "queries.npy"]
-  index = knn.build_index(product_emb, kind=index_kind)
-  faiss.write_index(index, os.path.join(out_dir, INDEX_FILE))
-  manifest = dict(num_products=len(product_emb), dim=product_emb.shape[1],
-                  num_queries=0 if query_emb is None else len(query_emb),
-                  index=index_kind, metric="inner_product",
-                  checkpoint=os.path.abspath(checkpoint) if checkpoint else "",
-                  files=files, **(info or {}))
-  with open(os.path.join(out_dir, MANIFEST), "w") as f:
-    json.dump(manifest, f, indent=2)
-  return out_dir
+    write_queries(out_dir, query_ids, query_texts, query_emb)
+  elif os.path.exists(os.path.join(out_dir, "queries.parquet")):
+    for f in ("queries.parquet", "queries.npy"):  # Not this export's.
+      os.remove(os.path.join(out_dir, f))
+  return finish_export(out_dir, 1, index_kind=index_kind,
+                       checkpoint=checkpoint, info=info)
+
+
+def _read_manifest(export_dir: str) -> dict[str, Any]:
+  path = os.path.join(export_dir, MANIFEST)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{export_dir} is not an embedding export "
+                            f"({MANIFEST} missing)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _read_table(export_dir: str, which: str) -> pa.Table:
+  """`which` = "products" (all parts, in order) or "queries"."""
+  if which != "products":
+    return pq.read_table(os.path.join(export_dir, f"{which}.parquet"))
+  parts = _read_manifest(export_dir).get("product_parts",
+                                         ["products.parquet"])
+  return pa.concat_tables(pq.read_table(os.path.join(export_dir, p))
+                          for p in parts)
 
 
 class ExportedIndex:
   """A loaded export: product table, embeddings and the faiss index."""
 
   def __init__(self, export_dir: str):
-    path = os.path.join(export_dir, MANIFEST)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{export_dir} is not an embedding export "
-                              f"({MANIFEST} missing)")
-    with open(path) as f:
-      self.manifest = json.load(f)
-    table = pq.read_table(os.path.join(export_dir, "products.parquet"))
+    self.manifest = _read_manifest(export_dir)
+    table = _read_table(export_dir, "products")
     self.ids = table.column("id").to_pylist()
     self.titles = table.column("title").to_pylist()
     self.index = faiss.read_index(os.path.join(export_dir, INDEX_FILE))
     if self.index.ntotal != len(self.ids):
       raise ValueError(f"{export_dir}: index holds {self.index.ntotal} "
-                       f"vectors, products.parquet {len(self.ids)} rows")
+                       f"vectors, the product table {len(self.ids)} rows")
 
   def search(self, query_emb: np.ndarray, k: int = 10
              ) -> list[list[tuple[str, str, float]]]:
@@ -114,9 +195,6 @@ class ExportedIndex:
 
 def read_embeddings(export_dir: str, which: str = "products"
                     ) -> tuple[list[str], np.ndarray]:
-  """(ids, float32 (N, E)) from `<which>.parquet` of an export."""
-  table = pq.read_table(os.path.join(export_dir, f"{which}.parquet"))
-  emb = table.column("embedding").combine_chunks()
-  dim = emb.type.list_size
-  return (table.column("id").to_pylist(),
-          emb.flatten().to_numpy().reshape(-1, dim))
+  """(ids, float32 (N, E)) from the `which` ("products", "queries") table."""
+  table = _read_table(export_dir, which)
+  return table.column("id").to_pylist(), _embeddings(table)

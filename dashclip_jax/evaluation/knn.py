@@ -21,8 +21,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def default_mesh(axis: str = "data") -> Mesh:
-  """A 1-D mesh over every device."""
-  return Mesh(np.asarray(jax.devices()), (axis,))
+  """A 1-D mesh over this process's devices.
+
+  Process-local: in a multi-process job the metrics are computed on process
+  0 alone, and a mesh over every process's devices would wait for
+  collectives the other processes never join.
+  """
+  return Mesh(np.asarray(jax.local_devices()), (axis,))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "mesh", "axis"))
@@ -56,7 +61,8 @@ def exact_topk(queries: np.ndarray, products: np.ndarray, k: int,
     queries: float (Q, E).
     products: float (N, E); rows are sharded over the mesh axis.
     k: neighbours per query, 1 <= k <= N.
-    mesh: device mesh (default: every device on one axis named `axis`).
+    mesh: device mesh, all of it addressable by this process (default: this
+      process's devices on one axis named `axis`).
     axis: mesh axis that shards the catalog rows.
     query_batch: queries scored per call (bounds the (Qb, N/devices) block).
 

@@ -1,4 +1,15 @@
-"""The main job's last step: the evaluation suite on the trained model."""
+"""The main job's last step: the evaluation suite on the trained model.
+
+It evaluates the run's own data (`config.data`, whatever the command line
+set) with the settings of `config.final_eval` (a configs/eval.py config).
+
+Every process takes part. The ranked products, the queries and the probe's
+products are cut into one contiguous shard per process; each process embeds
+its shards, writes its part of the embedding export, and the embeddings are
+gathered. Process 0 then computes the metrics, plots and report on its own
+devices (the exact KNN's mesh is process-local) and builds the export's
+index from all the parts, while the others wait for it.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +17,155 @@ import logging
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
+import numpy as np
 
+from dashclip_jax import config_lib
+from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import run as eval_run
 
 log = logging.getLogger("dashclip_jax")
 
+def eval_data_of(data: ml_collections.ConfigDict) -> dict:
+  """The configs/eval.py data fields naming the run's data (`config.data`)."""
+  source = data.source
+  if source == "synthetic":
+    return dict(source="synthetic", catalog_dir="", catalog_file="styles.csv",
+                synthetic=dict(data.synthetic))
+  if source == "fashion":
+    return dict(source="csv", catalog_dir=data.path, catalog_file="styles.csv",
+                synthetic={})
+  if source in ("csv", "table") and data.get("catalog_path") and not data.get(
+      "columns"):
+    out = dict(source="csv", catalog_dir=os.path.dirname(data.catalog_path),
+               catalog_file=os.path.basename(data.catalog_path), synthetic={})
+    if data.get("relevance_test_path"):
+      out["qrels_path"] = data.relevance_test_path
+    return out
+  raise config_lib.ConfigError(
+      f"final evaluation: cannot read data.source={source!r} (it reads the "
+      "synthetic catalog, fashion, or a catalog_path table with the default "
+      "columns); set --config.final_eval.enabled=False and run "
+      "dashclip_jax.evaluation.run")
 
-def run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
-        init_model_dir: str | None) -> dict[str, dict] | None:
-  """Evaluates `model_dir` with `config.final_eval` (a configs/eval.py config).
+
+def eval_config(config: ml_collections.ConfigDict, model_dir: str,
+                init_model_dir: str | None) -> ml_collections.ConfigDict:
+  """config.final_eval as a configs/eval.py config over the run's data.
 
   `init_model_dir` is the untrained start of the run, the "init" system; it
-  is dropped from the baselines when there is none. Runs on process 0 only
-  (the evaluation encodes on its local devices); returns its metrics there.
+  is dropped from the baselines when there is none.
   """
-  if jax.process_index() != 0:
-    return None
   cfg = config.final_eval.copy_and_resolve_references()
+  followed = eval_data_of(config.data)
   with cfg.unlocked():
     del cfg["enabled"]
+    if cfg.data.get("qrels_path"):
+      followed.pop("qrels_path", None)  # final_eval's own choice wins.
+    for key, value in followed.items():
+      cfg.data[key] = value
     cfg.checkpoint = model_dir
     cfg.init_checkpoint = init_model_dir or ""
     if not init_model_dir:
       cfg.baselines = tuple(b for b in cfg.baselines if b != "init")
+  return cfg
+
+
+def process_rows(n: int) -> np.ndarray:
+  """This process's contiguous share of n rows (process order)."""
+  return np.array_split(np.arange(n), jax.process_count())[
+      jax.process_index()]
+
+
+def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
+  """Every process's `process_rows(n)` rows of an (n, E) array, on all."""
+  if jax.process_count() == 1:
+    return local
+  sizes = [len(r) for r in np.array_split(np.arange(n), jax.process_count())]
+  padded = np.zeros((max(sizes),) + local.shape[1:], local.dtype)
+  padded[:len(local)] = local  # Equal shapes for the gather.
+  every = multihost_utils.process_allgather(padded)  # (processes, max, E)
+  return np.concatenate([every[i, :s] for i, s in enumerate(sizes)])
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _embed(model, data: eval_run.EvalData) -> tuple[tuple, np.ndarray,
+                                                     np.ndarray]:
+  """-> ((queries, products, probe) gathered, local products, their rows)."""
+  dim = model.config.embed_dim
+
+  def products(catalog, rows):
+    local = (eval_run.encode_products(model, catalog.take(rows)) if len(rows)
+             else np.zeros((0, dim), np.float32))
+    return gather_rows(local, len(catalog)), local
+
+  q_rows = process_rows(len(data.queries))
+  q = gather_rows(np.asarray(model.encode_query(
+      [data.queries[i] for i in q_rows]), np.float32).reshape(-1, dim),
+                  len(data.queries))
+  rows = process_rows(len(data.catalog))
+  p, local = products(data.catalog, rows)
+  probe = None
+  if data.probe_catalog is not None:
+    probe, _ = products(data.probe_catalog,
+                        process_rows(len(data.probe_catalog)))
+  return (q, p, probe), local, rows
+
+
+def _export_part(export_dir: str, data: eval_run.EvalData, local: np.ndarray,
+                 rows: np.ndarray) -> None:
+  cats = eval_run.categories_of(data.catalog)
+  export_lib.write_products_part(
+      export_dir, jax.process_index(), jax.process_count(),
+      [data.catalog.ids[i] for i in rows],
+      [data.catalog.titles[i] for i in rows], local,
+      categories=[cats[i] for i in rows])
+
+
+def run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
+        init_model_dir: str | None) -> dict[str, dict] | None:
+  """Evaluates `model_dir` on the run's data; every process must call it.
+
+  Returns the metrics on process 0, None on the others.
+  """
+  # pylint: disable=g-import-not-at-top
+  import dashclip_jax
+  # pylint: enable=g-import-not-at-top
+  cfg = eval_config(config, model_dir, init_model_dir)
+  eval_run.check_config(cfg)
   os.makedirs(workdir, exist_ok=True)
-  results = eval_run.evaluate(cfg, workdir)
-  log.info("evaluation report: %s", os.path.join(workdir, "report.md"))
+  data = eval_run.load_data(cfg)
+  models = {"dashclip": dashclip_jax.load(model_dir,
+                                          batch_size=cfg.batch_size)}
+  if "init" in cfg.baselines:
+    models["init"] = dashclip_jax.load(init_model_dir,
+                                       batch_size=cfg.batch_size)
+  export_dir = cfg.export.dir or os.path.join(workdir, "export")
+  encoded = {}
+  for name, model in models.items():
+    encoded[name], local, rows = _embed(model, data)
+    log.info("final evaluation: %s embedded %d of %d products here", name,
+             len(rows), len(data.catalog))
+    if name == "dashclip" and cfg.export.enabled:
+      _export_part(export_dir, data, local, rows)
+  _barrier("final evaluation: export parts written")
+  results = None
+  if jax.process_index() == 0:
+    if cfg.export.enabled:
+      export_lib.write_queries(export_dir, data.query_ids, data.queries,
+                               encoded["dashclip"][0])
+      export_lib.finish_export(
+          export_dir, jax.process_count(), index_kind=cfg.export.index,
+          checkpoint=model_dir, info={"source": data.description})
+    with cfg.unlocked():
+      cfg.export.enabled = False  # Written above, one part per process.
+    results = eval_run.evaluate(cfg, workdir, models=models, data=data,
+                                encoded=encoded)
+    log.info("evaluation report: %s", os.path.join(workdir, "report.md"))
+  _barrier("final evaluation: done")
   return results

@@ -1,0 +1,118 @@
+"""The main job's final evaluation: its data and its multi-process export.
+
+(The two-process run itself is tests/test_main.py, which also checks the
+final evaluation's metrics there against one process.)
+"""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.evaluation import run as eval_run
+from dashclip_jax.trainers import final_eval
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _stage2_config(arg):
+  spec = importlib.util.spec_from_file_location(
+      "stage2_config", os.path.join(REPO, "configs", "stage2.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def fashion_copy(tmp_path_factory):
+  """A 6-product catalog in the fashion layout (styles.csv + images/)."""
+  root = tmp_path_factory.mktemp("fashion_copy")
+  os.makedirs(root / "images")
+  rows = [("1", "Acme Men Blue Shirt", "test"), ("2", "Bolt Red Heels", "test"),
+          ("3", "Core Black Watch", "test"), ("4", "Acme Men Green Shirt",
+                                              "train"),
+          ("5", "Bolt Gold Heels", "train"), ("6", "Core Steel Watch",
+                                              "train")]
+  with open(root / "styles.csv", "w") as f:
+    f.write("id,gender,masterCategory,subCategory,articleType,baseColour,"
+            "season,year,usage,productDisplayName,split\n")
+    for i, (pid, title, split) in enumerate(rows):
+      f.write(f"{pid},Men,Apparel,Topwear,Shirts,Blue,Fall,2011,Casual,"
+              f"{title},{split}\n")
+      Image.fromarray(np.full((16, 12, 3), 30 * i, np.uint8)).save(
+          root / "images" / f"{pid}.jpg")
+  with open(root / "qrels_test.csv", "w") as f:
+    f.write("query_id,query,product_id,label\nq1,blue shirt,1,2\n"
+            "q2,red heels,2,2\n")
+  return str(root)
+
+
+@pytest.mark.parametrize("variant", ["tiny", "demo"])
+def test_final_eval_follows_the_runs_data(variant, fashion_copy, tmp_path):
+  # As `--config.data.source=fashion --config.data.path=...` leaves it.
+  config = _stage2_config(variant)
+  config.data.source = "fashion"
+  config.data.path = fashion_copy
+  cfg = final_eval.eval_config(config, "model_dir", "init_dir")
+  assert (cfg.data.source, cfg.data.catalog_dir) == ("csv", fashion_copy)
+  assert cfg.checkpoint == "model_dir" and cfg.init_checkpoint == "init_dir"
+  # The report names the run's data, not the synthetic catalog.
+  data = eval_run.load_data(cfg)
+  assert len(data.catalog) == 3 and data.query_ids == ["q1", "q2"]
+  eval_run.write_report({}, data, cfg, str(tmp_path))
+  line = next(l for l in (tmp_path / "report.md").read_text().splitlines()
+              if l.startswith("- Data:"))
+  assert os.path.join(fashion_copy, "styles.csv") in line, line
+  assert "synthetic" not in line
+  # No copy of the data in the block that an override could set in vain.
+  assert "catalog_dir" not in config.final_eval.data
+
+
+def test_final_eval_follows_synthetic_overrides():
+  config = _stage2_config("tiny")
+  config.data.synthetic.num_products = 40
+  config.data.synthetic.seed = 3
+  cfg = final_eval.eval_config(config, "model_dir", None)
+  assert cfg.data.source == "synthetic" and "init" not in cfg.baselines
+  assert cfg.data.synthetic.num_products == 40 and cfg.data.synthetic.seed == 3
+
+
+def test_final_eval_rejects_data_it_cannot_read():
+  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = _stage2_config("tiny")
+  config.data.source = "tfds"
+  with pytest.raises(config_lib.ConfigError, match="final_eval.enabled"):
+    final_eval.eval_config(config, "model_dir", None)
+
+
+def test_export_from_parts_of_several_processes(tmp_path):
+  rng = np.random.default_rng(0)
+  emb = rng.normal(size=(7, 4)).astype(np.float32)
+  ids = [f"p{i}" for i in range(7)]
+  titles = [f"title {i}" for i in range(7)]
+  # Process 0 holds rows 0..3, process 1 rows 4..6.
+  for part, rows in enumerate((slice(0, 4), slice(4, 7))):
+    if part == 1:
+      with pytest.raises(FileNotFoundError,
+                         match="products-00001-of-00002.parquet is missing"):
+        export_lib.finish_export(str(tmp_path), 2)
+    export_lib.write_products_part(str(tmp_path), part, 2, ids[rows],
+                                   titles[rows], emb[rows],
+                                   categories=["c"] * len(ids[rows]))
+  export_lib.finish_export(str(tmp_path), 2, index_kind="flat")
+  got_ids, got = export_lib.read_embeddings(str(tmp_path))
+  assert got_ids == ids
+  np.testing.assert_array_equal(got, emb)
+  np.testing.assert_array_equal(np.load(tmp_path / "products.npy"), emb)
+  index = export_lib.ExportedIndex(str(tmp_path))
+  assert index.manifest["num_products"] == 7 and index.index.ntotal == 7
+  assert index.search(emb[5:6], k=1)[0][0][:2] == ("p5", "title 5")
+  # A later single-process export into the same directory replaces them.
+  export_lib.export_embeddings(str(tmp_path), ids[:2], titles[:2], emb[:2],
+                               index_kind="flat")
+  assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".parquet")) == [
+      "products-00000-of-00001.parquet"]
+  assert export_lib.read_embeddings(str(tmp_path))[0] == ids[:2]

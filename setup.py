@@ -42,6 +42,9 @@ setuptools.setup(
     extras_require={
         "torch": TORCH,
         "tfds": TFDS,
-        "test": ["pytest>=8", "pytest-xdist>=3.5"] + TORCH + TFDS,
+        # bm25s: an independent BM25 the evaluation's baseline is checked
+        # against (tests/test_eval_run.py).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "bm25s>=0.3"] + TORCH
+                + TFDS,
     },
 )

@@ -4,6 +4,8 @@ Tiny random HF models (CPU, float32) -> `dashclip_jax.convert` -> our Flax
 model; outputs must agree within 1e-5 max abs error.
 """
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -104,27 +106,102 @@ def _assert_parity(hf, ours, mask):
   return errors
 
 
-def _to_original_layout(hf_state):
-  """Renames an HF BlipForImageTextRetrieval state dict to BLIP's layout."""
-  renames = [
-      ("vision_model.embeddings.class_embedding", "visual_encoder.cls_token"),
-      ("vision_model.embeddings.position_embedding",
-       "visual_encoder.pos_embed"),
-      ("vision_model.embeddings.patch_embedding.",
-       "visual_encoder.patch_embed.proj."),
-      ("vision_model.post_layernorm.", "visual_encoder.norm."),
-      ("vision_model.encoder.layers.", "visual_encoder.blocks."),
-      (".layer_norm1.", ".norm1."), (".layer_norm2.", ".norm2."),
-      (".self_attn.qkv.", ".attn.qkv."),
-      (".self_attn.projection.", ".attn.proj."),
-  ]
-  out = {}
-  for name, value in hf_state.items():
-    new = name
-    for a, b in renames:
-      new = new.replace(a, b)
-    out[new] = value.clone()
-  return out
+# BLIP's own state-dict names (BLIP_REFERENCE §5a, from BLIP_Pretrain and
+# BLIP_Retrieval), each with the HF BlipForImageTextRetrieval tensor that
+# holds the same weights (§5c). Written from BLIP's names, not from the
+# converter's renaming table.
+_VIT_SUBLAYERS = {  # BLIP visual_encoder.blocks.N.<x> -> HF layers.N.<y>
+    "norm1": "layer_norm1", "attn.qkv": "self_attn.qkv",
+    "attn.proj": "self_attn.projection", "norm2": "layer_norm2",
+    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+_BERT_SUBLAYERS = (
+    "attention.self.query", "attention.self.key", "attention.self.value",
+    "attention.output.dense", "attention.output.LayerNorm",
+    "crossattention.self.query", "crossattention.self.key",
+    "crossattention.self.value", "crossattention.output.dense",
+    "crossattention.output.LayerNorm", "intermediate.dense", "output.dense",
+    "output.LayerNorm")
+_DECODER_HEAD = (
+    "bias", "transform.dense.weight", "transform.dense.bias",
+    "transform.LayerNorm.weight", "transform.LayerNorm.bias",
+    "decoder.weight", "decoder.bias")
+
+
+def _blip_names(vision_depth, text_depth):
+  """{BLIP name: HF name} of BLIP's online encoders and heads (§5a/§5c);
+  `None` for BLIP's position-id buffer, which HF does not save."""
+  vit = {"cls_token": "embeddings.class_embedding",
+         "pos_embed": "embeddings.position_embedding",
+         "patch_embed.proj.weight": "embeddings.patch_embedding.weight",
+         "patch_embed.proj.bias": "embeddings.patch_embedding.bias",
+         "norm.weight": "post_layernorm.weight",
+         "norm.bias": "post_layernorm.bias"}
+  for n in range(vision_depth):
+    for blip, hf in _VIT_SUBLAYERS.items():
+      for p in ("weight", "bias"):
+        vit[f"blocks.{n}.{blip}.{p}"] = f"encoder.layers.{n}.{hf}.{p}"
+  bert = ["embeddings.word_embeddings.weight",
+          "embeddings.position_embeddings.weight",
+          "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"]
+  bert += [f"encoder.layer.{n}.{sub}.{p}" for n in range(text_depth)
+           for sub in _BERT_SUBLAYERS for p in ("weight", "bias")]
+  names = {f"visual_encoder.{k}": f"vision_model.{v}" for k, v in vit.items()}
+  names.update({f"text_encoder.{k}": f"text_encoder.{k}" for k in bert})
+  names["text_encoder.embeddings.position_ids"] = None
+  for head in ("vision_proj", "text_proj", "itm_head"):
+    for p in ("weight", "bias"):
+      names[f"{head}.{p}"] = f"{head}.{p}"
+  return names
+
+
+def _momentum_name(name):
+  module, rest = name.split(".", 1)
+  return f"{module}_m.{rest}"
+
+
+def _blip_state(hf_model, kind):
+  """A BLIP_Pretrain ("pretrain") or BLIP_Retrieval ("retrieval") state dict
+  with BLIP's names, holding `hf_model`'s weights; momentum copies are the
+  online weights / 2 so that they differ."""
+  cfg = hf_model.config
+  hf = hf_model.state_dict()
+  names = _blip_names(cfg.vision_config.num_hidden_layers,
+                      cfg.text_config.num_hidden_layers)
+  positions = torch.arange(cfg.text_config.max_position_embeddings)[None]
+  online = {k: (positions if v is None else hf.pop(v).clone())
+            for k, v in names.items()}
+  assert not hf, f"HF tensors without a BLIP name: {sorted(hf)}"
+  state = dict(online)
+  for name, value in online.items():
+    if not name.startswith("itm_head."):  # BLIP has no itm_head_m.
+      state[_momentum_name(name)] = (value if "position_ids" in name
+                                     else value * 0.5)
+  e, q = cfg.image_text_hidden_size, 40
+  state["temp"] = torch.tensor(0.05)
+  state["image_queue"] = torch.randn(e, q)
+  state["text_queue"] = torch.randn(e, q)
+  if kind == "pretrain":
+    state["queue_ptr"] = torch.tensor([8])
+    for name, value in online.items():  # The decoder: ignored.
+      if name.startswith("text_encoder."):
+        state["text_decoder.bert." + name.split(".", 1)[1]] = value.clone()
+    for name in _DECODER_HEAD:
+      state[f"text_decoder.cls.predictions.{name}"] = torch.zeros(3)
+  else:
+    state["ptr_queue"] = torch.tensor([24])
+    state["idx_queue"] = torch.arange(q)[None] * 3 - 100
+  return state
+
+
+def test_blip_names_count_as_blip_pretrain():
+  """At BLIP-14M's depth the names are §5a's 1272 entries, by module."""
+  names = _blip_names(12, 12)
+  by_module = collections.Counter(n.split(".")[0] for n in names)
+  assert (by_module["visual_encoder"], by_module["text_encoder"]) == (150, 317)
+  online = len(names)
+  # + momentum copies (all but itm_head) + decoder (a text encoder and its
+  # LM head) + temp, image_queue, text_queue, queue_ptr.
+  assert online + (online - 2) + (317 + len(_DECODER_HEAD)) + 4 == 1272
 
 
 def test_hf_blip_parity(hf_model, inputs, tmp_path):
@@ -153,43 +230,60 @@ def test_enc_token_matches_hf_with_enc_ids(hf_model, inputs, tmp_path):
   assert _max_err(hf["itm"], ours["itm"]) < TOL
 
 
-def test_original_blip_layout_parity(hf_model, inputs, tmp_path):
-  state = _to_original_layout(hf_model.state_dict())
-  # Momentum copies, queues and a decoder as BLIP_Pretrain saves them.
-  for name in list(state):
-    for module in ("visual_encoder", "text_encoder", "vision_proj",
-                   "text_proj"):
-      if name.startswith(module + "."):
-        state[name.replace(module, module + "_m", 1)] = state[name] * 0.5
-  state["temp"] = torch.tensor(0.05)
-  state["image_queue"] = torch.randn(16, 40)
-  state["text_queue"] = torch.randn(16, 40)
-  state["queue_ptr"] = torch.tensor([8])
-  state["text_decoder.cls.predictions.bias"] = torch.zeros(tok.VOCAB_SIZE)
-  state["text_encoder.embeddings.position_ids"] = torch.arange(64)[None]
+def test_original_blip_layout_parity(hf_model, inputs, tmp_path, capsys):
+  """BLIP_Pretrain's checkpoint through the CLI: HF's outputs, momentum and
+  queues kept, the decoder ignored, and every information line printed."""
+  state = _blip_state(hf_model, "pretrain")
   path = tmp_path / "model_base_14M.pth"
   torch.save({"model": state, "epoch": 3}, path)
   # No config.json: geometry from the shapes; heads are not in the shapes
   # (BLIP-14M's 64-wide heads assumed), so the tiny test names them.
-  report = convert.convert(str(path), str(tmp_path / "ours"),
-                           overrides=HEADS)
-  assert report.layout == "blip_original"
-  assert report.unused == []
-  assert any(n.startswith("text_decoder.") for n in report.ignored)
+  out = tmp_path / "ours"
+  convert.main(["--source", str(path), "--output", str(out)] + [
+      f"--set={k}={v}" for k, v in HEADS.items()])
+  err = capsys.readouterr().err
+  decoder = sum(n.startswith("text_decoder.") for n in state)
+  assert f"INFO ignoring the BLIP text decoder ({decoder} tensors)" in err, err
+  assert f"INFO {path}: using the state dict under key 'model'" in err, err
+  assert (f"INFO wrote {out} (layout blip_original; 0 unused source tensors, "
+          "0 unfilled params)") in err, err
   images, ids, mask = inputs
   hf = _hf_outputs(hf_model, images, ids, mask)
-  ours = _ours(str(tmp_path / "ours"), images, ids, mask, use_enc_token=False)
+  ours = _ours(str(out), images, ids, mask, use_enc_token=False)
   _assert_parity(hf, ours, mask)
 
   _, trees, _ = checkpoint_io.load_model_dir(
-      str(tmp_path / "ours"), items=("params", "momentum", "queues"))
+      str(out), items=("params", "momentum", "queues"))
   np.testing.assert_allclose(trees["params"]["temp"], 0.05)
   np.testing.assert_array_equal(trees["queues"]["image_queue"],
                                 state["image_queue"].numpy().T)
+  np.testing.assert_array_equal(trees["queues"]["text_queue"],
+                                state["text_queue"].numpy().T)
   assert int(trees["queues"]["queue_ptr"]) == 8
   np.testing.assert_allclose(
       trees["momentum"]["vision_proj"]["kernel"],
       0.5 * np.asarray(trees["params"]["vision_proj"]["kernel"]), rtol=1e-6)
+  np.testing.assert_allclose(
+      trees["momentum"]["txt"]["layer_1"]["cross_attn"]["value"]["kernel"],
+      0.5 * np.asarray(trees["params"]["txt"]["layer_1"]["cross_attn"][
+          "value"]["kernel"]), rtol=1e-6)
+
+
+def test_original_blip_retrieval_queues(hf_model, tmp_path):
+  """BLIP_Retrieval's names: `idx_queue` (1, Q) and `ptr_queue` (1,)."""
+  state = _blip_state(hf_model, "retrieval")
+  path = tmp_path / "model_base_retrieval.pth"
+  torch.save({"model": state}, path)
+  report = convert.convert(str(path), str(tmp_path / "ours"), overrides=HEADS)
+  assert report.layout == "blip_original" and report.unused == []
+  assert report.unfilled == []
+  _, trees, _ = checkpoint_io.load_model_dir(str(tmp_path / "ours"),
+                                             items=("queues",))
+  np.testing.assert_array_equal(trees["queues"]["idx_queue"],
+                                np.arange(40) * 3 - 100)
+  assert int(trees["queues"]["queue_ptr"]) == 24
+  np.testing.assert_array_equal(trees["queues"]["text_queue"],
+                                state["text_queue"].numpy().T)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 import pytest
 
 from dashclip_jax.data import augment
@@ -292,7 +292,7 @@ def test_autocontrast_and_equalize_match_pil():
           Image.fromarray(img))))
 
 
-def test_geometric_ops_at_magnitude_5():
+def test_translate_and_the_no_op_enhancers_at_magnitude_5():
   img = _photo(2)
   out = augment.translate_x(img, 5.0)
   np.testing.assert_array_equal(out[:, :-5], img[:, 5:])
@@ -303,9 +303,76 @@ def test_geometric_ops_at_magnitude_5():
   rng = np.random.default_rng(0)
   for name in ("Brightness", "Sharpness", "Identity"):
     np.testing.assert_array_equal(augment.apply_op(img, name, 5, rng), img)
-  # Rotation by +-15 degrees keeps the centre pixel.
-  rot = augment.apply_op(img, "Rotate", 5, rng)
-  np.testing.assert_allclose(rot[30, 40], img[30, 40], atol=3)
+
+
+def _pil_reference(img, transform):
+  """PIL's `transform(image, fill)` of img, with the pixels whose bilinear
+  samples lie wholly inside (`inside`) or outside (`outside`) the source.
+
+  At the source's edge PIL clamps where OpenCV blends in the fill, so the
+  comparison skips the pixels one pixel around that edge.
+  """
+  ref = np.asarray(transform(Image.fromarray(img), augment.FILL))
+  cover = np.pad(np.asarray(transform(Image.new("L", img.shape[1::-1], 255),
+                                      0)), 1)
+  grow = lambda f: np.asarray(Image.fromarray(cover).filter(f))[1:-1, 1:-1]
+  return (ref.astype(int), grow(ImageFilter.MinFilter(3)) == 255,
+          grow(ImageFilter.MaxFilter(3)) == 0)
+
+
+def _pil_geometric(name, amount, size):
+  """BLIP's ops (OpenCV matrices that move source pixels) as PIL transforms
+  (which map output to input, pixel centres at +0.5 where OpenCV has 0)."""
+  w, h = size
+  if name == "Rotate":  # About OpenCV's (W/2, H/2), counter-clockwise.
+    return lambda im, fill: im.rotate(amount, Image.BILINEAR, fillcolor=fill,
+                                      center=(w / 2 + 0.5, h / 2 + 0.5))
+  # ShearX [[1, f, 0], [0, 1, 0]]: output (x, y) samples input (x - f y, y).
+  data = ((1, -amount, amount / 2, 0, 1, 0) if name == "ShearX" else
+          (1, 0, 0, -amount, 1, amount / 2))
+  return lambda im, fill: im.transform(im.size, Image.AFFINE, data,
+                                       Image.BILINEAR, fillcolor=fill)
+
+
+@pytest.mark.parametrize("name", ["Rotate", "ShearX", "ShearY"])
+def test_rotate_and_shear_match_pil(name):
+  """At M=5 and M=10: +-15/30 degrees, shear +-0.15/0.3 (BLIP's levels),
+  either sign, gray fill outside the source."""
+  img = _photo(2)
+  full = 30.0 if name == "Rotate" else 0.3  # The level at M=10.
+  signs = set()
+  for magnitude in (5, 10):
+    for seed in range(4):
+      out = augment.apply_op(img, name, magnitude,
+                             np.random.default_rng(seed)).astype(int)
+      err = {}
+      for sign in (1, -1):
+        ref, inside, outside = _pil_reference(img, _pil_geometric(
+            name, sign * full * magnitude / 10, img.shape[1::-1]))
+        assert inside.mean() > 0.7 and outside.any()
+        err[sign] = np.abs(out - ref)[inside].max()
+        if err[sign] <= 1:
+          signs.add(sign)
+          assert (out[outside] == 128).all()
+      # One sign matches PIL (OpenCV's fixed-point bilinear: +-1), the
+      # other is far off: the op moved the pixels.
+      assert sorted(err.values())[0] <= 1 < 20 < sorted(err.values())[1], err
+  assert signs == {1, -1}
+
+
+@pytest.mark.parametrize("magnitude", [0, 2, 10])
+def test_brightness_and_sharpness_match_pil(magnitude):
+  """Away from M=5 both change the image, exactly as PIL's ImageEnhance."""
+  img = _photo(1)
+  factor = magnitude / 10 * 1.8 + 0.1  # BLIP's enhance_level_to_args.
+  rng = np.random.default_rng(0)
+  for name, enhancer in (("Brightness", ImageEnhance.Brightness),
+                         ("Sharpness", ImageEnhance.Sharpness)):
+    out = augment.apply_op(img, name, magnitude, rng)
+    np.testing.assert_array_equal(
+        out, np.asarray(enhancer(Image.fromarray(img)).enhance(factor)),
+        err_msg=name)
+    assert np.abs(out.astype(int) - img).max() > 5, name
 
 
 def test_train_augment_is_a_function_of_the_rng():

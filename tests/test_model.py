@@ -154,15 +154,31 @@ def test_bfloat16_compute_keeps_float32_params(params):
 
 
 def test_padding_does_not_change_real_tokens(params):
-  """Extra [PAD] columns leave valid-token outputs (nearly) unchanged."""
-  _, ids, mask = _inputs()
+  """Extra [PAD] columns leave every real token's hidden state unchanged, in
+  the text and image-grounded modes, and so the pooled embedding."""
+  images, ids, mask = _inputs()
   module = model_lib.DashClip(CONFIG)
-  short, aux_s = module.apply({"params": params}, ids, mask,
-                              method=model_lib.DashClip.encode_text)
+  m = model_lib.DashClip
+  apply = lambda *a, method: module.apply({"params": params}, *a,
+                                          method=method)
   pad = lambda x: np.concatenate([x, np.zeros((2, 6), np.int32)], axis=1)
-  long, aux_l = module.apply({"params": params}, pad(ids), pad(mask),
-                             method=model_lib.DashClip.encode_text)
+  real = mask.astype(bool)  # Row 1 is padded already from column 6.
+  _, aux = apply(images, method=m.encode_image)
+  short, aux_s = apply(ids, mask, method=m.encode_text)
+  long, aux_l = apply(pad(ids), pad(mask), method=m.encode_text)
   np.testing.assert_allclose(short, long, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(aux_l["hidden"])[:, :10][real],
+                             np.asarray(aux_s["hidden"])[real], atol=1e-5)
+  short = apply(ids, mask, aux["tokens"], method=m.encode_multimodal)
+  long = apply(pad(ids), pad(mask), aux["tokens"], method=m.encode_multimodal)
+  np.testing.assert_allclose(np.asarray(long)[:, :10][real],
+                             np.asarray(short)[real], atol=1e-5)
+  # The same 6 columns unmasked do reach the real tokens: what the checks
+  # above show is the mask at work.
+  unmasked = np.concatenate([mask, np.ones((2, 6), np.int32)], axis=1)
+  _, aux_u = apply(pad(ids), unmasked, method=m.encode_text)
+  assert not np.allclose(np.asarray(aux_u["hidden"])[:, :10][real],
+                         np.asarray(aux_s["hidden"])[real], atol=1e-3)
 
 
 def test_config_round_trip_and_errors():

@@ -20,11 +20,13 @@ Torch pickles are read with `weights_only=True`: no arbitrary objects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
+import sys
 from typing import Any
 
 import jax
@@ -39,6 +41,10 @@ log = logging.getLogger("dashclip_jax.convert")
 
 class ConversionError(ValueError):
   """A source checkpoint that cannot be converted (message names why)."""
+
+
+class UsageError(ValueError):
+  """A bad option or `--set` value (message names it)."""
 
 
 # ---------------------------------------------------------------------------
@@ -169,6 +175,14 @@ def _count(tensors, pattern: str) -> int:
   return len({rx.match(k).group(1) for k in tensors if rx.match(k)})
 
 
+def _shape(tensors, name: str, layout: str, part: str) -> tuple[int, ...]:
+  if name not in tensors:
+    raise ConversionError(
+        f"the {layout}-layout source has no tensor {name!r}, which gives the "
+        f"{part} geometry (no config.json to read it from)")
+  return tensors[name].shape
+
+
 def geometry_from_shapes(tensors, layout: str, base: model_lib.ModelConfig
                          ) -> model_lib.ModelConfig:
   """Sizes read off the tensors; heads/eps/dropout from `base` (BLIP-14M)."""
@@ -185,13 +199,14 @@ def geometry_from_shapes(tensors, layout: str, base: model_lib.ModelConfig
   }
   if layout in vision_names:
     pos_name, patch_name, block_rx, fc1_name = vision_names[layout]
-    pos = tensors[pos_name].shape
-    patch = tensors[patch_name].shape
+    pos = _shape(tensors, pos_name, layout, "vision")
+    patch = _shape(tensors, patch_name, layout, "vision")
     width = patch[0]
     side = int(round((pos[-2] - 1) ** 0.5))
     vis = dataclasses.replace(
         vis, width=width, patch_size=patch[2], image_size=side * patch[2],
-        depth=_count(tensors, block_rx), mlp_dim=tensors[fc1_name].shape[0],
+        depth=_count(tensors, block_rx),
+        mlp_dim=_shape(tensors, fc1_name, layout, "vision")[0],
         heads=max(1, width // 64))
   prefix = {"blip_original": "text_encoder.", "hf_blip": "text_encoder."
             if "text_encoder.embeddings.word_embeddings.weight" in tensors
@@ -199,14 +214,14 @@ def geometry_from_shapes(tensors, layout: str, base: model_lib.ModelConfig
   if layout == "hf_bert" and "bert.embeddings.word_embeddings.weight" in \
       tensors:
     prefix = "bert."
-  word = tensors[prefix + "embeddings.word_embeddings.weight"].shape
+  text_shape = lambda name: _shape(tensors, prefix + name, layout, "text")
+  word = text_shape("embeddings.word_embeddings.weight")
   txt = dataclasses.replace(
       txt, vocab_size=word[0], width=word[1],
       depth=_count(tensors, re.escape(prefix) + r"encoder\.layer\.(\d+)\."),
-      mlp_dim=tensors[prefix + "encoder.layer.0.intermediate.dense.weight"]
-      .shape[0],
-      max_positions=tensors[prefix + "embeddings.position_embeddings.weight"]
-      .shape[0], heads=max(1, word[1] // 64))
+      mlp_dim=text_shape("encoder.layer.0.intermediate.dense.weight")[0],
+      max_positions=text_shape("embeddings.position_embeddings.weight")[0],
+      heads=max(1, word[1] // 64))
   embed_dim = base.embed_dim
   if "vision_proj.weight" in tensors:
     embed_dim = tensors["vision_proj.weight"].shape[0]
@@ -266,10 +281,26 @@ def apply_overrides(config: model_lib.ModelConfig,
     if parts[-1] not in node:
       raise KeyError(f"unknown model config key {key!r}; known here: "
                      f"{sorted(node)}")
-    old = node[parts[-1]]
-    node[parts[-1]] = type(old)(value) if not isinstance(old, bool) else (
-        value if isinstance(value, bool) else str(value).lower() == "true")
+    node[parts[-1]] = _typed(key, node[parts[-1]], value)
   return model_lib.ModelConfig.from_dict(d)
+
+
+def _typed(key: str, old: Any, value: Any) -> Any:
+  """`value` (often a --set string) as the type of the field's `old` value."""
+  if isinstance(old, bool):
+    if isinstance(value, bool):
+      return value
+    if str(value).lower() in ("true", "false"):
+      return str(value).lower() == "true"
+  else:
+    try:
+      return type(old)(value)
+    except (TypeError, ValueError):
+      pass
+  kind = type(old).__name__
+  article = "an" if kind == "int" else "a"
+  raise UsageError(f"model config key {key!r} takes {article} {kind} (now "
+                   f"{old!r}), got {value!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -697,10 +728,23 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
   out = {}
   for item in items or []:
     if "=" not in item:
-      raise ValueError(f"--set expects key=value, got {item!r}")
+      raise UsageError(f"--set expects key=value, got {item!r}")
     k, v = item.split("=", 1)
     out[k.strip()] = v.strip()
   return out
+
+
+_TOWERS = {"text": "txt", "txt": "txt", "query": "query"}
+
+
+def parse_bert_into(text: str) -> tuple[str, ...]:
+  """"text,query" -> ("txt", "query"): the towers an hf_bert source fills."""
+  names = [t.strip() for t in text.split(",")]
+  unknown = [t for t in names if t not in _TOWERS]
+  if unknown:
+    raise UsageError(f"--bert_into: unknown tower(s) {unknown} in {text!r}; "
+                     "use text, query or text,query")
+  return tuple(_TOWERS[t] for t in names)
 
 
 def convert(source: str, output: str, *, size: str = "base",
@@ -709,10 +753,17 @@ def convert(source: str, output: str, *, size: str = "base",
             vocab_file: str | None = None, seed: int = 0
             ) -> ConversionReport:
   """Reads `source`, converts, writes a model directory at `output`."""
+  try:
+    base = model_lib.model_config(size)
+  except ValueError as e:  # Unknown size: before reading a large source.
+    raise UsageError(f"--size: {e}") from None
   tensors, hf_config = read_source(source)
-  report = convert_tensors(tensors, hf_config,
-                           base=model_lib.model_config(size),
-                           overrides=overrides, bert_into=bert_into, seed=seed)
+  try:
+    report = convert_tensors(tensors, hf_config, base=base,
+                             overrides=overrides, bert_into=bert_into,
+                             seed=seed)
+  except ConversionError as e:
+    raise ConversionError(f"{source}: {e}") from None
   if report.config.text.vocab_size != tok.VOCAB_SIZE:
     report.notes.append(
         f"text vocab is {report.config.text.vocab_size}, not BLIP's "
@@ -745,15 +796,42 @@ def main(argv=None) -> None:
   parser.add_argument("--vocab", default=None, help="vocab.txt to record")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  towers = {"text": "txt", "txt": "txt", "query": "query"}
-  bert_into = tuple(towers[t.strip()] for t in args.bert_into.split(","))
   try:
-    convert(args.source, args.output, size=args.size,
-            overrides=parse_overrides(args.set), bert_into=bert_into,
-            vocab_file=args.vocab, seed=args.seed)
-  except (ConversionError, FileNotFoundError, FileExistsError, KeyError) as e:
-    raise SystemExit(f"convert: error: {e}") from None
+    with _log_to_stderr():
+      convert(args.source, args.output, size=args.size,
+              overrides=parse_overrides(args.set),
+              bert_into=parse_bert_into(args.bert_into),
+              vocab_file=args.vocab, seed=args.seed)
+  except (ConversionError, UsageError, FileNotFoundError, FileExistsError,
+          KeyError) as e:
+    # str(KeyError) quotes its message: print the message itself.
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise SystemExit(f"convert: error: {msg}") from None
+
+
+@contextlib.contextmanager
+def _log_to_stderr():
+  """This package's INFO lines on stderr while the CLI runs.
+
+  Importing Orbax (checkpoint_io does) puts a handler on the root logger, so
+  `logging.basicConfig` would do nothing and the root's WARNING level would
+  drop every INFO line. The package logger gets its own handler instead (not
+  propagated: the root's handler would print each line again); other
+  libraries keep their levels, and all is put back afterwards.
+  """
+  pkg = logging.getLogger("dashclip_jax")
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+  saved = pkg.level, pkg.propagate
+  pkg.addHandler(handler)
+  pkg.setLevel(logging.INFO)
+  pkg.propagate = False
+  try:
+    yield
+  finally:
+    pkg.removeHandler(handler)
+    pkg.setLevel(saved[0])
+    pkg.propagate = saved[1]
 
 
 if __name__ == "__main__":

@@ -146,6 +146,41 @@ def test_cli_reports_errors_in_one_line(tmp_path):
                   "--output", str(tmp_path / "out")])
 
 
+@pytest.mark.parametrize("args, culprit", [
+    (["--set", "k"], "--set expects key=value, got 'k'"),
+    (["--set", "vision.image_size=big"],
+     "'vision.image_size' takes an int (now 32), got 'big'"),
+    (["--set", "text.cross_attention=yes"],
+     "'text.cross_attention' takes a bool (now True), got 'yes'"),
+    (["--set", "vision.hedas=2"], "unknown model config key 'vision.hedas'"),
+    (["--size=huge"], "--size: Unknown model size 'huge'"),
+    (["--bert_into=txet"], "--bert_into: unknown tower(s) ['txet']"),
+])
+def test_cli_option_errors_are_one_line(tmp_path, args, culprit):
+  path = tmp_path / "ok.safetensors"
+  save_file(_tiny_hf_blip_tensors(), str(path))
+  with pytest.raises(SystemExit) as e:
+    convert.main(["--source", str(path), "--output", str(tmp_path / "out"),
+                  *args])
+  msg = str(e.value.code)
+  assert msg.startswith("convert: error: ") and "\n" not in msg, msg
+  assert culprit in msg, msg
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_missing_tensor_names_it_and_the_source(tmp_path):
+  tensors = _tiny_hf_blip_tensors()
+  del tensors["vision_model.embeddings.patch_embedding.weight"]
+  path = tmp_path / "cut.safetensors"
+  save_file(tensors, str(path))
+  with pytest.raises(SystemExit) as e:
+    convert.main(["--source", str(path), "--output", str(tmp_path / "out")])
+  assert str(e.value.code) == (
+      f"convert: error: {path}: the hf_blip-layout source has no tensor "
+      "'vision_model.embeddings.patch_embedding.weight', which gives the "
+      "vision geometry (no config.json to read it from)")
+
+
 def test_refuses_to_overwrite(tmp_path):
   path = tmp_path / "ok.safetensors"
   save_file(_tiny_hf_blip_tensors(), str(path))

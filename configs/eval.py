@@ -5,6 +5,9 @@ r"""Evaluation: retrieval (graded), baselines, probes, plots, report, export.
   python -m dashclip_jax.evaluation.run --config=configs/eval.py:synthetic \
       --config.checkpoint=/tmp/dc/stage2 --workdir=/tmp/dc_eval_syn
 
+(`python -m dashclip_jax.main` with the same flags does the same.)
+`config.checkpoint` is required.
+
 Variants:
   fashion    the real catalog layout (styles.csv + images/<id>.jpg): rank
              every `data.split` product for each query of `data.qrels_path`.
@@ -28,7 +31,8 @@ def get_config(arg=None):
   if v not in ("fashion", "synthetic"):
     raise ValueError(f"unknown eval variant {v!r}: fashion or synthetic")
   c = ml_collections.ConfigDict()
-  c.checkpoint = ""        # Model dir or training workdir (dashclip_jax.load).
+  c.stage = "eval"         # dashclip_jax.main runs it as evaluation.run does.
+  c.checkpoint = ""        # Required: model dir or training workdir.
   c.init_checkpoint = ""   # For the "init" baseline: the un-adapted model.
   c.batch_size = 32        # Encoder batch (one compiled shape).
   c.data = ml_collections.ConfigDict(dict(
@@ -39,9 +43,12 @@ def get_config(arg=None):
       split="test",               # Products ranked; "all": the whole table.
       probe_split="train",        # Aisle probe trains on this split ...
       max_probe_products=2000,    # ... at most this many (encoding cost).
+      # Above this fraction of skipped qrels rows (unknown product, bad
+      # label, ...) the evaluation stops; 0: any skipped row is an error.
+      qrels_max_bad_fraction=0.0,
       # Only for source="synthetic" (the arguments of synthetic_data).
       synthetic=dict(num_products=400, num_test_queries=60, image_size=96,
-                     seed=0),
+                     seed=0, bad_images=0),
   ))
   # Systems besides "dashclip": "bm25", "minilm" (titles only) and "init".
   c.baselines = ("bm25", "minilm")

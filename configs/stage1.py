@@ -11,7 +11,8 @@ Variants:
   fashion  the fashion main job's stage 1 (configs/stage2.py:fashion): the
          demo's model on ../shared/data/fashion, 300 steps.
   base   BLIP-14M on the fashion catalog: 224 px, lr 1e-5, wd 0.05, BLIP
-         momentum distillation; set init.checkpoint to a converted BLIP.
+         momentum distillation (queue 57,600, alpha 0.4 ramped over the
+         first epoch); set init.checkpoint to a converted BLIP.
 """
 
 from dashclip_jax import config_lib as common
@@ -35,8 +36,14 @@ def data_block(variant: str):
           num_products={"tiny": 96}.get(variant, 400),
           num_train_queries={"tiny": 24}.get(variant, 160),
           num_test_queries={"tiny": 12}.get(variant, 60),
-          image_size=64, seed=0),
+          image_size=64, seed=0,
+          bad_images=0),  # >0: damage that many images (bad-data drills).
+      # Above this fraction of bad records the run stops (BadDataError):
+      # catalog/relevance rows at load, undecodable images in training once
+      # min_seen_for_bad_fraction images were seen (counts are logged at
+      # log steps either way).
       max_bad_fraction=0.01,
+      min_seen_for_bad_fraction=50,
       test_fraction=0.1,      # Hash split where the catalog has no split.
       # Pipelines.
       num_shards=0,           # 0: one per process (see trainers/inputs.py).
@@ -80,9 +87,18 @@ def get_config(arg=None):
                         "txt/.*cross_attn.*=1; txt/.*=0.1; .*=1")
   c.loss = ml_collections.ConfigDict(dict(
       itc_weight=1.0, itm_weight=1.0,
+      # base follows BLIP: momentum distillation with 57,600 queued features
+      # and alpha 0.4 ramped over the first epoch (alpha_ramp_epochs, of the
+      # train catalog at train.batch_size; > 0 replaces alpha_ramp_steps).
+      # A converted BLIP's momentum encoders and queues are loaded for it.
       momentum=0.995 if v == "base" else 0.0,   # 0: no momentum distillation.
-      queue_size=0, alpha=0.4, alpha_ramp_steps=0,
+      queue_size=57600 if v == "base" else 0,
+      alpha=0.4, alpha_ramp_steps=0,
+      alpha_ramp_epochs=1.0 if v == "base" else 0.0,
       deterministic=False,
   ))
   c.checkpoint.every_steps = common.by_variant(v, 2, 40, 100, 1000)
+  # True: start over in a workdir that holds a run (its checkpoints, models
+  # and metrics are moved aside, not deleted); else a rerun resumes.
+  c.checkpoint.restart = False
   return c

@@ -27,7 +27,10 @@ Variants:
 Where `stage1` is set (tiny, demo, fashion) and init.checkpoint is empty,
 the main job runs that stage-1 config first in <workdir>/stage1 and starts
 stage 2 from its exported model; with init.checkpoint set, the `stage1`
-block is ignored.
+block is ignored. The block sets stage 1's init, train, optim, loss,
+checkpoint and eval; data, model, mesh and seed are this config's for both
+stages (`--config.model.size=...` moves both; `--config.stage1.model.size`
+is an error that says so).
 """
 
 import ml_collections
@@ -47,16 +50,18 @@ def _sibling_config(name: str):
   return module
 
 
-def final_eval_block(data: ml_collections.ConfigDict, enabled: bool,
-                     variant: str):
-  """configs/eval.py over the same data, run after stage 2 when enabled."""
-  c = _sibling_config("eval").get_config(
-      "synthetic" if data.source == "synthetic" else "fashion")
+def final_eval_block(enabled: bool, variant: str):
+  """configs/eval.py settings, run after stage 2 when enabled.
+
+  It evaluates the run's own data: trainers/final_eval.py fills in source,
+  catalog_dir, catalog_file and synthetic from config.data when it runs (so
+  `--config.data.*` overrides move it too); qrels_path, split and the probe
+  settings stay settable here.
+  """
+  c = _sibling_config("eval").get_config("fashion")
   c.enabled = enabled
-  if data.source == "synthetic":
-    c.data.synthetic = dict(data.synthetic)
-  else:
-    c.data.catalog_dir = data.path
+  for key in ("source", "catalog_dir", "catalog_file", "synthetic"):
+    del c.data[key]
   # "init": the model before any training (stage 1's start when the main
   # job runs stage 1, else init.checkpoint): the untrained reference.
   # MiniLM beside them (a torch model: left out of the CI-scale tiny run).
@@ -74,6 +79,11 @@ def get_config(arg=None):
       text_from="minilm" if v in ("demo", "fashion") else "",
   ))
   c.stage1 = s1.get_config(v) if v in ("tiny", "demo", "fashion") else None
+  if c.stage1 is not None:
+    # Stage 1 runs on this config's data, model, mesh and seed (one override
+    # moves both stages): the block keeps no copies that would be ignored.
+    for key in common.STAGE1_FROM_STAGE2:
+      del c.stage1[key]
   c.data = s1.data_block(v)
   c.train.total_steps = common.by_variant(v, 6, 100, 500, 10000)
   c.train.eval_every = common.by_variant(v, 3, 50, 100, 1000)
@@ -99,14 +109,17 @@ def get_config(arg=None):
   # them per batch, in eval mode; same values, for benchmarks).
   c.train.cache_product_features = True
   c.loss = ml_collections.ConfigDict(dict(
-      # Label-1 pairs follow data.label1_policy / label1_weight.
+      # Label-1 pairs follow data.label1_policy / label1_weight ("exclude"
+      # drops them from the training pairs: not even in-batch negatives).
       symmetric=False,             # Add the query->product term.
       hard_k=0,                    # >0: only the k hardest in-batch negatives.
       deterministic=False,
   ))
   c.checkpoint.every_steps = common.by_variant(v, 2, 50, 100, 1000)
+  # True: start over (the previous run is moved aside). Stage 1 of a
+  # main job has its own: --config.stage1.checkpoint.restart.
+  c.checkpoint.restart = False
   c.checkpoint.best_metric = "eval/ndcg@10"  # On held-out train queries.
-  c.final_eval = final_eval_block(c.data,
-                                  enabled=v in ("tiny", "demo", "fashion"),
+  c.final_eval = final_eval_block(enabled=v in ("tiny", "demo", "fashion"),
                                   variant=v)
   return c

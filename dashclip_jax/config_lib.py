@@ -1,8 +1,32 @@
-"""Helpers for configs/*.py: `:variant,key=value` arguments, shared blocks."""
+"""Helpers for configs/*.py (`:variant,key=value` arguments, shared blocks)
+and for the entry points' one-line errors (`ConfigError`, `one_line_errors`,
+`flags_parser`).
+"""
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import os
+import sys
+import tempfile
+from typing import Iterator, Sequence
+
+from absl import flags
 import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value, flag or path an entry point cannot use.
+
+  The message names the culprit and what to set instead; the entry points
+  print it as one line, `<prog>: error: <message>`, with no traceback.
+  """
+
+
+# What the nested `stage1` block of a stage-2 config takes from the stage-2
+# config itself (main.stage1_config_of): one override moves both stages.
+STAGE1_FROM_STAGE2 = ("data", "model", "mesh", "seed")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -105,3 +129,77 @@ def train_block(batch_size: int, total_steps: int
       nan_policy="stop",      # "stop" or "skip" (skip the update, count it).
       fast_compile=False,     # XLA opt level 0 for the step (CI-scale runs).
   ))
+
+
+# -- entry points: one-line errors --------------------------------------------
+
+
+def _unquoted(text: str) -> str:
+  """KeyError/AttributeError messages come repr'ed, sometimes twice."""
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      break
+  return str(text)
+
+
+def one_line(text: str) -> str:
+  """An error message on one line, without KeyError's repr quotes."""
+  return " ".join(_unquoted(text).split())
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str, errors: tuple[type[BaseException], ...]
+                    ) -> Iterator[None]:
+  """`errors` raised inside end the program as `<prog>: error: <message>`.
+
+  Only errors whose message names the culprit belong in `errors`; anything
+  else keeps its traceback (a bug, not a bad config).
+  """
+  try:
+    yield
+  except errors as e:
+    sys.exit(f"{prog}: error: {one_line(str(e))}")
+
+
+def check_workdir(workdir: str, flag: str = "--workdir") -> None:
+  """Creates `workdir` and writes a file there, or raises ConfigError."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f"{flag}={workdir} is not a writable directory: "
+                      f"{e.strerror or e}") from None
+
+
+def flag_error(error: BaseException, argv: Sequence[str]) -> str:
+  """One line naming the culprit of a config/override parsing failure."""
+  chain = [error]
+  while chain[-1].__cause__ or chain[-1].__context__:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  root = chain[-1]
+  if isinstance(root, KeyError) and root.args:
+    key = str(root.args[0])
+    override = next((a.split("=")[0] for a in argv if a.startswith(
+        "--config.") and key in a.split("=")[0].split(".")), "--config")
+    hints = [_unquoted(str(e)) for e in chain if "Did you mean" in str(e)]
+    hint = one_line(hints[0].split("\n", 1)[-1]) if hints else ""
+    return f"{override}: no such config key {key!r}. {hint}".strip()
+  first = str(chain[0]).splitlines()[0]
+  where = first.split(": ")[0] + ": " if first.startswith("flag --") else ""
+  text = one_line(str(root))
+  return text if text.startswith(where) else where + text
+
+
+def flags_parser(prog: str):
+  """An `app.run(flags_parser=...)` that reports bad flags in one line."""
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flags.FLAGS(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      sys.exit(f"{prog}: error: {flag_error(e, argv)}")
+
+  return parse

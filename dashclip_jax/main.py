@@ -10,11 +10,15 @@ stage-1 workdir, an exported model or a converted BLIP checkpoint) or carries
 a `stage1` block: then stage 1 runs first in `<workdir>/stage1` (resuming or
 reusing what is there), stage 2 in `<workdir>/stage2`, and the evaluation in
 `<workdir>/eval`. Rerunning the same command resumes wherever it stopped.
+An eval config (configs/eval.py) runs the evaluation job, as
+`python -m dashclip_jax.evaluation.run` does.
+
+Config, flag, data and path errors end in one line, `dashclip_jax.main:
+error: <message>`, never a traceback.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import os
@@ -24,7 +28,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dashclip_jax import config_lib
 from dashclip_jax import host_memory
+
+PROG = "dashclip_jax.main"
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:variant].", lock_config=True)
@@ -72,16 +79,27 @@ def write_config(config, workdir: str) -> None:
     f.write(config.to_json_best_effort(indent=2))
 
 
+_STAGE1_SHARES = ("stage 1 runs on the stage-2 config's data, model, mesh "
+                  "and seed")
+
+
 def stage1_config_of(config):
   """The nested stage-1 config of a stage-2 config, on the same data.
 
   The `stage1` block supplies train/optim/loss/checkpoint/eval; data, model,
   mesh and seed are the stage-2 config's, so one override moves both stages.
   So does `init.text_from`: it initialises whichever stage starts the run.
+  A `stage1` block that sets data, model, mesh or seed itself is an error:
+  they would be ignored.
   """
+  own = [k for k in config_lib.STAGE1_FROM_STAGE2 if k in config.stage1]
+  if own:
+    raise config_lib.ConfigError(
+        f"config.stage1.{own[0]}: {_STAGE1_SHARES}; set config.{own[0]} "
+        "instead (it moves both stages) and drop stage1's copy")
   s1 = config.stage1.copy_and_resolve_references()
   with s1.unlocked():
-    for key in ("data", "model", "mesh", "seed"):
+    for key in config_lib.STAGE1_FROM_STAGE2:
       s1[key] = config[key]
     if config.init.get("text_from"):
       s1.init.text_from = config.init.text_from
@@ -97,16 +115,27 @@ def start_model_of(stage_config, stage_dir: str) -> str | None:
 
 
 def run(config, workdir: str) -> dict:
-  """Runs what the config asks for; returns {"model": dir, "metrics": ...}."""
+  """Runs what the config asks for; returns {"model": dir, "metrics": ...}.
+
+  An eval config (configs/eval.py) runs evaluation.run's job in `workdir`.
+  """
+  stage = config.get("stage")
+  if stage not in ("stage1", "stage2", "eval"):
+    raise config_lib.ConfigError(
+        f"config.stage must be stage1, stage2 or eval (configs/stage1.py, "
+        f"stage2.py, eval.py), got {stage!r}")
+  write_config(config, workdir)
+  if stage == "eval":
+    from dashclip_jax.evaluation import run as eval_run  # pylint: disable=g-import-not-at-top
+    return {"metrics": eval_run.evaluate(config, workdir)}
   from dashclip_jax.trainers import final_eval  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import stage1  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
-  write_config(config, workdir)
-  if config.stage == "stage1":
+  if stage == "stage1":
     return {"model": stage1.train(config, workdir)}
-  if config.stage != "stage2":
-    raise ValueError(f"config.stage must be stage1 or stage2, got "
-                     f"{config.stage!r}")
+  final = config.get("final_eval") is not None and config.final_eval.enabled
+  if final:
+    final_eval.eval_data_of(config.data)  # Data it cannot read: fail now.
   out = {}
   stage2_dir = workdir
   start_model = config.init.checkpoint or None
@@ -122,7 +151,7 @@ def run(config, workdir: str) -> dict:
     stage2_dir = os.path.join(workdir, "stage2")
   log.info("=== stage 2 (in %s) ===", stage2_dir)
   out["model"] = stage2.train(config, stage2_dir)
-  if config.get("final_eval") is not None and config.final_eval.enabled:
+  if final:  # Every process takes part (final_eval.py).
     eval_dir = os.path.join(workdir, "eval")
     log.info("=== evaluation (in %s) ===", eval_dir)
     out["metrics"] = final_eval.run(config, out["model"], eval_dir,
@@ -130,28 +159,44 @@ def run(config, workdir: str) -> dict:
   return out
 
 
+def one_line_errors() -> tuple[type[BaseException], ...]:
+  """The errors `main` prints as one line: each names its culprit.
+
+  FileNotFoundError: a data path, catalog or model dir named by the config
+  (the message names it); BadDataError: data above max_bad_fraction.
+  """
+  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import bad_records
+  from dashclip_jax.trainers import common
+  # pylint: enable=g-import-not-at-top
+  return (config_lib.ConfigError,
+          common.InitCheckpointError, common.NonFiniteLossError,
+          bad_records.BadDataError, FileNotFoundError, NotADirectoryError)
+
+
 def main(argv) -> None:
   del argv
+  # force: absl's app.run has already put its own handler (and format) on
+  # the root logger, which would make basicConfig a no-op.
   logging.basicConfig(level=logging.INFO,
                       format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S")
+                      datefmt="%H:%M:%S", force=True)
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("faiss").setLevel(logging.WARNING)
   if not _WORKDIR.value:
-    sys.exit("dashclip_jax.main: error: --workdir is required")
-  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
+    sys.exit(f"{PROG}: error: --workdir is required")
   try:
     config = _CONFIG.value
     config.get("stage")  # A config file that failed to load raises here.
   except OSError as e:
-    sys.exit("dashclip_jax.main: error: --config: " +
-             " ".join(str(e).split()))
-  init_distributed()
+    sys.exit(f"{PROG}: error: --config: " + config_lib.one_line(str(e)))
+  with config_lib.one_line_errors(PROG, (config_lib.ConfigError,)):
+    config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
+  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
   try:
-    out = run(config, _WORKDIR.value)
-  except (common.InitCheckpointError, common.NonFiniteLossError,
-          common.ConfigError) as e:
-    sys.exit(f"dashclip_jax.main: error: {e}")
+    with config_lib.one_line_errors(PROG, one_line_errors()):
+      init_distributed()
+      out = run(config, _WORKDIR.value)
   except common.Preempted as e:
     log.warning("%s", e)
     sys.exit(143)  # 128 + SIGTERM: schedulers read it as pre-empted.
@@ -171,33 +216,19 @@ def summary_table(metrics: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-def _unquoted(text: str) -> str:
-  """KeyError/AttributeError messages come repr'ed, sometimes twice."""
-  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-    try:
-      text = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      break
-  return text
+flag_error = config_lib.flag_error
 
 
-def flag_error(error: BaseException, argv: list[str]) -> str:
-  """One line naming the culprit of a config/override parsing failure."""
-  chain = [error]
-  while chain[-1].__cause__ or chain[-1].__context__:
-    chain.append(chain[-1].__cause__ or chain[-1].__context__)
-  root = chain[-1]
-  one_line = lambda t: " ".join(t.split())
-  if isinstance(root, KeyError) and root.args:
-    key = str(root.args[0])
-    override = next((a.split("=")[0] for a in argv if a.startswith(
-        "--config.") and key in a.split("=")[0].split(".")), "--config")
-    hints = [_unquoted(str(e)) for e in chain if "Did you mean" in str(e)]
-    hint = one_line(hints[0].split("\n", 1)[-1]) if hints else ""
-    return f"{override}: no such config key {key!r}. {hint}".strip()
-  first = str(chain[0]).splitlines()[0]
-  where = first.split(": ")[0] + ": " if first.startswith("flag --") else ""
-  return where + one_line(_unquoted(str(root)))
+def stage1_override_error(argv: list[str]) -> str | None:
+  """What to set instead of a `--config.stage1.<model|data|...>` override."""
+  for arg in argv:
+    parts = arg.split("=")[0].split(".")
+    if parts[:2] == ["--config", "stage1"] and len(parts) > 2 and (
+        parts[2] in config_lib.STAGE1_FROM_STAGE2):
+      instead = ".".join(["--config"] + parts[2:])
+      return (f"{arg.split('=')[0]}: {_STAGE1_SHARES}; set {instead} "
+              "instead (it moves both stages)")
+  return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -205,7 +236,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
-    sys.exit(f"dashclip_jax.main: error: {flag_error(e, argv)}")
+    sys.exit(f"{PROG}: error: "
+             f"{stage1_override_error(argv) or flag_error(e, argv)}")
 
 
 if __name__ == "__main__":

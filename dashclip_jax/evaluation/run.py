@@ -21,9 +21,11 @@ tie rule and metrics (`metrics.py`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Protocol, Sequence
 
@@ -33,6 +35,7 @@ from absl import logging
 from ml_collections import config_flags
 import numpy as np
 
+from dashclip_jax import config_lib
 from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import knn
@@ -101,13 +104,14 @@ def load_data(cfg) -> EvalData:
   if d.source == "synthetic":
     syn = synthetic.synthetic_data(**d.synthetic.to_dict())
     if d.split != "test":
-      raise ValueError("the synthetic catalog is graded on its test split "
-                       f"only; got data.split={d.split!r}")
+      raise config_lib.ConfigError(
+          "the synthetic catalog is graded on its test split only; got "
+          f"data.split={d.split!r}")
     full, catalog, rel = syn.catalog, syn.test_catalog, syn.test
     where = f"synthetic catalog {dict(d.synthetic)}"
   elif d.source == "csv":
     if not d.catalog_dir:
-      raise ValueError("config.data.catalog_dir is empty")
+      raise config_lib.ConfigError("config.data.catalog_dir is empty")
     table = os.path.join(d.catalog_dir, d.catalog_file)
     if not os.path.exists(table):
       raise FileNotFoundError(f"catalog table not found: {table} (set "
@@ -115,26 +119,102 @@ def load_data(cfg) -> EvalData:
     full = catalog_lib.load_catalog(table)
     catalog = full if d.split in ("", "all") else full.subset(d.split)
     if not len(catalog):
-      raise ValueError(f"{table}: no product has split {d.split!r} (splits: "
-                       f"{sorted(set(full.split))})")
+      raise config_lib.ConfigError(
+          f"{table}: no product has split {d.split!r} (splits: "
+          f"{sorted(set(full.split))})")
     qrels = d.qrels_path or os.path.join(d.catalog_dir, "qrels_test.csv")
-    # Strict: a judged product missing from the ranked split would silently
-    # lower every metric, so any unknown row is an error here.
-    rel = relevance_lib.load_relevance(qrels, catalog, max_bad_fraction=0.0)
+    # Strict by default: a skipped row (e.g. a judged product missing from
+    # the ranked split) changes what the metrics measure.
+    rel = _load_qrels(qrels, catalog, d.get("qrels_max_bad_fraction", 0.0))
     where = f"{table} [{d.split or 'all'}], queries {qrels}"
   else:
-    raise ValueError(f"config.data.source must be csv or synthetic, got "
+    raise config_lib.ConfigError(
+        f"config.data.source must be csv or synthetic, got "
                      f"{d.source!r}")
   labels = metrics_lib.labels_from_relevance(rel)
-  metrics_lib.check_labels(labels, rel.query_ids)
+  query_ids, queries = list(rel.query_ids), list(rel.queries)
+  # Products whose image cannot be decoded are not ranked (counted, named),
+  # nor are the queries this leaves without a label-2 product.
+  catalog, ok, notes = drop_unreadable(catalog, "product")
+  relevant = lambda l: (l == metrics_lib.RELEVANT).any(axis=1)
+  ranked = relevant(labels[:, ok]) | ~relevant(labels)  # check_labels: rest.
+  labels = labels[:, ok]
+  if not ranked.all():
+    lost = [q for q, r in zip(query_ids, ranked) if not r]
+    notes.append(f"{_plural(len(lost), 'query')} skipped (no readable "
+                 f"label-2 product: {_first(lost)})")
+    labels = labels[ranked]
+    query_ids = [q for q, r in zip(query_ids, ranked) if r]
+    queries = [q for q, r in zip(queries, ranked) if r]
+  metrics_lib.check_labels(labels, query_ids)
   probe = None
   if cfg.probes.aisle and d.probe_split:
     probe = full.subset(d.probe_split)
     probe = _subsample(probe, d.max_probe_products, cfg.probes.seed) if len(
         probe) else None
-  return EvalData(catalog, labels, list(rel.query_ids), list(rel.queries),
-                  probe, f"{len(catalog)} products x {len(rel.query_ids)} "
-                  f"queries from {where}")
+    if probe is not None:
+      probe, _, probe_notes = drop_unreadable(probe, "probe product")
+      notes += probe_notes
+      probe = probe if len(probe) else None
+  for note in notes:
+    logging.warning("evaluation data: %s", note)
+  return EvalData(catalog, labels, query_ids, queries,
+                  probe, f"{len(catalog)} products x {len(query_ids)} "
+                  f"queries from {where}" + "".join(f"; {n}" for n in notes))
+
+
+def _plural(n: int, noun: str) -> str:
+  if n == 1:
+    return f"1 {noun}"
+  return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
+def _first(names: Sequence[str], k: int = 5, sep: str = ", ") -> str:
+  return sep.join(names[:k]) + (" ..." if len(names) > k else "")
+
+
+def _load_qrels(path: str, catalog, max_bad_fraction: float):
+  """Graded queries over `catalog`; the limit is data.qrels_max_bad_fraction."""
+  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import bad_records
+  from dashclip_jax.data import relevance as relevance_lib
+  # pylint: enable=g-import-not-at-top
+  try:
+    return relevance_lib.load_relevance(path, catalog,
+                                        max_bad_fraction=max_bad_fraction)
+  except bad_records.BadDataError as e:
+    raise bad_records.BadDataError(
+        f"{e} The limit is --config.data.qrels_max_bad_fraction.") from None
+
+
+def _image_error(catalog, i: int) -> str | None:
+  from dashclip_jax.data import catalog as catalog_lib  # pylint: disable=g-import-not-at-top
+  try:
+    catalog.load_image(i)
+  except catalog_lib.ImageError as e:
+    return str(e)
+  return None
+
+
+def drop_unreadable(catalog, what: str):
+  """-> (catalog of the products whose image decodes, ok mask (N,), notes).
+
+  Every image is decoded once here (threads), so that every system ranks
+  the same products and a bad image never stops the evaluation.
+  """
+  with concurrent.futures.ThreadPoolExecutor(min(os.cpu_count() or 1, 8)
+                                             ) as pool:
+    errors = list(pool.map(lambda i: _image_error(catalog, i),
+                           range(len(catalog))))
+  ok = np.array([e is None for e in errors], bool)
+  if ok.all():
+    return catalog, ok, []
+  bad = [e for e in errors if e is not None]
+  note = (f"{_plural(len(bad), what)} skipped (image unreadable: "
+          f"{_first(bad, 3, '; ')})")
+  kept = catalog.take(np.flatnonzero(ok),
+                      name=f"{catalog.name} [{len(bad)} unreadable skipped]")
+  return kept, ok, [note]
 
 
 def encode_products(model: Encoder, catalog, chunk: int = 256) -> np.ndarray:
@@ -208,18 +288,36 @@ def _load_model(path: str, batch_size: int, what: str) -> Encoder:
   return dashclip_jax.load(path, batch_size=batch_size)
 
 
-def check_config(cfg) -> None:
+def check_config(cfg, models: dict[str, Encoder] | None = None) -> None:
+  """ConfigError for what would fail later: baselines, model paths."""
   unknown = [b for b in cfg.baselines if b not in KNOWN_BASELINES]
   if unknown:
-    raise ValueError(f"config.baselines: unknown {unknown}; known "
-                     f"{list(KNOWN_BASELINES)}")
+    raise config_lib.ConfigError(f"config.baselines: unknown {unknown}; known "
+                                 f"{list(KNOWN_BASELINES)}")
   if "init" in cfg.baselines and not cfg.init_checkpoint:
-    raise ValueError("config.baselines has 'init' but config.init_checkpoint "
-                     "is empty")
+    raise config_lib.ConfigError(
+        "config.baselines has 'init' but config.init_checkpoint is empty")
+  needed = {"checkpoint": "dashclip"}
+  if "init" in cfg.baselines:
+    needed["init_checkpoint"] = "init"
+  for key, system in needed.items():
+    if system in (models or {}):
+      continue
+    if not cfg[key]:
+      raise config_lib.ConfigError(
+          f"config.{key} is empty: set --config.{key} to a model dir or "
+          "training workdir")
+    from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
+    try:
+      inference.resolve_model_dir(cfg[key])
+    except FileNotFoundError as e:
+      raise config_lib.ConfigError(f"config.{key}: {e}") from None
 
 
 def evaluate(cfg, workdir: str,
-             models: dict[str, Encoder] | None = None) -> dict[str, dict]:
+             models: dict[str, Encoder] | None = None,
+             data: EvalData | None = None,
+             encoded: dict[str, tuple] | None = None) -> dict[str, dict]:
   """Runs the whole evaluation; returns (and writes) metrics per system.
 
   Args:
@@ -227,30 +325,37 @@ def evaluate(cfg, workdir: str,
     workdir: output directory.
     models: optional preloaded encoders by system name ("dashclip", "init");
       missing ones are loaded from config.checkpoint / init_checkpoint.
+    data: `load_data(cfg)` when the caller has it.
+    encoded: optional (query, product, probe) embeddings by system name,
+      encoded by the caller (the main job's final evaluation, on every
+      process) from `data`.
   """
-  check_config(cfg)
+  check_config(cfg, models)
   os.makedirs(workdir, exist_ok=True)
-  models = dict(models or {})
-  data = load_data(cfg)
+  models, encoded = dict(models or {}), dict(encoded or {})
+  data = load_data(cfg) if data is None else data
   logging.info("evaluating %s", data.description)
   titles = list(data.catalog.titles)
   results, embeddings = {}, {}
 
   systems = ["dashclip"] + [b for b in cfg.baselines if b == "init"]
   for name in systems:
-    if name not in models:
+    if name not in models and name not in encoded:
       path = cfg.checkpoint if name == "dashclip" else cfg.init_checkpoint
       models[name] = _load_model(path, cfg.batch_size,
                                  "checkpoint" if name == "dashclip"
                                  else "init_checkpoint")
-    t = time.time()
-    q = np.asarray(models[name].encode_query(data.queries), np.float32)
-    p = encode_products(models[name], data.catalog)
-    probe = (encode_products(models[name], data.probe_catalog)
-             if data.probe_catalog is not None else None)
-    logging.info("%s: encoded %d queries, %d + %d products in %.1fs", name,
-                 len(q), len(p), 0 if probe is None else len(probe),
-                 time.time() - t)
+    if name in encoded:
+      q, p, probe = encoded[name]
+    else:
+      t = time.time()
+      q = np.asarray(models[name].encode_query(data.queries), np.float32)
+      p = encode_products(models[name], data.catalog)
+      probe = (encode_products(models[name], data.probe_catalog)
+               if data.probe_catalog is not None else None)
+      logging.info("%s: encoded %d queries, %d + %d products in %.1fs", name,
+                   len(q), len(p), 0 if probe is None else len(probe),
+                   time.time() - t)
     embeddings[name] = (q, p)
     results[name] = evaluate_embeddings(name, q, p, probe, data, cfg, workdir)
 
@@ -342,11 +447,28 @@ def write_report(results: dict[str, dict], data: EvalData, cfg,
 # it (the main job's final evaluation does) leaves the importer's flags alone.
 
 
+PROG = "evaluation.run"
+
+
+def one_line_errors() -> tuple[type[BaseException], ...]:
+  """The errors `main` prints as one line (each names its culprit)."""
+  from dashclip_jax.data import bad_records  # pylint: disable=g-import-not-at-top
+  return (config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
+          NotADirectoryError)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    sys.exit(f"{PROG}: error: unexpected arguments: {argv[1:]}")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  results = evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  with config_lib.one_line_errors(PROG, one_line_errors()):
+    if cfg.get("stage") in ("stage1", "stage2"):
+      raise config_lib.ConfigError(
+          f"--config is a {cfg.stage} config: run it with python -m "
+          "dashclip_jax.main (an eval config is configs/eval.py)")
+    config_lib.check_workdir(workdir)
+    results = evaluate(cfg, workdir)
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
@@ -355,4 +477,4 @@ if __name__ == "__main__":
       "config", None, "configs/eval.py[:fashion|synthetic]", lock_config=True)
   flags.DEFINE_string("workdir", None, "Output directory.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser(PROG))

@@ -5,20 +5,26 @@ r"""Free-text product search over an embedding export.
 
 The queries are encoded with the query tower of the checkpoint recorded in
 the export's manifest (or --checkpoint) and looked up in the faiss index.
+A bad flag, a missing or unreadable export or checkpoint ends in one line,
+`search: error: <message>`.
 """
 
 import os
-import sys
+import re
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from dashclip_jax import config_lib
 from dashclip_jax.evaluation import export as export_lib
+
+PROG = "search"
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Embedding export dir.")
 _QUERY = flags.DEFINE_multi_string("query", None, "Query text (repeatable).")
-_K = flags.DEFINE_integer("k", 10, "Products to print per query.")
+_K = flags.DEFINE_integer("k", 10, "Products to print per query.",
+                          lower_bound=1)
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "", "Model dir for the query tower; default: the one the "
     "export was made with (manifest.json).")
@@ -40,21 +46,47 @@ def format_results(queries: Sequence[str],
   return "\n".join(lines)
 
 
+def _reason(error: BaseException) -> str:
+  """An error's message on one line, without faiss's C++ location prefix."""
+  return re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "",
+                config_lib.one_line(str(error)))
+
+
+def load_index(export_dir: str) -> export_lib.ExportedIndex:
+  """The export in `export_dir`; ConfigError if it is missing or unreadable."""
+  if not os.path.isdir(export_dir):
+    raise config_lib.ConfigError(f"--export_dir={export_dir}: no such "
+                                 "directory")
+  try:
+    return export_lib.ExportedIndex(export_dir)
+  except FileNotFoundError as e:
+    raise config_lib.ConfigError(f"--export_dir: {_reason(e)}") from None
+  except (RuntimeError, OSError, ValueError) as e:
+    # faiss reads raise RuntimeError, a bad Parquet file ArrowInvalid (a
+    # ValueError), a bad manifest JSONDecodeError (a ValueError).
+    raise config_lib.ConfigError(
+        f"--export_dir={export_dir}: unreadable export ({_reason(e)}); "
+        "export it again (evaluation.run)") from None
+
+
 def main(argv) -> None:
   queries = list(_QUERY.value or []) + list(argv[1:])
-  if not queries:
-    sys.exit("search: error: give at least one --query")
-  index = export_lib.ExportedIndex(_EXPORT_DIR.value)
-  checkpoint = _CHECKPOINT.value or index.manifest.get("checkpoint", "")
-  if not checkpoint:
-    sys.exit(f"search: error: {_EXPORT_DIR.value}/manifest.json names no "
-             "checkpoint; pass --checkpoint")
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  import dashclip_jax  # pylint: disable=g-import-not-at-top
-  encoder = dashclip_jax.load(checkpoint)
+  with config_lib.one_line_errors(PROG, (config_lib.ConfigError,
+                                         FileNotFoundError)):
+    if not queries:
+      raise config_lib.ConfigError("give at least one --query")
+    index = load_index(_EXPORT_DIR.value)
+    checkpoint = _CHECKPOINT.value or index.manifest.get("checkpoint", "")
+    if not checkpoint:
+      raise config_lib.ConfigError(
+          f"{_EXPORT_DIR.value}/manifest.json names no checkpoint; pass "
+          "--checkpoint")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import dashclip_jax  # pylint: disable=g-import-not-at-top
+    encoder = dashclip_jax.load(checkpoint)
   print(format_results(queries, search(index, encoder, queries, _K.value)))
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("export_dir")
-  app.run(main)
+  app.run(main, flags_parser=config_lib.flags_parser(PROG))

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 
 from dashclip_jax import checkpoint_io
 from dashclip_jax import checkpointing
+from dashclip_jax import config_lib
 from dashclip_jax import inference
 from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
@@ -30,8 +31,9 @@ from dashclip_jax import train_steps
 log = logging.getLogger("dashclip_jax")
 
 
-class ConfigError(ValueError):
-  """A config value the trainers cannot use (named in the message)."""
+# The entry points print it as one line (a config value the trainers cannot
+# use, named in the message); re-exported so trainers raise common.ConfigError.
+ConfigError = config_lib.ConfigError
 
 
 class InitCheckpointError(FileNotFoundError):
@@ -70,7 +72,10 @@ def model_config_from(cfg: ml_collections.ConfigDict,
     meta = checkpoint_io.read_metadata(init_dir)
     mc = model_lib.ModelConfig.from_dict(meta["model_config"])
   else:
-    mc = model_lib.model_config(cfg.size)
+    try:
+      mc = model_lib.model_config(cfg.size)
+    except ValueError as e:
+      raise ConfigError(f"model.size: {e}") from None
   mc = mc.replace(dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention,
                   scan_layers=cfg.scan_layers)
   if cfg.image_size:
@@ -327,22 +332,39 @@ def host_metrics(metrics: dict[str, jax.Array], prefix: str = "train/"
 
 def make_state(model_config: model_lib.ModelConfig,
                step_cfg: train_steps.StepConfig, optim_cfg: optim.OptimConfig,
-               seed: int, mesh, init_params=None):
-  """-> (optax transformation, TrainState born sharded on `mesh`)."""
+               seed: int, mesh, init_params=None, init_momentum=None,
+               init_queue=None):
+  """-> (optax transformation, TrainState born sharded on `mesh`).
+
+  `init_momentum`/`init_queue`: momentum encoders and ITC queues to start
+  from (stage 1 from a converted BLIP), else copies and random queues.
+  """
   tx = optim.make_optimizer(optim_cfg,
                             model_lib.abstract_params(model_config))
   state = train_steps.init_state(model_config, step_cfg, tx,
                                  jax.random.key(seed), mesh,
-                                 params=init_params)
+                                 params=init_params, params_m=init_momentum,
+                                 queue=init_queue)
   return tx, state
 
 
 def open_checkpoints(config: ml_collections.ConfigDict, workdir: str
                      ) -> checkpointing.TrainCheckpoints:
+  """The workdir's checkpoints; with `checkpoint.restart` the previous run's
+  outputs are first moved aside (kept, and named in the log)."""
   c = config.checkpoint
+  if c.get("restart", False):
+    moved = checkpointing.set_aside_run(workdir)
+    if moved:
+      log.warning("checkpoint.restart=True: starting over; the previous "
+                  "run's outputs are moved to %s", moved)
+  # Saved with each checkpoint, so a resume can say what changed; the
+  # restart switches themselves are not part of a run.
+  saved = {k: v for k, v in checkpointing.flatten_config(
+      config.to_dict()).items() if not k.endswith("checkpoint.restart")}
   return checkpointing.TrainCheckpoints(
       workdir, keep=c.keep, best_metric=c.best_metric or None,
-      async_save=c.async_save)
+      async_save=c.async_save, config=saved)
 
 
 def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
@@ -351,11 +373,26 @@ def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
   Returns (state, resumed?): the state and the data iterator continue where
   the checkpoint left them; otherwise both stay as given.
   """
-  restored = ckpts.restore(state)
+  workdir = os.path.dirname(ckpts.directory)
+  # A stage-2 main job runs its stage 1 in <workdir>/stage1.
+  nested = os.path.basename(workdir) == "stage1" and os.path.isfile(
+      os.path.join(os.path.dirname(workdir), "config.json"))
+  restart = ("to start over, rerun with --config."
+             f"{'stage1.' if nested else ''}checkpoint.restart=True (the old "
+             "run is moved aside)")
+  try:
+    restored = ckpts.restore(state)
+  except checkpointing.StateMismatchError as e:
+    raise ConfigError(f"{e}. Rerun with the old values to resume, or "
+                      f"{restart}") from None
   if restored is None:
     return state, False
   state, data_state, meta = restored
-  train_iter.set_state(data_state)
+  try:
+    train_iter.set_state(data_state)
+  except ValueError as e:  # E.g. data.num_shards changed.
+    raise ConfigError(f"{ckpts.directory}/{meta['step']}: {e}; or "
+                      f"{restart}") from None
   log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
   return state, True
 
@@ -365,14 +402,19 @@ class TrainLogger:
 
   Device values are fetched only every `train.log_every` steps (and at the
   last one); the NaN/Inf flags of the steps in between are checked then,
-  under `train.nan_policy`.
+  under `train.nan_policy`. With `data` (the train iterator, e.g.
+  `inputs.ShardedBatches`), log steps also count its bad images
+  (train/examples_seen, train/bad_images, train/bad_image_fraction) and
+  log a warning naming the culprits whenever new ones were skipped.
   """
 
   def __init__(self, writer: metric_writer.MetricWriter,
-               train_cfg: ml_collections.ConfigDict, lr_at, start_step: int):
+               train_cfg: ml_collections.ConfigDict, lr_at, start_step: int,
+               data: Any = None):
     self.writer, self.cfg, self.lr_at = writer, train_cfg, lr_at
     self._pending_steps, self._pending_flags = [], []
     self._t_last, self._n_last = time.time(), start_step
+    self._data, self._bad_reported = data, 0
 
   def step(self, step: int, metrics: dict[str, jax.Array], last: bool
            ) -> None:
@@ -390,12 +432,28 @@ class TrainLogger:
     host["train/step_time_s"] = (now - self._t_last) / max(done, 1)
     host["train/lr"] = float(self.lr_at(step - 1))
     host["train/skipped_steps"] = float(skipped)
+    host.update(self._bad_data(step))
     self._t_last, self._n_last = now, step
     self.write(step, host)
+
+  def _bad_data(self, step: int) -> dict[str, float]:
+    report = getattr(self._data, "bad_report", None)
+    if report is None:
+      return {}
+    seen, bad, summary = report()
+    if bad > self._bad_reported:
+      log.warning("train data at step %d: %d bad images of %d examples "
+                  "seen; %s", step, bad, seen, summary)
+    self._bad_reported = bad
+    return {"train/examples_seen": float(seen), "train/bad_images": float(bad),
+            "train/bad_image_fraction": bad / max(seen, 1)}
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     self.writer.write(step, metrics)
     self.writer.progress(step, metrics)
+
+
+NAN_POLICIES = ("stop", "skip")
 
 
 def train_loop(config: ml_collections.ConfigDict, stage: str, state,
@@ -409,31 +467,39 @@ def train_loop(config: ml_collections.ConfigDict, stage: str, state,
   `Preempted` once the checkpoint is written).
   """
   tc = config.train
+  if tc.nan_policy not in NAN_POLICIES:
+    raise ConfigError(f"train.nan_policy={tc.nan_policy!r}: use one of "
+                      f"{NAN_POLICIES}")
   start_step = int(jax.device_get(state.step))
-  logger = TrainLogger(writer, tc, lr_at, start_step)
+  logger = TrainLogger(writer, tc, lr_at, start_step, data=train_iter)
   jit_step = None
-  for step in range(start_step + 1, tc.total_steps + 1):
-    batch = shard_lib.global_batch(next(train_iter), mesh)
-    if jit_step is None:
-      jit_step = train_steps.jit_step(step_fn, state, batch, mesh,
-                                      compiler_options=compiler_options(tc))
-    state, metrics = jit_step(state, batch, step_rng(config.seed, step))
-    last = step == tc.total_steps
-    logger.step(step, metrics, last)
-    eval_metrics = {}
-    if step % tc.eval_every == 0 or last:
-      eval_metrics = evaluate(state.params)
-      logger.write(step, eval_metrics)
-    every = config.checkpoint.every_steps
-    stop = preemption_requested(
-        sync_point=step % tc.log_every == 0 or step % every == 0 or last)
-    if step % every == 0 or stop or last:
-      ckpts.save(step, state, global_data_state(train_iter.get_state()),
-                 {**eval_metrics, "seed": config.seed}, wait=stop or last)
-    if stop:
-      break
-  ckpts.close()
-  writer.close()
+  try:
+    for step in range(start_step + 1, tc.total_steps + 1):
+      batch = shard_lib.global_batch(next(train_iter), mesh)
+      if jit_step is None:
+        jit_step = train_steps.jit_step(step_fn, state, batch, mesh,
+                                        compiler_options=compiler_options(tc))
+      state, metrics = jit_step(state, batch, step_rng(config.seed, step))
+      last = step == tc.total_steps
+      logger.step(step, metrics, last)
+      eval_metrics = {}
+      if step % tc.eval_every == 0 or last:
+        eval_metrics = evaluate(state.params)
+        logger.write(step, eval_metrics)
+      every = config.checkpoint.every_steps
+      stop = preemption_requested(
+          sync_point=step % tc.log_every == 0 or step % every == 0 or last)
+      if step % every == 0 or stop or last:
+        ckpts.save(step, state, global_data_state(train_iter.get_state()),
+                   {**eval_metrics, "seed": config.seed}, wait=stop or last)
+      if stop:
+        break
+  finally:
+    # Also when a step raises (bad data, a NaN under "stop"): an earlier
+    # step's async save completes before the error reaches the interpreter's
+    # shutdown (else hundreds of lines of Orbax tracebacks), metrics flush.
+    ckpts.close()
+    writer.close()
   final_step = int(jax.device_get(state.step))
   if final_step < tc.total_steps:
     raise Preempted(f"{stage} pre-empted at step {final_step}; the "

@@ -43,6 +43,11 @@ def get_config(arg=None):
       split="test",               # Products ranked; "all": the whole table.
       probe_split="train",        # Aisle probe trains on this split ...
       max_probe_products=2000,    # ... at most this many (encoding cost).
+      # Catalog rows skipped (bad image, malformed, ...) above this fraction
+      # stop the evaluation; the split of a table without a split column
+      # hashes this fraction of ids into "test" (as in training).
+      max_bad_fraction=0.01,
+      test_fraction=0.1,
       # Above this fraction of skipped qrels rows (unknown product, bad
       # label, ...) the evaluation stops; 0: any skipped row is an error.
       qrels_max_bad_fraction=0.0,

@@ -54,13 +54,14 @@ def final_eval_block(enabled: bool, variant: str):
   """configs/eval.py settings, run after stage 2 when enabled.
 
   It evaluates the run's own data: trainers/final_eval.py fills in source,
-  catalog_dir, catalog_file and synthetic from config.data when it runs (so
-  `--config.data.*` overrides move it too); qrels_path, split and the probe
-  settings stay settable here.
+  catalog_dir, catalog_file, synthetic and the bad-record limits from
+  config.data when it runs (so `--config.data.*` overrides move it too);
+  qrels_path, split and the probe settings stay settable here.
   """
   c = _sibling_config("eval").get_config("fashion")
   c.enabled = enabled
-  for key in ("source", "catalog_dir", "catalog_file", "synthetic"):
+  for key in ("source", "catalog_dir", "catalog_file", "synthetic",
+              "max_bad_fraction", "qrels_max_bad_fraction", "test_fraction"):
     del c.data[key]
   # "init": the model before any training (stage 1's start when the main
   # job runs stage 1, else init.checkpoint): the untrained reference.

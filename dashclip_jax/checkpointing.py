@@ -107,24 +107,57 @@ def _primary_then_sync(fn, name: str):
   return out
 
 
+def _through_orbax(tb) -> bool:
+  while tb is not None:
+    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _from_orbax_read(unraisable) -> bool:
+  """Whether an unraisable report is an aborted Orbax read of a restore."""
+  exc = unraisable.exc_value
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return True
+  return _through_orbax(unraisable.exc_traceback)
+
+
+class _DropOrbaxReads(logging.Filter):
+  """asyncio's "exception was never retrieved" records of aborted reads."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and _through_orbax(exc.__traceback__))
+
+
+_ASYNCIO_FILTER = _DropOrbaxReads()
+
+
 def _quiet_aborted_reads():
-  """Drops the "Event loop is closed" reports of a failed restore's reads;
-  -> the previous sys.unraisablehook (put it back if the restore worked).
+  """Drops the reports of a failed restore's aborted reads; -> the previous
+  sys.unraisablehook (put it back if the restore worked).
 
   Orbax stops its event loop at the first error; each read still in flight
-  then reports to the closed loop as a traceback (hundreds for a train
-  state) through sys.unraisablehook, during and after the restore. Every
-  other report is kept.
+  then reports (to the closed loop, or as its own failed coroutine) as a
+  traceback, hundreds for a train state, through sys.unraisablehook during
+  and after the restore. The warning that the checkpoint is unreadable
+  already says what failed; every other report is kept.
   """
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    exc = unraisable.exc_value
-    if not (isinstance(exc, RuntimeError) and
-            str(exc) == "Event loop is closed"):
+    if not _from_orbax_read(unraisable):
       previous(unraisable)
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_ASYNCIO_FILTER)  # Idempotent.
   return previous
+
+
+def _first_line(error: BaseException) -> str:
+  """An Orbax read error without its TensorStore spec dump, briefly."""
+  text = (str(error).splitlines() or [""])[0]
+  return text.split(" See full TensorStore details")[0][:200]
 
 
 def _unused_name(path: str) -> str:
@@ -263,11 +296,12 @@ class TrainCheckpoints:
           # Shapes fit (or are unreadable), so this is damage, not config.
           log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the "
                       "previous one", self.directory, s, type(e).__name__,
-                      str(e).splitlines()[0][:200])
+                      _first_line(e))
           damaged.append(s)
           continue
         if not damaged:  # No read was aborted: nothing to quiet.
           sys.unraisablehook = hook
+          logging.getLogger("asyncio").removeFilter(_ASYNCIO_FILTER)
         meta = dict(out["meta"] or {})
         self._log_config_changes(s, meta.get("config"))
         return out["state"], dict(out["data"] or {}), meta

@@ -226,6 +226,21 @@ def test_eval_run_skips_undecodable_images_and_says_what_it_ranked(tmp_path):
   assert out["bm25"]["recall@1"] == 1.0
 
 
+def test_eval_skips_queries_without_a_label2_product_and_names_them(tmp_path):
+  """A label-1-only query (or one whose label-2 products are outside the
+  ranked split) has no Recall@K/MRR: skipped and named, not a traceback."""
+  root = _eval_catalog(tmp_path / "cat", qrels_extra=(
+      "q4,blue shirt,14,1", "q5,blue shirt,16,2"))  # 16 is a train product.
+  cfg = _eval_cfg(root)
+  cfg.data.qrels_max_bad_fraction = 0.2  # 16 is unknown to the test split.
+  data = run_lib.load_data(cfg)
+  assert data.query_ids == ["q1", "q3"]
+  assert "1 query skipped (no label-2 product in the ranked split: q4)" in (
+      data.description)
+  assert "1 query skipped (no readable label-2 product: q2)" in (
+      data.description)
+
+
 def test_eval_qrels_limit_is_a_config_key(tmp_path):
   root = _eval_catalog(tmp_path / "cat", qrels_extra=("q1,blue shirt,99,1",))
   cfg = _eval_cfg(root)

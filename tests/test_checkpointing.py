@@ -1,7 +1,11 @@
 """Training checkpoints: round trip, retention, damaged-latest fallback."""
 
+import gc
+import logging
 import os
 import shutil
+import sys
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -211,3 +215,64 @@ def test_set_aside_run_moves_the_previous_run(tmp_path):
   assert (tmp_path / "config.json").exists()  # Not part of a run's output.
   assert checkpointing.TrainCheckpoints(str(tmp_path)).steps() == []
   assert checkpointing.set_aside_run(str(tmp_path / "empty")) is None
+
+
+def test_truncated_array_files_fall_back_without_orbax_tracebacks(
+    tmp_path, monkeypatch, caplog):
+  """Array data cut short (a partial copy): the fallback warns once, and the
+  aborted reads' reports (hundreds of tracebacks on stderr) are dropped."""
+  reports = []  # What would be printed: the hook the restore finds.
+  monkeypatch.setattr(sys, "unraisablehook", reports.append)
+  # Random arrays, above Orbax's 1 KiB inline limit even compressed, so
+  # their bytes live in d/.
+  big = lambda step: {f"w{i}": jnp.asarray(np.random.default_rng(
+      step * 8 + i).normal(size=(64, 64)), jnp.float32) for i in range(8)}
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  for step in (1, 2):
+    ckpts.save(step, big(step), {}, {}, wait=True)
+  ckpts.close()
+  data_dir = os.path.join(ckpts.directory, "2", "state", "ocdbt.process_0",
+                          "d")
+  for name in os.listdir(data_dir):
+    path = os.path.join(data_dir, name)
+    with open(path, "rb") as f:
+      head = f.read(10)
+    with open(path, "wb") as f:
+      f.write(head)
+  rerun = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  with caplog.at_level("WARNING"):
+    state, _, meta = rerun.restore(big(0))
+  rerun.close()
+  gc.collect()  # Aborted reads report when their coroutines are collected.
+  assert meta["step"] == 1
+  np.testing.assert_array_equal(state["w7"], big(1)["w7"])
+  assert not reports, [str(r.exc_value)[:200] for r in reports[:3]]
+  # Nor asyncio's "exception was never retrieved" records of the same reads;
+  # the one warning names the step without TensorStore's spec dump.
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if "never retrieved" in m], messages[:3]
+  unreadable = [m for m in messages if "is unreadable" in m]
+  assert len(unreadable) == 1 and "TensorStore" not in unreadable[0]
+  # Reports from elsewhere still get through.
+  sys.unraisablehook(types.SimpleNamespace(exc_value=ValueError("other"),
+                                           exc_traceback=None))
+  assert len(reports) == 1
+
+
+def test_only_reports_raised_inside_orbax_are_dropped():
+  """The filter behind the quiet fallback: asyncio records (and unraisable
+  reports) whose exception passed through Orbax code go; others stay."""
+  def raised_in(filename):
+    try:
+      exec(compile("raise ValueError('read failed')", filename, "exec"))  # pylint: disable=exec-used
+    except ValueError as e:
+      return e
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "x.py")
+  record = lambda e: logging.LogRecord(
+      "asyncio", logging.ERROR, __file__, 1, "Future exception was never "
+      "retrieved", None, (type(e), e, e.__traceback__))
+  drop = checkpointing._DropOrbaxReads()  # pylint: disable=protected-access
+  assert not drop.filter(record(raised_in(orbax_file)))
+  assert drop.filter(record(raised_in("/work/elsewhere.py")))
+  assert drop.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
+                                       "no exception", None, None))

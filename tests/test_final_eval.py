@@ -116,3 +116,30 @@ def test_export_from_parts_of_several_processes(tmp_path):
   assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".parquet")) == [
       "products-00000-of-00001.parquet"]
   assert export_lib.read_embeddings(str(tmp_path))[0] == ids[:2]
+
+
+def test_final_eval_takes_the_runs_bad_record_limits(fashion_copy, tmp_path):
+  """A run that tolerates 5% bad catalog rows is evaluated with the same
+  tolerance (it used to stop at evaluation.run's own 1% after training)."""
+  root = tmp_path / "damaged"
+  os.makedirs(root / "images")
+  lines = open(os.path.join(fashion_copy, "styles.csv")).read().splitlines()
+  with open(root / "styles.csv", "w") as f:
+    f.write("\n".join(lines + ["7,Men,Apparel"]) + "\n")  # 1 of 7 malformed.
+  for name in os.listdir(os.path.join(fashion_copy, "images")):
+    os.link(os.path.join(fashion_copy, "images", name), root / "images" / name)
+  with open(root / "qrels_test.csv", "w") as f:  # 1 of 3 rows unknown.
+    f.write("query_id,query,product_id,label\nq1,blue shirt,1,2\n"
+            "q2,red heels,2,2\nq3,green hat,99,2\n")
+  config = _stage2_config("tiny")
+  config.data.source, config.data.path = "fashion", str(root)
+  config.data.max_bad_fraction = 0.4
+  cfg = final_eval.eval_config(config, "model_dir", None)
+  assert (cfg.data.max_bad_fraction, cfg.data.qrels_max_bad_fraction) == (
+      0.4, 0.4)
+  data = eval_run.load_data(cfg)
+  assert len(data.catalog) == 3 and data.query_ids == ["q1", "q2"]
+  config.data.max_bad_fraction = 0.01
+  with pytest.raises(ValueError, match="max_bad_fraction=0.01"):
+    eval_run.load_data(final_eval.eval_config(config, "model_dir", None))
+  assert "max_bad_fraction" not in config.final_eval.data

@@ -116,7 +116,9 @@ def load_data(cfg) -> EvalData:
     if not os.path.exists(table):
       raise FileNotFoundError(f"catalog table not found: {table} (set "
                               "--config.data.catalog_dir / catalog_file)")
-    full = catalog_lib.load_catalog(table)
+    full = catalog_lib.load_catalog(
+        table, test_fraction=d.get("test_fraction", 0.1),
+        max_bad_fraction=d.get("max_bad_fraction", 0.01))
     catalog = full if d.split in ("", "all") else full.subset(d.split)
     if not len(catalog):
       raise config_lib.ConfigError(
@@ -134,18 +136,25 @@ def load_data(cfg) -> EvalData:
   labels = metrics_lib.labels_from_relevance(rel)
   query_ids, queries = list(rel.query_ids), list(rel.queries)
   # Products whose image cannot be decoded are not ranked (counted, named),
-  # nor are the queries this leaves without a label-2 product.
+  # nor are queries without a label-2 product among those ranked: Recall@K
+  # and MRR are undefined for them (e.g. a catalog subset, or label-1-only
+  # queries in the qrels).
   catalog, ok, notes = drop_unreadable(catalog, "product")
   relevant = lambda l: (l == metrics_lib.RELEVANT).any(axis=1)
-  ranked = relevant(labels[:, ok]) | ~relevant(labels)  # check_labels: rest.
-  labels = labels[:, ok]
-  if not ranked.all():
-    lost = [q for q, r in zip(query_ids, ranked) if not r]
-    notes.append(f"{_plural(len(lost), 'query')} skipped (no readable "
-                 f"label-2 product: {_first(lost)})")
-    labels = labels[ranked]
-    query_ids = [q for q, r in zip(query_ids, ranked) if r]
-    queries = [q for q, r in zip(queries, ranked) if r]
+  has_any, ranked = relevant(labels), relevant(labels[:, ok])
+  for lost, why in ((~has_any, "no label-2 product in the ranked split"),
+                    (has_any & ~ranked, "no readable label-2 product")):
+    if lost.any():
+      names = [q for q, l in zip(query_ids, lost) if l]
+      notes.append(f"{_plural(len(names), 'query')} skipped ({why}: "
+                   f"{_first(names)})")
+  labels = labels[ranked][:, ok]
+  query_ids = [q for q, r in zip(query_ids, ranked) if r]
+  queries = [q for q, r in zip(queries, ranked) if r]
+  if not query_ids:
+    raise config_lib.ConfigError(
+        f"{where}: no query has a label-2 product among the ranked products "
+        f"({'; '.join(notes)})")
   metrics_lib.check_labels(labels, query_ids)
   probe = None
   if cfg.probes.aisle and d.probe_split:

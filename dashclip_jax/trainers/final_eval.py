@@ -28,7 +28,19 @@ from dashclip_jax.evaluation import run as eval_run
 log = logging.getLogger("dashclip_jax")
 
 def eval_data_of(data: ml_collections.ConfigDict) -> dict:
-  """The configs/eval.py data fields naming the run's data (`config.data`)."""
+  """The configs/eval.py data fields naming the run's data (`config.data`).
+
+  The run's bad-record limit applies to the catalog and to the qrels alike:
+  the evaluation reads what the run trained and validated on, with the
+  same tolerance (evaluation.run alone is strict about qrels by default).
+  """
+  limits = dict(max_bad_fraction=data.max_bad_fraction,
+                qrels_max_bad_fraction=data.max_bad_fraction,
+                test_fraction=data.test_fraction)
+  return {**_eval_source_of(data), **limits}
+
+
+def _eval_source_of(data: ml_collections.ConfigDict) -> dict:
   source = data.source
   if source == "synthetic":
     return dict(source="synthetic", catalog_dir="", catalog_file="styles.csv",

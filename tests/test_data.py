@@ -282,14 +282,28 @@ def test_crop_params_follow_random_resized_crop():
   assert augment.crop_params(rng, 1, 100, (0.9, 1.0)) == (0, 49, 1, 1)
 
 
-def test_autocontrast_and_equalize_match_pil():
-  img = _photo(1)
-  np.testing.assert_array_equal(
-      augment.autocontrast(img), np.asarray(ImageOps.autocontrast(
-          Image.fromarray(img))))
-  np.testing.assert_array_equal(
-      augment.equalize(img), np.asarray(ImageOps.equalize(
-          Image.fromarray(img))))
+def test_autocontrast_and_equalize_on_hand_worked_images():
+  """The ops come from PIL.ImageOps; these check what BLIP's pipeline needs
+  of them on channels worked by hand (and that both keep shape and dtype)."""
+  # Channel 0 spans [50, 150], channel 1 is flat, channel 2 spans [0, 255].
+  img = np.zeros((2, 2, 3), np.uint8)
+  img[..., 0] = [[50, 100], [100, 150]]
+  img[..., 1] = 77
+  img[..., 2] = [[0, 255], [255, 0]]
+  out = augment.autocontrast(img)
+  assert out.shape == img.shape and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[..., 0], [[0, 127], [127, 255]])
+  np.testing.assert_array_equal(out[..., 1], img[..., 1])  # Flat: unchanged.
+  np.testing.assert_array_equal(out[..., 2], img[..., 2])  # Full range.
+  # Equalize: 4 levels of 256 pixels each spread over [0, 255]; PIL's
+  # step is (1024 - 256) // 255 = 3 and level k maps to (1 + 256 k) // 3.
+  levels = np.repeat(np.array([10, 20, 30, 40], np.uint8), 256).reshape(
+      64, 16)
+  gray = np.repeat(levels[..., None], 3, axis=-1)
+  eq = augment.equalize(gray)
+  assert eq.shape == gray.shape and eq.dtype == np.uint8
+  np.testing.assert_array_equal(np.unique(eq[..., 0]), [0, 85, 171, 255])
+  np.testing.assert_array_equal(eq[..., 0], eq[..., 2])
 
 
 def test_translate_and_the_no_op_enhancers_at_magnitude_5():

@@ -19,6 +19,7 @@ import math
 import cv2
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 # BLIP's RandomAugment op list (augs=[...] in its transform config).
 OPS = ("Identity", "AutoContrast", "Brightness", "Sharpness", "Equalize",
@@ -72,41 +73,14 @@ def random_resized_crop(image: np.ndarray, size: int,
 # --- RandomAugment ops on uint8 (H, W, 3). ---------------------------------
 
 
-def _lut_per_channel(image: np.ndarray, tables: list[np.ndarray]) -> np.ndarray:
-  out = np.empty_like(image)
-  for c, table in enumerate(tables):
-    out[..., c] = table[image[..., c]]
-  return out
-
-
 def autocontrast(image: np.ndarray) -> np.ndarray:
-  """Per channel: stretch [min, max] to [0, 255] (cutoff 0)."""
-  tables = []
-  for c in range(image.shape[-1]):
-    lo, hi = int(image[..., c].min()), int(image[..., c].max())
-    if hi <= lo:
-      tables.append(np.arange(256, dtype=np.uint8))
-      continue
-    scale = 255.0 / (hi - lo)
-    t = np.arange(256) * scale - lo * scale
-    tables.append(np.clip(t, 0, 255).astype(np.uint8))
-  return _lut_per_channel(image, tables)
+  """Per channel: stretch [min, max] to [0, 255] (PIL's, cutoff 0)."""
+  return np.asarray(ImageOps.autocontrast(Image.fromarray(image)))
 
 
 def equalize(image: np.ndarray) -> np.ndarray:
-  """Per-channel histogram equalisation (PIL ImageOps.equalize semantics)."""
-  tables = []
-  for c in range(image.shape[-1]):
-    hist = np.bincount(image[..., c].ravel(), minlength=256)
-    nonzero = hist[hist != 0]
-    step = int(nonzero[:-1].sum()) // 255
-    if step == 0:
-      tables.append(np.arange(256, dtype=np.uint8))
-      continue
-    # Each level maps to the (rounded) count of pixels strictly below it.
-    below = np.concatenate([[step // 2], hist[:-1]])
-    tables.append(np.clip(np.cumsum(below) // step, 0, 255).astype(np.uint8))
-  return _lut_per_channel(image, tables)
+  """Per-channel histogram equalisation (PIL's)."""
+  return np.asarray(ImageOps.equalize(Image.fromarray(image)))
 
 
 def _enhance_factor(level: float) -> float:

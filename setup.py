@@ -37,14 +37,15 @@ setuptools.setup(
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
         "faiss-cpu>=1.8",
+        "bm25s>=0.3",  # The BM25 baseline (numpy/scipy only).
         "tensorboardX>=2.6",
     ],
     extras_require={
         "torch": TORCH,
         "tfds": TFDS,
-        # bm25s: an independent BM25 the evaluation's baseline is checked
-        # against (tests/test_eval_run.py).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "bm25s>=0.3"] + TORCH
-                + TFDS,
+        # pytrec_eval: trec_eval's metrics, which ours are cross-checked
+        # against (tests/test_eval_metrics.py).
+        "test": ["pytest>=8", "pytest-xdist>=3.5",
+                 "pytrec-eval-terrier>=0.5"] + TORCH + TFDS,
     },
 )

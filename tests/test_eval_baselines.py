@@ -21,19 +21,27 @@ def test_bm25_tokenize_lowercases_and_splits_hyphens():
 
 
 def test_bm25_matches_hand_computation():
-  docs = ["red shirt", "blue shirt shirt", "red red shoes boots"]
-  s = baselines.bm25_scores(["red shirt", "boots", "hat"], docs, k1=1.5, b=0.75)
-  avgdl = (2 + 3 + 4) / 3
+  """Lucene idf, Robertson's (k1 + 1) weight; a repeated query term counts
+  twice, an empty title and an empty query score 0, hyphens split."""
+  docs = ["red shirt", "blue shirt shirt", "red red shoes boots", "", "T-shirt"]
+  queries = ["red shirt", "boots", "hat", "red red", "", "t"]
+  s = baselines.bm25_scores(queries, docs, k1=1.5, b=0.75)
+  n, avgdl = 5, (2 + 3 + 4 + 0 + 2) / 5
 
   def term(tf, dl, df):
-    idf = math.log(1 + (3 - df + 0.5) / (df + 0.5))
+    idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
     return idf * tf * 2.5 / (tf + 1.5 * (0.25 + 0.75 * dl / avgdl))
 
   want = np.array([
-      [term(1, 2, 2) + term(1, 2, 2), term(2, 3, 2), term(2, 4, 2)],
-      [0, 0, term(1, 4, 1)],
-      [0, 0, 0]])
+      [term(1, 2, 2) + term(1, 2, 3), term(2, 3, 3), term(2, 4, 2), 0,
+       term(1, 2, 3)],
+      [0, 0, term(1, 4, 1), 0, 0],
+      [0, 0, 0, 0, 0],
+      [2 * term(1, 2, 2), 0, 2 * term(2, 4, 2), 0, 0],
+      [0, 0, 0, 0, 0],
+      [0, 0, 0, 0, term(1, 2, 1)]])
   np.testing.assert_allclose(s, want, rtol=1e-12)
+  assert baselines.bm25_scores(["red"], ["", ""]).tolist() == [[0.0, 0.0]]
 
 
 def test_minilm_embeddings_are_normalised_and_semantic():

@@ -161,34 +161,6 @@ def test_end_to_end_fake_model(tiny_catalog, tmp_path):
   np.testing.assert_array_equal(qemb, model.encode_query(queries))
 
 
-def _bm25s_scores(queries, docs, k1=1.5, b=0.75):
-  """BM25 of the `bm25s` package on our tokens, float64 (Q, N).
-
-  bm25s's "lucene" variant has our idf, ln(1 + (N - df + 0.5) / (df + 0.5)),
-  and term weight tf / (tf + k1 (1 - b + b dl / avgdl)); ours multiplies
-  that by (k1 + 1) (Robertson's form), which ranks identically.
-  """
-  import bm25s  # pylint: disable=g-import-not-at-top
-  index = bm25s.BM25(k1=k1, b=b, method="lucene", dtype="float64")
-  index.index([baselines.bm25_tokenize(d) for d in docs], show_progress=False)
-  return (k1 + 1) * np.stack(
-      [index.get_scores(baselines.bm25_tokenize(q)) for q in queries])
-
-
-def test_bm25_scores_match_bm25s():
-  """Our BM25 (the evaluation's baseline) against an independent one, on
-  titles of different lengths, repeated and hyphenated words and a query
-  word no title has."""
-  docs = ["Acme Men Blue T-Shirt", "acme men red shirt shirt",
-          "Bolt Women Blue Heels with a long title", "x", "blue blue blue",
-          "Men's Watch", ""]
-  queries = ["men blue shirt", "blue blue", "nothing here", "t-shirt heels",
-             "men's watch x"]
-  ours = baselines.bm25_scores(queries, docs)
-  np.testing.assert_allclose(ours, _bm25s_scores(queries, docs), rtol=1e-12)
-  assert ours[1, 4] > ours[1, 0] > 0 and not ours[2].any()
-
-
 def test_export_index_query_round_trip(tmp_path):
   model = HashModel(dim=128)
   titles = [f"brand{i} colour{i % 7} item{i % 11}" for i in range(300)]
@@ -301,16 +273,13 @@ def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
   ids, emb = export_lib.read_embeddings(str(tmp_path / "export"))
   assert ids == list(cat.ids)
   # The job's sharded KNN figures equal a float64 numpy ranking of the
-  # exported embeddings; its BM25 figures equal bm25s's ranking.
+  # exported embeddings (BM25's figures: test_end_to_end_fake_model).
   labels = metrics.labels_from_relevance(data.test)
   qids, qemb = export_lib.read_embeddings(str(tmp_path / "export"), "queries")
   assert qids == list(data.test.query_ids)
   scores = qemb.astype(np.float64) @ emb.astype(np.float64).T
   want = metrics.retrieval_metrics(metrics.rank_by_score(scores), labels, qids)
   assert {k: out["dashclip"][k] for k in want} == pytest.approx(want)
-  want = metrics.retrieval_metrics(metrics.rank_by_score(_bm25s_scores(
-      data.test.queries, cat.titles)), labels, qids)
-  assert out["bm25"] == pytest.approx(want)
   want = model.encode_product([cat.load_image(i) for i in range(5)],
                               list(cat.titles[:5]))
   np.testing.assert_allclose(emb[:5], want, atol=1e-5)

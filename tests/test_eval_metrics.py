@@ -136,3 +136,35 @@ def test_faiss_ann_recall_against_exact(kind):
     assert 0.8 <= recall <= 1.0
   assert knn.ann_recall(exact, exact) == 1.0
   assert knn.ann_recall(np.repeat(exact[:, :1], 10, 1), exact) == 0.1
+
+
+def test_metrics_agree_with_trec_eval_on_random_rankings():
+  """Our metrics (kept: the evaluation's tie rule and strict checks live
+  beside them) against trec_eval's, through pytrec_eval.
+
+  trec_eval's NDCG gain is the judged value itself, so labels go in as
+  2^label - 1 (0, 1, 3): our graded gain. Recall@K and MRR count label 2
+  only: relevance_level 3. Scores fall strictly with our rank, so trec_eval's
+  own tie order never applies.
+  """
+  pytrec_eval = pytest.importorskip("pytrec_eval")
+  rng = np.random.default_rng(0)
+  q, n = 40, 60
+  labels = rng.choice([0, 1, 2], size=(q, n), p=[0.8, 0.12, 0.08])
+  labels[np.arange(q), rng.integers(0, n, q)] = 2  # Each query has a 2.
+  ranking = np.stack([rng.permutation(n) for _ in range(q)])
+  qids = [f"q{i}" for i in range(q)]
+  ours = metrics.per_query_metrics(ranking, labels, qids)
+  qrels = {qid: {f"d{j}": int(2 ** labels[i, j] - 1) for j in range(n)
+                 if labels[i, j]} for i, qid in enumerate(qids)}
+  run = {qid: {f"d{j}": float(n - r) for r, j in enumerate(ranking[i])}
+         for i, qid in enumerate(qids)}
+  graded = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+  binary = pytrec_eval.RelevanceEvaluator(
+      qrels, {"recall.1,5,10,50", "recip_rank"}, relevance_level=3
+  ).evaluate(run)
+  for i, qid in enumerate(qids):
+    assert ours["ndcg@10"][i] == pytest.approx(graded[qid]["ndcg_cut_10"])
+    for k in metrics.RECALL_KS:
+      assert ours[f"recall@{k}"][i] == pytest.approx(binary[qid][f"recall_{k}"])
+    assert ours["mrr"][i] == pytest.approx(binary[qid]["recip_rank"])

@@ -15,7 +15,7 @@ Variants:
          first epoch); set init.checkpoint to a converted BLIP.
 """
 
-from dashclip_jax import config_lib as common
+from dashclip_jax import config_lib
 
 
 def data_block(variant: str):
@@ -66,17 +66,21 @@ def data_block(variant: str):
 
 def get_config(arg=None):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  c, v = common.stage_config("stage1", arg)
+  c, v = config_lib.stage_config("stage1", arg)
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",
       # "minilm": text + query towers from MiniLM-L6 when no checkpoint.
       text_from="minilm" if v in ("demo", "fashion") else "",
   ))
   c.data = data_block(v)
-  c.train.total_steps = common.by_variant(v, 6, 80, 300, 20000)
-  c.train.eval_every = common.by_variant(v, 3, 40, 100, 1000)
-  c.optim.lr = common.by_variant(v, 1e-3, 3e-4, 3e-4, 1e-5)
-  c.optim.warmup_steps = common.by_variant(v, 1, 10, 20, 1000)
+  c.train.total_steps = config_lib.by_variant(
+      v, tiny=6, demo=80, fashion=300, base=20000)
+  c.train.eval_every = config_lib.by_variant(
+      v, tiny=3, demo=40, fashion=100, base=1000)
+  c.optim.lr = config_lib.by_variant(
+      v, tiny=1e-3, demo=3e-4, fashion=3e-4, base=1e-5)
+  c.optim.warmup_steps = config_lib.by_variant(
+      v, tiny=1, demo=10, fashion=20, base=1000)
   # Stage 1 never uses the query tower or product_proj: frozen (else AdamW's
   # weight decay alone would shrink a pretrained query tower).
   c.optim.lr_mults = "(query|query_proj|product_proj)/.*=0; .*=1"
@@ -97,7 +101,8 @@ def get_config(arg=None):
       alpha_ramp_epochs=1.0 if v == "base" else 0.0,
       deterministic=False,
   ))
-  c.checkpoint.every_steps = common.by_variant(v, 2, 40, 100, 1000)
+  c.checkpoint.every_steps = config_lib.by_variant(
+      v, tiny=2, demo=40, fashion=100, base=1000)
   # True: start over in a workdir that holds a run (its checkpoints, models
   # and metrics are moved aside, not deleted); else a rerun resumes.
   c.checkpoint.restart = False

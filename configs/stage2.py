@@ -35,7 +35,7 @@ is an error that says so).
 
 import ml_collections
 
-from dashclip_jax import config_lib as common
+from dashclip_jax import config_lib
 
 
 def _sibling_config(name: str):
@@ -71,7 +71,7 @@ def final_eval_block(enabled: bool, variant: str):
 
 
 def get_config(arg=None):
-  c, v = common.stage_config("stage2", arg)
+  c, v = config_lib.stage_config("stage2", arg)
   s1 = _sibling_config("stage1")
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",          # Stage-1 workdir/model or converted BLIP.
@@ -83,15 +83,19 @@ def get_config(arg=None):
   if c.stage1 is not None:
     # Stage 1 runs on this config's data, model, mesh and seed (one override
     # moves both stages): the block keeps no copies that would be ignored.
-    for key in common.STAGE1_FROM_STAGE2:
+    for key in config_lib.STAGE1_FROM_STAGE2:
       del c.stage1[key]
   c.data = s1.data_block(v)
-  c.train.total_steps = common.by_variant(v, 6, 100, 500, 10000)
-  c.train.eval_every = common.by_variant(v, 3, 50, 100, 1000)
+  c.train.total_steps = config_lib.by_variant(
+      v, tiny=6, demo=100, fashion=500, base=10000)
+  c.train.eval_every = config_lib.by_variant(
+      v, tiny=3, demo=50, fashion=100, base=1000)
   # 1e-4 for the demo and fashion runs: their query tower is pretrained
   # (MiniLM, through stage 1's text encoder); 1e-3 made the demo forget it.
-  c.optim.lr = common.by_variant(v, 1e-3, 1e-4, 1e-4, 1e-5)
-  c.optim.warmup_steps = common.by_variant(v, 1, 10, 50, 500)
+  c.optim.lr = config_lib.by_variant(
+      v, tiny=1e-3, demo=1e-4, fashion=1e-4, base=1e-5)
+  c.optim.warmup_steps = config_lib.by_variant(
+      v, tiny=1, demo=10, fashion=50, base=500)
   # What trains (first match wins). demo, fashion: the whole product tower
   # (ViT, image-grounded text encoder, product_proj) with the query tower,
   # query_proj and temp; only the stage-1 heads stay frozen. On the fashion
@@ -116,7 +120,8 @@ def get_config(arg=None):
       hard_k=0,                    # >0: only the k hardest in-batch negatives.
       deterministic=False,
   ))
-  c.checkpoint.every_steps = common.by_variant(v, 2, 50, 100, 1000)
+  c.checkpoint.every_steps = config_lib.by_variant(
+      v, tiny=2, demo=50, fashion=100, base=1000)
   # True: start over (the previous run is moved aside). Stage 1 of a
   # main job has its own: --config.stage1.checkpoint.restart.
   c.checkpoint.restart = False

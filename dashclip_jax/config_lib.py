@@ -55,8 +55,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 VARIANTS = ("tiny", "demo", "fashion", "base")
 
 
-def by_variant(variant: str, tiny, demo, fashion, base):
-  """The value of `variant` among the named variants."""
+def by_variant(variant: str, *, tiny, demo, fashion, base):
+  """The value of `variant` among the named variants (keywords only, so
+  every call reads as a small table)."""
   return {"tiny": tiny, "demo": demo, "fashion": fashion, "base": base}[
       variant]
 
@@ -75,21 +76,24 @@ def stage_config(stage: str, arg: str | None
   c.stage = stage
   c.seed = 0
   c.mesh = mesh_config()
-  c.model = model_block(by_variant(v, "tiny", "small", "small", "base"))
+  c.model = model_block(by_variant(
+      v, tiny="tiny", demo="small", fashion="small", base="base"))
   # 64 px: the demo's images; the fashion run's budget (its photos are 128).
-  c.model.image_size = by_variant(v, 0, 64, 64, 0)
-  c.train = train_block(batch_size=by_variant(v, 8, 32, 32, 256),
-                        total_steps=0)
+  c.model.image_size = by_variant(v, tiny=0, demo=64, fashion=64, base=0)
+  c.train = train_block(
+      batch_size=by_variant(v, tiny=8, demo=32, fashion=32, base=256),
+      total_steps=0)
   c.train.fast_compile = v == "tiny"
-  c.train.log_every = by_variant(v, 2, 20, 50, 50)
+  c.train.log_every = by_variant(v, tiny=2, demo=20, fashion=50, base=50)
   c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-5, init_lr=0.0, end_lr=0.0, warmup_steps=by_variant(v, 1, 10, 10, 0),
+      lr=1e-5, init_lr=0.0, end_lr=0.0,
+      warmup_steps=by_variant(v, tiny=1, demo=10, fashion=10, base=0),
       weight_decay=0.05, clip_norm=1.0,
       # "regex=mult; ...", first match wins, 0 freezes: "img/.*=0.1; .*=1".
       lr_mults=".*=1",
   ))
   c.eval = ml_collections.ConfigDict(dict(
-      batch_size=by_variant(v, 16, 64, 64, 64)))
+      batch_size=by_variant(v, tiny=16, demo=64, fashion=64, base=64)))
   c.checkpoint = checkpoint_block()
   return c, v
 

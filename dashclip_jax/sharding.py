@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dashclip_jax.config_lib import ConfigError
@@ -194,31 +195,18 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh
   return out
 
 
-def _dict_keys(path) -> tuple[str, ...]:
-  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+def optimizer_shardings(tx: optax.GradientTransformation, opt_state: Any,
+                        param_sh: Any, mesh: Mesh) -> Any:
+  """Shardings of an optimizer state (concrete or abstract) of `tx`.
 
-
-def shardings_like_params(tree: Any, params: Any, param_sh: Any, mesh: Mesh
-                          ) -> Any:
-  """Shardings for a tree holding param-shaped copies (optimizer state).
-
-  A leaf whose trailing dict keys spell a param's path and whose shape is
-  that param's gets the param's sharding (Adam's mu/nu inside any optax
-  wrapper, e.g. multi_transform's inner_states['x1'].mu['img'][...]);
-  everything else (counts, scalars) is replicated. XLA propagation through
-  `tx.init` does not do this by itself: zeros_like starts a new constant.
+  Each param-shaped subtree (Adam's mu/nu inside any optax wrapper, e.g.
+  multi_transform's inner states) takes the params' shardings, as
+  `optax.tree_map_params` finds them from `tx`'s own structure; the rest
+  (counts, scalars) is replicated. XLA propagation through `tx.init` does
+  not do this by itself: zeros_like starts a new constant.
   """
-  table = {}
-  for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                          jax.tree.leaves(param_sh)):
-    table[_dict_keys(path)] = (tuple(x.shape), s)
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # Frozen by lr_mults.
   rep = replicated(mesh)
-
-  def pick(path, x):
-    keys = _dict_keys(path)
-    for i in range(len(keys)):
-      hit = table.get(keys[i:])
-      if hit is not None and hit[0] == tuple(np.shape(x)):
-        return hit[1]
-    return rep
-  return jax.tree_util.tree_map_with_path(pick, tree)
+  return optax.tree_map_params(
+      tx, lambda x, s: x if masked(x) else s, opt_state, param_sh,
+      transform_non_params=lambda _: rep, is_leaf=masked)

@@ -552,8 +552,8 @@ def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
   abstract_state = jax.eval_shape(rest, params, r_q, params_m, queue)
   st_sh = TrainState(
       step=rep, params=p_sh,
-      opt_state=shard_lib.shardings_like_params(
-          abstract_state.opt_state, params, p_sh, mesh),
+      opt_state=shard_lib.optimizer_shardings(
+          tx, abstract_state.opt_state, p_sh, mesh),
       params_m=None if abstract_state.params_m is None else
       {n: p_sh[n] for n in MOMENTUM_MODULES},
       queue=None if abstract_state.queue is None else

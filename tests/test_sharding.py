@@ -88,23 +88,44 @@ def test_global_batch_rejects_indivisible_batch():
     sharding.global_batch({"ids": np.zeros((6, 2), np.int32)}, mesh)
 
 
-def test_state_is_born_sharded_and_adam_moments_follow_params():
+@pytest.mark.parametrize("lr_mults", [
+    ((".*", 1.0),),
+    # multi_transform: frozen img (no moments), txt at 0.1 (own inner state).
+    (("img/.*", 0.0), ("txt/.*", 0.1), (".*", 1.0)),
+], ids=["one_lr", "frozen_and_scaled"])
+def test_state_is_born_sharded_and_adam_moments_follow_params(lr_mults):
   from dashclip_jax import optim, train_steps
   cfg = model_lib.model_config("tiny")
   mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
   abstract = model_lib.unbox(jax.eval_shape(
       lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
-  tx = optim.make_optimizer(optim.OptimConfig(), abstract)
+  tx = optim.make_optimizer(optim.OptimConfig(lr_mults=lr_mults), abstract)
   state = train_steps.init_state(cfg, train_steps.StepConfig(), tx,
                                  jax.random.key(0), mesh)
-  kernel = state.params["img"]["block_0"]["mlp"]["fc1"]["kernel"]
+  name = lambda path: "/".join(str(k.key) for k in path
+                               if isinstance(k, jax.tree_util.DictKey))
+  param_sh = {name(p): x.sharding for p, x in
+              jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  kernel = state.params["txt"]["layer_0"]["mlp"]["fc1"]["kernel"]
   assert kernel.sharding.spec == P("fsdp", "tensor")
-  # Adam's mu/nu for that kernel: same layout as the param (FSDP memory).
-  moments = [x for x in jax.tree.leaves(state.opt_state)
-             if getattr(x, "shape", None) == kernel.shape]
-  assert moments and all(
-      m.sharding.is_equivalent_to(kernel.sharding, kernel.ndim)
-      for m in moments)
+  # Every Adam mu/nu leaf has its param's layout (FSDP memory), found by
+  # its trailing path; everything else in the state is replicated.
+  moments = 0
+  for path, x in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
+    keys = name(path).split("/")
+    owner = next((param_sh["/".join(keys[i:])] for i in range(len(keys))
+                  if "/".join(keys[i:]) in param_sh), None)
+    if owner is not None and x.ndim:
+      moments += 1
+      assert x.sharding.is_equivalent_to(owner, x.ndim), name(path)
+    else:
+      assert x.sharding.is_fully_replicated, name(path)
+  ndim = {name(p): x.ndim for p, x in
+          jax.tree_util.tree_flatten_with_path(state.params)[0]}
+  trained = [n for n in param_sh if ndim[n] and not (
+      lr_mults[0][1] == 0.0 and n.startswith("img/"))]
+  # mu and nu of every trained non-scalar param (temp's are scalars).
+  assert moments == 2 * len(trained)
 
 
 def test_undivisible_dims_are_logged_once_per_param(caplog):

@@ -308,7 +308,7 @@ def itm_loss(logits: Array, weights: Array | None = None) -> tuple[Array, Metric
 # a missed constraint costs nothing. Half weight keeps the pull, ranks 2 > 1.
 # "exclude" means one thing wherever it is set: label-1 pairs are no
 # training pairs, neither anchors nor in-batch negatives, exactly as if the
-# data pipeline had dropped them (data.pipelines.stage2_pairs does). A
+# data pipeline had dropped them (data.relevance.stage2_pairs does). A
 # weight-0 row kept as a negative would spend a batch slot on a pair whose
 # product is relevant to its query, and would be a fourth policy that
 # `data.label1_policy` cannot express. Either way a label-1 product is never

@@ -196,17 +196,17 @@ def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
 def test_label1_policies(data):
   rel = data.train
   n1, n2 = int((rel.label == 1).sum()), int((rel.label == 2).sum())
-  _, _, lab, w = pipelines.stage2_pairs(rel, "positive", 0.5)
+  _, _, lab, w = relevance_lib.stage2_pairs(rel, "positive", 0.5)
   assert len(lab) == n1 + n2 and (w == 1).all()
-  _, _, lab, w = pipelines.stage2_pairs(rel, "weighted", 0.3)
+  _, _, lab, w = relevance_lib.stage2_pairs(rel, "weighted", 0.3)
   assert len(lab) == n1 + n2
   np.testing.assert_allclose(w, np.where(lab == 1, 0.3, 1.0))
-  _, _, lab, w = pipelines.stage2_pairs(rel, "exclude", 0.5)
+  _, _, lab, w = relevance_lib.stage2_pairs(rel, "exclude", 0.5)
   assert len(lab) == n2 and (lab == 2).all()
   with pytest.raises(ValueError, match="label1_policy"):
-    pipelines.stage2_pairs(rel, "ignore", 0.5)
+    relevance_lib.stage2_pairs(rel, "ignore", 0.5)
   with pytest.raises(ValueError, match="max_relevant"):
-    pipelines.relevant_table(rel, 2)
+    relevance_lib.relevant_table(rel, 2)
 
 
 def test_eval_batches_pad_so_every_process_runs_the_same_count(data, tok):

@@ -20,7 +20,6 @@ from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding
 from dashclip_jax import train_steps as ts
-from dashclip_jax.data import pipelines
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.trainers import common
 
@@ -214,7 +213,7 @@ def _pipeline_batch(policy, weight=0.5):
       name="BATCH2", query_ids=[str(i) for i in range(B)], queries=[""] * B,
       query=np.arange(B, dtype=np.int32), product=pid,
       label=BATCH2["label"].astype(np.int8), num_products=int(pid.max()) + 1)
-  rows, _, label, w = pipelines.stage2_pairs(rel, policy, weight)
+  rows, _, label, w = relevance_lib.stage2_pairs(rel, policy, weight)
   batch = {k: v[rows] for k, v in BATCH2.items() if k != "image"}
   np.testing.assert_array_equal(batch["label"], label)
   batch["label_weight"] = w

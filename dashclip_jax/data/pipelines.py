@@ -43,7 +43,6 @@ from dashclip_jax.data import relevance as relevance_lib
 # what failed, and the culprit ("styles.csv line 17 (product 1865)").
 BAD_KEY = "__bad__"
 BAD_WHERE_KEY = "__bad_where__"
-LABEL1_POLICIES = ("positive", "weighted", "exclude")
 # Train pipelines judge max_bad_fraction from this many images on (config:
 # data.min_seen_for_bad_fraction); the end of the data is always judged.
 MIN_SEEN = 50
@@ -358,54 +357,6 @@ def stage1_dataset(
       min_seen_for_bad_fraction=min_seen_for_bad_fraction)
 
 
-def stage2_pairs(relevance: relevance_lib.Relevance, label1_policy: str,
-                 label1_weight: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Training pairs under a label-1 policy -> (query, product, label, weight).
-
-  "positive": label 1 and 2 pairs are positives with weight 1.
-  "weighted": both are positives; label-1 pairs get weight `label1_weight`.
-  "exclude":  label-1 pairs are no training pairs (dropped here), so they are
-              neither anchors nor in-batch negatives; the step-side
-              `StepConfig.label_policy="exclude"` means the same (it masks
-              such rows out, see losses.LABEL_POLICIES).
-  In every policy label-1 products stay in `relevant_product_ids`, so they
-  are never used as in-batch negatives of their query.
-  """
-  if label1_policy not in LABEL1_POLICIES:
-    raise ValueError(f"label1_policy {label1_policy!r} not in "
-                     f"{LABEL1_POLICIES}")
-  keep = relevance.label == 2
-  if label1_policy != "exclude":
-    keep |= relevance.label == 1
-  label = relevance.label[keep].astype(np.int32)
-  weight = np.ones(len(label), np.float32)
-  if label1_policy == "weighted":
-    weight[label == 1] = label1_weight
-  return relevance.query[keep], relevance.product[keep], label, weight
-
-
-def relevant_table(relevance: relevance_lib.Relevance, max_relevant: int
-                   ) -> np.ndarray:
-  """int32 (Q, R): per query its label>=1 products, padded with -1.
-
-  R = the largest count in the data, capped at `max_relevant`; a query with
-  more relevant products than the cap raises (a silently truncated list
-  would turn relevant products into negatives).
-  """
-  groups = relevance.products_by_query([1, 2])
-  r = max(1, max(len(g) for g in groups))
-  if r > max_relevant:
-    worst = int(np.argmax([len(g) for g in groups]))
-    raise ValueError(
-        f"{relevance.name}: query {relevance.query_ids[worst]} has {r} "
-        f"relevant products, more than max_relevant={max_relevant}; raise it.")
-  table = np.full((len(groups), r), -1, np.int32)
-  for q, g in enumerate(groups):
-    table[q, :len(g)] = g
-  return table
-
-
 def stage2_dataset(
     catalog: catalog_lib.Catalog,
     relevance: relevance_lib.Relevance,
@@ -433,8 +384,8 @@ def stage2_dataset(
 ) -> BatchSkippingBad:
   """Stage-2 (query-product relevance) training batches.
 
-  One record per positive (query, product) pair (see `stage2_pairs`). Each
-  example also carries `num_negatives` queries drawn without replacement from
+  One record per positive (query, product) pair (`relevance.stage2_pairs`).
+  Each example also carries `num_negatives` queries drawn without replacement from
   the product's label-0 queries (fewer if it has fewer; `neg_valid` marks
   real ones), and its query's relevant products for false-negative masking.
 
@@ -461,11 +412,12 @@ def stage2_dataset(
     raise ValueError(f"{relevance.name} indexes {relevance.num_products} "
                      f"products but the catalog has {len(catalog)}; pass the "
                      "catalog the relevance data was loaded against.")
-  pq, pp, pl, pw = stage2_pairs(relevance, label1_policy, label1_weight)
+  pq, pp, pl, pw = relevance_lib.stage2_pairs(relevance, label1_policy,
+                                               label1_weight)
+  relevant = relevance_lib.relevant_table(relevance, max_relevant)
   fn = Stage2Example(
       catalog, relevance.queries, pq, pp, pl, pw,
-      relevance.queries_by_product([0]), relevant_table(relevance,
-                                                        max_relevant),
+      relevance.queries_by_product([0]), relevant,
       image_size=image_size, query_length=query_length,
       title_length=title_length, min_scale=min_scale,
       num_negatives=num_negatives, augment=augment, tokenizer=tokenizer,

@@ -20,6 +20,8 @@ from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 
 LABELS = (0, 1, 2)
+# How stage 2 trains on label-1 pairs (`stage2_pairs`).
+LABEL1_POLICIES = ("positive", "weighted", "exclude")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,3 +205,56 @@ def load_relevance(
   header, rows = catalog_lib.read_table_rows(path)
   return relevance_from_rows(rows, catalog, name=path, columns=columns,
                              header=header, max_bad_fraction=max_bad_fraction)
+
+
+# ---------------------------------------------------------------------------
+# Stage 2's view of the relevance data: training pairs, relevant products.
+# ---------------------------------------------------------------------------
+
+
+def stage2_pairs(relevance: Relevance, label1_policy: str,
+                 label1_weight: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Training pairs under a label-1 policy -> (query, product, label, weight).
+
+  "positive": label 1 and 2 pairs are positives with weight 1.
+  "weighted": both are positives; label-1 pairs get weight `label1_weight`.
+  "exclude":  label-1 pairs are no training pairs (dropped here), so they are
+              neither anchors nor in-batch negatives; the step-side
+              `StepConfig.label_policy="exclude"` means the same (it masks
+              such rows out, see losses.LABEL_POLICIES).
+  In every policy label-1 products stay in `relevant_product_ids`, so they
+  are never used as in-batch negatives of their query.
+  """
+  if label1_policy not in LABEL1_POLICIES:
+    raise ValueError(f"label1_policy {label1_policy!r} not in "
+                     f"{LABEL1_POLICIES}")
+  keep = relevance.label == 2
+  if label1_policy != "exclude":
+    keep |= relevance.label == 1
+  label = relevance.label[keep].astype(np.int32)
+  weight = np.ones(len(label), np.float32)
+  if label1_policy == "weighted":
+    weight[label == 1] = label1_weight
+  return relevance.query[keep], relevance.product[keep], label, weight
+
+
+def relevant_table(relevance: Relevance, max_relevant: int
+                   ) -> np.ndarray:
+  """int32 (Q, R): per query its label>=1 products, padded with -1.
+
+  R = the largest count in the data, capped at `max_relevant`; a query with
+  more relevant products than the cap raises (a silently truncated list
+  would turn relevant products into negatives).
+  """
+  groups = relevance.products_by_query([1, 2])
+  r = max(1, max(len(g) for g in groups))
+  if r > max_relevant:
+    worst = int(np.argmax([len(g) for g in groups]))
+    raise ValueError(
+        f"{relevance.name}: query {relevance.query_ids[worst]} has {r} "
+        f"relevant products, more than max_relevant={max_relevant}; raise it.")
+  table = np.full((len(groups), r), -1, np.int32)
+  for q, g in enumerate(groups):
+    table[q, :len(g)] = g
+  return table

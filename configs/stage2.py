@@ -40,14 +40,9 @@ from dashclip_jax import config_lib
 
 def _sibling_config(name: str):
   """configs/<name>.py as a module (configs/ is not a package)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      f"dashclip_{name}_config", os.path.join(os.path.dirname(__file__),
-                                               f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.config_module(
+      os.path.join(os.path.dirname(__file__), f"{name}.py"))
 
 
 def final_eval_block(enabled: bool, variant: str):

@@ -52,6 +52,27 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def config_module(path: str | os.PathLike):
+  """A configs/<name>.py file as a module (configs/ is not a package)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"dashclip_{name}_config",
+                                                path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(path: str | os.PathLike, arg: str | None = None,
+                overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """`path`'s get_config(arg) with {"a.b": value} overrides applied, as
+  `--config=path:arg --config.a.b=value` gives it (for tests, notebooks)."""
+  config = config_module(path).get_config(arg)
+  config.update_from_flattened_dict(dict(overrides or {}))
+  return config
+
+
 VARIANTS = ("tiny", "demo", "fashion", "base")
 
 

@@ -2,7 +2,6 @@
 training and evaluation, unclosed CSV quotes, culprit names."""
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from dashclip_jax import config_lib
 from dashclip_jax import model as model_lib
 from dashclip_jax import sharding
 from dashclip_jax.data import bad_records as br
@@ -31,11 +31,8 @@ TINY = model_lib.model_config("tiny")
 
 
 def _config(name, arg):
-  spec = importlib.util.spec_from_file_location(
-      f"bad_data_{name}_config", os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"),
+                                arg)
 
 
 def _data_cfg(**overrides):

@@ -122,12 +122,7 @@ def test_check_workdir(tmp_path):
 
 def _config(name, variant="tiny"):
   """configs/<name>.py:<variant>, as the entry points load it."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      f"entry_errors_{name}", ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return config_lib.load_config(ROOT / "configs" / f"{name}.py", variant)
 
 
 def test_stage2_config_stage1_block_takes_data_model_mesh_seed_from_stage2():

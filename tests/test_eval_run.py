@@ -97,12 +97,7 @@ def _fashion_cfg(catalog_dir, **overrides):
   cfg.data.catalog_dir = catalog_dir
   cfg.data.max_probe_products = 0
   cfg.probes.zeros_per_query = 2
-  for k, v in overrides.items():
-    node = cfg
-    *path, leaf = k.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  cfg.update_from_flattened_dict(overrides)
   return cfg
 
 

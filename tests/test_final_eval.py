@@ -4,13 +4,13 @@
 final evaluation's metrics there against one process.)
 """
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dashclip_jax import config_lib
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import run as eval_run
 from dashclip_jax.trainers import final_eval
@@ -19,11 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _stage2_config(arg):
-  spec = importlib.util.spec_from_file_location(
-      "stage2_config", os.path.join(REPO, "configs", "stage2.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load_config(os.path.join(REPO, "configs", "stage2.py"),
+                                arg)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ momentum copies = online / 2 so that the two differ), converted with
 `dashclip_jax.convert`; stage 1 runs in-process up to its train loop.
 """
 
-import importlib.util
 import math
 import pathlib
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from dashclip_jax import checkpoint_io
+from dashclip_jax import config_lib
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
 from dashclip_jax import tokenizer as tok
@@ -120,18 +120,8 @@ def retrieval_queues(tmp_path_factory):
 
 
 def _stage1_config(variant="tiny", **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "stage1_config", ROOT / "configs" / "stage1.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(variant)
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.load_config(ROOT / "configs" / "stage1.py", variant,
+                                overrides)
 
 
 def _initial_state(monkeypatch, config, workdir):

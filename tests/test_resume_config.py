@@ -9,7 +9,6 @@ nothing is compiled).
 """
 
 import functools
-import importlib.util
 import os
 import pathlib
 
@@ -17,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from dashclip_jax import config_lib
 from dashclip_jax.trainers import common
 from dashclip_jax.trainers import stage1
 
@@ -24,18 +24,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _stage1_config(**overrides):
-  spec = importlib.util.spec_from_file_location(
-      "stage1_config", ROOT / "configs" / "stage1.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("tiny")
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.load_config(ROOT / "configs" / "stage1.py", "tiny",
+                                overrides)
 
 
 @functools.lru_cache(maxsize=None)

@@ -84,17 +84,21 @@ def eval_config(config: ml_collections.ConfigDict, model_dir: str,
   return cfg
 
 
+def _shares(n: int) -> list[np.ndarray]:
+  """n rows cut into one contiguous share per process (process order)."""
+  return np.array_split(np.arange(n), jax.process_count())
+
+
 def process_rows(n: int) -> np.ndarray:
-  """This process's contiguous share of n rows (process order)."""
-  return np.array_split(np.arange(n), jax.process_count())[
-      jax.process_index()]
+  """This process's contiguous share of n rows."""
+  return _shares(n)[jax.process_index()]
 
 
 def gather_rows(local: np.ndarray, n: int) -> np.ndarray:
   """Every process's `process_rows(n)` rows of an (n, E) array, on all."""
   if jax.process_count() == 1:
     return local
-  sizes = [len(r) for r in np.array_split(np.arange(n), jax.process_count())]
+  sizes = [len(r) for r in _shares(n)]
   padded = np.zeros((max(sizes),) + local.shape[1:], local.dtype)
   padded[:len(local)] = local  # Equal shapes for the gather.
   every = multihost_utils.process_allgather(padded)  # (processes, max, E)

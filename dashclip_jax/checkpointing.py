@@ -3,9 +3,13 @@
 One checkpoint = `<workdir>/checkpoints/<step>/` with three items:
   state  the TrainState pytree (params, optimizer, step, momentum, queues),
          restored straight into the shardings of a target state
-  data   the data iterator's state (JSON), so a resume continues mid-epoch
-  meta   step, rng seed, the eval metric that picks the best checkpoint and
-         the run's flattened config (to name what changed on a resume)
+  data   the data iterator's state (JSON), so a resume continues mid-epoch:
+         one item of every process's shards, so that a resume may run them
+         on another number of processes (grain's Orbax handler writes one
+         file per process index and count)
+  meta   step, rng seed, eval metrics and the run's flattened config (to
+         name what changed on a resume)
+and, with a `best_metric`, Orbax's own `metrics` item (that metric alone).
 
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a save interrupted midway (kill -9, preemption) never touches
@@ -15,13 +19,15 @@ and the previous one used, so the run can save that step again. One whose
 saved arrays do not fit the target state (a config change such as
 `loss.queue_size`) is not damage: `StateMismatchError` names the config
 keys that changed. Kept: the last `keep` checkpoints plus the best by the
-eval metric.
+eval metric (Orbax's preservation policies, which read the `metrics` items
+back when the checkpoints are reopened).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -30,6 +36,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -200,12 +207,27 @@ class TrainCheckpoints:
     self.keep = keep
     self.best_metric = best_metric
     self.best_mode = best_mode
+    kept = [policies.LatestN(keep)]
+    best = {}
+    if best_metric:
+      best = dict(best_fn=self._rank, best_mode=best_mode)
+      kept.append(policies.BestN(
+          get_metric_fn=self._rank, reverse=best_mode == "min", n=1,
+          keep_checkpoints_without_metrics=False))
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=None,  # Retention below: last K + best.
+            preservation_policy=policies.AnyPreservationPolicy(kept),
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True, create=True))
+            cleanup_tmp_directories=True, create=True, **best))
+
+  def _rank(self, metrics: Mapping[str, Any]) -> float:
+    """Orbax's best_fn: the metric, or the worst value for a step without
+    it (e.g. between evals: see save)."""
+    value = metrics.get(self.best_metric)
+    if value is None or math.isnan(value):
+      return -math.inf if self.best_mode == "max" else math.inf
+    return float(value)
 
   # -- queries -------------------------------------------------------------
 
@@ -220,51 +242,36 @@ class TrainCheckpoints:
 
   def save(self, step: int, state: Any, data_state: dict | None,
            meta: dict[str, Any] | None = None, *, wait: bool = False) -> None:
+    """`meta[best_metric]`, where present, ranks the step for `best`."""
     meta = dict(meta or {}, step=int(step))
     if self.config is not None:
       meta["config"] = self.config
+    # Every step gets metrics, empty between evals (ranked worst): Orbax
+    # warns on each save without any.
+    metrics = None
+    if self.best_metric:
+      value = meta.get(self.best_metric)
+      metrics = {} if value is None else {self.best_metric: float(value)}
     self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data_state or {}),
-        meta=ocp.args.JsonSave(meta)), force=True)
+        meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
     if wait:
       self.wait()
-    self._apply_retention(step, meta)
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()
 
-  def _best_file(self) -> str:
-    return os.path.join(self.directory, "best.json")
-
   def best(self) -> dict[str, Any] | None:
-    if not os.path.isfile(self._best_file()):
+    """{step, value, metric} of the best kept step by `best_metric`; None
+    without one, or when no kept step has it."""
+    step = self._mngr.best_step() if self.best_metric else None
+    if step is None:
       return None
-    with open(self._best_file()) as f:
-      return json.load(f)
-
-  def _apply_retention(self, step: int, meta: dict[str, Any]) -> None:
-    best = self.best()
-    value = meta.get(self.best_metric) if self.best_metric else None
-    if value is not None:
-      better = best is None or (value > best["value"] if self.best_mode ==
-                                "max" else value < best["value"])
-      if better:
-        best = dict(step=int(step), value=float(value),
-                    metric=self.best_metric)
-        if jax.process_index() == 0:
-          os.makedirs(self.directory, exist_ok=True)
-          tmp = self._best_file() + ".tmp"
-          with open(tmp, "w") as f:
-            json.dump(best, f)
-          os.replace(tmp, self._best_file())
-    keep = set(self.steps()[-self.keep:]) | {step}
-    if best is not None:
-      keep.add(best["step"])
-    for old in self.steps():
-      if old not in keep:
-        self._mngr.wait_until_finished()
-        self._mngr.delete(old)
+    value = (self._mngr.metrics(step) or {}).get(self.best_metric)
+    if value is None or math.isnan(value):
+      return None
+    return dict(step=int(step), value=float(value), metric=self.best_metric)
 
   # -- restore -------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Training checkpoints: round trip, retention, damaged-latest fallback."""
+"""Training checkpoints: round trip, retention (last K + best),
+damaged-latest fallback."""
 
 import gc
 import logging
@@ -20,8 +21,10 @@ def _state(step):
 
 
 def _save_steps(ckpts, steps, metric=None):
+  """Saves `steps`; `metric` {step: eval/r@1} (steps not in it: no eval)."""
   for s in steps:
-    meta = {} if metric is None else {"eval/r@1": metric[s]}
+    meta = {} if metric is None or s not in metric else {
+        "eval/r@1": metric[s]}
     ckpts.save(s, _state(s), {"position": s}, meta, wait=True)
 
 
@@ -35,13 +38,74 @@ def test_round_trip_with_data_state(tmp_path):
   ckpts.close()
 
 
+def _best_checkpoints(tmp_path, mode="max"):
+  return checkpointing.TrainCheckpoints(str(tmp_path), keep=2,
+                                        best_metric="eval/r@1",
+                                        best_mode=mode)
+
+
 def test_keeps_last_k_and_best(tmp_path):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=2,
-                                         best_metric="eval/r@1")
+  ckpts = _best_checkpoints(tmp_path)
   metric = {1: 0.2, 2: 0.9, 3: 0.1, 4: 0.3, 5: 0.4}
   _save_steps(ckpts, [1, 2, 3, 4, 5], metric)
   assert ckpts.steps() == [2, 4, 5]  # Last two plus the best (step 2).
   assert ckpts.best() == {"step": 2, "value": 0.9, "metric": "eval/r@1"}
+  ckpts.close()
+
+
+def test_best_by_lowest_in_min_mode(tmp_path):
+  ckpts = _best_checkpoints(tmp_path, mode="min")
+  _save_steps(ckpts, [1, 2, 3, 4], {1: 0.5, 2: 0.1, 3: 0.7, 4: 0.6})
+  assert ckpts.steps() == [2, 3, 4]
+  assert ckpts.best()["step"] == 2
+  ckpts.close()
+
+
+def test_best_survives_a_reopen(tmp_path):
+  ckpts = _best_checkpoints(tmp_path)
+  _save_steps(ckpts, [1, 2, 3], {1: 0.2, 2: 0.9, 3: 0.1})
+  ckpts.close()
+  reopened = _best_checkpoints(tmp_path)
+  assert reopened.best() == {"step": 2, "value": 0.9, "metric": "eval/r@1"}
+  # The resumed run's saves keep step 2 until a better one replaces it.
+  _save_steps(reopened, [4, 5], {4: 0.3})
+  assert reopened.steps() == [2, 4, 5]
+  _save_steps(reopened, [6], {6: 0.95})
+  assert reopened.steps() == [5, 6] and reopened.best()["step"] == 6
+  _save_steps(reopened, [7, 8])
+  assert reopened.steps() == [6, 7, 8]
+  reopened.close()
+
+
+def test_steps_without_the_metric_are_never_best(tmp_path, caplog):
+  ckpts = _best_checkpoints(tmp_path)
+  _save_steps(ckpts, [1, 2])  # No eval yet: nothing is best ...
+  assert ckpts.best() is None and ckpts.steps() == [1, 2]
+  with caplog.at_level("WARNING"):
+    _save_steps(ckpts, [3, 4, 5, 6], {4: 0.1})  # ... then only step 4.
+  assert ckpts.steps() == [4, 5, 6]
+  assert ckpts.best() == {"step": 4, "value": 0.1, "metric": "eval/r@1"}
+  # Saves between evals are not reported as missing their metric.
+  assert not [r for r in caplog.records if "metric" in r.getMessage()]
+  ckpts.close()
+  assert _best_checkpoints(tmp_path).best()["step"] == 4
+
+
+def test_older_steps_without_a_metrics_item_are_not_kept_forever(tmp_path):
+  old = checkpointing.TrainCheckpoints(str(tmp_path), keep=5)  # No metric.
+  _save_steps(old, [1, 2], {1: 0.9, 2: 0.8})
+  old.close()
+  ckpts = _best_checkpoints(tmp_path)
+  assert ckpts.best() is None
+  _save_steps(ckpts, [3, 4], {3: 0.1})
+  assert ckpts.steps() == [3, 4] and ckpts.best()["step"] == 3
+  ckpts.close()
+
+
+def test_without_best_metric_keeps_last_k_only(tmp_path):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=2)
+  _save_steps(ckpts, [1, 2, 3], {1: 0.9, 2: 0.1, 3: 0.2})
+  assert ckpts.steps() == [2, 3] and ckpts.best() is None
   ckpts.close()
 
 

@@ -89,10 +89,10 @@ def main():
                             method=model_lib.DashClip.encode_image)
     txt, taux = module.apply(params, ids, mask,
                              method=model_lib.DashClip.encode_text)
-    mm = module.apply(params, ids, mask, aux["tokens"], True, False,
-                      method=model_lib.DashClip.encode_multimodal)
-    itm = module.apply(params, ids, mask, aux["tokens"], True, False,
-                       method=model_lib.DashClip.itm_logits)
+    mm, _ = module.apply(params, ids, mask, aux["tokens"], True, False,
+                         method=model_lib.DashClip.encode_multimodal)
+    itm, _ = module.apply(params, ids, mask, aux["tokens"], True, False,
+                          method=model_lib.DashClip.itm_logits)
     return dict(image_emb=img, text_emb=txt, text_hidden=taux["hidden"],
                 multimodal_hidden=mm, itm_logits=itm)
 

@@ -51,7 +51,7 @@ class DashClipEncoder:
     self._product_text = apply(
         lambda mdl, i, k: mdl.encode_product_text(i, k)[0])
     self._itm = apply(lambda mdl, x, i, k: jax.nn.softmax(
-        mdl.itm_logits(i, k, mdl.img(x)), axis=-1)[:, 1])
+        mdl.itm_logits(i, k, mdl.img(x))[0], axis=-1)[:, 1])
 
   # -- host-side preprocessing ---------------------------------------------
 

@@ -1,7 +1,7 @@
 """AdamW with warmup + cosine, decay mask, clipping, per-module LR / freezing.
 
 Parameters are selected by regex over their "/"-joined path (e.g.
-"img/block_0/attn/query/kernel", "temp"), the public naming of model.py.
+"img/block_0/attn/query/kernel", "temp"), the public naming of model/.
 `lr_mults=[("img/.*", 0.0), (".*", 1.0)]`: first match wins; a multiplier of
 0 freezes the params (their grads are zeroed before clipping, and they get
 no Adam state).

@@ -82,10 +82,10 @@ def _ours(model_dir, images, ids, mask, use_enc_token):
                              method=model_lib.DashClip.encode_image)
   txt_emb, taux = model.apply(params, ids, mask,
                               method=model_lib.DashClip.encode_text)
-  mm = model.apply(params, ids, mask, aux["tokens"], True, use_enc_token,
-                   method=model_lib.DashClip.encode_multimodal)
-  itm = model.apply(params, ids, mask, aux["tokens"], True, use_enc_token,
-                    method=model_lib.DashClip.itm_logits)
+  mm, _ = model.apply(params, ids, mask, aux["tokens"], True, use_enc_token,
+                      method=model_lib.DashClip.encode_multimodal)
+  itm, _ = model.apply(params, ids, mask, aux["tokens"], True, use_enc_token,
+                       method=model_lib.DashClip.itm_logits)
   return dict(image=img_emb, text=txt_emb, text_hidden=taux["hidden"],
               multimodal=mm, itm=itm, vision_tokens=aux["tokens"])
 

@@ -49,6 +49,9 @@ def test_every_param_has_logical_axes():
                                                                    "mlp")
   assert by_name["['txt']['layer_0']['cross_attn']['out']['kernel']"] == (
       "heads", "kv", "embed")
+  # Top-level names are public API (optimizer regexes, the converter).
+  assert set(shapes) == {"img", "txt", "query", "vision_proj", "text_proj",
+                         "product_proj", "query_proj", "itm_head", "temp"}
 
 
 def _assert_same_loss_and_grads(params, other_config):
@@ -117,7 +120,7 @@ def test_texts_sharing_an_image_equal_repeated_images(params):
   def itm(p, image_tokens):
     return model_lib.DashClip(CONFIG).apply(
         {"params": p}, ids, mask, image_tokens,
-        method=model_lib.DashClip.itm_logits)
+        method=model_lib.DashClip.itm_logits)[0]
 
   shared = jax.jit(jax.value_and_grad(
       lambda p, t: jnp.sum(itm(p, t) ** 2), argnums=(0, 1)))
@@ -134,6 +137,47 @@ def test_texts_sharing_an_image_equal_repeated_images(params):
     np.testing.assert_allclose(a, b, atol=1e-5)
   with pytest.raises(ValueError, match="6 texts for 4 images"):
     itm(params, np.concatenate([tokens, tokens[:1]]))
+
+
+def test_every_encoder_returns_out_and_aux(params):
+  """One convention: each encoder method returns (out, aux dict)."""
+  images, ids, mask = _inputs()
+  module, m = model_lib.DashClip(CONFIG), model_lib.DashClip
+  apply = lambda method, *a: module.apply({"params": params}, *a,
+                                          method=method)
+  _, aux = apply(m.encode_image, images)
+  tokens = aux["tokens"]
+  calls = {
+      m.encode_image: (images,), m.encode_text: (ids, mask),
+      m.encode_multimodal: (ids, mask, tokens),
+      m.itm_logits: (ids, mask, tokens),
+      m.product_features: (images, ids, mask),
+      m.product_features_from_tokens: (tokens, ids, mask),
+      m.encode_product: (images, ids, mask),
+      m.encode_product_from_tokens: (tokens, ids, mask),
+      m.encode_product_text: (ids, mask), m.encode_query: (ids, mask),
+  }
+  for method, args in calls.items():
+    result = apply(method, *args)
+    assert isinstance(result, tuple) and len(result) == 2, method.__name__
+    assert isinstance(result[1], dict), method.__name__
+  hidden, _ = apply(m.encode_multimodal, ids, mask, tokens)
+  logits, aux = apply(m.itm_logits, ids, mask, tokens)
+  assert logits.shape == (2, 2)
+  np.testing.assert_array_equal(aux["hidden"], hidden)
+
+
+def test_pool_takes_position_zero_or_masked_mean():
+  hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+  mask = np.array([[1, 1, 1], [1, 1, 0]])
+  for pooling in ("cls", "enc"):
+    np.testing.assert_array_equal(model_lib.pool(hidden, mask, pooling),
+                                  hidden[:, 0])
+  mean = model_lib.pool(hidden.astype(jnp.bfloat16), mask, "mean")
+  assert mean.dtype == jnp.float32
+  np.testing.assert_allclose(mean, [[2, 3], [7, 8]])  # Row 1: positions 0-1.
+  with pytest.raises(ValueError, match="Unknown pooling 'max'"):
+    model_lib.pool(hidden, mask, "max")
 
 
 def test_bfloat16_compute_keeps_float32_params(params):
@@ -169,8 +213,9 @@ def test_padding_does_not_change_real_tokens(params):
   np.testing.assert_allclose(short, long, atol=1e-5)
   np.testing.assert_allclose(np.asarray(aux_l["hidden"])[:, :10][real],
                              np.asarray(aux_s["hidden"])[real], atol=1e-5)
-  short = apply(ids, mask, aux["tokens"], method=m.encode_multimodal)
-  long = apply(pad(ids), pad(mask), aux["tokens"], method=m.encode_multimodal)
+  short, _ = apply(ids, mask, aux["tokens"], method=m.encode_multimodal)
+  long, _ = apply(pad(ids), pad(mask), aux["tokens"],
+                  method=m.encode_multimodal)
   np.testing.assert_allclose(np.asarray(long)[:, :10][real],
                              np.asarray(short)[real], atol=1e-5)
   # The same 6 columns unmasked do reach the real tokens: what the checks

@@ -29,20 +29,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 import mfu  # noqa: E402  (the MFU bench's step setup and batches)
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import train_steps as ts  # noqa: E402
+from dashclip_jax import train_state  # noqa: E402
 
 
 def compile_seconds(cfg: model_lib.ModelConfig, stage: int, batch: int
                     ) -> tuple[float, float]:
   """(trace + lower, compile) seconds of one train step."""
   mesh, tx, sc, step = mfu.step_setup(stage, cfg)
-  state = jax.eval_shape(lambda r: ts.init_state(cfg, sc, tx, r, mesh),
+  state = jax.eval_shape(lambda r: train_state.init_state(cfg, sc, tx, r, mesh),
                          jax.random.key(0))
   abstract_batch = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
       mfu.random_batch(stage, batch, cfg))
   t0 = time.perf_counter()
-  lowered = ts.jit_step(step, state, abstract_batch, mesh).lower(
+  lowered = train_state.jit_step(step, state, abstract_batch, mesh).lower(
       state, abstract_batch, jax.random.key(0))
   t1 = time.perf_counter()
   lowered.compile()

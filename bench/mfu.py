@@ -59,6 +59,7 @@ from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding
 from dashclip_jax import tokenizer as tok
+from dashclip_jax import train_state
 from dashclip_jax import train_steps as ts
 
 TITLE_LEN, QUERY_LEN, N_NEG = 32, 16, 3
@@ -211,8 +212,8 @@ def profile_summary(run_step, compiled, keep_as: str | None = None,
 def step_setup(stage: int, cfg: model_lib.ModelConfig):
   """-> (1-device mesh, optimizer, StepConfig, unjitted step) of a stage.
 
-  Not trainers.common.make_state: that pulls in ml_collections and the
-  checkpoint stack, which the GPU image lacks; this needs jax/flax/optax.
+  Not trainers.step_options.make_state: that pulls in ml_collections and
+  absl (config_lib), which the GPU image lacks; this needs jax/flax/optax.
   """
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
   lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER
@@ -228,11 +229,11 @@ def time_step(stage: int, cfg: model_lib.ModelConfig, b: int, steps: int,
               profile: bool = False, key_impl: str | None = None,
               keep_as: str | None = None) -> dict[str, float]:
   mesh, tx, sc, step = step_setup(stage, cfg)
-  state = ts.init_state(cfg, sc, tx, jax.random.key(0), mesh)
+  state = train_state.init_state(cfg, sc, tx, jax.random.key(0), mesh)
   batch = sharding.global_batch(random_batch(stage, b, cfg), mesh)
   key = lambda i: jax.random.key(i, impl=key_impl)
   t0 = time.perf_counter()
-  compiled = ts.jit_step(step, state, batch, mesh).lower(
+  compiled = train_state.jit_step(step, state, batch, mesh).lower(
       state, batch, key(0)).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from dashclip_jax import model as model_lib  # noqa: E402
 from dashclip_jax import optim  # noqa: E402
 from dashclip_jax import tokenizer as tok  # noqa: E402
+from dashclip_jax import train_state  # noqa: E402
 from dashclip_jax import train_steps as ts  # noqa: E402
 
 
@@ -87,8 +88,8 @@ def main():
 
   sides = {}
   for name, b in (("per_batch", batch), ("table", cached)):
-    state = ts.init_state(cfg, step_cfg, tx, jax.random.key(0),
-                          params=params)
+    state = train_state.init_state(cfg, step_cfg, tx, jax.random.key(0),
+                                   params=params)
     step = jax.jit(ts.make_stage2_step(cfg, step_cfg, tx),
                    donate_argnums=(0,))
     t0 = time.perf_counter()

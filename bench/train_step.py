@@ -44,7 +44,7 @@ import transformers  # noqa: E402
 from dashclip_jax import model as model_lib  # noqa: E402
 from dashclip_jax import sharding  # noqa: E402
 from dashclip_jax import tokenizer as tok  # noqa: E402
-from dashclip_jax import train_steps as ts  # noqa: E402
+from dashclip_jax import train_state  # noqa: E402
 
 import mfu  # noqa: E402  (bench/: the step setup shared with the MFU bench)
 
@@ -89,9 +89,9 @@ def ours_runners(cfg, batches):
   runners, compile_s = {}, {}
   for stage, batch_np in ((1, batches[0]), (2, batches[1])):
     mesh, tx, sc, step = mfu.step_setup(stage, cfg)
-    state = ts.init_state(cfg, sc, tx, jax.random.key(0), mesh)
+    state = train_state.init_state(cfg, sc, tx, jax.random.key(0), mesh)
     batch = sharding.global_batch(batch_np, mesh)
-    step = ts.jit_step(step, state, batch, mesh)
+    step = train_state.jit_step(step, state, batch, mesh)
     t0 = time.perf_counter()
     step = step.lower(state, batch, jax.random.key(0)).compile()
     compile_s[stage] = time.perf_counter() - t0

@@ -2,9 +2,10 @@
 
 Factories take the model config, a `StepConfig` and an optax transformation
 and return `step(state, batch, rng) -> (state, metrics)`, a pure function;
-`jit_step` compiles it with explicit in/out shardings and the state donated.
-Losses are computed on the *global* batch (see losses.py), so any mesh
-shape gives the same loss and the same update.
+`train_state.jit_step` compiles it with explicit in/out shardings and the
+state donated (`train_state.init_state` builds the state). Losses are
+computed on the *global* batch (see losses/), so any mesh shape gives the
+same loss and the same update.
 
 Batches (global arrays, batch dim first, sharded over ("data", "fsdp")):
   stage 1:
@@ -29,16 +30,12 @@ Batches (global arrays, batch dim first, sharded over ("data", "fsdp")):
                                    used instead of label_weight only when
                                    `StepConfig.label_policy` is set
   Extra keys (category, query_index, ...) are carried and ignored. Names and
-  shapes match `dashclip_jax.data` (pipelines.stage1/2_dataset).
+  shapes match `dashclip_jax.data` (train_datasets.stage1/2_dataset).
 
-Gradient accumulation (`accum_steps = k > 1`) is GradCache-style, so the
-contrastive terms still see the whole batch: (1) embeddings of all k
-microbatches without grad, (2) loss and its grads w.r.t. the embeddings on
-the full batch, (3) per microbatch, a VJP of the encoders with those
-cotangents, summed. ITM's multimodal passes run inside (2) as a scan over k
-chunks with `jax.checkpoint`, so only one chunk's activations are alive.
-The result equals one step on the k-times-larger batch (tested), with one
-encoder forward more than plain backprop.
+Gradient accumulation (`accum_steps = k > 1`) is GradCache-style
+(grad_cache.py), so the contrastive terms still see the whole batch; ITM's
+multimodal passes run inside the loss as k checkpointed chunks. The result
+equals one step on the k-times-larger batch (tested).
 
 Choices that differ from BLIP (BLIP_REFERENCE §4): the in-batch ITC columns
 and the ITM hard negatives span the *global* batch (BLIP pretraining uses the
@@ -62,25 +59,25 @@ always gets gradients; `optim.lr_mults` decides whether it moves.
 """
 
 import dataclasses
-from collections.abc import Callable
+import functools
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
+from dashclip_jax import grad_cache
+from dashclip_jax import itm
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib
 from dashclip_jax import sharding as shard_lib
+from dashclip_jax import train_state as state_lib
 
 Array = jax.Array
 Batch = dict[str, Array]
 Metrics = dict[str, Array]
 
-# Modules with BLIP momentum copies (BLIP_REFERENCE §1.4).
-MOMENTUM_MODULES = ("img", "txt", "vision_proj", "text_proj")
 # Everything the stage-2 product tower (and stage-1 heads) consists of:
 # freeze it in stage 2 with `optim.OptimConfig(lr_mults=STAGE2_FROZEN_TOWER)`.
 PRODUCT_TOWER_REGEX = r"(img|txt|product_proj|vision_proj|text_proj|itm_head)/.*"
@@ -97,16 +94,6 @@ STAGE2_TRAIN_PRODUCT_PROJ = ((r"(img|txt|vision_proj|text_proj|itm_head)/.*",
 # AdamW's weight decay alone would shrink a pretrained query tower (and
 # their optimizer state would cost memory and time for nothing).
 STAGE1_LR_MULTS = ((r"(query|query_proj|product_proj)/.*", 0.0), (".*", 1.0))
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step updates; a plain pytree (no methods, no callables)."""
-  step: Array  # () int32
-  params: Any
-  opt_state: Any
-  params_m: Any = None  # Momentum copies of MOMENTUM_MODULES (stage 1 MD).
-  queue: Any = None  # losses.init_queue(...) dict (stage 1 MD).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,68 +121,8 @@ class StepConfig:
   hard_k: int | None = None
 
 
-# ---------------------------------------------------------------------------
-# Microbatching helpers. Microbatch m takes rows m, m+k, m+2k, ...: a strided
-# split keeps every device's rows spread over all microbatches (a contiguous
-# split would put microbatch 0 on the first devices only).
-# ---------------------------------------------------------------------------
-
-
-def _split(tree: Any, k: int) -> Any:
-  def f(x):
-    if x.shape[0] % k:
-      raise ValueError(f"batch {x.shape[0]} not divisible by accum_steps {k}")
-    x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
-    return jnp.swapaxes(x, 0, 1)  # (k, B/k, ...)
-  return jax.tree.map(f, tree)
-
-
-def _merge(tree: Any) -> Any:
-  def f(x):
-    x = jnp.swapaxes(x, 0, 1)  # (B/k, k, ...)
-    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
-  return jax.tree.map(f, tree)
-
-
-def _cached_value_and_grad(
-    encode: Callable[[Any, Any, Array], Any],
-    loss_on_reps: Callable[[Any, Any], tuple[Array, Metrics]],
-    params: Any, batch: Any, rng: Array, k: int,
-) -> tuple[tuple[Array, Metrics], Any]:
-  """GradCache: d loss(params, encode(params, batch)) / d params, k microbatches.
-
-  Args:
-    encode: (params, microbatch, rng) -> pytree of per-example reps (b, ...).
-    loss_on_reps: (params, reps of the full batch) -> (loss, metrics).
-    params, batch, rng: as for the step; microbatch m gets fold_in(rng, m).
-    k: number of microbatches.
-  """
-  if k == 1:
-    def full(p):
-      return loss_on_reps(p, encode(p, batch, rng))
-    return jax.value_and_grad(full, has_aux=True)(params)
-
-  mbs = _split(batch, k)
-  rngs = jax.random.split(rng, k)
-  p_sg = jax.lax.stop_gradient(params)
-  reps = jax.lax.map(lambda a: encode(p_sg, a[0], a[1]), (mbs, rngs))
-  reps = _merge(reps)
-  (loss, metrics), (g_p, g_reps) = jax.value_and_grad(
-      loss_on_reps, argnums=(0, 1), has_aux=True)(params, reps)
-  g_reps = _split(g_reps, k)
-
-  def body(acc, xs):
-    mb, r, ct = xs
-    _, vjp = jax.vjp(lambda p: encode(p, mb, r), params)
-    (g,) = vjp(ct)
-    return jax.tree.map(jnp.add, acc, g), None
-
-  g_enc, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, g_p),
-                          (mbs, rngs, g_reps))
-  return (loss, metrics), jax.tree.map(jnp.add, g_p, g_enc)
-
-
-def _apply_update(tx: optax.GradientTransformation, state: TrainState,
+def _apply_update(tx: optax.GradientTransformation,
+                  state: state_lib.TrainState,
                   grads: Any) -> tuple[Any, Any, Array]:
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -230,150 +157,133 @@ def _constrain_batch(tree: Any, mesh: Mesh | None) -> Any:
 # ---------------------------------------------------------------------------
 
 
+def _itm_loss(model: model_lib.DashClip, det: bool, params: Any,
+              pairs: Batch, rng: Array, k: int) -> tuple[Array, Metrics]:
+  """Weighted mean ITM loss and accuracy over all pairs, in k chunks."""
+  def score(ids, mask, tokens, r):
+    return model.apply({"params": params}, ids, mask, tokens, det,
+                       method=model_lib.DashClip.itm_logits,
+                       rngs={"dropout": r})[0]
+
+  def sums(chunk, r):
+    """(weighted NLL sum, weighted hit sum) over a chunk of images."""
+    logits, w = itm.pair_logits(chunk, score, r)
+    l, mets = losses.itm_loss(logits, w)  # Weighted means; sums below.
+    w_sum = jnp.sum(w)
+    return jnp.stack([l * w_sum, mets["itm_acc"] * w_sum])
+
+  total = grad_cache.chunked_sum(sums, pairs, rng, k)
+  w_total = jnp.maximum(jnp.sum(pairs["w"]), 1e-12)
+  loss = total[0] / w_total
+  return loss, {"itm_loss": loss, "itm_acc": total[1] / w_total}
+
+
+def _stage1_loss(model: model_lib.DashClip, cfg: StepConfig, batch: Batch,
+                 valid: Array | None, distill: dict[str, Any],
+                 rngs: tuple[Array, Array], params: Any, reps: Batch
+                 ) -> tuple[Array, Metrics]:
+  """ITC + ITM of the full batch's reps; `distill`: itc_loss' momentum
+  targets (or {}); rngs: (hard negatives, ITM dropout)."""
+  r_neg, r_itm = rngs
+  temp = params["temp"]
+  ids = batch["product_id"]
+  l_itc, mets = losses.itc_loss(reps["img"], reps["txt"], temp, ids=ids,
+                                valid=valid, **distill)
+  # Hard negatives over the global batch, online-vs-online similarities
+  # (BLIP retrieval variant), same product id masked.
+  sim = reps["img"] @ reps["txt"].T / losses.clamp_temp(temp)
+  neg_txt, neg_img, ok_t, ok_i = losses.sample_hard_negatives(
+      r_neg, sim, ids, valid)
+  pairs = itm.make_pairs(batch["ids"], batch["mask"], reps["tokens"],
+                         neg_txt, neg_img, ok_t, ok_i, valid)
+  l_itm, itm_mets = _itm_loss(model, cfg.deterministic, params, pairs, r_itm,
+                              cfg.accum_steps)
+  loss = cfg.itc_weight * l_itc + cfg.itm_weight * l_itm
+  return loss, {**mets, **itm_mets, "loss": loss}
+
+
+def _encode_stage1(model: model_lib.DashClip, det: bool, mesh: Mesh | None,
+                   params: Any, mb: Batch, rng: Array) -> Batch:
+  """Per-example reps with grad: image/text embeddings and image tokens."""
+  m = model_lib.DashClip
+  mb = _constrain_batch(mb, mesh)
+  img, aux = model.apply({"params": params}, mb["image"],
+                         method=m.encode_image)
+  txt, _ = model.apply({"params": params}, mb["ids"], mb["mask"], det,
+                       method=m.encode_text, rngs={"dropout": rng})
+  return _constrain_batch({"img": img, "txt": txt, "tokens": aux["tokens"]},
+                          mesh)
+
+
+def _momentum_targets(model: model_lib.DashClip, cfg: StepConfig,
+                      mesh: Mesh | None, state: state_lib.TrainState,
+                      batch: Batch, rng: Array) -> tuple[Any, dict[str, Any]]:
+  """BLIP's order: EMA update of the momentum encoders, then their features
+  (no grad; dropout on unless deterministic) -> (params_m, itc_loss kwargs)."""
+  m = model_lib.DashClip
+  det = cfg.deterministic
+  params_m = losses.ema_update(
+      state.params_m, {n: state.params[n] for n in state_lib.MOMENTUM_MODULES},
+      cfg.momentum)
+
+  def encode(mb, r):
+    v = {**params_m, "temp": state.params["temp"]}
+    mb = _constrain_batch(mb, mesh)
+    img, _ = model.apply({"params": v}, mb["image"], method=m.encode_image)
+    txt, _ = model.apply({"params": v}, mb["ids"], mb["mask"], det,
+                         method=m.encode_text, rngs={"dropout": r})
+    return jax.lax.stop_gradient(img), jax.lax.stop_gradient(txt)
+
+  img_m, txt_m = grad_cache.map_microbatches(encode, batch, rng,
+                                             cfg.accum_steps)
+  distill = dict(img_m=img_m, txt_m=txt_m, alpha=losses.alpha_ramp(
+      state.step, cfg.alpha_ramp_steps, cfg.alpha))
+  if state.queue is not None:
+    distill.update(img_queue=state.queue["img"], txt_queue=state.queue["txt"],
+                   id_queue=state.queue["ids"])
+  return params_m, distill
+
+
+def _enqueue(queue: dict[str, Array], img_m: Array, txt_m: Array, ids: Array,
+             valid: Array | None) -> dict[str, Array]:
+  """The momentum features and ids of the batch's valid rows, enqueued."""
+  q_img, ptr = losses.enqueue(queue["img"], queue["ptr"], img_m, valid)
+  q_txt, _ = losses.enqueue(queue["txt"], queue["ptr"], txt_m, valid)
+  q_ids, _ = losses.enqueue(queue["ids"], queue["ptr"], ids, valid)
+  return {"img": q_img, "txt": q_txt, "ids": q_ids, "ptr": ptr}
+
+
 def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
                      tx: optax.GradientTransformation,
                      mesh: Mesh | None = None):
   """Builds `stage1_step(state, batch, rng) -> (state, metrics)` (unjitted)."""
   model = model_lib.DashClip(model_config)
-  m = model_lib.DashClip
-  det = cfg.deterministic
-  k = cfg.accum_steps
-  use_md = cfg.momentum is not None
+  encode = functools.partial(_encode_stage1, model, cfg.deterministic, mesh)
 
-  def encode(params, mb, rng):
-    """Per-example reps with grad: image/text embeddings and image tokens."""
-    mb = _constrain_batch(mb, mesh)
-    img, aux = model.apply({"params": params}, mb["image"],
-                           method=m.encode_image)
-    txt, _ = model.apply({"params": params}, mb["ids"], mb["mask"], det,
-                         method=m.encode_text, rngs={"dropout": rng})
-    return _constrain_batch({"img": img, "txt": txt, "tokens": aux["tokens"]},
-                            mesh)
-
-  def encode_m(params_m, temp, mb, rng):
-    """Momentum features (no grad), dropout on as in BLIP unless det."""
-    v = {**params_m, "temp": temp}
-    mb = _constrain_batch(mb, mesh)
-    img, _ = model.apply({"params": v}, mb["image"], method=m.encode_image)
-    txt, _ = model.apply({"params": v}, mb["ids"], mb["mask"], det,
-                         method=m.encode_text, rngs={"dropout": rng})
-    return jax.lax.stop_gradient(img), jax.lax.stop_gradient(txt)
-
-  def step(state: TrainState, batch: Batch, rng: Array
-           ) -> tuple[TrainState, Metrics]:
-    b = batch["ids"].shape[0]
-    ids = batch["product_id"]
+  def step(state: state_lib.TrainState, batch: Batch, rng: Array
+           ) -> tuple[state_lib.TrainState, Metrics]:
     valid = batch.get("valid")
     if valid is not None:
       valid = valid.astype(bool)  # The eval pipelines use int32 0/1.
     r_enc, r_neg, r_itm, r_m = jax.random.split(rng, 4)
-
     params_m = queue = None
-    img_m = txt_m = None
-    if use_md:
-      # BLIP order: momentum update first, then momentum features.
-      params_m = losses.ema_update(
-          state.params_m, {n: state.params[n] for n in MOMENTUM_MODULES},
-          cfg.momentum)
-      if k == 1:
-        img_m, txt_m = encode_m(params_m, state.params["temp"], batch, r_m)
-      else:
-        feats = jax.lax.map(
-            lambda a: encode_m(params_m, state.params["temp"], a[0], a[1]),
-            (_split(batch, k), jax.random.split(r_m, k)))
-        img_m, txt_m = _merge(feats)
-      alpha = losses.alpha_ramp(state.step, cfg.alpha_ramp_steps, cfg.alpha)
-
-    def loss_on_reps(params, reps):
-      temp = params["temp"]
-      qkw = {}
-      if use_md:
-        qkw = dict(img_m=img_m, txt_m=txt_m, alpha=alpha)
-        if state.queue is not None:
-          qkw.update(img_queue=state.queue["img"], txt_queue=state.queue["txt"],
-                     id_queue=state.queue["ids"])
-      l_itc, mets = losses.itc_loss(reps["img"], reps["txt"], temp, ids=ids,
-                                    valid=valid, **qkw)
-      # Hard negatives over the global batch, online-vs-online similarities
-      # (BLIP retrieval variant), same product id masked.
-      sim = reps["img"] @ reps["txt"].T / losses.clamp_temp(temp)
-      neg_txt, neg_img, ok_t, ok_i = losses.sample_hard_negatives(
-          r_neg, sim, ids, valid)
-      tokens = reps["tokens"]
-      w_pos = jnp.ones((b,), jnp.float32) if valid is None else valid.astype(
-          jnp.float32)
-      # Per image b: its positive text and its hard-negative text share its
-      # cross-attention keys/values (2 texts per image, projected once);
-      # text b's hard-negative image is a gathered copy. Weights per image:
-      # [positive, (text b, hard image), (hard text, image b)].
-      pairs = {
-          "own_ids": jnp.stack([batch["ids"], batch["ids"][neg_txt]], 1),
-          "own_mask": jnp.stack([batch["mask"], batch["mask"][neg_txt]], 1),
-          "tokens": tokens,
-          "ids": batch["ids"], "mask": batch["mask"],
-          "neg_tokens": tokens[neg_img],
-          "w": jnp.stack([w_pos, w_pos * ok_i, w_pos * ok_t], 1),
-      }
-
-      def itm_sums(c, r):
-        """(weighted NLL sum, weighted hit sum) over a chunk of images."""
-        n, _, length = c["own_ids"].shape
-        r_own, r_neg = jax.random.split(r)
-        own = model.apply({"params": params},
-                          c["own_ids"].reshape(2 * n, length),
-                          c["own_mask"].reshape(2 * n, length), c["tokens"],
-                          det, method=m.itm_logits, rngs={"dropout": r_own})
-        neg = model.apply({"params": params}, c["ids"], c["mask"],
-                          c["neg_tokens"], det, method=m.itm_logits,
-                          rngs={"dropout": r_neg})
-        own = own.reshape(n, 2, 2)
-        # BLIP's order: positives; (text b, hard image); (hard text, image b).
-        logits = jnp.concatenate([own[:, 0], neg, own[:, 1]])
-        w = c["w"].T.reshape(-1)
-        l, im = losses.itm_loss(logits, w)  # Weighted means; sums below.
-        w_sum = jnp.sum(w)
-        return jnp.stack([l * w_sum, im["itm_acc"] * w_sum])
-
-      sums = _chunked_sums(itm_sums, pairs, jax.random.split(r_itm, k), k)
-      w_total = jnp.maximum(jnp.sum(pairs["w"]), 1e-12)
-      l_itm = sums[0] / w_total
-      mets = {**mets, "itm_loss": l_itm, "itm_acc": sums[1] / w_total}
-      loss = cfg.itc_weight * l_itc + cfg.itm_weight * l_itm
-      return loss, {**mets, "loss": loss}
-
-    (loss, mets), grads = _cached_value_and_grad(
-        encode, loss_on_reps, state.params, batch, r_enc, k)
+    distill = {}
+    if cfg.momentum is not None:
+      params_m, distill = _momentum_targets(model, cfg, mesh, state, batch,
+                                            r_m)
+    loss_on_reps = functools.partial(_stage1_loss, model, cfg, batch, valid,
+                                     distill, (r_neg, r_itm))
+    (_, mets), grads = grad_cache.value_and_grad(
+        encode, loss_on_reps, state.params, batch, r_enc, cfg.accum_steps)
     params, opt_state, gnorm = _apply_update(tx, state, grads)
-    if use_md and state.queue is not None:
-      q = state.queue
-      q_img, ptr = losses.enqueue(q["img"], q["ptr"], img_m, valid)
-      q_txt, _ = losses.enqueue(q["txt"], q["ptr"], txt_m, valid)
-      q_ids, _ = losses.enqueue(q["ids"], q["ptr"], ids, valid)
-      queue = {"img": q_img, "txt": q_txt, "ids": q_ids, "ptr": ptr}
+    if cfg.momentum is not None and state.queue is not None:
+      queue = _enqueue(state.queue, distill["img_m"], distill["txt_m"],
+                       batch["product_id"], valid)
     new = state.replace(step=state.step + 1, params=params,
                         opt_state=opt_state, params_m=params_m, queue=queue)
     return new, {**mets, "grad_norm": gnorm}
 
   return step
-
-
-def _chunked_sums(fn: Callable[[Any, Array], Array], xs: Any, rngs: Array,
-                  k: int) -> Array:
-  """sum_m fn(chunk m of xs, rngs[m]); one checkpointed chunk alive at a time.
-
-  jax.checkpoint makes the backward pass recompute each chunk from its
-  inputs instead of keeping every chunk's activations.
-  """
-  if k == 1:
-    return fn(xs, rngs[0])
-  body = jax.checkpoint(fn)
-  def step(acc, x):
-    return acc + body(*x), None
-  first = jax.eval_shape(fn, jax.tree.map(lambda a: a[0], _split(xs, k)),
-                         rngs[0])
-  total, _ = jax.lax.scan(step, jnp.zeros(first.shape, first.dtype),
-                          (_split(xs, k), rngs))
-  return total
 
 
 # ---------------------------------------------------------------------------
@@ -427,13 +337,11 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
     if "product_features" in batch:
       return batch["product_features"].astype(jnp.float32)
     p = jax.lax.stop_gradient(params)
-    if k == 1:
-      return product_features(p, batch, rng)
-    return _merge(jax.lax.map(lambda a: product_features(p, a[0], a[1]),
-                              (_split(batch, k), jax.random.split(rng, k))))
+    return grad_cache.map_microbatches(
+        lambda mb, r: product_features(p, mb, r), batch, rng, k)
 
-  def step(state: TrainState, batch: Batch, rng: Array
-           ) -> tuple[TrainState, Metrics]:
+  def step(state: state_lib.TrainState, batch: Batch, rng: Array
+           ) -> tuple[state_lib.TrainState, Metrics]:
     valid = None  # Every row a training pair (the pipelines drop remainders).
     if cfg.label_policy is not None:
       if "label" not in batch:
@@ -464,7 +372,7 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
           valid=valid, symmetric=cfg.symmetric, hard_k=cfg.hard_k)
       return loss, {**mets, "loss": loss}
 
-    (loss, mets), grads = _cached_value_and_grad(
+    (loss, mets), grads = grad_cache.value_and_grad(
         encode, loss_on_reps, state.params, batch, rng, k)
     params, opt_state, gnorm = _apply_update(tx, state, grads)
     new = state.replace(step=state.step + 1, params=params,
@@ -493,95 +401,3 @@ def make_product_features_fn(model_config: model_lib.ModelConfig,
                            rngs={"dropout": jax.random.split(rng, 3)[0]})
     return _constrain_batch(feats, mesh)
   return features
-
-
-# ---------------------------------------------------------------------------
-# State init and jit with shardings.
-# ---------------------------------------------------------------------------
-
-
-def init_state(model_config: model_lib.ModelConfig, cfg: StepConfig,
-               tx: optax.GradientTransformation, rng: Array,
-               mesh: Mesh | None = None, rules=shard_lib.DEFAULT_RULES,
-               params: Any = None, params_m: Any = None,
-               queue: Any = None) -> TrainState:
-  """A TrainState born sharded on `mesh` (params from the logical axes).
-
-  `params` (unboxed) replaces the random init, e.g. a converted checkpoint;
-  under momentum distillation `params_m` (MOMENTUM_MODULES' trees) replaces
-  the copies of the online encoders and `queue` (a `losses.init_queue`
-  dict) the random queues, e.g. BLIP's. Optimizer moments and momentum
-  copies take their param's sharding (FSDP shards them too); counts and
-  queues are replicated.
-  """
-  r_init, r_q = jax.random.split(rng)
-  abstract = jax.eval_shape(
-      lambda r: model_lib.init_params(model_config, r), r_init)
-  if mesh is not None:
-    p_sh = shard_lib.param_shardings(abstract, mesh, rules)
-  else:
-    p_sh = None
-  if params is None:
-    params = jax.jit(
-        lambda r: model_lib.unbox(model_lib.init_params(model_config, r)),
-        out_shardings=p_sh)(r_init)
-  elif p_sh is not None:
-    params = jax.device_put(params, p_sh)
-
-  def rest(p, r, given_m, given_q):
-    opt_state = tx.init(p)
-    params_m = queue = None
-    if cfg.momentum is not None:
-      params_m = given_m if given_m is not None else {
-          n: jax.tree.map(jnp.copy, p[n]) for n in MOMENTUM_MODULES}
-      if cfg.queue_size:
-        queue = given_q if given_q is not None else losses.init_queue(
-            r, cfg.queue_size, model_config.embed_dim)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                      opt_state=opt_state, params_m=params_m, queue=queue)
-
-  if mesh is None:
-    return jax.jit(rest)(params, r_q, params_m, queue)
-  rep = shard_lib.replicated(mesh)
-  m_sh = None if params_m is None else {n: p_sh[n] for n in MOMENTUM_MODULES}
-  q_sh = None if queue is None else jax.tree.map(lambda _: rep, queue)
-  if params_m is not None:
-    params_m = jax.device_put(params_m, m_sh)
-  if queue is not None:
-    queue = jax.device_put(queue, q_sh)
-  abstract_state = jax.eval_shape(rest, params, r_q, params_m, queue)
-  st_sh = TrainState(
-      step=rep, params=p_sh,
-      opt_state=shard_lib.optimizer_shardings(
-          tx, abstract_state.opt_state, p_sh, mesh),
-      params_m=None if abstract_state.params_m is None else
-      {n: p_sh[n] for n in MOMENTUM_MODULES},
-      queue=None if abstract_state.queue is None else
-      jax.tree.map(lambda _: rep, abstract_state.queue))
-  return jax.jit(rest, in_shardings=(p_sh, rep, m_sh, q_sh),
-                 out_shardings=st_sh)(params, r_q, params_m, queue)
-
-
-def state_shardings(state: TrainState) -> Any:
-  """Shardings of a (concrete) state, to pin the step's in/out shardings."""
-  return jax.tree.map(lambda x: x.sharding, state)
-
-
-def batch_shardings(batch: Batch, mesh: Mesh) -> dict[str, NamedSharding]:
-  return {k: shard_lib.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-
-
-def jit_step(step_fn, state: TrainState, batch: Batch, mesh: Mesh,
-             compiler_options: dict[str, Any] | None = None):
-  """jax.jit with explicit in/out shardings and the state donated.
-
-  `state`/`batch` are examples (concrete arrays) fixing the layout; metrics
-  come back replicated. `compiler_options` go to XLA (the tests use
-  {"xla_backend_optimization_level": 0} to halve CPU compile time).
-  """
-  st_sh = state_shardings(state)
-  rep = shard_lib.replicated(mesh)
-  return jax.jit(step_fn,
-                 in_shardings=(st_sh, batch_shardings(batch, mesh), rep),
-                 out_shardings=(st_sh, rep), donate_argnums=(0,),
-                 compiler_options=compiler_options)

@@ -10,6 +10,7 @@ from jax.extend import core as jex_core
 from dashclip_jax import flops
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
+from dashclip_jax import train_state
 from dashclip_jax import train_steps as ts
 
 
@@ -91,8 +92,9 @@ def _traced_step_flops(stage, step_cfg, batch):
       lr_mults=ts.STAGE1_LR_MULTS if stage == 1 else
       ts.STAGE2_TRAIN_PRODUCT_PROJ), model_lib.abstract_params(cfg))
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
-  state = jax.eval_shape(lambda r: ts.init_state(cfg, step_cfg, tx, r),
-                         jax.random.key(0))
+  state = jax.eval_shape(
+      lambda r: train_state.init_state(cfg, step_cfg, tx, r),
+      jax.random.key(0))
   return _count(make(cfg, step_cfg, tx), state, batch, jax.random.key(1))
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
+from dashclip_jax import train_state
 from dashclip_jax import train_steps as ts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,8 @@ def _one_step(step_cfg, lr_mults, batch=BATCH, rng=1):
   opt = optim.OptimConfig(lr=1e-2, init_lr=1e-2, total_steps=10,
                           weight_decay=0.0, lr_mults=lr_mults)
   tx = optim.make_optimizer(opt, PARAMS)
-  state = ts.init_state(CFG, step_cfg, tx, jax.random.key(0), params=PARAMS)
+  state = train_state.init_state(CFG, step_cfg, tx, jax.random.key(0),
+                                 params=PARAMS)
   step = jax.jit(ts.make_stage2_step(CFG, step_cfg, tx),
                  compiler_options=FAST)
   new, metrics = step(state, batch, jax.random.key(rng))
@@ -168,12 +170,13 @@ def _stage2_config(*overrides):
 
 
 def test_config_override_unfreezes_and_freezes_modules():
-  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import step_options  # pylint: disable=g-import-not-at-top
   abstract = model_lib.abstract_params(CFG)
 
   def trained(config):
     return optim.trained_modules(
-        abstract, common.optim_config(config.optim, 10).lr_mults)
+        abstract, step_options.optim_config(config.optim, 10).lr_mults)
 
   default = trained(_stage2_config())
   assert "product_proj" in default and "img" not in default
@@ -182,8 +185,8 @@ def test_config_override_unfreezes_and_freezes_modules():
   assert "product_proj" not in frozen
   whole = trained(_stage2_config("--config.optim.lr_mults=.*=1"))
   assert {"img", "txt", "product_proj"} <= set(whole)
-  with pytest.raises(common.ConfigError, match="not 'regex=mult'"):
-    common.parse_lr_mults("img/.*=0; .*")
+  with pytest.raises(config_lib.ConfigError, match="not 'regex=mult'"):
+    step_options.parse_lr_mults("img/.*=0; .*")
   assert optim.trains_any(abstract, ((".*", 1.0),),
                           ts.PRODUCT_TOWER_BODY_REGEX)
   assert not optim.trains_any(abstract, ts.STAGE2_TRAIN_PRODUCT_PROJ,
@@ -191,9 +194,9 @@ def test_config_override_unfreezes_and_freezes_modules():
 
 
 def test_stage1_config_freezes_the_query_side_visibly():
-  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
-  mults = common.optim_config(_config("configs/stage1.py:tiny").optim,
-                              10).lr_mults
+  from dashclip_jax.trainers import step_options  # pylint: disable=g-import-not-at-top
+  mults = step_options.optim_config(_config("configs/stage1.py:tiny").optim,
+                                    10).lr_mults
   assert mults == ts.STAGE1_LR_MULTS
 
 
@@ -239,21 +242,21 @@ def test_product_table_equals_per_batch_features():
 @pytest.mark.parametrize("variant", ["tiny", "demo", "fashion", "base"])
 def test_every_variant_builds_and_its_freezing_rules_parse(variant):
   import importlib.util  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import step_options  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
       "stage2_config", os.path.join(REPO, "configs", "stage2.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(variant)
   abstract = model_lib.abstract_params(CFG)
-  rules = common.optim_config(config.optim, 10).lr_mults
+  rules = step_options.optim_config(config.optim, 10).lr_mults
   tower = optim.trains_any(abstract, rules, ts.PRODUCT_TOWER_BODY_REGEX)
   # demo and fashion train the whole product tower (measured best); tiny
   # and base keep DashCLIP's frozen, cached tower body.
   assert tower == (variant in ("demo", "fashion"))
   assert "product_proj" in optim.trained_modules(abstract, rules)
   if config.stage1 is not None:
-    s1_rules = common.optim_config(config.stage1.optim, 10).lr_mults
+    s1_rules = step_options.optim_config(config.stage1.optim, 10).lr_mults
     assert "query" not in optim.trained_modules(abstract, s1_rules)
   assert config.data.source == ("synthetic" if variant in ("tiny", "demo")
                                 else "fashion")

@@ -15,13 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dashclip_jax import grad_cache
+from dashclip_jax import itm
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding
+from dashclip_jax import train_state
 from dashclip_jax import train_steps as ts
 from dashclip_jax.data import relevance as relevance_lib
-from dashclip_jax.trainers import common
+from dashclip_jax.trainers import step_options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,13 +98,13 @@ TX = optim.make_optimizer(OPT, PARAMS)
 def _run(stage, mesh, step_cfg, tx, n_steps=1, cfg=CFG, batch=None):
   """n steps on `mesh`; returns (host state, list of host metrics, jitted fn)."""
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
-  state = ts.init_state(cfg, step_cfg, tx, jax.random.key(0), mesh,
-                        params=PARAMS)
+  state = train_state.init_state(cfg, step_cfg, tx, jax.random.key(0),
+                                 mesh, params=PARAMS)
   if batch is None:
     batch = BATCH1 if stage == 1 else BATCH2
   batch = sharding.global_batch(batch, mesh)
-  fn = ts.jit_step(make(cfg, step_cfg, tx, mesh), state, batch, mesh,
-                   compiler_options=FAST_COMPILE)
+  fn = train_state.jit_step(make(cfg, step_cfg, tx, mesh), state, batch,
+                            mesh, compiler_options=FAST_COMPILE)
   mets = []
   for i in range(n_steps):
     state, m = fn(state, batch, jax.random.fold_in(jax.random.key(7), i))
@@ -187,9 +190,9 @@ def _production_stage2():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("tiny")
-  mults = common.optim_config(config.optim, OPT.total_steps).lr_mults
+  mults = step_options.optim_config(config.optim, OPT.total_steps).lr_mults
   sc = dataclasses.replace(
-      common.step_config(config.loss, config.train.accum_steps),
+      step_options.step_config(config.loss, config.train.accum_steps),
       train_product_tower=optim.trains_any(
           model_lib.abstract_params(CFG), mults, ts.PRODUCT_TOWER_BODY_REGEX))
   tx = optim.make_optimizer(dataclasses.replace(OPT, lr_mults=mults), PARAMS)
@@ -247,7 +250,8 @@ def test_production_stage2_reference_is_the_production_setup(
   # Dropout is live: another rng, another loss (the mesh test then also
   # shows that the dropout draws do not depend on the mesh).
   mesh = _one_device()
-  fresh = ts.init_state(CFG, sc, tx, jax.random.key(0), mesh, params=PARAMS)
+  fresh = train_state.init_state(CFG, sc, tx, jax.random.key(0), mesh,
+                                 params=PARAMS)
   _, other = fn(fresh, sharding.global_batch(batch, mesh), jax.random.key(8))
   assert abs(float(other["loss"]) - float(mets[0]["loss"])) > 1e-4
 
@@ -333,8 +337,8 @@ def test_step_compiles_once(reference):
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     mesh = _one_device()
-    state = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh,
-                          params=PARAMS)
+    state = train_state.init_state(CFG, S1, TX, jax.random.key(0), mesh,
+                                   params=PARAMS)
     # The same jitted function is reused with a fresh (equal-layout) state.
     batch = sharding.global_batch(BATCH1, mesh)
     compiles.clear()
@@ -376,7 +380,8 @@ def test_remat_changes_nothing_but_memory(reference):
                         cfg=CFG.replace(remat=True))
   _, ref_mets, ref_fn = reference[1]
   mesh = _one_device()
-  plain = ts.init_state(CFG, S1, TX, jax.random.key(0), mesh, params=PARAMS)
+  plain = train_state.init_state(CFG, S1, TX, jax.random.key(0), mesh,
+                                 params=PARAMS)
   plain, _ = jax.device_get(ref_fn(plain, sharding.global_batch(BATCH1, mesh),
                                    jax.random.fold_in(jax.random.key(7), 0)))
   _assert_metrics_close(mets[0], ref_mets[0])
@@ -404,6 +409,78 @@ def test_hard_negatives_mesh_independent():
         np.testing.assert_array_equal(g, w)
   other = jax.device_get(fn(jax.random.key(12), sim, ids))
   assert not all(np.array_equal(g, w) for g, w in zip(other, want))
+
+
+# ---------------------------------------------------------------------------
+# ITM pairs and GradCache, by hand.
+# ---------------------------------------------------------------------------
+
+
+def _fake_itm_score(ids, mask, image_tokens, rng):
+  """(text, image) as "logits": text id ids[:, 0] (+0.5 when mask[:, 1] is
+  0, so masks must travel with their ids), image id from its tokens, shared
+  by p consecutive texts as in DashClip.itm_logits."""
+  del rng
+  p = ids.shape[0] // image_tokens.shape[0]
+  text = ids[:, 0] + 0.5 * (1 - mask[:, 1])
+  return jnp.stack([text.astype(jnp.float32),
+                    jnp.repeat(image_tokens[:, 0, 0], p)], -1)
+
+
+def test_itm_pairs_line_up_with_their_weights_and_labels():
+  """3 rows worked by hand: the (text, image) of every ITM logit row and its
+  weight come in itm_loss' order (positives, (text b, hard image),
+  (hard text, image b)); swapping kinds or weight columns fails."""
+  ids = jnp.array([[10, 7], [11, 7], [12, 7]], jnp.int32)
+  mask = jnp.array([[1, 1], [1, 0], [1, 1]], jnp.int32)  # Text 11 -> 11.5.
+  tokens = jnp.array([100.0, 101.0, 102.0]).reshape(3, 1, 1)
+  neg_txt = jnp.array([2, 0, 1])  # Hard text of image b.
+  neg_img = jnp.array([1, 2, 0])  # Hard image of text b.
+  ok_t = jnp.array([True, True, False])
+  ok_i = jnp.array([True, False, True])
+  valid = jnp.array([True, True, False])
+  pairs = itm.make_pairs(ids, mask, tokens, neg_txt, neg_img, ok_t, ok_i,
+                         valid)
+  logits, w = itm.pair_logits(pairs, _fake_itm_score, jax.random.key(0))
+  assert itm.PAIR_KINDS[0] == "positive"
+  np.testing.assert_array_equal(logits, [
+      [10, 100], [11.5, 101], [12, 102],   # positive: text b, image b
+      [10, 101], [11.5, 102], [12, 100],   # text b, hard image neg_img[b]
+      [12, 100], [10, 101], [11.5, 102]])  # hard text neg_txt[b], image b
+  np.testing.assert_array_equal(w, [1, 1, 0,   # valid
+                                    1, 0, 0,   # valid and ok_i
+                                    1, 1, 0])  # valid and ok_t
+  # itm_loss labels rows by position: a scorer that says "match" exactly
+  # for text b with image b is then right on every weighted row.
+  match = (logits[:, 0].astype(jnp.int32) - 10) == (logits[:, 1] - 100)
+  _, mets = losses.itm_loss(jnp.stack([~match, match], -1).astype(float), w)
+  assert float(mets["itm_acc"]) == 1.0
+
+
+def test_grad_cache_split_is_strided_and_gradients_equal_plain():
+  """Microbatch m is rows m, m+k, ...; k=4 GradCache gives the loss and
+  gradients of jax.value_and_grad on the whole batch, for a loss that
+  couples all rows (a softmax over the batch) and has a param of its own."""
+  np.testing.assert_array_equal(grad_cache.split(jnp.arange(6), 2),
+                                [[0, 2, 4], [1, 3, 5]])
+  np.testing.assert_array_equal(
+      grad_cache.merge(grad_cache.split(jnp.arange(6), 3)), jnp.arange(6))
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32),
+            "t": jnp.float32(2.0)}
+  batch = {"x": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)}
+  encode = lambda p, mb, r: {"z": jnp.tanh(mb["x"] @ p["w"])}
+  def loss_on_reps(p, reps):
+    logp = jax.nn.log_softmax(p["t"] * reps["z"] @ reps["z"].T, -1)
+    return -jnp.mean(jnp.diag(logp)), {}
+  key = jax.random.key(0)
+  (want, _), g_want = grad_cache.value_and_grad(encode, loss_on_reps, params,
+                                                batch, key, 1)
+  (got, _), g_got = grad_cache.value_and_grad(encode, loss_on_reps, params,
+                                              batch, key, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  _assert_tree_close(g_got, g_want, 1e-5, 1e-7, "grads")
+  assert float(jnp.abs(g_want["w"]).max()) > 1e-3
 
 
 # ---------------------------------------------------------------------------
@@ -477,10 +554,11 @@ def test_stage2_frozen_tower_bf16_accumulated(reference):
       dataclasses.replace(OPT, lr_mults=ts.STAGE2_FROZEN_TOWER), PARAMS)
   sc = dataclasses.replace(S2, train_product_tower=False, accum_steps=2)
   mesh = _one_device()
-  state = ts.init_state(cfg16, sc, tx, jax.random.key(0), mesh, params=PARAMS)
+  state = train_state.init_state(cfg16, sc, tx, jax.random.key(0), mesh,
+                                 params=PARAMS)
   batch = sharding.global_batch(BATCH2, mesh)
-  fn = ts.jit_step(ts.make_stage2_step(cfg16, sc, tx, mesh), state, batch,
-                   mesh, compiler_options=FAST_COMPILE)
+  fn = train_state.jit_step(ts.make_stage2_step(cfg16, sc, tx, mesh), state,
+                            batch, mesh, compiler_options=FAST_COMPILE)
   state, mets = jax.device_get(fn(state, batch, jax.random.key(7)))
   for name in ("img", "txt", "product_proj", "itm_head"):
     for a, b in zip(jax.tree.leaves(state.params[name]),
@@ -515,10 +593,11 @@ def test_ragged_batch_padding_rows_are_inert():
   sc = dataclasses.replace(S1, itm_weight=0.0)
   outs = []
   for batch in (padded, unpadded):
-    state = ts.init_state(CFG, sc, TX, jax.random.key(0), mesh, params=PARAMS)
+    state = train_state.init_state(CFG, sc, TX, jax.random.key(0), mesh,
+                                   params=PARAMS)
     batch = sharding.global_batch(batch, mesh)
-    fn = ts.jit_step(ts.make_stage1_step(CFG, sc, TX, mesh), state, batch,
-                     mesh, compiler_options=FAST_COMPILE)
+    fn = train_state.jit_step(ts.make_stage1_step(CFG, sc, TX, mesh), state,
+                              batch, mesh, compiler_options=FAST_COMPILE)
     outs.append(jax.device_get(fn(state, batch, jax.random.key(3))))
   (s_a, m_a), (s_b, m_b) = outs
   assert np.isfinite(m_b["loss"]) and m_b["loss"] < 100

@@ -101,7 +101,7 @@ def stage1_config_of(config):
   with s1.unlocked():
     for key in config_lib.STAGE1_FROM_STAGE2:
       s1[key] = config[key]
-    if config.init.get("text_from"):
+    if config.init.text_from:
       s1.init.text_from = config.init.text_from
   return s1
 
@@ -167,10 +167,11 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
   """
   # pylint: disable=g-import-not-at-top
   from dashclip_jax.data import bad_records
-  from dashclip_jax.trainers import common
+  from dashclip_jax.trainers import init_checkpoint
+  from dashclip_jax.trainers import nonfinite
   # pylint: enable=g-import-not-at-top
   return (config_lib.ConfigError,
-          common.InitCheckpointError, common.NonFiniteLossError,
+          init_checkpoint.InitCheckpointError, nonfinite.NonFiniteLossError,
           bad_records.BadDataError, FileNotFoundError, NotADirectoryError)
 
 
@@ -192,12 +193,12 @@ def main(argv) -> None:
     sys.exit(f"{PROG}: error: --config: " + config_lib.one_line(str(e)))
   with config_lib.one_line_errors(PROG, (config_lib.ConfigError,)):
     config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
-  from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import preemption  # pylint: disable=g-import-not-at-top
   try:
     with config_lib.one_line_errors(PROG, one_line_errors()):
       init_distributed()
       out = run(config, _WORKDIR.value)
-  except common.Preempted as e:
+  except preemption.Preempted as e:
     log.warning("%s", e)
     sys.exit(143)  # 128 + SIGTERM: schedulers read it as pre-empted.
   if out.get("metrics"):

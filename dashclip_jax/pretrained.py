@@ -4,7 +4,7 @@
             into the text encoder (`txt`) and the query tower (`query`).
 
 No manual convert step and nothing fetched: the trainers call `text_init`
-when `init.checkpoint` is empty (trainers/common.py:mesh_and_init).
+when `init.checkpoint` is empty (trainers/init_checkpoint.py:mesh_and_init).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _minilm_init(model_config: model_lib.ModelConfig, seed: int
       # Identity projections need embed_dim == the tower width (see below).
       "embed_dim": width,
       # Dropout is the experiment's choice, not the source's (as for
-      # init.checkpoint in trainers/common.py:model_config_from).
+      # init.checkpoint in trainers/init_checkpoint.py:model_config_from).
       "text.dropout": model_config.text.dropout,
       "query.dropout": model_config.query.dropout,
   }

@@ -82,6 +82,9 @@ def test_heldout_eval_ranks_judged_products_by_hand():
   np.testing.assert_allclose(out["eval/ndcg@10"], ndcg, rtol=1e-6)
   np.testing.assert_allclose(out["eval/recall@1"], 0.5)
   np.testing.assert_allclose(out["eval/mrr"], (1.0 + 0.5) / 2)
+  # One name per figure: recall@1 is not also logged as "r@1".
+  assert {k for k in out if "@" in k or k == "eval/mrr"} == {
+      "eval/ndcg@10", "eval/recall@1", "eval/mrr"}
 
 
 def test_stage2_eval_holds_queries_out_of_training():

@@ -261,7 +261,15 @@ def test_full_tiny_job_stage1_then_stage2_then_eval(xla_cache, tmp_path):
   for key in ("train/qcc_loss", "train/temp", "train/lr", "train/grad_norm",
               "train/examples_per_s", "train/step_time_s"):
     assert np.isfinite(logged[-1][key]), key
-  assert any(l.get("eval/r@1") is not None for l in lines)
+  evals = [l for l in lines if "eval/ndcg@10" in l]
+  assert evals and all("eval/recall@1" in l and "eval/r@1" not in l
+                       for l in evals)
+  # Stage 1's in-loop figure is hit@1 (a matching product id ranked first);
+  # the loop checks each stage's checkpoint.best_metric is one it logs.
+  s1_lines = [json.loads(l) for l in (tmp_path / "stage1" / "metrics.jsonl")
+              .read_text().splitlines()]
+  assert any("eval/hit@1" in l for l in s1_lines)
+  assert not any("eval/r@1" in l for l in s1_lines)
   assert any(f.name.startswith("events.out.tfevents") for f in
              (tmp_path / "stage2" / "tensorboard").iterdir())
 

@@ -19,8 +19,10 @@ from dashclip_jax import config_lib
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
 from dashclip_jax import tokenizer as tok
+from dashclip_jax import train_state
 from dashclip_jax import train_steps
-from dashclip_jax.trainers import common
+from dashclip_jax.trainers import init_checkpoint
+from dashclip_jax.trainers import loop
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage1
 
@@ -105,7 +107,7 @@ def converted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def retrieval_queues(tmp_path_factory):
   """BLIP_Retrieval's queues (ptr_queue, idx_queue) as the converter maps
-  them (convert._map_source), in a model dir of their own."""
+  them (convert.rename.map_source), in a model dir of their own."""
   d = tmp_path_factory.mktemp("retrieval")
   state = _blip_state_dict("retrieval")
   report = convert.convert_tensors(state, None,
@@ -132,7 +134,7 @@ def _initial_state(monkeypatch, config, workdir):
     del config, stage, args, kwargs
     seen.append(jax.device_get(state))
     return state
-  monkeypatch.setattr(common, "train_loop", no_loop)
+  monkeypatch.setattr(loop, "train_loop", no_loop)
   stage1.train(config, str(workdir))
   return seen[0]
 
@@ -148,7 +150,7 @@ def test_stage1_starts_from_blip_momentum_encoders_and_queues(
   _, trees, _ = checkpoint_io.load_model_dir(model_dir,
                                              items=("params", "momentum"))
   # The momentum encoders are BLIP's *_m modules (online / 2), not copies.
-  for module in train_steps.MOMENTUM_MODULES:
+  for module in train_state.MOMENTUM_MODULES:
     for got, want, online in zip(jax.tree.leaves(state.params_m[module]),
                                  jax.tree.leaves(trees["momentum"][module]),
                                  jax.tree.leaves(state.params[module])):
@@ -174,7 +176,7 @@ def test_stage1_starts_from_blip_momentum_encoders_and_queues(
 def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   model_dir, blip = retrieval_queues
   mc, _, _ = checkpoint_io.load_model_dir(model_dir)
-  params = common.load_init_params(model_dir, mc)
+  params = init_checkpoint.load_init_params(model_dir, mc)
   on = train_steps.StepConfig(momentum=0.995, queue_size=QUEUE)
   # BLIP_Retrieval names: ptr_queue is the pointer; idx_queue's ids are
   # BLIP's images, never this catalog's products.

@@ -19,7 +19,7 @@ from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-t
 from dashclip_jax import pretrained  # pylint: disable=g-import-not-at-top
 from dashclip_jax import tokenizer as tok  # pylint: disable=g-import-not-at-top
 from dashclip_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
-from dashclip_jax.trainers import common  # pylint: disable=g-import-not-at-top
+from dashclip_jax.trainers import init_checkpoint  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -140,7 +140,7 @@ def test_blip_tokenizer_matches_minilm_tokenizer(hf_tokenizer):
 
 def test_mesh_and_init_takes_minilm_towers(minilm_tensors, caplog):
   caplog.set_level(logging.INFO, logger="dashclip_jax")
-  _, init_dir, config, params = common.mesh_and_init(
+  _, init_dir, config, params = init_checkpoint.mesh_and_init(
       _stage2_tiny(text_from="minilm"), "stage 2")
   assert init_dir is None
   assert (config.query.width, config.query.depth, config.embed_dim) == (
@@ -161,7 +161,8 @@ def test_mesh_and_init_takes_minilm_towers(minilm_tensors, caplog):
 
 def test_mesh_and_init_rejects_an_unknown_text_from():
   with pytest.raises(ValueError, match="'minilm-l12'"):
-    common.mesh_and_init(_stage2_tiny(text_from="minilm-l12"), "stage 2")
+    init_checkpoint.mesh_and_init(_stage2_tiny(text_from="minilm-l12"),
+                                  "stage 2")
 
 
 def test_text_from_is_ignored_with_an_init_checkpoint(tmp_path, caplog):
@@ -171,7 +172,7 @@ def test_text_from_is_ignored_with_an_init_checkpoint(tmp_path, caplog):
       str(tmp_path / "m"), model_lib.init_params(tiny, jax.random.key(1)),
       tiny)
   caplog.set_level(logging.INFO, logger="dashclip_jax")
-  _, init_dir, config, _ = common.mesh_and_init(
+  _, init_dir, config, _ = init_checkpoint.mesh_and_init(
       _stage2_tiny(checkpoint=str(tmp_path / "m"), text_from="minilm"),
       "stage 2")
   assert init_dir == str(tmp_path / "m")

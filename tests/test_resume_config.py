@@ -2,9 +2,9 @@
 line naming the changed keys, `checkpoint.restart` starts over without
 losing the old run, and other changes resume and are named in the log.
 
-The states are the stage-1 trainer's own (`common.make_state` from the tiny
-config), saved and restored through `common.open_checkpoints` and
-`common.restore` as `stage1.train` calls them (as zeros of their shapes:
+The states are the stage-1 trainer's own (`step_options.make_state` from the
+tiny config), saved and restored through `resume.open_checkpoints` and
+`resume.restore` as `stage1.train` calls them (as zeros of their shapes:
 nothing is compiled).
 """
 
@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from dashclip_jax import config_lib
-from dashclip_jax.trainers import common
+from dashclip_jax.trainers import init_checkpoint
+from dashclip_jax.trainers import resume
+from dashclip_jax.trainers import step_options
 from dashclip_jax.trainers import stage1
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,10 +34,10 @@ def _stage1_config(**overrides):
 def _abstract_state(momentum, queue_size):
   config = _stage1_config(**{"loss.momentum": momentum,
                              "loss.queue_size": queue_size})
-  mc = common.model_config_from(config.model, None)
-  return jax.eval_shape(lambda: common.make_state(
+  mc = init_checkpoint.model_config_from(config.model, None)
+  return jax.eval_shape(lambda: step_options.make_state(
       mc, stage1.step_config(config.loss, 1, 96, config.train.batch_size),
-      common.optim_config(config.optim, config.train.total_steps),
+      step_options.optim_config(config.optim, config.train.total_steps),
       config.seed, None)[1])
 
 
@@ -60,7 +62,7 @@ class _Data:
 
 
 def _save(config, workdir, step=2):
-  ckpts = common.open_checkpoints(config, str(workdir))
+  ckpts = resume.open_checkpoints(config, str(workdir))
   ckpts.save(step, _state(config), _Data().get_state(), {"seed": 0},
              wait=True)
   ckpts.close()
@@ -72,9 +74,9 @@ QUEUE = {"loss.momentum": 0.995, "loss.queue_size": 16}
 def test_state_change_stops_in_one_line_naming_keys_and_restart(tmp_path):
   _save(_stage1_config(), tmp_path)
   changed = _stage1_config(**QUEUE)
-  ckpts = common.open_checkpoints(changed, str(tmp_path))
-  with pytest.raises(common.ConfigError) as e:
-    common.restore(ckpts, _state(changed), _Data())
+  ckpts = resume.open_checkpoints(changed, str(tmp_path))
+  with pytest.raises(config_lib.ConfigError) as e:
+    resume.restore(ckpts, _state(changed), _Data())
   ckpts.close()
   msg = str(e.value)
   assert "\n" not in msg and "checkpoints/2 does not fit" in msg, msg
@@ -91,9 +93,9 @@ def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
   (tmp_path / "models" / "2").mkdir(parents=True)
   restart = _stage1_config(**QUEUE, **{"checkpoint.restart": True})
   with caplog.at_level("WARNING", logger="dashclip_jax"):
-    ckpts = common.open_checkpoints(restart, str(tmp_path))
+    ckpts = resume.open_checkpoints(restart, str(tmp_path))
   state = _state(restart)
-  _, resumed = common.restore(ckpts, state, _Data())
+  _, resumed = resume.restore(ckpts, state, _Data())
   assert not resumed and ckpts.steps() == []
   moved = [r.getMessage() for r in caplog.records if "restart" in
            r.getMessage()]
@@ -105,9 +107,9 @@ def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
   ckpts.save(1, state, _Data().get_state(), {}, wait=True)
   ckpts.close()
   # The new run resumes without `restart` (and does not list it as a change).
-  again = common.open_checkpoints(_stage1_config(**QUEUE), str(tmp_path))
+  again = resume.open_checkpoints(_stage1_config(**QUEUE), str(tmp_path))
   with caplog.at_level("INFO", logger="dashclip_jax.checkpointing"):
-    _, resumed = common.restore(again, _state(_stage1_config(**QUEUE)),
+    _, resumed = resume.restore(again, _state(_stage1_config(**QUEUE)),
                                 _Data())
   again.close()
   assert resumed
@@ -117,10 +119,10 @@ def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
 def test_changed_values_that_fit_resume_and_are_logged(tmp_path, caplog):
   _save(_stage1_config(), tmp_path)
   changed = _stage1_config(**{"optim.lr": 5e-4, "train.total_steps": 8})
-  ckpts = common.open_checkpoints(changed, str(tmp_path))
+  ckpts = resume.open_checkpoints(changed, str(tmp_path))
   data = _Data()
   with caplog.at_level("INFO"):
-    state, resumed = common.restore(ckpts, _state(changed), data)
+    state, resumed = resume.restore(ckpts, _state(changed), data)
   ckpts.close()
   assert resumed and int(state.step) == 0 and isinstance(
       state, type(_state(changed))) and data.state == {
@@ -137,8 +139,8 @@ def test_stage1_of_a_main_job_names_its_own_restart_option(tmp_path):
   workdir = tmp_path / "stage1"  # Where dashclip_jax.main runs stage 1.
   _save(_stage1_config(), workdir)
   changed = _stage1_config(**QUEUE)
-  ckpts = common.open_checkpoints(changed, str(workdir))
-  with pytest.raises(common.ConfigError,
+  ckpts = resume.open_checkpoints(changed, str(workdir))
+  with pytest.raises(config_lib.ConfigError,
                      match=r"--config\.stage1\.checkpoint\.restart=True"):
-    common.restore(ckpts, _state(changed), _Data())
+    resume.restore(ckpts, _state(changed), _Data())
   ckpts.close()

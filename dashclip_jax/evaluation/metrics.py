@@ -11,11 +11,11 @@ Conventions (shared by every system we evaluate, so numbers are comparable):
   stable sort of -score), and the sharded KNN in `knn.py` does the same, so
   a system that scores many products equally (BM25 zeros) gets one
   deterministic ranking.
-- Recall@K and MRR count label-2 ("highly relevant") products only; NDCG@10
-  uses gain 2^label - 1 and an ideal DCG built from all labelled products of
-  the query. A query without any label-2 product makes Recall and MRR
-  undefined, so it is rejected (`ValueError` naming the query id) rather than
-  silently averaged in as 0 or skipped.
+- Recall@K, hit@K and MRR count label-2 ("highly relevant") products only;
+  NDCG@10 uses gain 2^label - 1 and an ideal DCG built from all labelled
+  products of the query. A query without any label-2 product makes Recall
+  and MRR undefined, so it is rejected (`ValueError` naming the query id)
+  rather than silently averaged in as 0 or skipped.
 """
 
 from typing import Sequence
@@ -115,6 +115,22 @@ def retrieval_metrics(ranking: np.ndarray, labels: np.ndarray,
   """Means over queries of `per_query_metrics` (plain floats)."""
   return {k: float(v.mean())
           for k, v in per_query_metrics(ranking, labels, query_ids).items()}
+
+
+def hit_rate(ranking: np.ndarray, labels: np.ndarray,
+             query_ids: Sequence[str], k: int = 1) -> float:
+  """hit@k: the fraction of queries with a label-2 product in their top k.
+
+  Unlike recall@k it does not divide by the query's number of label-2
+  products: of two relevant products, one in the top 1 is a full hit.
+  """
+  labels = check_labels(labels, query_ids)
+  ranking = np.asarray(ranking)[:, :k]
+  if ranking.shape[0] != labels.shape[0]:
+    raise ValueError(f"ranking shape {ranking.shape} does not match labels "
+                     f"shape {labels.shape}")
+  top = np.take_along_axis(labels, ranking, axis=1)
+  return float((top == RELEVANT).any(axis=1).mean())
 
 
 def labels_from_qrels(qrels: Sequence[tuple[str, str, int]],

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from dashclip_jax import config_lib
+from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import run as eval_run
 
@@ -48,11 +49,11 @@ def _eval_source_of(data: ml_collections.ConfigDict) -> dict:
   if source == "fashion":
     return dict(source="csv", catalog_dir=data.path, catalog_file="styles.csv",
                 synthetic={})
-  if source in ("csv", "table") and data.get("catalog_path") and not data.get(
+  if source in ("csv", "table") and data.catalog_path and not data.get(
       "columns"):
     out = dict(source="csv", catalog_dir=os.path.dirname(data.catalog_path),
                catalog_file=os.path.basename(data.catalog_path), synthetic={})
-    if data.get("relevance_test_path"):
+    if data.relevance_test_path:
       out["qrels_path"] = data.relevance_test_path
     return out
   raise config_lib.ConfigError(
@@ -73,7 +74,7 @@ def eval_config(config: ml_collections.ConfigDict, model_dir: str,
   followed = eval_data_of(config.data)
   with cfg.unlocked():
     del cfg["enabled"]
-    if cfg.data.get("qrels_path"):
+    if cfg.data.qrels_path:
       followed.pop("qrels_path", None)  # final_eval's own choice wins.
     for key, value in followed.items():
       cfg.data[key] = value
@@ -110,8 +111,8 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _embed(model, data: eval_run.EvalData) -> tuple[tuple, np.ndarray,
-                                                     np.ndarray]:
+def _embed(model, data: eval_data.EvalData) -> tuple[tuple, np.ndarray,
+                                                      np.ndarray]:
   """-> ((queries, products, probe) gathered, local products, their rows)."""
   dim = model.config.embed_dim
 
@@ -133,9 +134,9 @@ def _embed(model, data: eval_run.EvalData) -> tuple[tuple, np.ndarray,
   return (q, p, probe), local, rows
 
 
-def _export_part(export_dir: str, data: eval_run.EvalData, local: np.ndarray,
+def _export_part(export_dir: str, data: eval_data.EvalData, local: np.ndarray,
                  rows: np.ndarray) -> None:
-  cats = eval_run.categories_of(data.catalog)
+  cats = eval_data.categories_of(data.catalog)
   export_lib.write_products_part(
       export_dir, jax.process_index(), jax.process_count(),
       [data.catalog.ids[i] for i in rows],
@@ -155,7 +156,7 @@ def run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
   cfg = eval_config(config, model_dir, init_model_dir)
   eval_run.check_config(cfg)
   os.makedirs(workdir, exist_ok=True)
-  data = eval_run.load_data(cfg)
+  data = eval_data.load_data(cfg)
   models = {"dashclip": dashclip_jax.load(model_dir,
                                           batch_size=cfg.batch_size)}
   if "init" in cfg.baselines:

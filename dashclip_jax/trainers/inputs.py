@@ -26,9 +26,10 @@ import numpy as np
 
 from dashclip_jax import model as model_lib
 from dashclip_jax.config_lib import ConfigError
-from dashclip_jax.data import pipelines
+from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources as sources_lib
+from dashclip_jax.data import train_datasets
 
 log = logging.getLogger("dashclip_jax")
 
@@ -126,9 +127,10 @@ def _common_kwargs(cfg, model_config, seed):
   return dict(image_size=image_size(cfg, model_config),
               min_scale=cfg.min_scale, augment=cfg.augment, seed=seed,
               worker_count=cfg.workers,
+              worker_buffer_size=cfg.worker_buffer_size,
+              read_threads=cfg.read_threads or None,  # 0: by worker count.
               max_bad_fraction=cfg.max_bad_fraction,
-              min_seen_for_bad_fraction=cfg.get("min_seen_for_bad_fraction",
-                                                pipelines.MIN_SEEN))
+              min_seen_for_bad_fraction=cfg.min_seen_for_bad_fraction)
 
 
 def stage1_train(cfg: ml_collections.ConfigDict,
@@ -137,7 +139,7 @@ def stage1_train(cfg: ml_collections.ConfigDict,
   """Endless stage-1 batches (image, ids, mask, product_id, category)."""
   catalog = load_sources(cfg).train_catalog
   return ShardedBatches(
-      lambda b, shard: pipelines.stage1_dataset(
+      lambda b, shard: train_datasets.stage1_dataset(
           catalog, batch_size=b, max_length=cfg.text_max_length, shard=shard,
           **_common_kwargs(cfg, model_config, seed)),
       global_batch, cfg.num_shards)
@@ -162,12 +164,13 @@ def stage2_train(cfg: ml_collections.ConfigDict,
     kwargs["augment"] = False
   features, ok = product_table if product_table is not None else (None, None)
   return ShardedBatches(
-      lambda b, shard: pipelines.stage2_dataset(
+      lambda b, shard: train_datasets.stage2_dataset(
           src.train_catalog, kept, batch_size=b,
           query_length=cfg.query_max_length,
           title_length=cfg.text_max_length, num_negatives=cfg.num_negatives,
           label1_policy=cfg.label1_policy, label1_weight=cfg.label1_weight,
-          shard=shard, product_ok=ok, **kwargs),
+          max_relevant=cfg.max_relevant, shard=shard, product_ok=ok,
+          **kwargs),
       global_batch, cfg.num_shards, product_features=features)
 
 
@@ -192,7 +195,7 @@ def train_products(cfg: ml_collections.ConfigDict,
   """-> (number of train products, this process's padded eval-transform
   batches of them, read lazily): what stage 2's product table is made of."""
   catalog = load_sources(cfg).train_catalog
-  ds = pipelines.eval_products_dataset(
+  ds = eval_datasets.eval_products_dataset(
       catalog, batch_size=global_batch // jax.process_count(),
       image_size=image_size(cfg, model_config),
       max_length=cfg.text_max_length, max_bad_fraction=cfg.max_bad_fraction)
@@ -211,7 +214,7 @@ def stage1_eval(cfg: ml_collections.ConfigDict,
                 model_config: model_lib.ModelConfig, global_batch: int
                 ) -> list[dict[str, np.ndarray]]:
   """This process's padded eval batches of test products (ids/mask names)."""
-  ds = pipelines.eval_products_dataset(
+  ds = eval_datasets.eval_products_dataset(
       _eval_catalog(cfg), batch_size=global_batch // jax.process_count(),
       image_size=image_size(cfg, model_config),
       max_length=cfg.text_max_length, text_prefix="",
@@ -260,10 +263,10 @@ def stage2_eval(cfg: ml_collections.ConfigDict,
   labels = labels[keep]
   local = global_batch // jax.process_count()
   catalog = load_sources(cfg).train_catalog.take(rows)
-  products = pipelines.eval_products_dataset(
+  products = eval_datasets.eval_products_dataset(
       catalog, batch_size=local, image_size=image_size(cfg, model_config),
       max_length=cfg.text_max_length, max_bad_fraction=cfg.max_bad_fraction)
-  queries = pipelines.eval_queries_dataset(
+  queries = eval_datasets.eval_queries_dataset(
       held, batch_size=local, max_length=cfg.query_max_length)
   return Stage2Eval(rows, products, list(queries), labels,
                     list(held.query_ids),

@@ -27,9 +27,18 @@ from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding as shard_lib
+from dashclip_jax import train_state
 from dashclip_jax import train_steps
-from dashclip_jax.trainers import common
+from dashclip_jax.evaluation import metrics as eval_metrics
+from dashclip_jax.trainers import embed_batches
+from dashclip_jax.trainers import export
+from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import inputs
+from dashclip_jax.trainers import loop
+from dashclip_jax.trainers import nonfinite
+from dashclip_jax.trainers import preemption
+from dashclip_jax.trainers import resume
+from dashclip_jax.trainers import step_options
 
 log = logging.getLogger("dashclip_jax")
 
@@ -52,20 +61,31 @@ def make_eval_fn(model_config: model_lib.ModelConfig, mesh):
 
 def evaluate(embed, params, batches: list[dict[str, np.ndarray]], mesh
              ) -> dict[str, float]:
-  """Image<->text retrieval R@1 over the eval products (a matching id wins)."""
-  img, txt, ids = common.embed_all(embed, params, batches, mesh)
-  i2t = common.retrieval_at_1(img, txt, ids)
-  t2i = common.retrieval_at_1(txt, img, ids)
-  return {"eval/i2t_r@1": i2t, "eval/t2i_r@1": t2i,
-          "eval/r@1": (i2t + t2i) / 2}
+  """Image<->text hit@1 over the eval products, each way and their mean."""
+  img, txt, ids = embed_batches.embed_all(embed, params, batches, mesh)
+  i2t, t2i = hit_at_1(img, txt, ids), hit_at_1(txt, img, ids)
+  return {"eval/i2t_hit@1": i2t, "eval/t2i_hit@1": t2i,
+          "eval/hit@1": (i2t + t2i) / 2}
+
+
+def hit_at_1(queries: np.ndarray, items: np.ndarray, ids: np.ndarray
+             ) -> float:
+  """Fraction of `queries` rows whose most similar `items` row has their
+  product id (hit@1: any row of that id counts, evaluation/metrics.py)."""
+  scores = queries @ items.T
+  scores[np.isnan(scores)] = -np.inf  # Ranked last, not an error.
+  labels = np.where(ids[:, None] == ids[None, :], eval_metrics.RELEVANT,
+                    0).astype(np.int8)
+  return eval_metrics.hit_rate(eval_metrics.rank_by_score(scores, k=1),
+                               labels, [str(i) for i in ids], k=1)
 
 
 def step_config(loss: ml_collections.ConfigDict, accum_steps: int,
                 num_train: int, batch_size: int) -> train_steps.StepConfig:
   """config.loss -> StepConfig; `alpha_ramp_epochs` > 0 sets the alpha ramp
   to that many epochs of the `num_train` train products (BLIP: the first)."""
-  epochs = loss.get("alpha_ramp_epochs", 0.0)
-  cfg = common.step_config(ml_collections.ConfigDict(
+  epochs = loss.alpha_ramp_epochs
+  cfg = step_options.step_config(ml_collections.ConfigDict(
       {k: v for k, v in loss.items() if k != "alpha_ramp_epochs"}),
                            accum_steps)
   if epochs > 0 and cfg.momentum is not None:
@@ -80,7 +100,7 @@ def step_config(loss: ml_collections.ConfigDict, accum_steps: int,
 def momentum_init(init_dir: str | None, step_cfg: train_steps.StepConfig,
                   init_params, embed_dim: int) -> tuple[Any, Any]:
   """-> (momentum encoders, ITC queues) of a converted BLIP checkpoint, for
-  `common.make_state`; None for either that starts as a copy / at random.
+  `step_options.make_state`; None for either that starts as a copy / at random.
 
   Only under momentum distillation. The queues load when their size is
   `loss.queue_size`, with their pointer; their ids name the source data's
@@ -105,8 +125,8 @@ def _momentum_params(init_dir: str, saved, init_params):
     log.info("stage 1: %s has no momentum encoders: they start as copies "
              "of the online ones", init_dir)
     return None
-  want = {n: init_params[n] for n in train_steps.MOMENTUM_MODULES}
-  got = {n: saved.get(n, {}) for n in train_steps.MOMENTUM_MODULES}
+  want = {n: init_params[n] for n in train_state.MOMENTUM_MODULES}
+  got = {n: saved.get(n, {}) for n in train_state.MOMENTUM_MODULES}
   have, need = _shapes(got), _shapes(want)
   if have != need:
     bad = sorted(set(have) ^ set(need)) or sorted(
@@ -116,7 +136,7 @@ def _momentum_params(init_dir: str, saved, init_params):
                 "online ones", init_dir, len(bad), bad[0])
     return None
   log.info("stage 1: momentum encoders (%s) from %s",
-           ", ".join(train_steps.MOMENTUM_MODULES), init_dir)
+           ", ".join(train_state.MOMENTUM_MODULES), init_dir)
   return jax.tree.map(lambda g, w: np.asarray(g, w.dtype), got, want)
 
 
@@ -148,12 +168,12 @@ def _queues(init_dir: str, saved, size: int, embed_dim: int):
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains stage 1 in `workdir`; returns the exported model directory."""
-  common.install_sigterm_handler()
+  preemption.install_sigterm_handler()
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
 
   # --- Mesh, model geometry and init weights. ------------------------------
-  mesh, init_dir, model_config, init_params = common.mesh_and_init(
+  mesh, init_dir, model_config, init_params = init_checkpoint.mesh_and_init(
       config, "stage 1")
 
   # --- Data (this process's slice of every global batch). -----------------
@@ -167,34 +187,34 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
       config.loss, tc.accum_steps,
       len(inputs.load_sources(config.data).train_catalog), tc.batch_size)
   # The query tower and product_proj are unused here: frozen (no decay).
-  optim_cfg = common.optim_config(config.optim, tc.total_steps)
+  optim_cfg = step_options.optim_config(config.optim, tc.total_steps)
   init_m, init_q = momentum_init(init_dir, step_cfg, init_params,
                                  model_config.embed_dim)
-  tx, state = common.make_state(model_config, step_cfg, optim_cfg,
-                                config.seed, mesh, init_params,
-                                init_momentum=init_m, init_queue=init_q)
+  tx, state = step_options.make_state(model_config, step_cfg, optim_cfg,
+                                      config.seed, mesh, init_params,
+                                      init_momentum=init_m, init_queue=init_q)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
-  init_name = common.init_name(config, init_dir)
-  ckpts = common.open_checkpoints(config, workdir)
-  state, resumed = common.restore(ckpts, state, train_iter)
+  init_name = init_checkpoint.init_name(config, init_dir)
+  ckpts = resume.open_checkpoints(config, workdir)
+  state, resumed = resume.restore(ckpts, state, train_iter)
   if not resumed and init_dir:
     log.info("initialised from %s", init_dir)
   elif not resumed:
     # The untrained start, kept as the main job's "init" reference.
-    common.export_model(workdir, 0, state.params, model_config,
+    export.export_model(workdir, 0, state.params, model_config,
                         provenance=dict(stage="stage1", init=init_name))
 
   # --- The step (compiled once, explicit shardings, state donated), loop. --
-  step_fn = common.guard_nonfinite(
+  step_fn = nonfinite.guard_nonfinite(
       train_steps.make_stage1_step(model_config, step_cfg, tx, mesh))
   embed = make_eval_fn(model_config, mesh)
-  state = common.train_loop(
+  state = loop.train_loop(
       config, "stage 1", state, train_iter, step_fn, mesh,
       lambda params: evaluate(embed, params, eval_batches, mesh), ckpts,
       metric_writer.MetricWriter(workdir, tc.total_steps),
       optim.schedule(optim_cfg))
-  return common.export_model(workdir, tc.total_steps, state.params,
+  return export.export_model(workdir, tc.total_steps, state.params,
                              model_config,
                              provenance=dict(stage="stage1", workdir=workdir,
                                              init=init_name))

@@ -22,12 +22,24 @@ from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding as shard_lib
+from dashclip_jax import config_lib
 from dashclip_jax import train_steps
 from dashclip_jax.evaluation import metrics as eval_metrics
-from dashclip_jax.trainers import common
+from dashclip_jax.trainers import embed_batches
+from dashclip_jax.trainers import export
+from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import inputs
+from dashclip_jax.trainers import loop
+from dashclip_jax.trainers import nonfinite
+from dashclip_jax.trainers import preemption
+from dashclip_jax.trainers import resume
+from dashclip_jax.trainers import step_options
 
 log = logging.getLogger("dashclip_jax")
+
+# The held-out figures (evaluation/metrics.py); `checkpoint.best_metric`
+# names one of them, "eval/ndcg@10".
+EVAL_METRICS = ("ndcg@10", "recall@1", "mrr")
 
 
 def make_eval_fns(model_config: model_lib.ModelConfig, mesh):
@@ -79,7 +91,7 @@ def product_feature_table(config: ml_collections.ConfigDict,
   fn = jax.jit(features, out_shardings=shard_lib.replicated(mesh))
   n, batches = inputs.train_products(config.data, model_config,
                                      config.eval.batch_size)
-  feats, ids = common.embed_all(fn, params, batches, mesh)
+  feats, ids = embed_batches.embed_all(fn, params, batches, mesh)
   table = np.zeros((n, feats.shape[1]), np.float32)
   ok = np.zeros((n,), bool)
   table[ids], ok[ids] = feats, True
@@ -92,9 +104,10 @@ def product_feature_table(config: ml_collections.ConfigDict,
 def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
              table: tuple[np.ndarray, np.ndarray] | None = None
              ) -> dict[str, float]:
-  """Held-out queries ranking their judged train products (graded NDCG@10,
-  R@1, MRR; eval_lib.metrics). With the frozen tower's `table`, product
-  embeddings are its rows projected, exactly what the forward would give.
+  """Held-out queries ranking their judged train products (EVAL_METRICS of
+  evaluation/metrics.py: graded NDCG@10, recall@1, MRR). With the frozen
+  tower's `table`, product embeddings are its rows projected, exactly what
+  the forward would give.
 
   Products whose image cannot be read are skipped (not ranked), and so are
   queries left without a readable label-2 product; the metrics count them
@@ -110,14 +123,14 @@ def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
     ok = ok[data.product_rows]
     products = np.array(project(params, features[data.product_rows]))
   else:
-    emb, cols = common.embed_all(embed_products, params,
-                                 data.product_batches, mesh)
+    emb, cols = embed_batches.embed_all(embed_products, params,
+                                        data.product_batches, mesh)
     products = np.zeros((n, emb.shape[1]), np.float32)
     products[cols] = emb
     ok = np.zeros((n,), bool)
     ok[cols] = True  # The rest: their image failed (valid=0).
-  queries, q_index = common.embed_all(embed_queries, params,
-                                      data.query_batches, mesh)
+  queries, q_index = embed_batches.embed_all(embed_queries, params,
+                                             data.query_batches, mesh)
   labels = data.labels[q_index][:, ok]
   ranked = (labels == 2).any(axis=1)  # Metrics need a readable label 2.
   _report_skips(data, ok, [data.query_ids[i] for i in q_index[~ranked]])
@@ -125,8 +138,7 @@ def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
             "eval/products_skipped": float(n - ok.sum()),
             "eval/queries_ranked": float(ranked.sum())}
   if not ranked.any():
-    return {f"eval/{k}": float("nan") for k in ("ndcg@10", "recall@1", "mrr",
-                                                 "r@1")} | counts
+    return {f"eval/{k}": float("nan") for k in EVAL_METRICS} | counts
   labels = labels[ranked]
   scores = queries[ranked] @ products[ok].T
   scores[(labels < 0) | np.isnan(scores)] = -np.inf  # Unjudged/non-finite.
@@ -134,8 +146,7 @@ def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
   m = eval_metrics.retrieval_metrics(ranking, np.maximum(labels, 0),
                                      [data.query_ids[i]
                                       for i in q_index[ranked]])
-  return {f"eval/{k}": m[k] for k in ("ndcg@10", "recall@1", "mrr")} | {
-      "eval/r@1": m["recall@1"]} | counts
+  return {f"eval/{k}": m[k] for k in EVAL_METRICS} | counts
 
 
 def _report_skips(data: inputs.Stage2Eval, ok: np.ndarray,
@@ -158,34 +169,35 @@ def _report_skips(data: inputs.Stage2Eval, ok: np.ndarray,
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Trains stage 2 in `workdir`; returns the exported model directory."""
-  common.install_sigterm_handler()
+  preemption.install_sigterm_handler()
   os.makedirs(workdir, exist_ok=True)
   tc = config.train
 
   # --- Mesh and init weights: stage 1's model or a converted BLIP. --------
-  mesh, init_dir, model_config, init_params = common.mesh_and_init(
+  mesh, init_dir, model_config, init_params = init_checkpoint.mesh_and_init(
       config, "stage 2")
   if init_dir and config.init.query_from_text:
     # DashCLIP: the query tower starts as a copy of the text encoder.
-    init_params = common.copy_text_to_query(init_params, model_config)
+    init_params = init_checkpoint.copy_text_to_query(init_params,
+                                                     model_config)
 
   # --- Optimizer and state. What trains is `optim.lr_mults` alone: the -----
   # product tower body is trained iff some param of it has a non-zero mult.
   if "train_product_tower" in config.loss:
-    raise common.ConfigError(
+    raise config_lib.ConfigError(
         "loss.train_product_tower is gone: set optim.lr_mults (e.g. "
         "[('(vision_proj|text_proj|itm_head)/.*', 0.0), ('.*', 1.0)] trains "
         "the whole product tower)")
-  optim_cfg = common.optim_config(config.optim, tc.total_steps)
+  optim_cfg = step_options.optim_config(config.optim, tc.total_steps)
   step_cfg = dataclasses.replace(
-      common.step_config(config.loss, tc.accum_steps),
+      step_options.step_config(config.loss, tc.accum_steps),
       train_product_tower=optim.trains_any(
           model_lib.abstract_params(model_config), optim_cfg.lr_mults,
           train_steps.PRODUCT_TOWER_BODY_REGEX))
   log.info("stage 2 trains: %s", ", ".join(optim.trained_modules(
       model_lib.abstract_params(model_config), optim_cfg.lr_mults)))
-  tx, state = common.make_state(model_config, step_cfg, optim_cfg,
-                                config.seed, mesh, init_params)
+  tx, state = step_options.make_state(model_config, step_cfg, optim_cfg,
+                                      config.seed, mesh, init_params)
 
   # --- Data. A frozen tower's features come from a table built once. ------
   table = None
@@ -198,13 +210,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
                                  config.eval.batch_size)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
-  ckpts = common.open_checkpoints(config, workdir)
-  state, resumed = common.restore(ckpts, state, train_iter)
+  init_name = init_checkpoint.init_name(config, init_dir)
+  ckpts = resume.open_checkpoints(config, workdir)
+  state, resumed = resume.restore(ckpts, state, train_iter)
   if not resumed:
-    log.info("initialised from %s", common.init_name(config, init_dir))
+    log.info("initialised from %s", init_name)
 
   # --- The step (compiled once, explicit shardings, state donated), loop. --
-  step_fn = common.guard_nonfinite(
+  step_fn = nonfinite.guard_nonfinite(
       train_steps.make_stage2_step(model_config, step_cfg, tx, mesh))
   eval_fns = make_eval_fns(model_config, mesh)
   writer = metric_writer.MetricWriter(workdir, tc.total_steps)
@@ -214,12 +227,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
     before = evaluate_now(state.params)
     log.info("before stage 2: %s", before)
     writer.write(0, before)
-  state = common.train_loop(
+    resume.check_best_metric(config.checkpoint.best_metric, before)
+  state = loop.train_loop(
       config, "stage 2", state, train_iter, step_fn, mesh,
       evaluate_now, ckpts,
       writer, optim.schedule(optim_cfg))
-  return common.export_model(workdir, tc.total_steps, state.params,
+  return export.export_model(workdir, tc.total_steps, state.params,
                              model_config,
                              provenance=dict(stage="stage2", workdir=workdir,
-                                             init=common.init_name(
-                                                 config, init_dir)))
+                                             init=init_name))

@@ -2,7 +2,7 @@
 
   python bench/data_pipeline.py [--batch 32] [--image_size 224] [--workers 2]
 
-Pipeline side: `pipelines.stage1_dataset` on the real fashion catalog
+Pipeline side: `train_datasets.stage1_dataset` on the real fashion catalog
 (../shared/data/fashion, 128 px JPEGs) when present, else the embedded
 synthetic catalog: JPEG/PNG decode + BLIP train augmentation
 (RandomResizedCrop bicubic, flip, RandomAugment(2, 5)) + normalise + title
@@ -36,8 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from dashclip_jax import model as model_lib  # noqa: E402
 from dashclip_jax.data import catalog as catalog_lib  # noqa: E402
-from dashclip_jax.data import pipelines  # noqa: E402
 from dashclip_jax.data import synthetic  # noqa: E402
+from dashclip_jax.data import train_datasets  # noqa: E402
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion", "styles.csv")
@@ -52,7 +52,7 @@ def load_catalog() -> tuple[catalog_lib.Catalog, str]:
 
 
 def bench_pipeline(cat, batch, image_size, workers, num_batches):
-  ds = pipelines.stage1_dataset(
+  ds = train_datasets.stage1_dataset(
       cat, batch_size=batch, image_size=image_size, max_length=30,
       min_scale=0.2, shard=(0, 1), seed=0, worker_count=workers)
   it = iter(ds)
@@ -69,6 +69,7 @@ def _step_with_train_steps(size, batch_np, steps):
   """Examples/s of the real stage-1 train step (ITC + ITM + AdamW)."""
   from dashclip_jax import optim  # pylint: disable=g-import-not-at-top
   from dashclip_jax import sharding  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import train_state  # pylint: disable=g-import-not-at-top
   from dashclip_jax import train_steps as ts  # pylint: disable=g-import-not-at-top
   cfg = _model_config(size, batch_np)
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
@@ -76,11 +77,11 @@ def _step_with_train_steps(size, batch_np, steps):
   oc = optim.OptimConfig(lr=1e-5, warmup_steps=10, total_steps=1000)
   tx = optim.make_optimizer(oc, abstract)
   sc = ts.StepConfig()
-  state = ts.init_state(cfg, sc, tx, jax.random.key(0), mesh)
+  state = train_state.init_state(cfg, sc, tx, jax.random.key(0), mesh)
   keys = ("image", "ids", "mask", "product_id")
   batch = sharding.global_batch({k: batch_np[k] for k in keys}, mesh)
-  step = ts.jit_step(ts.make_stage1_step(cfg, sc, tx, mesh), state, batch,
-                     mesh)
+  step = train_state.jit_step(ts.make_stage1_step(cfg, sc, tx, mesh), state,
+                              batch, mesh)
   for i in range(2):  # Compile + one warm step.
     state, m = step(state, batch, jax.random.key(i))
   jax.block_until_ready(m)

@@ -15,64 +15,19 @@ Variants:
          first epoch); set init.checkpoint to a converted BLIP.
 """
 
+import ml_collections
+
 from dashclip_jax import config_lib
 
 
-def data_block(variant: str):
-  """config.data: what to read (dashclip_jax.data.sources) and how."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  embedded = variant in ("tiny", "demo")
-  return ml_collections.ConfigDict(dict(
-      # Source: synthetic (embedded, no files), fashion (`path`: styles.csv +
-      # images/ + relevance_train.csv + qrels_test.csv), csv/table
-      # (`catalog_path`, relevance_*_path) or tfds (`tfds_dir`).
-      source="synthetic" if embedded else "fashion",
-      path="../shared/data/fashion",
-      catalog_path="",
-      relevance_train_path="",
-      relevance_test_path="",
-      tfds_dir="",
-      synthetic=dict(
-          num_products={"tiny": 96}.get(variant, 400),
-          num_train_queries={"tiny": 24}.get(variant, 160),
-          num_test_queries={"tiny": 12}.get(variant, 60),
-          image_size=64, seed=0,
-          bad_images=0),  # >0: damage that many images (bad-data drills).
-      # Above this fraction of bad records the run stops (BadDataError):
-      # catalog/relevance rows at load, undecodable images in training once
-      # min_seen_for_bad_fraction images were seen (counts are logged at
-      # log steps either way).
-      max_bad_fraction=0.01,
-      min_seen_for_bad_fraction=50,
-      test_fraction=0.1,      # Hash split where the catalog has no split.
-      # Pipelines.
-      num_shards=0,           # 0: one per process (see trainers/inputs.py).
-      workers=0,              # grain worker processes (0: threads).
-      image_size=0,           # 0: the model's image size.
-      text_max_length={"tiny": 16, "demo": 24, "fashion": 24}.get(variant, 30),
-      query_max_length={"tiny": 12, "demo": 16, "fashion": 16}.get(variant,
-                                                                   20),
-      min_scale=0.5,          # RandomResizedCrop (BLIP: 0.2 pretrain, 0.5 ft).
-      augment=variant != "tiny",
-      num_negatives={"tiny": 2, "demo": 4, "fashion": 4}.get(variant, 8),
-      label1_policy="weighted",  # Stage 2: positive | weighted | exclude.
-      label1_weight=0.5,
-      # Stage 2: this share of the train queries (by a hash of the text)
-      # never trains; the run selects its model on them, not on the test set.
-      heldout_query_fraction=0.1,
-      eval_max_products={"tiny": 16}.get(variant, 0),  # 0: all test products.
-  ))
-
-
 def get_config(arg=None):
-  import ml_collections  # pylint: disable=g-import-not-at-top
   c, v = config_lib.stage_config("stage1", arg)
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",
       # "minilm": text + query towers from MiniLM-L6 when no checkpoint.
       text_from="minilm" if v in ("demo", "fashion") else "",
   ))
-  c.data = data_block(v)
+  c.data = config_lib.data_block(v)  # Shared with stage 2.
   c.train.total_steps = config_lib.by_variant(
       v, tiny=6, demo=80, fashion=300, base=20000)
   c.train.eval_every = config_lib.by_variant(

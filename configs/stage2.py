@@ -33,14 +33,20 @@ stages (`--config.model.size=...` moves both; `--config.stage1.model.size`
 is an error that says so).
 """
 
+import os
+
 import ml_collections
 
 from dashclip_jax import config_lib
 
 
 def _sibling_config(name: str):
-  """configs/<name>.py as a module (configs/ is not a package)."""
-  import os  # pylint: disable=g-import-not-at-top
+  """configs/<name>.py as a module, loaded by path next to this file.
+
+  Not `from configs import stage1`: configs/ is no installed package, so
+  that import works only where the repo root is on sys.path (python -m from
+  the root), not for `--config=/path/to/configs/stage2.py` run elsewhere.
+  """
   return config_lib.config_module(
       os.path.join(os.path.dirname(__file__), f"{name}.py"))
 
@@ -67,20 +73,20 @@ def final_eval_block(enabled: bool, variant: str):
 
 def get_config(arg=None):
   c, v = config_lib.stage_config("stage2", arg)
-  s1 = _sibling_config("stage1")
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",          # Stage-1 workdir/model or converted BLIP.
       query_from_text=True,   # Query tower <- (stage-1) text encoder.
       # "minilm": text + query towers from MiniLM-L6 when no checkpoint.
       text_from="minilm" if v in ("demo", "fashion") else "",
   ))
-  c.stage1 = s1.get_config(v) if v in ("tiny", "demo", "fashion") else None
+  c.stage1 = (_sibling_config("stage1").get_config(v)
+              if v in ("tiny", "demo", "fashion") else None)
   if c.stage1 is not None:
     # Stage 1 runs on this config's data, model, mesh and seed (one override
     # moves both stages): the block keeps no copies that would be ignored.
     for key in config_lib.STAGE1_FROM_STAGE2:
       del c.stage1[key]
-  c.data = s1.data_block(v)
+  c.data = config_lib.data_block(v)  # Stage 1's too.
   c.train.total_steps = config_lib.by_variant(
       v, tiny=6, demo=100, fashion=500, base=10000)
   c.train.eval_every = config_lib.by_variant(

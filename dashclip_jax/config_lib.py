@@ -129,7 +129,7 @@ def model_block(size: str) -> ml_collections.ConfigDict:
       size=size,           # dashclip_jax.model.model_config size.
       dtype="float32",     # Compute dtype; "bfloat16" on accelerators.
       remat=False,
-      attention="einsum",  # "cudnn": fused ViT attention (model.py).
+      attention="einsum",  # "cudnn": fused ViT attention (model/attention.py).
       scan_layers=False,   # True: compile each tower's layers once (scan).
       image_size=0,        # 0: the size's own.
       text_dropout=-1.0,   # < 0: the size's own.
@@ -139,7 +139,7 @@ def model_block(size: str) -> ml_collections.ConfigDict:
 def checkpoint_block() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       every_steps=50, keep=2, async_save=True,
-      best_metric="eval/r@1",  # Kept besides the last `keep`.
+      best_metric="eval/hit@1",  # Kept besides `keep`; stage 2: ndcg@10.
   ))
 
 
@@ -153,6 +153,62 @@ def train_block(batch_size: int, total_steps: int
       eval_every=100,
       nan_policy="stop",      # "stop" or "skip" (skip the update, count it).
       fast_compile=False,     # XLA opt level 0 for the step (CI-scale runs).
+  ))
+
+
+
+def data_block(variant: str) -> ml_collections.ConfigDict:
+  """config.data of both stages: what to read (dashclip_jax.data.sources) and
+  how (trainers/inputs.py -> data.train_datasets / eval_datasets)."""
+  v = variant
+  embedded = v in ("tiny", "demo")
+  return ml_collections.ConfigDict(dict(
+      # Source: synthetic (embedded, no files), fashion (`path`: styles.csv +
+      # images/ + relevance_train.csv + qrels_test.csv), csv/table
+      # (`catalog_path`, relevance_*_path) or tfds (`tfds_dir`).
+      source="synthetic" if embedded else "fashion",
+      path="../shared/data/fashion",
+      catalog_path="",
+      relevance_train_path="",
+      relevance_test_path="",
+      tfds_dir="",
+      synthetic=dict(
+          num_products=by_variant(v, tiny=96, demo=400, fashion=400, base=400),
+          num_train_queries=by_variant(v, tiny=24, demo=160, fashion=160,
+                                       base=160),
+          num_test_queries=by_variant(v, tiny=12, demo=60, fashion=60, base=60),
+          image_size=64, seed=0,
+          bad_images=0),  # >0: damage that many images (bad-data drills).
+      # Above this fraction of bad records the run stops (BadDataError):
+      # catalog/relevance rows at load, undecodable images in training once
+      # min_seen_for_bad_fraction images were seen (counts are logged at
+      # log steps either way).
+      max_bad_fraction=0.01,
+      min_seen_for_bad_fraction=50,
+      test_fraction=0.1,      # Hash split where the catalog has no split.
+      # Pipelines.
+      num_shards=0,           # 0: one per process (see trainers/inputs.py).
+      workers=0,              # grain worker processes (0: threads).
+      worker_buffer_size=2,   # Examples buffered per worker.
+      # Threads per process running the per-example transform; 0: min(cores,
+      # 8) without workers, 1 per worker with them.
+      read_threads=0,
+      image_size=0,           # 0: the model's image size.
+      text_max_length=by_variant(v, tiny=16, demo=24, fashion=24, base=30),
+      query_max_length=by_variant(v, tiny=12, demo=16, fashion=16, base=20),
+      min_scale=0.5,          # RandomResizedCrop (BLIP: 0.2 pretrain, 0.5 ft).
+      augment=v != "tiny",
+      num_negatives=by_variant(v, tiny=2, demo=4, fashion=4, base=8),
+      # Stage 2: room for a query's relevant products, which are never its
+      # in-batch negatives; a query with more stops the run (not truncated).
+      max_relevant=256,
+      label1_policy="weighted",  # Stage 2: positive | weighted | exclude.
+      label1_weight=0.5,
+      # Stage 2: this share of the train queries (by a hash of the text)
+      # never trains; the run selects its model on them, not on the test set.
+      heldout_query_fraction=0.1,
+      # 0: all test products.
+      eval_max_products=by_variant(v, tiny=16, demo=0, fashion=0, base=0),
   ))
 
 

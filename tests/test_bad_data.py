@@ -17,12 +17,15 @@ from dashclip_jax import model as model_lib
 from dashclip_jax import sharding
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
-from dashclip_jax.data import pipelines
+from dashclip_jax.data import eval_datasets
+from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources
 from dashclip_jax.data import synthetic
+from dashclip_jax.data import train_datasets
+from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import run as run_lib
-from dashclip_jax.trainers import common
+from dashclip_jax.trainers import train_logger
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
 
@@ -104,7 +107,7 @@ def test_synthetic_bad_images_are_damaged_as_planted():
   assert len(rows) == 5
   for i in range(30):
     if i in rows:
-      with pytest.raises(catalog_lib.ImageError):
+      with pytest.raises(images_lib.ImageError):
         syn.catalog.load_image(i)
     else:
       assert syn.catalog.load_image(i).shape == (16, 16, 3)
@@ -144,7 +147,7 @@ def test_train_logger_reports_bad_images_with_culprits(caplog):
   it = inputs.stage1_train(_data_cfg(max_bad_fraction=0.5), TINY, 8, seed=0)
   tc = _config("stage1", "tiny").train
   writer = _Writer()
-  logger = common.TrainLogger(writer, tc, lambda s: 0.0, 0, data=it)
+  logger = train_logger.TrainLogger(writer, tc, lambda s: 0.0, 0, data=it)
   metrics = {"loss": jnp.float32(1.0), "nonfinite": jnp.float32(0.0)}
   with caplog.at_level(logging.WARNING):
     for step in range(1, 3):
@@ -230,7 +233,7 @@ def test_eval_skips_queries_without_a_label2_product_and_names_them(tmp_path):
       "q4,blue shirt,14,1", "q5,blue shirt,16,2"))  # 16 is a train product.
   cfg = _eval_cfg(root)
   cfg.data.qrels_max_bad_fraction = 0.2  # 16 is unknown to the test split.
-  data = run_lib.load_data(cfg)
+  data = eval_data.load_data(cfg)
   assert data.query_ids == ["q1", "q3"]
   assert "1 query skipped (no label-2 product in the ranked split: q4)" in (
       data.description)
@@ -339,16 +342,16 @@ def test_bad_image_culprit_names_file_and_line_once(tmp_path):
   rows = [f"{100 + i},Shirts,Shirt {i},train" for i in range(6)]
   cat = catalog_lib.load_catalog(
       _write_styles(tmp_path, rows, bad_image_ids=("101",)))
-  with pytest.raises(catalog_lib.ImageError) as e:
+  with pytest.raises(images_lib.ImageError) as e:
     cat.load_image(1)
   assert str(e.value).count("styles.csv line 3") == 1
   assert "object at 0x" not in str(e.value)
-  it = iter(pipelines.stage1_dataset(cat, batch_size=5, image_size=8,
-                                     shard=(0, 1), num_epochs=1,
-                                     max_bad_fraction=1.0))
+  it = iter(train_datasets.stage1_dataset(cat, batch_size=5, image_size=8,
+                                          shard=(0, 1), num_epochs=1,
+                                          max_bad_fraction=1.0))
   list(it)
-  products = pipelines.eval_products_dataset(cat, batch_size=6, image_size=8,
-                                             shard=(0, 1))
+  products = eval_datasets.eval_products_dataset(cat, batch_size=6,
+                                                 image_size=8, shard=(0, 1))
   list(products)
   for culprits in (it.bad.culprits, products.bad.culprits):
     assert len(culprits) == 1

@@ -10,6 +10,7 @@ import pytest
 from dashclip_jax.data import augment
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
 
@@ -400,11 +401,11 @@ def test_train_augment_is_a_function_of_the_rng():
 
 
 def test_decode_image_names_culprit():
-  with pytest.raises(catalog_lib.ImageError, match="styles.csv line 9"):
-    catalog_lib.decode_image(b"\x89PNG garbage", "styles.csv line 9")
+  with pytest.raises(images_lib.ImageError, match="styles.csv line 9"):
+    images_lib.decode_image(b"\x89PNG garbage", "styles.csv line 9")
   buf = io.BytesIO()
   Image.new("L", (5, 4), 77).save(buf, format="PNG")
-  out = catalog_lib.decode_image(buf.getvalue())
+  out = images_lib.decode_image(buf.getvalue())
   assert out.shape == (4, 5, 3) and (out == 77).all()
 
 

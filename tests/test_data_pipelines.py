@@ -1,4 +1,5 @@
-"""grain pipelines: resume, sharding, alignment, workers, bad images, eval."""
+"""grain train and eval datasets: resume, sharding, alignment, workers, bad
+images, eval padding."""
 
 import json
 import os
@@ -13,9 +14,10 @@ from dashclip_jax import preprocess
 from dashclip_jax import tokenizer as tokenizer_lib
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
-from dashclip_jax.data import pipelines
+from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
+from dashclip_jax.data import train_datasets
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion")
@@ -35,7 +37,7 @@ def tok():
 def _stage1(cat, tok, **kw):
   kw = {"batch_size": 4, "image_size": S, "shard": (0, 1), "seed": 3,
         **kw}
-  return pipelines.stage1_dataset(cat, tokenizer=tok, **kw)
+  return train_datasets.stage1_dataset(cat, tokenizer=tok, **kw)
 
 
 def _equal(a, b):
@@ -153,7 +155,7 @@ def test_corrupt_images_are_skipped_counted_and_named(data, tok):
 
 def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
   cat, rel = data.train_catalog, data.train
-  ds = pipelines.stage2_dataset(
+  ds = train_datasets.stage2_dataset(
       cat, rel, batch_size=8, image_size=S, shard=(0, 1), num_negatives=3,
       num_epochs=1, tokenizer=tok, augment=False)
   labels = {(int(q), int(p)): int(l)
@@ -213,8 +215,8 @@ def test_eval_batches_pad_so_every_process_runs_the_same_count(data, tok):
   cat = data.test_catalog  # 73 products.
   seen, counts = [], []
   for index in range(3):
-    ds = pipelines.eval_products_dataset(cat, batch_size=8, image_size=S,
-                                         shard=(index, 3), tokenizer=tok)
+    ds = eval_datasets.eval_products_dataset(cat, batch_size=8, image_size=S,
+                                             shard=(index, 3), tokenizer=tok)
     counts.append(len(ds))
     for b in ds:
       v = b["valid"].astype(bool)
@@ -227,15 +229,15 @@ def test_eval_batches_pad_so_every_process_runs_the_same_count(data, tok):
       seen += b["product_id"][v].tolist()
   assert counts == [4, 4, 4]
   # Stage-1 key names for the image-text eval.
-  b = pipelines.eval_products_dataset(cat, batch_size=8, image_size=S,
-                                      shard=(0, 1), tokenizer=tok,
-                                      text_prefix="")[0]
+  b = eval_datasets.eval_products_dataset(cat, batch_size=8, image_size=S,
+                                          shard=(0, 1), tokenizer=tok,
+                                          text_prefix="")[0]
   assert {"ids", "mask", "image", "product_id", "valid"} == set(b)
   assert sorted(seen) == list(range(len(cat)))
   qseen = []
   for index in range(2):
-    ds = pipelines.eval_queries_dataset(data.test, batch_size=16,
-                                        shard=(index, 2), tokenizer=tok)
+    ds = eval_datasets.eval_queries_dataset(data.test, batch_size=16,
+                                            shard=(index, 2), tokenizer=tok)
     assert len(ds) == 2
     for b in ds:
       v = b["valid"].astype(bool)
@@ -269,8 +271,8 @@ def test_real_fashion_pipeline_when_present(tok):
   _equal(next(resumed), b)
   rel = relevance_lib.load_relevance(
       os.path.join(FASHION, "relevance_train.csv"), train)
-  s2 = pipelines.stage2_dataset(train, rel, batch_size=4, image_size=S,
-                                shard=(0, 1), tokenizer=tok)
+  s2 = train_datasets.stage2_dataset(train, rel, batch_size=4, image_size=S,
+                                     shard=(0, 1), tokenizer=tok)
   b = next(iter(s2))
   labels = {(int(q), int(p)): int(l)
             for q, p, l in zip(rel.query, rel.product, rel.label)}
@@ -283,9 +285,10 @@ def test_real_fashion_pipeline_when_present(tok):
 def test_training_data_path_does_not_import_tensorflow():
   code = (
       "import sys\n"
-      "from dashclip_jax.data import sources, pipelines\n"
+      "from dashclip_jax.data import sources, train_datasets\n"
       "s = sources.load_sources({'source': 'synthetic'})\n"
-      "b = next(iter(pipelines.stage1_dataset(s.train_catalog, batch_size=2,"
+      "b = next(iter(train_datasets.stage1_dataset(s.train_catalog,"
+      " batch_size=2,"
       " image_size=16, shard=(0, 1))))\n"
       "print(sorted(m for m in sys.modules if m.split('.')[0] in"
       " ('tensorflow', 'tensorflow_datasets')))\n")
@@ -311,3 +314,41 @@ def test_real_fashion_two_process_sharding_covers_the_epoch_once(tok):
     seen.append(np.concatenate([b["product_id"] for b in batches]))
   assert not set(seen[0]) & set(seen[1])
   assert sorted(np.concatenate(seen).tolist()) == list(range(2 * per_shard))
+
+
+def test_config_pipeline_knobs_reach_the_datasets(monkeypatch):
+  """data.worker_buffer_size / read_threads / max_relevant are the config's:
+  the trainers' inputs pass them on (read_threads 0: the dataset's own)."""
+  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import config_lib
+  from dashclip_jax import model as model_lib
+  from dashclip_jax.trainers import inputs
+  # pylint: enable=g-import-not-at-top
+  seen = []
+
+  def recording(fn):
+    def wrapped(*args, **kwargs):
+      seen.append(kwargs)
+      return fn(*args, **kwargs)
+    return wrapped
+  for name in ("stage1_dataset", "stage2_dataset"):
+    monkeypatch.setattr(train_datasets, name,
+                        recording(getattr(train_datasets, name)))
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "stage2.py")
+  tiny = model_lib.model_config("tiny")
+  default = config_lib.load_config(path, "tiny").data
+  inputs.stage1_train(default, tiny, 8, seed=0)
+  assert (seen[-1]["worker_buffer_size"], seen[-1]["read_threads"]) == (2,
+                                                                        None)
+  data = config_lib.load_config(path, "tiny", {
+      "data.worker_buffer_size": 3, "data.read_threads": 2,
+      "data.max_relevant": 300}).data
+  next(inputs.stage2_train(data, tiny, 8, seed=0))
+  assert {k: seen[-1][k] for k in ("worker_buffer_size", "read_threads",
+                                   "max_relevant")} == {
+      "worker_buffer_size": 3, "read_threads": 2, "max_relevant": 300}
+  # Too small a cap says which setting to raise (truncating would turn
+  # relevant products into negatives).
+  data.max_relevant = 1
+  with pytest.raises(ValueError, match="max_relevant=1"):
+    inputs.stage2_train(data, tiny, 8, seed=0)

@@ -11,10 +11,10 @@ tfds = pytest.importorskip("tensorflow_datasets")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dashclip_jax import tokenizer as tokenizer_lib
 from dashclip_jax.data import catalog as catalog_lib
-from dashclip_jax.data import pipelines
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources
 from dashclip_jax.data import tfds_builders
+from dashclip_jax.data import train_datasets
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion")
@@ -77,11 +77,11 @@ def test_csv_and_arrayrecord_give_identical_examples(tmp_path, tok):
   # the ArrayRecord case, lazily per record).
   kw = dict(batch_size=4, image_size=24, shard=(0, 1), num_epochs=1,
             tokenizer=tok)
-  for a, b in zip(pipelines.stage1_dataset(ar_train, **kw),
-                  pipelines.stage1_dataset(train, **kw)):
+  for a, b in zip(train_datasets.stage1_dataset(ar_train, **kw),
+                  train_datasets.stage1_dataset(train, **kw)):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  s2 = lambda c, r: list(pipelines.stage2_dataset(c, r, **kw))
+  s2 = lambda c, r: list(train_datasets.stage2_dataset(c, r, **kw))
   for a, b in zip(s2(ar_train, ar_rel), s2(train, csv_rel)):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -13,6 +13,7 @@ from PIL import Image
 from dashclip_jax.evaluation import baselines
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import report as report_lib
 from dashclip_jax.evaluation import run as run_lib
 from dashclip_jax.evaluation import search as search_lib
 
@@ -135,14 +136,14 @@ def test_end_to_end_fake_model(tiny_catalog, tmp_path):
   # Probes ran on train -> test: titles name the category, so the hashed
   # bag of words separates the three aisles exactly.
   assert out["dashclip"]["aisle_acc"] == 1.0
-  assert set(run_lib.METRIC_KEYS) <= set(out["dashclip"])
-  assert set(run_lib.METRIC_KEYS) <= set(out["minilm"])
+  assert set(report_lib.METRIC_KEYS) <= set(out["dashclip"])
+  assert set(report_lib.METRIC_KEYS) <= set(out["minilm"])
   assert "aisle_acc" not in out["bm25"]
   # Files: metrics.json == returned, report table, plots, export.
   with open(tmp_path / "metrics.json") as f:
     assert json.load(f) == out  # JSON floats round-trip exactly.
-  report = (tmp_path / "report.md").read_text()
-  assert "| dashclip | " in report and "| bm25 | " in report
+  report_md = (tmp_path / "report.md").read_text()
+  assert "| dashclip | " in report_md and "| bm25 | " in report_md
   for name in ("dashclip", "minilm"):
     for kind in ("tsne", "cosine"):
       assert (tmp_path / f"{kind}_{name}.png").stat().st_size > 1000
@@ -274,7 +275,10 @@ def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
   assert qids == list(data.test.query_ids)
   scores = qemb.astype(np.float64) @ emb.astype(np.float64).T
   want = metrics.retrieval_metrics(metrics.rank_by_score(scores), labels, qids)
-  assert {k: out["dashclip"][k] for k in want} == pytest.approx(want)
+  # abs: a random tiny model's scores have float32 near-ties deep in the
+  # ranking (two products swapped at rank 30/31 move MRR by 1.8e-5); any
+  # real ranking error moves these figures by far more.
+  assert {k: out["dashclip"][k] for k in want} == pytest.approx(want, abs=1e-4)
   want = model.encode_product([cat.load_image(i) for i in range(5)],
                               list(cat.titles[:5]))
   np.testing.assert_allclose(emb[:5], want, atol=1e-5)

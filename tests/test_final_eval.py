@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from dashclip_jax import config_lib
+from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
-from dashclip_jax.evaluation import run as eval_run
+from dashclip_jax.evaluation import report as report_lib
 from dashclip_jax.trainers import final_eval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,9 +58,9 @@ def test_final_eval_follows_the_runs_data(variant, fashion_copy, tmp_path):
   assert (cfg.data.source, cfg.data.catalog_dir) == ("csv", fashion_copy)
   assert cfg.checkpoint == "model_dir" and cfg.init_checkpoint == "init_dir"
   # The report names the run's data, not the synthetic catalog.
-  data = eval_run.load_data(cfg)
+  data = eval_data.load_data(cfg)
   assert len(data.catalog) == 3 and data.query_ids == ["q1", "q2"]
-  eval_run.write_report({}, data, cfg, str(tmp_path))
+  report_lib.write_report({}, data, cfg, str(tmp_path))
   line = next(l for l in (tmp_path / "report.md").read_text().splitlines()
               if l.startswith("- Data:"))
   assert os.path.join(fashion_copy, "styles.csv") in line, line
@@ -134,9 +135,9 @@ def test_final_eval_takes_the_runs_bad_record_limits(fashion_copy, tmp_path):
   cfg = final_eval.eval_config(config, "model_dir", None)
   assert (cfg.data.max_bad_fraction, cfg.data.qrels_max_bad_fraction) == (
       0.4, 0.4)
-  data = eval_run.load_data(cfg)
+  data = eval_data.load_data(cfg)
   assert len(data.catalog) == 3 and data.query_ids == ["q1", "q2"]
   config.data.max_bad_fraction = 0.01
   with pytest.raises(ValueError, match="max_bad_fraction=0.01"):
-    eval_run.load_data(final_eval.eval_config(config, "model_dir", None))
+    eval_data.load_data(final_eval.eval_config(config, "model_dir", None))
   assert "max_bad_fraction" not in config.final_eval.data

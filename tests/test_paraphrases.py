@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from dashclip_jax.evaluation import baselines
+from dashclip_jax.evaluation import paraphrase_labels as pl
+from dashclip_jax.evaluation import paraphrase_queries as pq
 from dashclip_jax.evaluation import paraphrases as pp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +28,7 @@ def _row(article_type="Shirts", sub="Topwear", gender="Men", colour="Blue",
 
 
 SIBLING_OF = {"Shirts": "Topwear", "Tshirts": "Topwear", "Jeans": "Bottomwear"}
-MEN_BLUE_SHIRT = pp.Paraphrase("blue shirt for him", "Shirts", gender="Men",
+MEN_BLUE_SHIRT = pq.Paraphrase("blue shirt for him", "Shirts", gender="Men",
                                colour="Blue")
 
 
@@ -44,48 +46,48 @@ MEN_BLUE_SHIRT = pp.Paraphrase("blue shirt for him", "Shirts", gender="Men",
     (_row(article_type="Jeans", sub="Bottomwear"), 0),  # Other subCategory.
 ])
 def test_label_rule(row, want):
-  assert pp.label(MEN_BLUE_SHIRT, row, SIBLING_OF) == want
+  assert pl.label(MEN_BLUE_SHIRT, row, SIBLING_OF) == want
 
 
 def test_label_unisex_only_for_men_and_women():
-  boys = pp.Paraphrase("shirt for boys", "Shirts", gender="Boys")
-  assert pp.label(boys, _row(gender="Boys"), SIBLING_OF) == 2
-  assert pp.label(boys, _row(gender="Unisex"), SIBLING_OF) == 1
+  boys = pq.Paraphrase("shirt for boys", "Shirts", gender="Boys")
+  assert pl.label(boys, _row(gender="Boys"), SIBLING_OF) == 2
+  assert pl.label(boys, _row(gender="Unisex"), SIBLING_OF) == 1
 
 
 def test_label_sibling_uses_the_query_types_subcategory():
   # A Tshirt filed under another subCategory is no sibling of Shirts.
   row = _row(article_type="Tshirts", sub="Loungewear and Nightwear")
-  assert pp.label(MEN_BLUE_SHIRT, row, SIBLING_OF) == 0
+  assert pl.label(MEN_BLUE_SHIRT, row, SIBLING_OF) == 0
   # A type missing from the map has no siblings.
-  other = pp.Paraphrase("sari", "Sarees")
-  assert pp.label(other, _row(), SIBLING_OF) == 0
+  other = pq.Paraphrase("sari", "Sarees")
+  assert pl.label(other, _row(), SIBLING_OF) == 0
 
 
 def test_label_usage_and_brand():
-  p = pp.Paraphrase("lino perros formal shirt", "Shirts", usage="Formal",
+  p = pq.Paraphrase("lino perros formal shirt", "Shirts", usage="Formal",
                     brand="Lino Perros")
-  assert pp.label(p, _row(usage="Formal", title="LINO PERROS Men Shirt"),
+  assert pl.label(p, _row(usage="Formal", title="LINO PERROS Men Shirt"),
                   SIBLING_OF) == 2
-  assert pp.label(p, _row(usage="Formal", title="Lino Men Shirt"),
+  assert pl.label(p, _row(usage="Formal", title="Lino Men Shirt"),
                   SIBLING_OF) == 1
-  assert pp.label(p, _row(title="Acme Lino Perros Shirt"), SIBLING_OF) == 0
-  assert pp.brand_matches("levis", "Levi's Men Blue Jeans")
-  assert not pp.brand_matches("nike", "Nikeland Men Shoes")
+  assert pl.label(p, _row(title="Acme Lino Perros Shirt"), SIBLING_OF) == 0
+  assert pl.brand_matches("levis", "Levi's Men Blue Jeans")
+  assert not pl.brand_matches("nike", "Nikeland Men Shoes")
 
 
 def test_subcategory_of_takes_the_main_one():
   rows = [_row("Sandals", "Sandal")] * 3 + [_row("Sandals", "Shoes")]
   rows += [_row("Caps", "Headwear"), _row("Caps", "Accessories")]
-  assert pp.subcategory_of(rows) == {"Sandals": "Sandal",
+  assert pl.subcategory_of(rows) == {"Sandals": "Sandal",
                                      "Caps": "Accessories"}
 
 
 def test_label_matrix_matches_label():
   rows = [_row(), _row(colour="Red"), _row(article_type="Tshirts"),
           _row(article_type="Jeans", sub="Bottomwear")]
-  queries = [MEN_BLUE_SHIRT, pp.Paraphrase("jeans", "Jeans")]
-  got = pp.label_matrix(queries, rows, SIBLING_OF)
+  queries = [MEN_BLUE_SHIRT, pq.Paraphrase("jeans", "Jeans")]
+  got = pl.label_matrix(queries, rows, SIBLING_OF)
   np.testing.assert_array_equal(got, [[2, 1, 1, 0], [0, 0, 0, 2]])
 
 
@@ -104,10 +106,10 @@ def test_sample_products_keeps_judged_and_is_seeded():
 
 
 def test_paraphrase_list_shape():
-  texts = [p.text for p in pp.PARAPHRASES]
+  texts = [p.text for p in pq.PARAPHRASES]
   assert 60 <= len(texts) <= 80
   assert len(set(texts)) == len(texts)
-  assert sum(p.brand is not None for p in pp.PARAPHRASES) >= 3
+  assert sum(p.brand is not None for p in pq.PARAPHRASES) >= 3
 
 
 # -- on the real catalog -------------------------------------------------------
@@ -118,7 +120,7 @@ def train_rows():
   from dashclip_jax.data import catalog  # pylint: disable=g-import-not-at-top
   cat = catalog.load_catalog(os.path.join(FASHION, "styles.csv"),
                              catalog.FASHION_COLUMNS)
-  return pp.product_rows(cat.subset("train"))
+  return pl.product_rows(cat.subset("train"))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,7 @@ def test_constraint_values_exist_in_styles_csv():
     rows = list(csv.DictReader(f))
   values = {k: {r[k] for r in rows}
             for k in ("articleType", "gender", "baseColour", "usage")}
-  for p in pp.PARAPHRASES:
+  for p in pq.PARAPHRASES:
     assert p.article_type in values["articleType"], p
     assert p.gender is None or p.gender in values["gender"], p
     assert p.colour is None or p.colour in values["baseColour"], p
@@ -141,10 +143,10 @@ def test_constraint_values_exist_in_styles_csv():
 
 @needs_fashion
 def test_every_query_has_a_label2_train_product(train_rows):
-  pp.check_paraphrases(pp.PARAPHRASES, train_rows)
-  labels = pp.label_matrix(pp.PARAPHRASES, train_rows,
-                           pp.subcategory_of(train_rows))
-  no_rel = [p.text for p, r in zip(pp.PARAPHRASES, labels)
+  pl.check_paraphrases(pq.PARAPHRASES, train_rows)
+  labels = pl.label_matrix(pq.PARAPHRASES, train_rows,
+                           pl.subcategory_of(train_rows))
+  no_rel = [p.text for p, r in zip(pq.PARAPHRASES, labels)
             if not (r == 2).any()]
   assert not no_rel
 
@@ -174,16 +176,16 @@ def test_label_reproduces_the_catalogs_own_labels(train_rows):
     usage = usages.get(words[0]) if len(words) == 1 else None
     if len(words) > (usage is not None):
       return None
-    return pp.Paraphrase(q, t, gender=gender, colour=colour, usage=usage)
+    return pq.Paraphrase(q, t, gender=gender, colour=colour, usage=usage)
 
-  sibling_of = pp.subcategory_of(train_rows)
+  sibling_of = pl.subcategory_of(train_rows)
   checked = 0
   with open(os.path.join(FASHION, "relevance_train.csv"), newline="") as f:
     for r in csv.DictReader(f):
       p = parse(r["query"])
       if p is None:
         continue
-      assert pp.label(p, by_id[r["product_id"]], sibling_of) == int(
+      assert pl.label(p, by_id[r["product_id"]], sibling_of) == int(
           r["label"]), (r, p)
       checked += 1
   assert checked > 10000
@@ -193,14 +195,14 @@ def test_label_reproduces_the_catalogs_own_labels(train_rows):
 def test_sample_is_train_only_and_keeps_judged(data, train_rows):
   assert set(data.products.split) == {"train"}
   assert len(data.products) == 2000
-  assert data.labels.shape == (len(pp.PARAPHRASES), 2000)
+  assert data.labels.shape == (len(pq.PARAPHRASES), 2000)
   # The labels of the sample are the rule's labels of those products.
-  rows = pp.product_rows(data.products)
+  rows = pl.product_rows(data.products)
   np.testing.assert_array_equal(
       data.labels,
-      pp.label_matrix(pp.PARAPHRASES, rows, pp.subcategory_of(train_rows)))
-  full = pp.label_matrix(pp.PARAPHRASES, train_rows,
-                         pp.subcategory_of(train_rows))
+      pl.label_matrix(pq.PARAPHRASES, rows, pl.subcategory_of(train_rows)))
+  full = pl.label_matrix(pq.PARAPHRASES, train_rows,
+                         pl.subcategory_of(train_rows))
   for lab, keep in ((2, pp.KEEP_LABEL2), (1, pp.KEEP_LABEL1)):
     want = np.minimum((full == lab).sum(1), keep)
     assert np.all((data.labels == lab).sum(1) >= want), lab
@@ -223,15 +225,15 @@ def test_bm25_end_to_end(data):
                     "recall@50", "mrr"}
   assert 0.0 < m["ndcg@10"] < 1.0 and 0.0 < m["mrr"] <= 1.0
   # A query in the catalog's words: BM25's top title holds them all.
-  q = pp.Paraphrase("catwalk black heels", "Heels", colour="Black",
+  q = pq.Paraphrase("catwalk black heels", "Heels", colour="Black",
                     brand="Catwalk")
-  i = pp.PARAPHRASES.index(q)
+  i = pq.PARAPHRASES.index(q)
   scores = baselines.bm25_scores(data.texts, data.products.titles)
   top = int(np.argmax(scores[i]))
   assert data.labels[i, top] == 2
   assert set(q.text.split()) <= set(data.products.titles[top].lower().split())
   # A true paraphrase shares no word with any title: BM25 has nothing.
-  i = pp.PARAPHRASES.index(pp.Paraphrase("shades", "Sunglasses"))
+  i = pq.PARAPHRASES.index(pq.Paraphrase("shades", "Sunglasses"))
   assert not scores[i].any()
 
 
@@ -252,9 +254,9 @@ def test_evaluate_with_a_given_model(tmp_path):
               "train\n")
       Image.fromarray(np.zeros((8, 6, 3), np.uint8)).save(
           tmp_path / "images" / f"{pid}.jpg")
-  queries = (pp.Paraphrase("blue shirt for him", "Shirts", gender="Men",
+  queries = (pq.Paraphrase("blue shirt for him", "Shirts", gender="Men",
                            colour="Blue"),
-             pp.Paraphrase("black heels", "Heels", colour="Black"))
+             pq.Paraphrase("black heels", "Heels", colour="Black"))
   data = pp.load_paraphrase_eval(str(tmp_path), queries=queries)
   np.testing.assert_array_equal(data.labels, [[2, 1, 0, 0], [0, 0, 2, 1]])
 

@@ -7,43 +7,25 @@ Sources (issue 4 a, b):
     (`CatalogColumns(...)` names the columns).
 
 A `Catalog` holds the metadata in memory (a few hundred bytes per product) and
-the images as paths or encoded bytes; pixels are decoded only in the input
-pipeline. Bad rows are skipped and counted (see `bad_records.py`): malformed
-CSV rows, missing ids, duplicate ids, empty titles, missing images and image
-paths that escape the catalog's root directory.
+the images as paths or encoded bytes; pixels are decoded (`images.py`) only
+in the input pipeline. Table rows are read by `tables.py`; bad ones are
+skipped and counted here (see `bad_records.py`): malformed CSV rows, missing
+ids, duplicate ids, empty titles, missing images and image paths that escape
+the catalog's root directory.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import os
-import re
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
-from PIL import UnidentifiedImageError
 
 from dashclip_jax.data import bad_records as br
-
-
-class ImageError(ValueError):
-  """An image could not be read or decoded.
-
-  The message is "<where>: <reason>"; both parts are kept so that counters
-  name the culprit once (`where`, e.g. "styles.csv line 17 (product 1865)")
-  and say what failed (`reason`).
-  """
-
-  def __init__(self, where: str, reason: str):
-    super().__init__(f"{where}: {reason}" if where else reason)
-    self.where, self.reason = where, reason
-
-  def __reduce__(self):  # Picklable despite the two-argument constructor.
-    return type(self), (self.where, self.reason)
+from dashclip_jax.data import images as images_lib
+from dashclip_jax.data import tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,149 +137,12 @@ class Catalog:
       with open(src, "rb") as f:
         return f.read()
     except OSError as e:
-      raise ImageError(self.culprit(i), f"cannot read image {src}: "
-                       f"{e.strerror or e}") from e
+      raise images_lib.ImageError(self.culprit(i), f"cannot read image "
+                                  f"{src}: {e.strerror or e}") from e
 
   def load_image(self, i: int) -> np.ndarray:
     """Decodes product `i`'s image -> uint8 (H, W, 3). Raises ImageError."""
-    return decode_image(self.image_bytes(i), self.culprit(i))
-
-
-# PIL names a file object by its repr ("<_io.BytesIO object at 0x...>"),
-# which says nothing about the culprit: messages drop it.
-_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
-
-
-def decode_image(data: bytes, where: str = "") -> np.ndarray:
-  """Encoded image bytes -> uint8 (H, W, 3) RGB. Raises ImageError."""
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      im.load()
-      rgb = im.convert("RGB")
-  except Exception as e:  # PIL raises many types for corrupt data.
-    if isinstance(e, UnidentifiedImageError):
-      reason = ("empty file" if not data else
-                f"not an image in a known format ({len(data)} bytes)")
-    else:
-      reason = _OBJECT_REPR.sub("", str(e)) or type(e).__name__
-    raise ImageError(where, f"cannot decode image: {reason}") from e
-  arr = np.asarray(rgb, dtype=np.uint8)
-  if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-    raise ImageError(where, f"empty image of shape {arr.shape}")
-  return arr
-
-
-# ---------------------------------------------------------------------------
-# Reading tables.
-
-Row = tuple[str, dict | None, str]  # (where, row or None, error)
-
-
-def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
-  """Header and rows of a CSV file; malformed rows come back as errors.
-
-  A row with the wrong number of fields (e.g. an unquoted comma inside a title
-  of the public fashion file) is reported, never guessed at. A quote left
-  open swallows the lines after it into one field: each of those lines is
-  reported as a lost row, named after the line where the quote opened. Rows
-  are named by the line they start on.
-  """
-  f = open(path, newline="", encoding="utf-8", errors="replace")
-  lines = []  # The physical lines of the record being parsed.
-
-  def physical_lines():
-    for line in f:
-      lines.append(line)
-      yield line
-  reader = csv.reader(physical_lines())
-  try:
-    header = next(reader)
-  except StopIteration:
-    f.close()
-    raise ValueError(f"{path}: empty CSV file (no header row)") from None
-  header = [h.strip() for h in header]
-  base = os.path.basename(path)
-
-  def rows():
-    with f:
-      while True:
-        lines.clear()
-        try:
-          row = next(reader)
-          error = ""
-        except StopIteration:
-          return
-        except csv.Error as e:
-          row, error = None, f"unparsable CSV: {e}"
-        start = reader.line_num - max(len(lines), 1) + 1
-        where = f"{base} line {start}"
-        if row is not None and not row:  # Blank line: not a record.
-          continue
-        if len(lines) > 1 and (error or len(row) != len(header) or
-                               _swallows_rows(lines[1:], len(header))):
-          # csv reads exactly one record's lines, so `lines` are the lost
-          # rows: the first holds the open quote.
-          lost = [k for k, l in enumerate(lines) if l.strip()]
-          yield where, None, (f"unclosed quote: the field runs to line "
-                              f"{reader.line_num} and swallows the "
-                              f"{len(lost) - 1} rows after it")
-          for k in lost[1:]:
-            yield (f"{base} line {start + k}", None,
-                   f"lost in the unclosed quote of line {start}")
-          continue
-        if error:
-          yield where, None, error
-          continue
-        if len(row) != len(header):
-          yield where, None, (f"malformed row: {len(row)} fields, expected "
-                              f"{len(header)}")
-          continue
-        yield where, dict(zip(header, row)), ""
-  return header, rows()
-
-
-def _swallows_rows(continuation: list[str], num_fields: int) -> bool:
-  """Whether a record's continuation lines read as records of their own:
-  then a stray quote joined them, not a line break inside a quoted field."""
-  for line in continuation:
-    try:
-      fields = next(csv.reader([line]), [])
-    except csv.Error:
-      continue
-    if len(fields) == num_fields:
-      return True
-  return False
-
-
-def read_parquet_rows(path: str) -> tuple[list[str], Iterator[Row]]:
-  """Header and rows of a Parquet file, streamed by record batch."""
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  pf = pq.ParquetFile(path)
-  header = list(pf.schema_arrow.names)
-  base = os.path.basename(path)
-
-  def rows():
-    n = 0
-    for batch in pf.iter_batches(batch_size=4096):
-      for row in batch.to_pylist():
-        yield f"{base} row {n}", row, ""
-        n += 1
-  return header, rows()
-
-
-def read_table_rows(path: str) -> tuple[list[str], Iterator[Row]]:
-  """CSV or Parquet (by extension)."""
-  if path.endswith((".parquet", ".pq")):
-    return read_parquet_rows(path)
-  return read_csv_rows(path)
-
-
-def cell_text(v: Any) -> str:
-  if v is None:
-    return ""
-  if isinstance(v, float) and v.is_integer():
-    v = int(v)  # Parquet/pandas may store integer ids as floats.
-  return str(v).strip()
+    return images_lib.decode_image(self.image_bytes(i), self.culprit(i))
 
 
 def resolve_image_path(root: str, rel: str) -> str | None:
@@ -317,7 +162,7 @@ def resolve_image_path(root: str, rel: str) -> str | None:
 
 
 def catalog_from_rows(
-    rows: Iterable[Row],
+    rows: Iterable[tables.Row],
     *,
     columns: CatalogColumns,
     root: str | None,
@@ -331,7 +176,7 @@ def catalog_from_rows(
 
   Args:
     rows: (where, row dict or None, error) triples, e.g. from
-      `read_table_rows`.
+      `tables.read_table_rows`.
     columns: column mapping.
     root: directory that image paths are relative to (and may not leave).
     name: name for messages.
@@ -365,14 +210,14 @@ def catalog_from_rows(
     if row is None:
       bad.bad(where, "malformed row", error)
       continue
-    pid = cell_text(row.get(columns.id))
+    pid = tables.cell_text(row.get(columns.id))
     if not pid:
       bad.bad(where, "missing id")
       continue
     if pid in seen_ids:
       bad.bad(where, "duplicate id", f"id {pid}")
       continue
-    title = cell_text(row.get(columns.title))
+    title = tables.cell_text(row.get(columns.title))
     if not title:
       bad.bad(where, "empty title", f"id {pid}")
       continue
@@ -383,7 +228,7 @@ def catalog_from_rows(
         continue
       img = bytes(img)
     else:
-      rel = (cell_text(row.get(columns.image)) if columns.image
+      rel = (tables.cell_text(row.get(columns.image)) if columns.image
              else columns.image_template.format(id=pid))
       if not rel:
         bad.bad(where, "missing image", f"id {pid}: empty image path")
@@ -399,24 +244,25 @@ def catalog_from_rows(
         continue
     if check_images:
       try:
-        decode_image(img if isinstance(img, bytes) else open(img, "rb").read(),
-                     where)
-      except ImageError as e:
+        images_lib.decode_image(
+            img if isinstance(img, bytes) else open(img, "rb").read(), where)
+      except images_lib.ImageError as e:
         bad.bad(where, "corrupt image", f"id {pid}: {e.reason}")
         continue
       except OSError as e:
         bad.bad(where, "corrupt image", f"id {pid}: {e.strerror or e}")
         continue
-    split = cell_text(row.get(columns.split)) if has_split else ""
+    split = tables.cell_text(row.get(columns.split)) if has_split else ""
     seen_ids.add(pid)
     ids.append(pid)
     titles.append(title)
-    cats.append(cell_text(row.get(columns.category)) if has_category else "")
+    cats.append(tables.cell_text(row.get(columns.category)) if has_category
+                else "")
     splits.append(split or hash_split(pid, test_fraction))
     images.append(img)
     where_l.append(where)
     for c in columns.extra:
-      extra[c].append(cell_text(row.get(c)))
+      extra[c].append(tables.cell_text(row.get(c)))
     bad.ok()
 
   if not ids:
@@ -456,7 +302,7 @@ def load_catalog(
     columns = (FASHION_COLUMNS if os.path.basename(path) == "styles.csv"
                else CatalogColumns())
   root = root if root is not None else os.path.dirname(os.path.abspath(path))
-  header, rows = read_table_rows(path)
+  header, rows = tables.read_table_rows(path)
   return catalog_from_rows(
       rows, columns=columns, root=root, name=path, header=header,
       test_fraction=test_fraction, max_bad_fraction=max_bad_fraction,

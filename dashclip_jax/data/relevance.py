@@ -18,6 +18,7 @@ import numpy as np
 
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import tables
 
 LABELS = (0, 1, 2)
 # How stage 2 trains on label-1 pairs (`stage2_pairs`).
@@ -119,7 +120,7 @@ def _group(keys: np.ndarray, values: np.ndarray, n: int) -> list[np.ndarray]:
 
 
 def relevance_from_rows(
-    rows: Iterable[catalog_lib.Row],
+    rows: Iterable[tables.Row],
     catalog: catalog_lib.Catalog,
     *,
     name: str,
@@ -142,10 +143,10 @@ def relevance_from_rows(
     if row is None:
       bad.bad(where, "malformed row", error)
       continue
-    qid = catalog_lib.cell_text(row.get(columns.query_id))
-    text = catalog_lib.cell_text(row.get(columns.query))
-    pid = catalog_lib.cell_text(row.get(columns.product_id))
-    raw = catalog_lib.cell_text(row.get(columns.label))
+    qid = tables.cell_text(row.get(columns.query_id))
+    text = tables.cell_text(row.get(columns.query))
+    pid = tables.cell_text(row.get(columns.product_id))
+    raw = tables.cell_text(row.get(columns.label))
     if not qid or not text:
       bad.bad(where, "empty query", f"query_id {qid!r}")
       continue
@@ -202,7 +203,7 @@ def load_relevance(
     columns: column mapping.
     max_bad_fraction: above this fraction of skipped rows, raise BadDataError.
   """
-  header, rows = catalog_lib.read_table_rows(path)
+  header, rows = tables.read_table_rows(path)
   return relevance_from_rows(rows, catalog, name=path, columns=columns,
                              header=header, max_bad_fraction=max_bad_fraction)
 

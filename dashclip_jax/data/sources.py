@@ -1,7 +1,8 @@
 """Picks the data named by a config: synthetic (default), fashion, csv, tfds.
 
 `load_sources(config.data)` returns train/test catalogs and relevance sets,
-ready for `pipelines.stage1_dataset` / `stage2_dataset` / eval datasets.
+ready for `train_datasets.stage1_dataset` / `stage2_dataset` and
+`eval_datasets`.
 Config fields are listed in `dashclip_jax/data/__init__.py`.
 """
 

@@ -6,5 +6,9 @@
   probes     aisle-category and relevance probes (logistic regression)
   plots      t-SNE by category, cosine by relevance label (PNG)
   export     Parquet/.npy embeddings + faiss index; `search` is its CLI
+  eval_data  what is ranked: the catalog split, graded queries, probe products
+  report     metrics.json and report.md
   run        the job: python -m dashclip_jax.evaluation.run --config=...
+  paraphrases  hand-written paraphrased queries over TRAIN products (CLI):
+    paraphrase_queries (the queries), paraphrase_labels (their label rule)
 """

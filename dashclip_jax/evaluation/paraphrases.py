@@ -4,22 +4,9 @@ r"""Paraphrased shopping queries judged over TRAIN products of the fashion set.
       [--catalog_dir=../shared/data/fashion] [--max_products=2000] \
       [--systems=dashclip,minilm,bm25]
 
-The catalog's own queries use its words ("men navy blue shirts"); real users
-paraphrase ("navy shirt for him", "ladies purse"). `PARAPHRASES` is a
-hand-written set of such queries, each stored as the structured constraints it
-means, so it is labelled with the same rule as the catalog's queries
-(../shared/data/fashion/README.md):
-
-  a query names a product type (articleType) and optionally gender, colour,
-  usage and brand. Label 2: of that type and meeting every other constraint
-  (a Men/Women query also accepts Unisex). Label 1: of that type with exactly
-  one other constraint unmet, or of a sibling type (same subCategory) meeting
-  all others. Label 0: anything else.
-
-Brand: the title's first words are the brand words (case-insensitive,
-apostrophes dropped, so "levis" matches "Levi's"). The catalog's own labeler
-treats sub-brands ("ADIDAS Originals", "Arrow Sport") as other brands; this
-rule does not, and no paraphrase names such a brand.
+The queries are `paraphrase_queries.PARAPHRASES`, labelled by the catalog's
+own rule (`paraphrase_labels.py`); each system ranks the sampled products
+for every query, with the graded metrics of `metrics.py`.
 
 Only TRAIN products are judged and ranked, so the test split stays unseen.
 Generic paraphrases ("sneakers", "tee for guys") have hundreds of label-2 and
@@ -31,7 +18,6 @@ rule for every query, so the (Q, N) labels are complete for the sample.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import sys
@@ -42,6 +28,8 @@ import numpy as np
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import metrics as metrics_lib
+from dashclip_jax.evaluation import paraphrase_labels as labels_lib
+from dashclip_jax.evaluation import paraphrase_queries as queries_lib
 
 SYSTEMS = ("dashclip", "minilm", "bm25")
 TABLE_KEYS = ("ndcg@10", "recall@1", "recall@10", "mrr")
@@ -50,121 +38,9 @@ TABLE_KEYS = ("ndcg@10", "recall@1", "recall@10", "mrr")
 # crowd out the others.
 KEEP_LABEL2 = 10
 KEEP_LABEL1 = 5
-# A Men/Women query also accepts products for both.
-_ALSO_ACCEPTS = {"Men": "Unisex", "Women": "Unisex"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Paraphrase:
-  """A free-text query and the constraints it stands for.
-
-  Attributes:
-    text: what a user would type.
-    article_type: the product type (a styles.csv `articleType`).
-    gender, colour, usage: optional `gender` / `baseColour` / `usage` values.
-    brand: optional brand words, matched against the title's first words.
-  """
-  text: str
-  article_type: str
-  gender: str | None = None
-  colour: str | None = None
-  usage: str | None = None
-  brand: str | None = None
-
-
-_P = Paraphrase  # Short, for the table below.
-PARAPHRASES: tuple[Paraphrase, ...] = (
-    # Tops.
-    _P("navy shirt for him", "Shirts", gender="Men", colour="Navy Blue"),
-    _P("dress shirt for office", "Shirts", usage="Formal"),
-    _P("white formal shirt for men", "Shirts", gender="Men", colour="White",
-       usage="Formal"),
-    _P("check shirt for ladies", "Shirts", gender="Women"),
-    _P("tee for guys", "Tshirts", gender="Men"),
-    _P("plain white tee", "Tshirts", colour="White"),
-    _P("gym t shirt", "Tshirts", usage="Sports"),
-    _P("graphic tee for boys", "Tshirts", gender="Boys"),
-    _P("tshirt men blue", "Tshirts", gender="Men", colour="Blue"),
-    _P("black top for her", "Tops", gender="Women", colour="Black"),
-    _P("ladies blouse", "Tops", gender="Women"),
-    _P("hoodie", "Sweatshirts"),
-    _P("grey hoodie for men", "Sweatshirts", gender="Men", colour="Grey"),
-    _P("woollen pullover", "Sweaters"),
-    _P("jumper for women", "Sweaters", gender="Women"),
-    _P("winter jacket for men", "Jackets", gender="Men"),
-    _P("black jacket", "Jackets", colour="Black"),
-    _P("kurta for men", "Kurtas", gender="Men"),
-    _P("ethnic kurta for women", "Kurtas", gender="Women", usage="Ethnic"),
-    _P("ladies kurti", "Kurtis", gender="Women"),
-    _P("one piece dress", "Dresses"),
-    _P("frock for women", "Dresses", gender="Women"),
-    _P("sari", "Sarees"),
-    # Bottoms.
-    _P("pants for men", "Trousers", gender="Men"),
-    _P("black pants", "Trousers", colour="Black"),
-    _P("formal trousers", "Trousers", usage="Formal"),
-    _P("denims for men", "Jeans", gender="Men"),
-    _P("blue denim for her", "Jeans", gender="Women", colour="Blue"),
-    _P("jeans men black", "Jeans", gender="Men", colour="Black"),
-    _P("half pants for men", "Shorts", gender="Men"),
-    _P("joggers for men", "Track Pants", gender="Men"),
-    _P("sweatpants", "Track Pants"),
-    _P("yoga leggings for women", "Leggings", gender="Women"),
-    _P("ladies skirt", "Skirts", gender="Women"),
-    # Innerwear.
-    _P("underwear for men", "Briefs", gender="Men"),
-    _P("vest for men", "Innerwear Vests", gender="Men"),
-    _P("bra for women", "Bra", gender="Women"),
-    # Footwear.
-    _P("running shoes", "Sports Shoes"),
-    _P("gym shoes for women", "Sports Shoes", gender="Women"),
-    _P("sneakers", "Casual Shoes"),
-    _P("white sneakers for men", "Casual Shoes", gender="Men", colour="White"),
-    _P("office shoes for men", "Formal Shoes", gender="Men"),
-    _P("black leather shoes for office", "Formal Shoes", colour="Black"),
-    _P("stilettos", "Heels"),
-    _P("black high heels", "Heels", colour="Black"),
-    _P("ballerina flats", "Flats"),
-    _P("ladies sandals", "Sandals", gender="Women"),
-    _P("slippers for men", "Flip Flops", gender="Men"),
-    _P("flip flops for the beach", "Flip Flops"),
-    _P("socks for men", "Socks", gender="Men"),
-    # Accessories.
-    _P("ladies purse", "Handbags", gender="Women"),
-    _P("black handbag women", "Handbags", gender="Women", colour="Black"),
-    _P("evening clutch", "Clutches"),
-    _P("school bag", "Backpacks"),
-    _P("gym bag", "Duffel Bag"),
-    _P("wrist watch for women", "Watches", gender="Women"),
-    _P("gold watch for him", "Watches", gender="Men", colour="Gold"),
-    _P("silver watch for men", "Watches", gender="Men", colour="Silver"),
-    _P("shades", "Sunglasses"),
-    _P("black shades for men", "Sunglasses", gender="Men", colour="Black"),
-    _P("brown leather wallet for him", "Wallets", gender="Men",
-       colour="Brown"),
-    _P("belt for men", "Belts", gender="Men"),
-    _P("baseball cap", "Caps"),
-    _P("neck tie", "Ties"),
-    _P("cuff links", "Cufflinks"),
-    _P("scarf for women", "Scarves", gender="Women"),
-    _P("ladies earrings", "Earrings", gender="Women"),
-    # Personal care.
-    _P("perfume for men", "Perfume and Body Mist", gender="Men"),
-    _P("body spray for men", "Deodorant", gender="Men"),
-    _P("nail paint", "Nail Polish"),
-    _P("lip colour", "Lipstick"),
-    # With a brand.
-    _P("nike running shoes", "Sports Shoes", brand="Nike"),
-    _P("puma sneakers", "Casual Shoes", brand="Puma"),
-    _P("wrangler denims", "Jeans", brand="Wrangler"),
-    _P("baggit purse", "Handbags", brand="Baggit"),
-    _P("catwalk black heels", "Heels", colour="Black", brand="Catwalk"),
-    _P("fastrack watch for men", "Watches", gender="Men", brand="Fastrack"),
-    _P("lino perros wallet", "Wallets", brand="Lino Perros"),
-    _P("reebok running shoes for men", "Sports Shoes", gender="Men",
-       brand="Reebok"),
-)
-del _P
+# -- the evaluation set -------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -173,12 +49,13 @@ class ParaphraseEval:
 
   Attributes:
     products: the sampled TRAIN products (a `Catalog`, catalog order).
-    labels: int8 (Q, N) labels by `label`, for every (query, product) pair.
+    labels: int8 (Q, N) labels by `paraphrase_labels.label`, for every
+      (query, product) pair.
     queries: the Q paraphrases (row order of `labels`).
   """
   products: catalog_lib.Catalog
   labels: np.ndarray
-  queries: tuple[Paraphrase, ...]
+  queries: tuple[queries_lib.Paraphrase, ...]
 
   @property
   def query_ids(self) -> list[str]:
@@ -192,118 +69,6 @@ class ParaphraseEval:
 def query_ids(n: int) -> list[str]:
   """Ids of the first n paraphrases: "pp000", "pp001", ..."""
   return [f"pp{i:03d}" for i in range(n)]
-
-
-# -- the label rule -----------------------------------------------------------
-
-
-def _words(text: str) -> list[str]:
-  return text.lower().replace("'", "").split()
-
-
-def brand_matches(brand: str, title: str) -> bool:
-  """Whether `title` starts with the words of `brand` (case-insensitive)."""
-  want = _words(brand)
-  return bool(want) and _words(title)[:len(want)] == want
-
-
-def unmet_constraints(p: Paraphrase, product_row: Mapping[str, str]) -> int:
-  """How many gender/colour/usage/brand constraints the product misses."""
-  unmet = 0
-  if p.gender is not None:
-    gender = product_row["gender"]
-    unmet += gender not in (p.gender, _ALSO_ACCEPTS.get(p.gender))
-  if p.colour is not None:
-    unmet += product_row["baseColour"] != p.colour
-  if p.usage is not None:
-    unmet += product_row["usage"] != p.usage
-  if p.brand is not None:
-    unmet += not brand_matches(p.brand, product_row["productDisplayName"])
-  return unmet
-
-
-def label(p: Paraphrase, product_row: Mapping[str, str],
-          sibling_of: Mapping[str, str]) -> int:
-  """Graded relevance (0, 1, 2) of a product for a paraphrase (README rule).
-
-  Args:
-    p: the query.
-    product_row: styles.csv fields of the product: articleType, subCategory,
-      gender, baseColour, usage, productDisplayName.
-    sibling_of: articleType -> its subCategory (see `subcategory_of`); a
-      product of another type in the query type's subCategory is a sibling.
-
-  Returns:
-    2, 1 or 0.
-  """
-  unmet = unmet_constraints(p, product_row)
-  if product_row["articleType"] == p.article_type:
-    return {0: 2, 1: 1}.get(unmet, 0)
-  sibling = (p.article_type in sibling_of and
-             product_row["subCategory"] == sibling_of[p.article_type])
-  return 1 if sibling and unmet == 0 else 0
-
-
-def subcategory_of(rows: Sequence[Mapping[str, str]]) -> dict[str, str]:
-  """articleType -> its most common subCategory (ties: alphabetical).
-
-  A few types sit in two subCategories (Sandals: "Sandal" and 2 in "Shoes");
-  the catalog's labels take the type's main one, and so does this.
-  """
-  counts = collections.defaultdict(collections.Counter)
-  for r in rows:
-    counts[r["articleType"]][r["subCategory"]] += 1
-  return {t: min(c, key=lambda s: (-c[s], s)) for t, c in counts.items()}
-
-
-def product_rows(catalog: catalog_lib.Catalog) -> list[dict[str, str]]:
-  """The label rule's fields of every product (styles.csv column names)."""
-  a = catalog.attributes
-  names = catalog.category_names
-  return [{"articleType": names[c] if c >= 0 else "",
-           "subCategory": a["subCategory"][i], "gender": a["gender"][i],
-           "baseColour": a["baseColour"][i], "usage": a["usage"][i],
-           "productDisplayName": catalog.titles[i]}
-          for i, c in enumerate(np.asarray(catalog.category))]
-
-
-def label_matrix(queries: Sequence[Paraphrase],
-                 rows: Sequence[Mapping[str, str]],
-                 sibling_of: Mapping[str, str]) -> np.ndarray:
-  """int8 (Q, N) labels of every query for every product row."""
-  by_type = collections.defaultdict(list)
-  by_sub = collections.defaultdict(list)
-  for j, r in enumerate(rows):
-    by_type[r["articleType"]].append(j)
-    by_sub[r["subCategory"]].append(j)
-  out = np.zeros((len(queries), len(rows)), np.int8)
-  for i, p in enumerate(queries):
-    # Only the query's type and its subCategory can score above 0.
-    cand = set(by_type[p.article_type])
-    cand.update(by_sub.get(sibling_of.get(p.article_type), ()))
-    for j in cand:
-      out[i, j] = label(p, rows[j], sibling_of)
-  return out
-
-
-# -- the evaluation set -------------------------------------------------------
-
-
-def check_paraphrases(queries: Sequence[Paraphrase],
-                      rows: Sequence[Mapping[str, str]]) -> None:
-  """Raises ValueError if a query names a value the catalog does not have."""
-  values = {f: {r[f] for r in rows}
-            for f in ("articleType", "gender", "baseColour", "usage")}
-  for p in queries:
-    for field, v in (("articleType", p.article_type), ("gender", p.gender),
-                     ("baseColour", p.colour), ("usage", p.usage)):
-      if v is not None and v not in values[field]:
-        raise ValueError(f"paraphrase {p.text!r}: {field} {v!r} is not in "
-                         "the catalog")
-    if p.brand is not None and not any(
-        brand_matches(p.brand, r["productDisplayName"]) for r in rows):
-      raise ValueError(f"paraphrase {p.text!r}: no title starts with brand "
-                       f"{p.brand!r}")
 
 
 def sample_products(labels: np.ndarray, max_products: int,
@@ -329,7 +94,8 @@ def sample_products(labels: np.ndarray, max_products: int,
 
 def load_paraphrase_eval(
     catalog_dir: str, max_products: int = 2000, seed: int = 0,
-    queries: Sequence[Paraphrase] = PARAPHRASES) -> ParaphraseEval:
+    queries: Sequence[queries_lib.Paraphrase] = queries_lib.PARAPHRASES,
+) -> ParaphraseEval:
   """Loads the catalog, samples TRAIN products and labels every paraphrase.
 
   Args:
@@ -337,7 +103,7 @@ def load_paraphrase_eval(
     max_products: products to rank (more only if the judged ones per query
       need it).
     seed: of the sample; the same seed gives the same products.
-    queries: the paraphrases (default `PARAPHRASES`).
+    queries: the paraphrases (default `paraphrase_queries.PARAPHRASES`).
 
   Returns:
     The products, the (Q, N) labels and the queries.
@@ -349,10 +115,11 @@ def load_paraphrase_eval(
       "train")
   if not len(train):
     raise ValueError(f"{table}: no TRAIN products")
-  rows = product_rows(train)
+  rows = labels_lib.product_rows(train)
   queries = tuple(queries)
-  check_paraphrases(queries, rows)
-  labels = label_matrix(queries, rows, subcategory_of(rows))
+  labels_lib.check_paraphrases(queries, rows)
+  labels = labels_lib.label_matrix(queries, rows,
+                                    labels_lib.subcategory_of(rows))
   # Every query needs a label-2 product, or Recall/MRR are undefined.
   metrics_lib.check_labels(labels, query_ids(len(queries)))
   keep = sample_products(labels, max_products, seed)

@@ -1,0 +1,51 @@
+"""Decoding product images: encoded bytes -> uint8 RGB, or an ImageError
+that names the culprit (a catalog row) and says what failed."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+from PIL import Image
+from PIL import UnidentifiedImageError
+
+
+class ImageError(ValueError):
+  """An image could not be read or decoded.
+
+  The message is "<where>: <reason>"; both parts are kept so that counters
+  name the culprit once (`where`, e.g. "styles.csv line 17 (product 1865)")
+  and say what failed (`reason`).
+  """
+
+  def __init__(self, where: str, reason: str):
+    super().__init__(f"{where}: {reason}" if where else reason)
+    self.where, self.reason = where, reason
+
+  def __reduce__(self):  # Picklable despite the two-argument constructor.
+    return type(self), (self.where, self.reason)
+
+
+# PIL names a file object by its repr ("<_io.BytesIO object at 0x...>"),
+# which says nothing about the culprit: messages drop it.
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def decode_image(data: bytes, where: str = "") -> np.ndarray:
+  """Encoded image bytes -> uint8 (H, W, 3) RGB. Raises ImageError."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      im.load()
+      rgb = im.convert("RGB")
+  except Exception as e:  # PIL raises many types for corrupt data.
+    if isinstance(e, UnidentifiedImageError):
+      reason = ("empty file" if not data else
+                f"not an image in a known format ({len(data)} bytes)")
+    else:
+      reason = _OBJECT_REPR.sub("", str(e)) or type(e).__name__
+    raise ImageError(where, f"cannot decode image: {reason}") from e
+  arr = np.asarray(rgb, dtype=np.uint8)
+  if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    raise ImageError(where, f"empty image of shape {arr.shape}")
+  return arr

@@ -1,0 +1,186 @@
+"""What the evaluation ranks: the catalog split, its graded queries and the
+aisle probe's training products (`load_data(cfg)` -> `EvalData`).
+
+Products whose image cannot be decoded are dropped (counted, named) so every
+system ranks the same products, and so are queries left without a label-2
+product among them; the notes say what was dropped, in the report.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+
+from dashclip_jax import config_lib
+from dashclip_jax.evaluation import metrics as metrics_lib
+
+
+@dataclasses.dataclass
+class EvalData:
+  """The ranked catalog, its graded queries and the probe's training products.
+
+  Attributes:
+    catalog: products ranked for every query (N rows).
+    labels: int8 (Q, N) graded labels; unlisted pairs are 0.
+    query_ids, queries: Q ids and texts.
+    probe_catalog: products the aisle probe trains on (None: no probe).
+    description: one line for the report.
+  """
+  catalog: Any
+  labels: np.ndarray
+  query_ids: list[str]
+  queries: list[str]
+  probe_catalog: Any
+  description: str
+
+
+def categories_of(catalog) -> list[str]:
+  """Category name per product ("" where the catalog has none)."""
+  names = catalog.category_names
+  return [names[c] if c >= 0 else "" for c in np.asarray(catalog.category)]
+
+
+def _subsample(catalog, n: int, seed: int):
+  if n <= 0 or len(catalog) <= n:
+    return catalog
+  keep = np.sort(np.random.default_rng(seed).choice(len(catalog), n,
+                                                    replace=False))
+  return catalog.take(keep, name=f"{catalog.name}[{n} sampled]")
+
+
+def load_data(cfg) -> EvalData:
+  """Reads the catalog split and graded queries named by `cfg.data`."""
+  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import catalog as catalog_lib
+  from dashclip_jax.data import relevance as relevance_lib
+  from dashclip_jax.data import synthetic
+  # pylint: enable=g-import-not-at-top
+  d = cfg.data
+  if d.source == "synthetic":
+    syn = synthetic.synthetic_data(**d.synthetic.to_dict())
+    if d.split != "test":
+      raise config_lib.ConfigError(
+          "the synthetic catalog is graded on its test split only; got "
+          f"data.split={d.split!r}")
+    full, catalog, rel = syn.catalog, syn.test_catalog, syn.test
+    where = f"synthetic catalog {dict(d.synthetic)}"
+  elif d.source == "csv":
+    if not d.catalog_dir:
+      raise config_lib.ConfigError("config.data.catalog_dir is empty")
+    table = os.path.join(d.catalog_dir, d.catalog_file)
+    if not os.path.exists(table):
+      raise FileNotFoundError(f"catalog table not found: {table} (set "
+                              "--config.data.catalog_dir / catalog_file)")
+    full = catalog_lib.load_catalog(
+        table, test_fraction=d.test_fraction,
+        max_bad_fraction=d.max_bad_fraction)
+    catalog = full if d.split in ("", "all") else full.subset(d.split)
+    if not len(catalog):
+      raise config_lib.ConfigError(
+          f"{table}: no product has split {d.split!r} (splits: "
+          f"{sorted(set(full.split))})")
+    qrels = d.qrels_path or os.path.join(d.catalog_dir, "qrels_test.csv")
+    # Strict by default: a skipped row (e.g. a judged product missing from
+    # the ranked split) changes what the metrics measure.
+    rel = _load_qrels(qrels, catalog, d.qrels_max_bad_fraction)
+    where = f"{table} [{d.split or 'all'}], queries {qrels}"
+  else:
+    raise config_lib.ConfigError(
+        f"config.data.source must be csv or synthetic, got "
+                     f"{d.source!r}")
+  labels = metrics_lib.labels_from_relevance(rel)
+  query_ids, queries = list(rel.query_ids), list(rel.queries)
+  # Products whose image cannot be decoded are not ranked (counted, named),
+  # nor are queries without a label-2 product among those ranked: Recall@K
+  # and MRR are undefined for them (e.g. a catalog subset, or label-1-only
+  # queries in the qrels).
+  catalog, ok, notes = drop_unreadable(catalog, "product")
+  relevant = lambda l: (l == metrics_lib.RELEVANT).any(axis=1)
+  has_any, ranked = relevant(labels), relevant(labels[:, ok])
+  for lost, why in ((~has_any, "no label-2 product in the ranked split"),
+                    (has_any & ~ranked, "no readable label-2 product")):
+    if lost.any():
+      names = [q for q, l in zip(query_ids, lost) if l]
+      notes.append(f"{_plural(len(names), 'query')} skipped ({why}: "
+                   f"{_first(names)})")
+  labels = labels[ranked][:, ok]
+  query_ids = [q for q, r in zip(query_ids, ranked) if r]
+  queries = [q for q, r in zip(queries, ranked) if r]
+  if not query_ids:
+    raise config_lib.ConfigError(
+        f"{where}: no query has a label-2 product among the ranked products "
+        f"({'; '.join(notes)})")
+  metrics_lib.check_labels(labels, query_ids)
+  probe = None
+  if cfg.probes.aisle and d.probe_split:
+    probe = full.subset(d.probe_split)
+    probe = _subsample(probe, d.max_probe_products, cfg.probes.seed) if len(
+        probe) else None
+    if probe is not None:
+      probe, _, probe_notes = drop_unreadable(probe, "probe product")
+      notes += probe_notes
+      probe = probe if len(probe) else None
+  for note in notes:
+    logging.warning("evaluation data: %s", note)
+  return EvalData(catalog, labels, query_ids, queries,
+                  probe, f"{len(catalog)} products x {len(query_ids)} "
+                  f"queries from {where}" + "".join(f"; {n}" for n in notes))
+
+
+def _plural(n: int, noun: str) -> str:
+  if n == 1:
+    return f"1 {noun}"
+  return f"{n} {noun[:-1]}ies" if noun.endswith("y") else f"{n} {noun}s"
+
+
+def _first(names: Sequence[str], k: int = 5, sep: str = ", ") -> str:
+  return sep.join(names[:k]) + (" ..." if len(names) > k else "")
+
+
+def _load_qrels(path: str, catalog, max_bad_fraction: float):
+  """Graded queries over `catalog`; the limit is data.qrels_max_bad_fraction."""
+  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import bad_records
+  from dashclip_jax.data import relevance as relevance_lib
+  # pylint: enable=g-import-not-at-top
+  try:
+    return relevance_lib.load_relevance(path, catalog,
+                                        max_bad_fraction=max_bad_fraction)
+  except bad_records.BadDataError as e:
+    raise bad_records.BadDataError(
+        f"{e} The limit is --config.data.qrels_max_bad_fraction.") from None
+
+
+def _image_error(catalog, i: int) -> str | None:
+  from dashclip_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
+  try:
+    catalog.load_image(i)
+  except images_lib.ImageError as e:
+    return str(e)
+  return None
+
+
+def drop_unreadable(catalog, what: str):
+  """-> (catalog of the products whose image decodes, ok mask (N,), notes).
+
+  Every image is decoded once here (threads), so that every system ranks
+  the same products and a bad image never stops the evaluation.
+  """
+  with concurrent.futures.ThreadPoolExecutor(min(os.cpu_count() or 1, 8)
+                                             ) as pool:
+    errors = list(pool.map(lambda i: _image_error(catalog, i),
+                           range(len(catalog))))
+  ok = np.array([e is None for e in errors], bool)
+  if ok.all():
+    return catalog, ok, []
+  bad = [e for e in errors if e is not None]
+  note = (f"{_plural(len(bad), what)} skipped (image unreadable: "
+          f"{_first(bad, 3, '; ')})")
+  kept = catalog.take(np.flatnonzero(ok),
+                      name=f"{catalog.name} [{len(bad)} unreadable skipped]")
+  return kept, ok, [note]

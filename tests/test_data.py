@@ -12,6 +12,7 @@ from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import sources
 from dashclip_jax.data import synthetic
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -438,3 +439,30 @@ def test_many_bad_records_of_one_kind_do_not_hide_another():
   assert named == ["x.csv line 2", "x.csv line 3", "x.csv line 4",
                    "x.csv line 12"]
   assert "x.csv line 12: empty title" in bad.summary()
+
+
+def test_fashion_source_takes_given_relevance_files(tmp_path):
+  """A curated relevance set replaces the folder's own; a folder path means
+  its relevance_train.csv; a missing one is named."""
+  root = tmp_path / "fashion"
+  os.makedirs(root / "images")
+  with open(root / "styles.csv", "w") as f:
+    f.write("id,articleType,productDisplayName,split\n"
+            "1,Shirts,Blue Shirt,train\n2,Watches,Gold Watch,train\n"
+            "3,Shirts,Red Shirt,test\n")
+  for pid in (1, 2, 3):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+        root / "images" / f"{pid}.jpg")
+  header = "query_id,query,product_id,label\n"
+  (root / "relevance_train.csv").write_text(header + "q0,shirts,1,2\n")
+  curated = tmp_path / "expanded"
+  os.makedirs(curated)
+  (curated / "relevance_train.csv").write_text(
+      header + "q0,shirts,1,2\nq1,watches,2,2\nq1,watches,1,0\n")
+  cfg = {"source": "fashion", "path": str(root)}
+  assert len(sources.load_sources(cfg).train_relevance.query_ids) == 1
+  for given in (str(curated), str(curated / "relevance_train.csv")):
+    rel = sources.load_sources(dict(cfg, relevance_train_path=given))
+    assert list(rel.train_relevance.query_ids) == ["q0", "q1"]
+  with pytest.raises(FileNotFoundError, match="data.relevance_train_path"):
+    sources.load_sources(dict(cfg, relevance_train_path=str(tmp_path / "x")))

@@ -42,10 +42,12 @@ def load_sources(cfg: Any = None) -> Sources:
     cfg: ConfigDict/dict with `source` in SOURCES (default "synthetic") and:
       synthetic: `synthetic` (dict of `synthetic.synthetic_data` kwargs);
       fashion: `path` (folder with styles.csv, relevance_train.csv,
-        qrels_test.csv);
+        qrels_test.csv); `relevance_train_path` / `relevance_test_path`,
+        when set, replace the folder's relevance files;
       table: `catalog_path` (CSV/Parquet), `columns` (dict of
         CatalogColumns fields), optional `relevance_train_path`,
-        `relevance_test_path`;
+        `relevance_test_path` (a file, or a folder holding
+        relevance_train.csv / qrels_test.csv);
       csv: like table, with the evaluation config's names: `catalog_dir` +
         `catalog_file` (default styles.csv); relevance files are looked up
         in catalog_dir as in "fashion" unless given;
@@ -68,6 +70,16 @@ def load_sources(cfg: Any = None) -> Sources:
       return None
     return relevance_lib.load_relevance(path, cat, max_bad_fraction=max_bad)
 
+  def given(key, name):
+    """An explicit relevance path; a directory (e.g. a curation run's
+    `expanded/`) means its `name` file."""
+    path = _get(cfg, key)
+    if path and os.path.isdir(path):
+      path = os.path.join(path, name)
+    if path and not os.path.isfile(path):
+      raise FileNotFoundError(f"data.{key} {path!r} not found")
+    return path or None
+
   if source == "fashion":
     root = _get(cfg, "path")
     if not root or not os.path.isdir(root):
@@ -78,15 +90,19 @@ def load_sources(cfg: Any = None) -> Sources:
     train, test = cat.subset("train"), cat.subset("test")
     opt = lambda n: (os.path.join(root, n)
                      if os.path.isfile(os.path.join(root, n)) else None)
-    return Sources(train, test, rel(opt("relevance_train.csv"), train),
-                   rel(opt("qrels_test.csv"), test))
+    # Explicit paths replace the folder's own (e.g. curated labels).
+    train_rel = (given("relevance_train_path", "relevance_train.csv")
+                 or opt("relevance_train.csv"))
+    test_rel = (given("relevance_test_path", "qrels_test.csv")
+                or opt("qrels_test.csv"))
+    return Sources(train, test, rel(train_rel, train), rel(test_rel, test))
   if source in ("table", "csv"):
     mapping = _get(cfg, "columns", None)
     columns = (catalog_lib.CatalogColumns(**dict(mapping)) if mapping
                else None)  # None: fashion mapping for styles.csv.
     path = _get(cfg, "catalog_path")
-    train_rel = _get(cfg, "relevance_train_path")
-    test_rel = _get(cfg, "relevance_test_path")
+    train_rel = given("relevance_train_path", "relevance_train.csv")
+    test_rel = given("relevance_test_path", "qrels_test.csv")
     if source == "csv" and not path:
       d = _get(cfg, "catalog_dir") or ""
       path = os.path.join(d, _get(cfg, "catalog_file", None) or "styles.csv")

@@ -39,6 +39,7 @@ setuptools.setup(
         "faiss-cpu>=1.8",
         "bm25s>=0.3",  # The BM25 baseline (numpy/scipy only).
         "tensorboardX>=2.6",
+        "tqdm>=4.60",  # Progress bars (curation labelling: pairs/s, ETA).
     ],
     extras_require={
         "torch": TORCH,

@@ -1,12 +1,14 @@
 """Helpers for configs/*.py (`:variant,key=value` arguments, shared blocks)
-and for the entry points' one-line errors (`ConfigError`, `one_line_errors`,
-`flags_parser`).
+and for the entry points: one-line errors (`ConfigError`, `one_line_errors`,
+`flags_parser`) and start-up (`start_logging`, `job_config`,
+`init_distributed`).
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import logging
 import os
 import sys
 import tempfile
@@ -284,3 +286,52 @@ def flags_parser(prog: str):
       sys.exit(f"{prog}: error: {flag_error(e, argv)}")
 
   return parse
+
+
+# -- entry points: start-up ---------------------------------------------------
+
+
+def start_logging() -> None:
+  """INFO lines with their time for a job's main(); absl and faiss warn."""
+  # force: absl's app.run has already put its own handler (and format) on
+  # the root logger, which would make basicConfig a no-op.
+  logging.basicConfig(level=logging.INFO,
+                      format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S", force=True)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("faiss").setLevel(logging.WARNING)
+
+
+def job_config(prog: str, config_flag: flags.FlagHolder,
+               workdir: str | None) -> ml_collections.ConfigDict:
+  """The job's --config; no --workdir, or a config file that failed to
+  load, ends the program in one line."""
+  if not workdir:
+    sys.exit(f"{prog}: error: --workdir is required")
+  try:
+    config = config_flag.value
+    config.get("stage")  # A config file that failed to load raises here.
+  except OSError as e:
+    sys.exit(f"{prog}: error: --config: " + one_line(str(e)))
+  return config
+
+
+def init_distributed(coordinator_address: str | None,
+                     num_processes: int | None, process_id: int | None,
+                     multihost: bool) -> None:
+  """jax.distributed.initialize where the run has several processes.
+
+  Explicit (`coordinator_address`, e.g. localhost runs), platform
+  auto-detection (`multihost`), or SLURM with more than one task.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)
+  elif multihost or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+    jax.distributed.initialize()
+  if jax.process_count() > 1:
+    logging.getLogger("dashclip_jax").info(
+        "process %d of %d; %d local / %d global devices", jax.process_index(),
+        jax.process_count(), jax.local_device_count(), jax.device_count())

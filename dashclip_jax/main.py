@@ -51,25 +51,6 @@ _MULTIHOST = flags.DEFINE_bool(
 log = logging.getLogger("dashclip_jax")
 
 
-def init_distributed() -> None:
-  """jax.distributed.initialize where the run has several processes.
-
-  Explicit (--coordinator_address, e.g. localhost runs), platform
-  auto-detection (--multihost), or SLURM with more than one task.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  if _COORDINATOR.value:
-    jax.distributed.initialize(
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  elif _MULTIHOST.value or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
-  if jax.process_count() > 1:
-    log.info("process %d of %d; %d local / %d global devices",
-             jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
-
-
 def write_config(config, workdir: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
@@ -177,26 +158,15 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv) -> None:
   del argv
-  # force: absl's app.run has already put its own handler (and format) on
-  # the root logger, which would make basicConfig a no-op.
-  logging.basicConfig(level=logging.INFO,
-                      format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S", force=True)
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger("faiss").setLevel(logging.WARNING)
-  if not _WORKDIR.value:
-    sys.exit(f"{PROG}: error: --workdir is required")
-  try:
-    config = _CONFIG.value
-    config.get("stage")  # A config file that failed to load raises here.
-  except OSError as e:
-    sys.exit(f"{PROG}: error: --config: " + config_lib.one_line(str(e)))
+  config_lib.start_logging()
+  config = config_lib.job_config(PROG, _CONFIG, _WORKDIR.value)
   with config_lib.one_line_errors(PROG, (config_lib.ConfigError,)):
     config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
   from dashclip_jax.trainers import preemption  # pylint: disable=g-import-not-at-top
   try:
     with config_lib.one_line_errors(PROG, one_line_errors()):
-      init_distributed()
+      config_lib.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value, _MULTIHOST.value)
       out = run(config, _WORKDIR.value)
   except preemption.Preempted as e:
     log.warning("%s", e)

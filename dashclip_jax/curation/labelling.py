@@ -1,0 +1,232 @@
+"""Labelling at scale: sharded, resumable Parquet output, and the expanded
+set stage 2 reads.
+
+Pairs are cut into shards of `shard_size` rows in a fixed order; process p
+of n labels shards s with s % n == p, each in batches through the labeler,
+and writes `part-SSSSS-of-NNNNN.parquet` to a temporary name first, then
+renames it: a file under its final name is complete, so a restarted job
+skips it (and nothing else). `labels.json` records what the shards were
+made from (teacher, pairs, shard size): a rerun with another teacher or
+other pairs stops instead of mixing them.
+
+Rows: query_id, query, product_id, label (argmax), p0, p1, p2,
+label_source ("seed" | "teacher"), teacher_id.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dashclip_jax.config_lib import ConfigError
+from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import relevance as relevance_lib
+
+log = logging.getLogger("dashclip_jax")
+
+SCHEMA = pa.schema([
+    ("query_id", pa.string()), ("query", pa.string()),
+    ("product_id", pa.string()), ("label", pa.int8()),
+    ("p0", pa.float32()), ("p1", pa.float32()), ("p2", pa.float32()),
+    ("label_source", pa.string()), ("teacher_id", pa.string())])
+MANIFEST = "labels.json"
+CSV_NAME = "relevance_train.csv"  # What stage 2's relevance reader reads.
+
+
+def shard_name(index: int, count: int) -> str:
+  return f"part-{index:05d}-of-{count:05d}.parquet"
+
+
+def pairs_digest(query_ids: Sequence[str], product_ids: Sequence[str]) -> str:
+  h = hashlib.sha256()
+  for q, p in zip(query_ids, product_ids):
+    h.update(f"{q}\t{p}\n".encode())
+  return h.hexdigest()
+
+
+def _check_manifest(out_dir: str, want: dict) -> None:
+  path = os.path.join(out_dir, MANIFEST)
+  if os.path.isfile(path):
+    with open(path) as f:
+      have = json.load(f)
+    changed = sorted(k for k in want if have.get(k) != want[k])
+    if changed:
+      raise ConfigError(
+          f"{out_dir} holds labels made with other {', '.join(changed)} "
+          f"({', '.join(f'{k}: {have.get(k)!r}' for k in changed)}); use "
+          "another workdir or remove that directory to relabel")
+    return
+  if jax.process_index() == 0:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(want, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=initial, unit="pair",
+                   desc=desc, disable=not enabled,
+                   smoothing=0.1, mininterval=2.0)
+
+
+def label_pairs(labeler: labeler_lib.Labeler, catalog: catalog_lib.Catalog,
+                query_ids: Sequence[str], queries: Sequence[str],
+                products: np.ndarray, out_dir: str, *, shard_size: int,
+                batch_size: int, progress: bool = True,
+                process_index: int | None = None,
+                process_count: int | None = None,
+                before_commit: Callable[[int, str], Any] | None = None
+                ) -> list[str]:
+  """Labels (query_ids[i], queries[i], catalog row products[i]) pairs into
+  Parquet shards in `out_dir`; -> every shard's path, in order.
+
+  This process labels only its share and only the shards not yet written.
+  `before_commit(shard, tmp_path)` runs after a shard is written under its
+  temporary name and before the rename (tests kill the job there).
+  """
+  if shard_size < 1 or batch_size < 1:
+    raise ConfigError(f"label.shard_size ({shard_size}) and "
+                      f"label.batch_size ({batch_size}) must be >= 1")
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  n = len(products)
+  num_shards = max(1, -(-n // shard_size))
+  product_ids = [catalog.ids[int(p)] for p in products]
+  os.makedirs(out_dir, exist_ok=True)
+  _check_manifest(out_dir, {
+      "teacher_id": labeler.teacher_id, "pairs": n,
+      "pairs_sha256": pairs_digest(query_ids, product_ids),
+      "shard_size": shard_size, "num_shards": num_shards})
+  paths = [os.path.join(out_dir, shard_name(s, num_shards))
+           for s in range(num_shards)]
+  bounds = lambda s: (s * shard_size, min((s + 1) * shard_size, n))
+  mine = [s for s in range(num_shards) if s % count == index]
+  for s in mine:  # A killed job's half-written shards.
+    for tmp in glob.glob(paths[s] + ".tmp*"):
+      os.remove(tmp)
+  todo = [s for s in mine if not os.path.isfile(paths[s])]
+  size = lambda ss: sum(bounds(s)[1] - bounds(s)[0] for s in ss)
+  if len(todo) < len(mine):
+    log.info("labelling %s: %d of this process's %d shards already written, "
+             "skipped", out_dir, len(mine) - len(todo), len(mine))
+  bar = _progress(size(mine), size(mine) - size(todo), progress,
+                  f"labelling {os.path.basename(out_dir)}")
+  records = {}
+  try:
+    for s in todo:
+      lo, hi = bounds(s)
+      probs = []
+      for start in range(lo, hi, batch_size):
+        rows = range(start, min(start + batch_size, hi))
+        for p in {int(products[i]) for i in rows} - records.keys():
+          records[p] = labeler_lib.product_record(catalog, p)
+        probs.append(labeler.predict([queries[i] for i in rows],
+                                     [records[int(products[i])]
+                                      for i in rows]))
+        bar.update(len(rows))
+      probs = np.concatenate(probs).astype(np.float32)
+      table = _rows(query_ids[lo:hi], queries[lo:hi], product_ids[lo:hi],
+                    probs, "teacher", labeler.teacher_id)
+      tmp = f"{paths[s]}.tmp{os.getpid()}"
+      pq.write_table(table, tmp)
+      if before_commit is not None:
+        before_commit(s, tmp)
+      os.replace(tmp, paths[s])
+      if len(records) > 100_000:  # Bounded: products recur within a shard.
+        records.clear()
+  finally:
+    bar.close()
+  return paths
+
+
+def _rows(query_ids, queries, product_ids, probs: np.ndarray, source: str,
+          teacher_id: str) -> pa.Table:
+  n = len(query_ids)
+  return pa.table({
+      "query_id": list(query_ids), "query": list(queries),
+      "product_id": list(product_ids),
+      "label": probs.argmax(1).astype(np.int8),
+      "p0": probs[:, 0], "p1": probs[:, 1], "p2": probs[:, 2],
+      "label_source": [source] * n, "teacher_id": [teacher_id] * n,
+  }, schema=SCHEMA)
+
+
+def read_shards(paths: Sequence[str]) -> pa.Table:
+  """The shards' rows, in shard order; a missing shard raises."""
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise FileNotFoundError(f"{len(missing)} label shards not written yet, "
+                            f"e.g. {missing[0]}: rerun the labelling")
+  tables = [pq.read_table(p, schema=SCHEMA) for p in paths]
+  return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def seed_rows(seed: relevance_lib.Relevance,
+              catalog: catalog_lib.Catalog) -> pa.Table:
+  """The seed labels as rows: probabilities one-hot, no teacher."""
+  probs = np.eye(labeler_lib.NUM_LABELS, dtype=np.float32)[
+      seed.label.astype(np.int64)]
+  return _rows([seed.query_ids[q] for q in seed.query],
+               [seed.queries[q] for q in seed.query],
+               [catalog.ids[p] for p in seed.product], probs, "seed", "")
+
+
+def confident(table: pa.Table, threshold: float,
+              label: int | None = None) -> pa.Table:
+  """Rows whose top probability is >= threshold (and, if given, whose
+  label is `label`)."""
+  probs = np.stack([table[c].to_numpy() for c in ("p0", "p1", "p2")], 1)
+  keep = probs.max(1) >= threshold
+  if label is not None:
+    keep &= table["label"].to_numpy() == label
+  return table.filter(pa.array(keep))
+
+
+def expanded(tables: Sequence[pa.Table]) -> pa.Table:
+  """Concatenation without repeated (query_id, product_id) pairs: the first
+  table that has a pair wins (seed before teacher rows)."""
+  out, seen = [], set()
+  for t in tables:
+    keys = zip(t["query_id"].to_pylist(), t["product_id"].to_pylist())
+    keep = []
+    for key in keys:
+      keep.append(key not in seen)
+      seen.add(key)
+    out.append(t.filter(pa.array(keep, pa.bool_())))
+  return pa.concat_tables(out) if out else SCHEMA.empty_table()
+
+
+def write_expanded(table: pa.Table, out_dir: str, manifest: dict) -> str:
+  """Writes `out_dir/relevance_train.csv` (query_id, query, product_id,
+  label: what `data.relevance.load_relevance` reads, and stage 2 with
+  `data.relevance_train_path=out_dir`), `rows.parquet` (every column) and
+  `manifest.json`; -> the CSV's path. Each file lands by rename."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, CSV_NAME)
+  with open(path + ".tmp", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(("query_id", "query", "product_id", "label"))
+    w.writerows(zip(table["query_id"].to_pylist(), table["query"].to_pylist(),
+                    table["product_id"].to_pylist(),
+                    table["label"].to_pylist()))
+  os.replace(path + ".tmp", path)
+  parquet = os.path.join(out_dir, "rows.parquet")
+  pq.write_table(table, parquet + ".tmp")
+  os.replace(parquet + ".tmp", parquet)
+  with open(os.path.join(out_dir, "manifest.json.tmp"), "w") as f:
+    json.dump(manifest, f, indent=2, default=str)
+  os.replace(os.path.join(out_dir, "manifest.json.tmp"),
+             os.path.join(out_dir, "manifest.json"))
+  return path

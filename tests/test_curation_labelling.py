@@ -1,0 +1,78 @@
+"""Labelling at scale: kill -9 mid-run, rerun, same files; no shard twice."""
+
+import os
+import subprocess
+import sys
+
+from dashclip_jax.curation import teacher as teacher_lib
+
+# Labels 72 pairs of the tiny synthetic catalog in shards of 16 (5 shards)
+# with a saved teacher; `kill_at` >= 0 kills the process with SIGKILL once
+# that shard is written under its temporary name, before its rename.
+SCRIPT = r"""
+import os, signal, sys
+import numpy as np
+from dashclip_jax.curation import labelling, teacher as teacher_lib
+from dashclip_jax.data import synthetic
+
+def run(teacher_dir, out_dir, kill_at):
+  data = synthetic.synthetic_data(num_products=40, num_train_queries=8,
+                                  num_test_queries=2, image_size=32)
+  rel, catalog = data.train, data.train_catalog
+  n = 72
+  query = np.arange(n) % rel.num_queries
+  products = (np.arange(n) * 7) % len(catalog)
+  def kill(shard, tmp):
+    if shard == int(kill_at):
+      os.kill(os.getpid(), signal.SIGKILL)
+  labelling.label_pairs(
+      teacher_lib.load_teacher(teacher_dir, batch_size=8), catalog,
+      [rel.query_ids[q] for q in query], [rel.queries[q] for q in query],
+      products, out_dir, shard_size=16, batch_size=8, progress=False,
+      before_commit=kill)
+"""
+
+
+def _subprocess(*args):
+  return subprocess.run(
+      [sys.executable, "-c", SCRIPT + "\nimport logging\nlogging.basicConfig("
+       "level=logging.INFO, force=True)\nrun(*sys.argv[1:])",
+       *map(str, args)],
+      capture_output=True, text=True, timeout=600, cwd=os.getcwd())
+
+
+def _files(directory):
+  out = {}
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      out[name] = f.read()
+  return out
+
+
+def test_kill_mid_labelling_then_rerun_gives_the_same_files(tmp_path):
+  config, params, _ = teacher_lib.initial_params(
+      "text", "", size="tiny", fields=("title", "category"), max_length=16,
+      query_max_length=6, image_size=0, dropout=0.0, seed=0)
+  teacher_dir = tmp_path / "teacher"
+  teacher_lib.save_teacher(str(teacher_dir), config, params, {})
+  whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+  namespace = {}
+  exec(SCRIPT, namespace)  # pylint: disable=exec-used
+  namespace["run"](str(teacher_dir), str(whole), -1)
+
+  killed = _subprocess(teacher_dir, resumed, 2)
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  left = sorted(os.listdir(resumed))
+  assert [n for n in left if n.endswith(".parquet")] == [
+      "part-00000-of-00005.parquet", "part-00001-of-00005.parquet"]
+  assert any(".parquet.tmp" in n for n in left)  # Shard 2, never renamed.
+  before = {n: os.stat(resumed / n) for n in left if n.endswith(".parquet")}
+
+  rerun = _subprocess(teacher_dir, resumed, -1)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert "2 of this process's 5 shards already written" in rerun.stderr
+  for name, st in before.items():  # Not labelled again, not rewritten.
+    now = os.stat(resumed / name)
+    assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+  assert _files(resumed) == _files(whole)
+  assert len([n for n in _files(whole) if n.endswith(".parquet")]) == 5

@@ -1,0 +1,101 @@
+"""The cross-encoder teachers: inputs, the sharded train step, save/load."""
+
+import jax
+import numpy as np
+import pytest
+
+from dashclip_jax import optim
+from dashclip_jax import sharding
+from dashclip_jax import tokenizer as tok
+from dashclip_jax.curation import labeler
+from dashclip_jax.curation import teacher as teacher_lib
+from dashclip_jax.curation import teacher_inputs
+from dashclip_jax.curation import teacher_train
+
+
+def _tiny(kind="text", **kw):
+  return teacher_lib.initial_params(
+      kind, "", size="tiny", fields=("title", "category"), max_length=16,
+      query_max_length=6, image_size=0, dropout=0.1, seed=0, **kw)
+
+
+def _batch(config, n=8, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1000, 3000, (n, config.max_length)).astype(np.int32)
+  mask = (np.arange(config.max_length)[None] < rng.integers(
+      5, config.max_length, (n, 1))).astype(np.int32)
+  batch = {"ids": ids * mask, "mask": mask,
+           "label": rng.integers(0, 3, n).astype(np.int32),
+           "weight": np.ones(n, np.float32)}
+  if config.kind == "multimodal":
+    s = config.vision.image_size
+    batch["images"] = rng.normal(size=(n, s, s, 3)).astype(np.float32)
+  return batch
+
+
+def _two_steps(config, params, mesh_config, devices):
+  mesh = sharding.make_mesh(mesh_config, devices)
+  tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3, total_steps=10),
+                            params)
+  state, shardings = teacher_train.init_state(config, params, tx, mesh)
+  step = teacher_train.make_train_step(config, tx)  # Dropout on.
+  jitted, losses = None, []
+  for i in range(2):
+    batch = sharding.global_batch(_batch(config, seed=i), mesh)
+    jitted = jitted or teacher_train.jit_train_step(
+        step, shardings, batch, mesh, fast_compile=True)
+    state, metrics = jitted(state, batch, jax.random.key(i))
+    losses.append(float(metrics["loss"]))
+  return jax.device_get(state.params), losses
+
+
+@pytest.mark.parametrize("kind", ["text", "multimodal"])
+def test_train_step_is_the_same_on_every_mesh(kind):
+  config, params, _ = _tiny(kind)
+  want, want_losses = _two_steps(config, params, [("data", 1)],
+                                 jax.devices()[:1])
+  meshes = ([("data", 2), ("fsdp", 4), ("tensor", 1)],
+            [("data", 8), ("fsdp", 1), ("tensor", 1)])
+  for mesh_config in meshes[:2 if kind == "text" else 1]:
+    got, losses = _two_steps(config, params, mesh_config, jax.devices())
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
+  assert want_losses[1] != want_losses[0]  # The step moved something.
+
+
+def test_pair_tokens_layout_and_truncation():
+  t = teacher_inputs.default_tokenizer()
+  ids, mask = teacher_inputs.pair_tokens(
+      t, ["red shirt", "a very long query that is cut early"],
+      ["nike red shirt | shirts", "blue jeans | jeans | men | casual wear"],
+      max_length=10, query_max_length=5)
+  q, p = t(["red shirt"], 8)[0][0], t(["nike red shirt | shirts"], 16)[0][0]
+  n_q, n_p = int((q > 0).sum()), int((p > 0).sum())
+  want = np.concatenate([q[:n_q], p[1:n_p]])[:10]
+  np.testing.assert_array_equal(ids[0, :len(want)], want[:10])
+  assert list(ids[0]).count(tok.CLS_ID) == 1
+  assert list(ids[0]).count(tok.SEP_ID) == 2
+  # Row 2: query cut to 5 tokens ([CLS] 3 words [SEP]), text cut with its
+  # final [SEP] kept; the whole row is used.
+  assert ids[1, 0] == tok.CLS_ID and ids[1, 4] == tok.SEP_ID
+  assert ids[1, -1] == tok.SEP_ID and mask[1].all()
+
+
+def test_saved_teacher_is_a_labeler(tmp_path):
+  config, params, _ = _tiny()
+  teacher_id = teacher_lib.save_teacher(str(tmp_path), config, params,
+                                        {"init": "random"})
+  teacher = teacher_lib.load_teacher(str(tmp_path), batch_size=4)
+  assert isinstance(teacher, labeler.Labeler)
+  assert teacher.teacher_id == teacher_id and teacher_id.startswith("text-")
+  products = [{"product_id": str(i), "title": f"red shirt {i}",
+               "category": "shirts"} for i in range(5)]
+  probs = teacher.predict(["red shirt"] * 5, products)  # 5 = 4 + 1 padded.
+  assert probs.shape == (5, 3) and probs.dtype == np.float32
+  np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+  # Sharded over the 8 local devices, batches rounded up to a multiple.
+  assert teacher.batch_size == 8
+  again = teacher_lib.load_teacher(str(tmp_path), batch_size=16)
+  np.testing.assert_allclose(again.predict(["red shirt"] * 5, products),
+                             probs, atol=1e-6)

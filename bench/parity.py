@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from dashclip_jax import checkpoint_io
 from dashclip_jax import convert
+from dashclip_jax.convert import parity
 from dashclip_jax import model as model_lib
 from dashclip_jax import tokenizer as tok
 
@@ -34,10 +35,7 @@ def hf_blip_base(image_size: int) -> transformers.BlipForImageTextRetrieval:
       image_text_hidden_size=256)
   torch.manual_seed(0)
   model = transformers.BlipForImageTextRetrieval(config).eval()
-  with torch.no_grad():  # Non-trivial LN/bias values so every tensor counts.
-    for name, p in model.named_parameters():
-      if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
-        p.add_(0.1 * torch.randn_like(p))
+  parity.randomise_norms_and_biases(model)
   return model
 
 
@@ -85,16 +83,7 @@ def main():
 
   @jax.jit
   def ours_fn(params, images, ids, mask):
-    img, aux = module.apply(params, images,
-                            method=model_lib.DashClip.encode_image)
-    txt, taux = module.apply(params, ids, mask,
-                             method=model_lib.DashClip.encode_text)
-    mm, _ = module.apply(params, ids, mask, aux["tokens"], True, False,
-                         method=model_lib.DashClip.encode_multimodal)
-    itm, _ = module.apply(params, ids, mask, aux["tokens"], True, False,
-                          method=model_lib.DashClip.itm_logits)
-    return dict(image_emb=img, text_emb=txt, text_hidden=taux["hidden"],
-                multimodal_hidden=mm, itm_logits=itm)
+    return parity.blip_outputs(module, params, images, ids, mask)
 
   pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
   ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)

@@ -1,12 +1,10 @@
 """Bad data is counted, named and surfaced: TFDS relevance, images in
 training and evaluation, unclosed CSV quotes, culprit names."""
 
-import dataclasses
 import logging
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -14,7 +12,6 @@ import pytest
 
 from dashclip_jax import config_lib
 from dashclip_jax import model as model_lib
-from dashclip_jax import sharding
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import eval_datasets
@@ -28,6 +25,8 @@ from dashclip_jax.evaluation import run as run_lib
 from dashclip_jax.trainers import train_logger
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
+
+import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = model_lib.model_config("tiny")
@@ -254,34 +253,14 @@ def test_eval_qrels_limit_is_a_config_key(tmp_path):
 
 
 def test_heldout_eval_counts_names_and_skips_unreadable_products(caplog):
-  cfg = TINY.replace(embed_dim=2,
-                     text=dataclasses.replace(TINY.text, width=2))
-  params = {"product_proj": {"kernel": np.eye(2, dtype=np.float32),
-                             "bias": np.zeros(2, np.float32)},
-            "temp": np.float32(0.07)}
-  query_emb = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
   # Product 1 is unreadable: the best match of q0 and q1's only label 2.
   features = np.array([[0.8, 0.2], [1.0, 0.0], [0.1, 1.0]], np.float32)
   ok = np.array([True, False, True])
   labels = np.array([[2, 2, 0], [0, 2, 1]], np.int32)
-
-  def embed_queries(params, batch):
-    del params
-    return (batch["query_emb"], batch["query_index"], batch["valid"])
-
-  data = inputs.Stage2Eval(
-      product_rows=np.arange(3), product_batches=None,
-      query_batches=[{"query_emb": query_emb,
-                      "query_index": np.array([0, 1], np.int32),
-                      "valid": np.array([1, 1], np.int32)}],
-      labels=labels, query_ids=["q0", "q1"],
-      product_names=["a.csv line 2 (product 7)", "a.csv line 3 (product 8)",
-                     "a.csv line 4 (product 9)"])
-  mesh = sharding.make_mesh([("data", 1), ("fsdp", 1), ("tensor", 1)],
-                            devices=jax.devices()[:1])
-  project = lambda p, f: model_lib.DashClip(cfg).apply(
-      {"params": p}, f, method=model_lib.DashClip.project_product)
-  fns = (None, jax.jit(embed_queries), jax.jit(project))
+  fns, params, data, mesh = helpers.two_query_heldout_eval(
+      labels, product_names=["a.csv line 2 (product 7)",
+                             "a.csv line 3 (product 8)",
+                             "a.csv line 4 (product 9)"])
   with caplog.at_level(logging.WARNING):
     out = stage2.evaluate(fns, params, data, mesh, table=(features, ok))
   # Without product 1, q0 finds its other label 2 first; q1 is not ranked.

@@ -12,10 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-from dashclip_jax import checkpoint_io
+from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
 from dashclip_jax import convert
+from dashclip_jax.convert import parity
 from dashclip_jax import model as model_lib
 from dashclip_jax import tokenizer as tok
 
@@ -27,12 +26,7 @@ HEADS = {"vision.heads": 2, "text.heads": 2, "query.heads": 2}
 def hf_model(tiny_hf_blip_config):
   torch.manual_seed(0)
   model = transformers.BlipForImageTextRetrieval(tiny_hf_blip_config).eval()
-  # HF initialises LN to 1/0 and biases to 0; randomise them so a wrong
-  # mapping of any tensor shows up in the outputs.
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
-        p.add_(0.1 * torch.randn_like(p))
+  parity.randomise_norms_and_biases(model)
   return model
 
 
@@ -69,25 +63,16 @@ def _hf_outputs(model, images, ids, mask, enc_ids=None):
     itm = model(input_ids=mm_ids, pixel_values=pixels, attention_mask=mask_t,
                 use_itm_head=True,
                 interpolate_pos_encoding=True).itm_score
-  return dict(image=img_emb.numpy(), text=txt_emb.numpy(),
-              text_hidden=txt.numpy(), multimodal=mm.numpy(),
-              itm=itm.numpy(), vision_tokens=vis.numpy())
+  return dict(image_emb=img_emb.numpy(), text_emb=txt_emb.numpy(),
+              text_hidden=txt.numpy(), multimodal_hidden=mm.numpy(),
+              itm_logits=itm.numpy(), vision_tokens=vis.numpy())
 
 
 def _ours(model_dir, images, ids, mask, use_enc_token):
   config, trees, _ = checkpoint_io.load_model_dir(model_dir)
-  model, params = model_lib.DashClip(config), {"params": trees["params"]}
-  ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
-  img_emb, aux = model.apply(params, images,
-                             method=model_lib.DashClip.encode_image)
-  txt_emb, taux = model.apply(params, ids, mask,
-                              method=model_lib.DashClip.encode_text)
-  mm, _ = model.apply(params, ids, mask, aux["tokens"], True, use_enc_token,
-                      method=model_lib.DashClip.encode_multimodal)
-  itm, _ = model.apply(params, ids, mask, aux["tokens"], True, use_enc_token,
-                       method=model_lib.DashClip.itm_logits)
-  return dict(image=img_emb, text=txt_emb, text_hidden=taux["hidden"],
-              multimodal=mm, itm=itm, vision_tokens=aux["tokens"])
+  return parity.blip_outputs(model_lib.DashClip(config),
+                             {"params": trees["params"]}, images, ids, mask,
+                             use_enc_token=use_enc_token)
 
 
 def _max_err(a, b, mask=None):
@@ -100,8 +85,8 @@ def _max_err(a, b, mask=None):
 
 
 def _assert_parity(hf, ours, mask):
-  errors = {k: _max_err(hf[k], ours[k], mask if "hidden" in k or
-                        k == "multimodal" else None) for k in hf}
+  errors = {k: _max_err(hf[k], ours[k], mask if "hidden" in k else None)
+            for k in hf}
   assert all(e < TOL for e in errors.values()), errors
   return errors
 
@@ -226,8 +211,9 @@ def test_enc_token_matches_hf_with_enc_ids(hf_model, inputs, tmp_path):
   enc_ids[:, 0] = tok.ENC_ID
   hf = _hf_outputs(hf_model, images, ids, mask, enc_ids=enc_ids)
   ours = _ours(str(tmp_path / "ours"), images, ids, mask, use_enc_token=True)
-  assert _max_err(hf["multimodal"], ours["multimodal"], mask) < TOL
-  assert _max_err(hf["itm"], ours["itm"]) < TOL
+  assert _max_err(hf["multimodal_hidden"], ours["multimodal_hidden"],
+                  mask) < TOL
+  assert _max_err(hf["itm_logits"], ours["itm_logits"]) < TOL
 
 
 def test_original_blip_layout_parity(hf_model, inputs, tmp_path, capsys):

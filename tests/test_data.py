@@ -145,6 +145,17 @@ def test_wrong_column_mapping_names_the_columns(tmp_path):
     catalog_lib.load_catalog(str(root / "catalog.csv"), cols)
 
 
+def test_wrong_relevance_column_mapping_names_the_columns(tmp_path):
+  root = _write_catalog(tmp_path, _good_lines(3))
+  cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  path = tmp_path / "rel.csv"
+  path.write_text("query_id,query,product_id,label\nq1,red shirt,0,2\n")
+  cols = relevance_lib.RelevanceColumns(query="search_term")
+  with pytest.raises(ValueError, match=r"rel.csv: columns \['search_term'\] "
+                     "not found"):
+    relevance_lib.load_relevance(str(path), cat, cols)
+
+
 def test_every_planted_bad_relevance_row_is_counted_and_named(tmp_path):
   root = _write_catalog(tmp_path, _good_lines(5))
   cat = catalog_lib.load_catalog(str(root / "catalog.csv"))

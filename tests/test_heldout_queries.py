@@ -1,16 +1,14 @@
 """Model selection on held-out train queries, never on the test set."""
 
-import dataclasses
-
-import jax
 import ml_collections
 import numpy as np
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import sharding
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
+
+import helpers
 
 
 def _relevance():
@@ -46,33 +44,12 @@ def test_split_queries_is_a_partition_by_query_text():
 
 
 def test_heldout_eval_ranks_judged_products_by_hand():
-  cfg = model_lib.model_config("tiny")
-  cfg = cfg.replace(embed_dim=2, text=dataclasses.replace(cfg.text, width=2))
-  params = {"product_proj": {"kernel": np.eye(2, dtype=np.float32),
-                             "bias": np.zeros(2, np.float32)},
-            "temp": np.float32(0.07)}
   # Two queries (embeddings along x and y), three judged products.
-  query_emb = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
   features = np.array([[1.0, 0.1], [0.1, 1.0], [0.7, 0.7]], np.float32)
   # q0: product 0 label 2, product 2 label 1, product 1 unjudged.
   # q1: product 0 label 2 (ranked last), product 1 label 0.
   labels = np.array([[2, -1, 1], [2, 0, -1]], np.int32)
-
-  def embed_queries(params, batch):
-    del params
-    return (batch["query_emb"], batch["query_index"], batch["valid"])
-
-  data = inputs.Stage2Eval(
-      product_rows=np.arange(3), product_batches=None,
-      query_batches=[{"query_emb": query_emb,
-                      "query_index": np.array([0, 1], np.int32),
-                      "valid": np.array([1, 1], np.int32)}],
-      labels=labels, query_ids=["q0", "q1"])
-  mesh = sharding.make_mesh([("data", 1), ("fsdp", 1), ("tensor", 1)],
-                            devices=jax.devices()[:1])
-  project = lambda p, f: model_lib.DashClip(cfg).apply(
-      {"params": p}, f, method=model_lib.DashClip.project_product)
-  fns = (None, jax.jit(embed_queries), jax.jit(project))
+  fns, params, data, mesh = helpers.two_query_heldout_eval(labels)
   out = stage2.evaluate(fns, params, data, mesh,
                         table=(features, np.ones(3, bool)))
   # q0 ranks [0, 2, 1]: DCG = 3 + 1/log2(3); ideal the same -> 1.

@@ -1,7 +1,6 @@
 """Stage 2's product side: what trains, a deterministic frozen tower, the
 cached feature table, and freezing as a visible, overridable config value."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -16,18 +15,12 @@ from dashclip_jax import optim
 from dashclip_jax import train_state
 from dashclip_jax import train_steps as ts
 
+import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, L, LQ, N = 8, 8, 6, 2
 
-
-def _tiny():
-  c = model_lib.model_config("tiny")
-  return c.replace(vision=dataclasses.replace(c.vision, depth=1),
-                   text=dataclasses.replace(c.text, depth=1),
-                   query=dataclasses.replace(c.query, depth=1))
-
-
-CFG = _tiny()
+CFG = helpers.one_layer_tiny_config()
 PARAMS = jax.device_get(model_lib.unbox(
     jax.jit(lambda r: model_lib.init_params(CFG, r))(jax.random.key(0))))
 FAST = {"xla_backend_optimization_level": 0}
@@ -36,10 +29,7 @@ FAST = {"xla_backend_optimization_level": 0}
 def _batch():
   rng = np.random.default_rng(0)
   s = CFG.vision.image_size
-  ids = rng.integers(1000, 2000, (B, L)).astype(np.int32)
-  ids[:, 0] = 101
-  mask = np.ones((B, L), np.int32)
-  mask[::2, 5:] = 0
+  ids, mask = helpers.padded_title_ids(rng, B, L)
   qids = rng.integers(1000, 2000, (B, LQ)).astype(np.int32)
   qids[:, 0] = 101
   return {"image": rng.standard_normal((B, s, s, 3)).astype(np.float32),

@@ -26,6 +26,8 @@ from dashclip_jax import train_steps as ts
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.trainers import step_options
 
+import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 B, L, LQ, N, R = 8, 8, 6, 2, 3
@@ -36,15 +38,7 @@ MESHES = {
     "2x2x2": [("data", 2), ("fsdp", 2), ("tensor", 2)],
 }
 
-
-def _tiny():
-  c = model_lib.model_config("tiny")
-  return c.replace(vision=dataclasses.replace(c.vision, depth=1),
-                   text=dataclasses.replace(c.text, depth=1),
-                   query=dataclasses.replace(c.query, depth=1))
-
-
-CFG = _tiny()
+CFG = helpers.one_layer_tiny_config()
 S1 = ts.StepConfig(deterministic=True, momentum=0.995, queue_size=12,
                    alpha_ramp_steps=4)
 S2 = ts.StepConfig(deterministic=True, train_product_tower=True,
@@ -59,10 +53,7 @@ OPT = optim.OptimConfig(lr=1e-3, init_lr=5e-4, warmup_steps=2, total_steps=10,
 def _batches():
   rng = np.random.default_rng(0)
   s = CFG.vision.image_size
-  ids = rng.integers(1000, 2000, (B, L)).astype(np.int32)
-  ids[:, 0] = 101
-  mask = np.ones((B, L), np.int32)
-  mask[::2, 5:] = 0
+  ids, mask = helpers.padded_title_ids(rng, B, L)
   pid = np.array([0, 1, 2, 0, 3, 4, 5, 6], np.int32)  # rows 0 and 3: same product
   image = rng.standard_normal((B, s, s, 3)).astype(np.float32)
   b1 = {"image": image, "ids": ids, "mask": mask, "product_id": pid}

@@ -14,6 +14,8 @@ One module per step, in the order they run:
   fit       shape fitting (vocab resize, position-table interpolation)
   pipeline  the steps above -> param tree, report, model directory
   cli       `python -m dashclip_jax.convert --source=... --output=...`
+Checking a conversion (not a step): `parity`, our outputs that HF's BLIP also
+computes (the parity test and bench compare them).
 """
 
 import logging

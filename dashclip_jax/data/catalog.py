@@ -192,10 +192,7 @@ def catalog_from_rows(
   if header is not None:
     needed = [columns.id, columns.title]
     needed += [c for c in (columns.image, columns.image_bytes) if c]
-    missing = [c for c in needed if c not in header]
-    if missing:
-      raise ValueError(f"{name}: columns {missing} not found; the table has "
-                       f"{list(header)}. Set the column mapping.")
+    tables.require_columns(name, header, needed)
     has_split = columns.split is not None and columns.split in header
     has_category = columns.category is not None and columns.category in header
   else:

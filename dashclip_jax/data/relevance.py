@@ -130,10 +130,7 @@ def relevance_from_rows(
 ) -> Relevance:
   """Validates (where, row, error) triples against `catalog`."""
   if header is not None:
-    missing = [c for c in dataclasses.astuple(columns) if c not in header]
-    if missing:
-      raise ValueError(f"{name}: columns {missing} not found; the table has "
-                       f"{list(header)}. Set the column mapping.")
+    tables.require_columns(name, header, dataclasses.astuple(columns))
   bad = br.BadRecords(f"relevance {name}", max_bad_fraction=max_bad_fraction)
   qindex: dict[str, int] = {}
   query_ids, queries = [], []

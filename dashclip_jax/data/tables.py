@@ -4,14 +4,15 @@ Each row comes as (where, row dict or None, error): `where` names it for
 messages ("styles.csv line 17", "catalog.parquet row 3"), and a row that
 cannot be read (malformed CSV, an unclosed quote and the rows it swallows)
 comes as None with the reason, so the caller counts it (`bad_records.py`)
-instead of guessing. `cell_text` normalises one cell to stripped text.
+instead of guessing. `cell_text` normalises one cell to stripped text;
+`require_columns` stops a wrong column mapping before any row is read.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 Row = tuple[str, dict | None, str]  # (where, row or None, error)
 
@@ -113,6 +114,15 @@ def read_table_rows(path: str) -> tuple[list[str], Iterator[Row]]:
   if path.endswith((".parquet", ".pq")):
     return read_parquet_rows(path)
   return read_csv_rows(path)
+
+
+def require_columns(name: str, header: Sequence[str],
+                    needed: Sequence[str]) -> None:
+  """Fails early, naming them, when columns a mapping needs are absent."""
+  missing = [c for c in needed if c not in header]
+  if missing:
+    raise ValueError(f"{name}: columns {missing} not found; the table has "
+                     f"{list(header)}. Set the column mapping.")
 
 
 def cell_text(v: Any) -> str:

@@ -4,7 +4,7 @@ import io
 import os
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter
 import pytest
 
 from dashclip_jax.data import augment

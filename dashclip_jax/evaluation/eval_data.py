@@ -57,7 +57,6 @@ def load_data(cfg) -> EvalData:
   """Reads the catalog split and graded queries named by `cfg.data`."""
   # pylint: disable=g-import-not-at-top
   from dashclip_jax.data import catalog as catalog_lib
-  from dashclip_jax.data import relevance as relevance_lib
   from dashclip_jax.data import synthetic
   # pylint: enable=g-import-not-at-top
   d = cfg.data

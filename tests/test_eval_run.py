@@ -167,7 +167,7 @@ def test_export_index_query_round_trip(tmp_path):
                                index_kind="hnsw")
   index = export_lib.ExportedIndex(str(tmp_path))
   # A query equal to a title finds that product first with cosine 1.
-  hits = search_lib.search(index, model, [titles[42], titles[7]], k=5)
+  hits = index.search(model.encode_query([titles[42], titles[7]]), k=5)
   assert hits[0][0][:2] == ("p42", titles[42])
   assert hits[0][0][2] == pytest.approx(np.linalg.norm(
       model._embed([titles[42]])))
@@ -294,8 +294,7 @@ def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
       [cat.load_image(i) for i in range(5)], titles), want, atol=1e-3)
   # The CLI prints what the Python search returns.
   query = data.test.queries[0]
-  hits = search_lib.search(export_lib.ExportedIndex(str(tmp_path / "export")),
-                           model, [query], k=3)[0]
+  hits = model.search([query], k=3, index=str(tmp_path / "export"))[0]
   proc = subprocess.run(
       [sys.executable, "-m", "dashclip_jax.evaluation.search",
        f"--export_dir={tmp_path / 'export'}", f"--query={query}", "--k=3"],

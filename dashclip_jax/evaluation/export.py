@@ -18,7 +18,7 @@ the parts into the index and manifest (`finish_export`).
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import faiss
 import numpy as np
@@ -38,7 +38,9 @@ def part_file(part: int, num_parts: int) -> str:
   return f"products-{part:05d}-of-{num_parts:05d}.parquet"
 
 
-def _table(ids, texts, text_name, emb, extra=None) -> pa.Table:
+def embedding_table(ids, texts, text_name, emb, extra=None) -> pa.Table:
+  """The export's row layout: id, `text_name`, extra string columns, then
+  embedding (fixed-size list<float32>); ids are written as str."""
   emb = np.asarray(emb, np.float32)
   if emb.ndim != 2:
     raise ValueError(f"{text_name} embeddings must be (N, E), got "
@@ -56,7 +58,8 @@ def _table(ids, texts, text_name, emb, extra=None) -> pa.Table:
   return pa.table(cols)
 
 
-def _embeddings(table: pa.Table) -> np.ndarray:
+def table_embeddings(table: pa.Table) -> np.ndarray:
+  """float32 (N, E) from an `embedding_table`'s embedding column."""
   emb = table.column("embedding").combine_chunks()
   return emb.flatten().to_numpy().reshape(-1, emb.type.list_size)
 
@@ -69,8 +72,8 @@ def write_products_part(out_dir: str, part: int, num_parts: int,
   os.makedirs(out_dir, exist_ok=True)
   extra = {"category": categories} if categories is not None else None
   path = os.path.join(out_dir, part_file(part, num_parts))
-  pq.write_table(_table(product_ids, titles, "title", product_emb, extra),
-                 path)
+  pq.write_table(embedding_table(product_ids, titles, "title", product_emb,
+                                 extra), path)
   return path
 
 
@@ -78,7 +81,7 @@ def write_queries(out_dir: str, query_ids: Sequence[str],
                   query_texts: Sequence[str], query_emb: np.ndarray) -> None:
   """queries.parquet and queries.npy."""
   os.makedirs(out_dir, exist_ok=True)
-  pq.write_table(_table(query_ids, query_texts, "text", query_emb),
+  pq.write_table(embedding_table(query_ids, query_texts, "text", query_emb),
                  os.path.join(out_dir, "queries.parquet"))
   np.save(os.path.join(out_dir, "queries.npy"),
           np.asarray(query_emb, np.float32))
@@ -99,7 +102,7 @@ def finish_export(out_dir: str, num_parts: int, *, index_kind: str = "hnsw",
   ids = table.column("id").to_pylist()
   if len(set(ids)) != len(ids):
     raise ValueError("product ids must be unique to key the export")
-  product_emb = _embeddings(table)
+  product_emb = table_embeddings(table)
   # Parts of an earlier export into the same directory with another count.
   for f in os.listdir(out_dir):
     if f.startswith("products-") and f.endswith(".parquet") and (
@@ -166,10 +169,18 @@ def _read_table(export_dir: str, which: str) -> pa.Table:
                           for p in parts)
 
 
+class SearchHit(NamedTuple):
+  """One product found for a query; score is the inner product (cosine)."""
+  product_id: str
+  title: str
+  score: float
+
+
 class ExportedIndex:
   """A loaded export: product table, embeddings and the faiss index."""
 
   def __init__(self, export_dir: str):
+    self.export_dir = export_dir
     self.manifest = _read_manifest(export_dir)
     table = _read_table(export_dir, "products")
     self.ids = table.column("id").to_pylist()
@@ -180,15 +191,17 @@ class ExportedIndex:
                        f"vectors, the product table {len(self.ids)} rows")
 
   def search(self, query_emb: np.ndarray, k: int = 10
-             ) -> list[list[tuple[str, str, float]]]:
-    """Per query (Q, E): [(product id, title, score)] best first."""
+             ) -> list[list[SearchHit]]:
+    """Per query (Q, E): its k best `SearchHit`s, best first."""
+    if k < 1:
+      raise ValueError(f"k must be at least 1, got {k}")
     query_emb = np.asarray(query_emb, np.float32)
     if query_emb.ndim != 2 or query_emb.shape[1] != self.index.d:
       raise ValueError(f"query embeddings {query_emb.shape} do not match the "
                        f"index dimension {self.index.d}")
     scores, idx = knn.ann_search(self.index, query_emb,
                                  min(k, len(self.ids)))
-    return [[(self.ids[j], self.titles[j], float(s))
+    return [[SearchHit(self.ids[j], self.titles[j], float(s))
              for s, j in zip(srow, irow) if j >= 0]
             for srow, irow in zip(scores, idx)]
 
@@ -197,4 +210,4 @@ def read_embeddings(export_dir: str, which: str = "products"
                     ) -> tuple[list[str], np.ndarray]:
   """(ids, float32 (N, E)) from the `which` ("products", "queries") table."""
   table = _read_table(export_dir, which)
-  return table.column("id").to_pylist(), _embeddings(table)
+  return table.column("id").to_pylist(), table_embeddings(table)

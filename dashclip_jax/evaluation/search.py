@@ -30,14 +30,8 @@ _CHECKPOINT = flags.DEFINE_string(
     "export was made with (manifest.json).")
 
 
-def search(index: export_lib.ExportedIndex, encoder, queries: Sequence[str],
-           k: int) -> list[list[tuple[str, str, float]]]:
-  """Top-k (id, title, score) per query; `encoder.encode_query(texts)`."""
-  return index.search(encoder.encode_query(list(queries)), k)
-
-
 def format_results(queries: Sequence[str],
-                   results: list[list[tuple[str, str, float]]]) -> str:
+                   results: list[list[export_lib.SearchHit]]) -> str:
   lines = []
   for q, hits in zip(queries, results):
     lines.append(f"query: {q}")
@@ -84,7 +78,11 @@ def main(argv) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import dashclip_jax  # pylint: disable=g-import-not-at-top
     encoder = dashclip_jax.load(checkpoint)
-  print(format_results(queries, search(index, encoder, queries, _K.value)))
+    try:
+      encoder.attach_index(index)
+    except ValueError as e:  # The export's dim is not the model's.
+      raise config_lib.ConfigError(f"--checkpoint={checkpoint}: {e}") from None
+  print(format_results(queries, encoder.search(queries, _K.value)))
 
 
 if __name__ == "__main__":

@@ -71,4 +71,11 @@ def get_config(arg=None):
   c.plots = ml_collections.ConfigDict(dict(enabled=True, tsne_top=10))
   c.export = ml_collections.ConfigDict(dict(
       enabled=True, index="hnsw", dir=""))  # "": <workdir>/export.
+  # gallery.html (self-contained) + gallery.png beside report.md: each
+  # system's top k products for num_queries queries drawn by seed, plus
+  # `queries`: comma-separated query ids or texts ("pt00012,men blue
+  # shirts"; a string, so multi-word texts need no tuple quoting; a text
+  # holding a comma is given by its id).
+  c.gallery = ml_collections.ConfigDict(dict(
+      enabled=True, num_queries=12, queries="", k=5, seed=0))
   return c

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -147,6 +148,20 @@ def test_end_to_end_fake_model(tiny_catalog, tmp_path):
   for name in ("dashclip", "minilm"):
     for kind in ("tsne", "cosine"):
       assert (tmp_path / f"{kind}_{name}.png").stat().st_size > 1000
+  # The gallery: all 4 queries (fewer than gallery.num_queries) x 3 systems
+  # x top 5, marked by the qrels (only labels > 0 are listed); bm25's q1
+  # ranking is worked out above.
+  page = (tmp_path / "gallery.html").read_text()
+  cells = re.findall(r'<td class="cell[^"]*"[^>]*data-query="(\w+)" '
+                     r'data-system="(\w+)" data-rank="(\d)" '
+                     r'data-product="(\d+)" data-label="(\w+)"', page)
+  assert len(cells) == 4 * 3 * 5
+  assert [c[1:] for c in cells if c[0] == "q1" and c[1] == "bm25"] == [
+      ("bm25", "1", "10", "2"), ("bm25", "2", "11", "1"),
+      ("bm25", "3", "12", "unjudged"), ("bm25", "4", "15", "unjudged"),
+      ("bm25", "5", "13", "unjudged")]
+  assert Image.open(tmp_path / "gallery.png").size[0] > 1000
+  assert "[gallery.html](gallery.html)" in report_md
   ids_out, emb = export_lib.read_embeddings(str(tmp_path / "export"))
   assert ids_out == ["10", "11", "12", "13", "14", "15"]
   np.testing.assert_array_equal(emb, model._embed(test_titles))
@@ -191,6 +206,12 @@ def test_config_errors_are_clear(tiny_catalog, tmp_path):
   with pytest.raises(FileNotFoundError, match="catalog table not found"):
     run_lib.evaluate(_fashion_cfg(str(tmp_path)), str(tmp_path),
                      models={"dashclip": HashModel()})
+  model = HashModel()
+  with pytest.raises(ValueError, match=r"gallery.queries: unknown \['q7'\]"):
+    run_lib.evaluate(_fashion_cfg(tiny_catalog, **{
+        "gallery.queries": "q2,black watch,q7"}), str(tmp_path),
+                     models={"dashclip": model})
+  assert model.product_calls == 0  # Before any encoding.
   with pytest.raises(ValueError, match="unknown eval variant 'fasion'"):
     _eval_config("fasion")
 

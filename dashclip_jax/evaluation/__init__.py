@@ -8,6 +8,7 @@
   export     Parquet/.npy embeddings + faiss index; `search` is its CLI
   eval_data  what is ranked: the catalog split, graded queries, probe products
   report     metrics.json and report.md
+  gallery    gallery.html / gallery.png: each system's top-k per query
   run        the job: python -m dashclip_jax.evaluation.run --config=...
   paraphrases  hand-written paraphrased queries over TRAIN products (CLI):
     paraphrase_queries (the queries), paraphrase_labels (their label rule)

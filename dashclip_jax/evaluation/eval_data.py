@@ -27,12 +27,15 @@ class EvalData:
   Attributes:
     catalog: products ranked for every query (N rows).
     labels: int8 (Q, N) graded labels; unlisted pairs are 0.
+    judged: bool (Q, N): the pairs the qrels list (the gallery marks the
+      others as unjudged).
     query_ids, queries: Q ids and texts.
     probe_catalog: products the aisle probe trains on (None: no probe).
     description: one line for the report.
   """
   catalog: Any
   labels: np.ndarray
+  judged: np.ndarray
   query_ids: list[str]
   queries: list[str]
   probe_catalog: Any
@@ -93,6 +96,8 @@ def load_data(cfg) -> EvalData:
         f"config.data.source must be csv or synthetic, got "
                      f"{d.source!r}")
   labels = metrics_lib.labels_from_relevance(rel)
+  judged = np.zeros(labels.shape, bool)
+  judged[np.asarray(rel.query), np.asarray(rel.product)] = True
   query_ids, queries = list(rel.query_ids), list(rel.queries)
   # Products whose image cannot be decoded are not ranked (counted, named),
   # nor are queries without a label-2 product among those ranked: Recall@K
@@ -107,7 +112,7 @@ def load_data(cfg) -> EvalData:
       names = [q for q, l in zip(query_ids, lost) if l]
       notes.append(f"{_plural(len(names), 'query')} skipped ({why}: "
                    f"{_first(names)})")
-  labels = labels[ranked][:, ok]
+  labels, judged = labels[ranked][:, ok], judged[ranked][:, ok]
   query_ids = [q for q, r in zip(query_ids, ranked) if r]
   queries = [q for q, r in zip(queries, ranked) if r]
   if not query_ids:
@@ -126,7 +131,7 @@ def load_data(cfg) -> EvalData:
       probe = probe if len(probe) else None
   for note in notes:
     logging.warning("evaluation data: %s", note)
-  return EvalData(catalog, labels, query_ids, queries,
+  return EvalData(catalog, labels, judged, query_ids, queries,
                   probe, f"{len(catalog)} products x {len(query_ids)} "
                   f"queries from {where}" + "".join(f"; {n}" for n in notes))
 

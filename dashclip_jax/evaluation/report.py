@@ -52,7 +52,13 @@ def write_report(results: dict[str, dict], data: eval_data.EvalData, cfg,
     for name, m in results.items():
       lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in extra)
                    + " |")
-  pngs = sorted(f for f in os.listdir(workdir) if f.endswith(".png"))
+  if os.path.exists(os.path.join(workdir, "gallery.html")):
+    lines += ["", "## Gallery", "",
+              "Each system's top products for a sample of queries, marked by "
+              "their qrels labels: [gallery.html](gallery.html) "
+              "(self-contained).", "", "![gallery.png](gallery.png)"]
+  pngs = sorted(f for f in os.listdir(workdir)
+                if f.endswith(".png") and f != "gallery.png")
   if pngs:
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in pngs]
   with open(os.path.join(workdir, "report.md"), "w") as f:

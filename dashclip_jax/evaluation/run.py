@@ -10,6 +10,8 @@ Writes into OUT:
   report.md            the same as tables, plus data and setup notes
   tsne_<system>.png    t-SNE of the ranked products, by aisle category
   cosine_<system>.png  cos(query, product) histograms per relevance label
+  gallery.html         every system's top-k products for a sample of queries,
+  gallery.png          marked by their qrels labels (`gallery.py`)
   export/              dashclip product/query embeddings + faiss index
                        (see `export.py`; searched by `search.py`)
 
@@ -38,6 +40,7 @@ from dashclip_jax import config_lib
 from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.evaluation import gallery as gallery_lib
 from dashclip_jax.evaluation import knn
 from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import plots
@@ -155,6 +158,44 @@ def check_config(cfg, models: dict[str, Encoder] | None = None) -> None:
       inference.resolve_model_dir(cfg[key])
     except FileNotFoundError as e:
       raise config_lib.ConfigError(f"config.{key}: {e}") from None
+  gallery_lib.check_config(cfg.gallery)
+
+
+def gallery_rows(cfg, data: eval_data.EvalData) -> list[int]:
+  """Query rows config.gallery shows (none when disabled); ConfigError for
+  a named query the evaluation does not have."""
+  g = cfg.gallery
+  if not g.enabled:
+    return []
+  return gallery_lib.select_queries(data.query_ids, data.queries,
+                                    g.num_queries,
+                                    gallery_lib.parse_queries(g.queries),
+                                    g.seed)
+
+
+def _scores_of(query_emb: np.ndarray, product_emb: np.ndarray,
+               rows: list[int]) -> np.ndarray:
+  """float64 (len(rows), N) inner products of the chosen queries."""
+  return (np.asarray(query_emb, np.float64)[rows]
+          @ np.asarray(product_emb, np.float64).T)
+
+
+def write_gallery(cfg, data: eval_data.EvalData, rows: list[int],
+                  scores: dict[str, np.ndarray], workdir: str) -> None:
+  """gallery.html and gallery.png from each system's (len(rows), N) scores."""
+  ids = list(data.catalog.ids)
+  rankings = {name: gallery_lib.ranked_hits(s, ids, cfg.gallery.k)
+              for name, s in scores.items()}
+  shown = sorted({data.catalog.index_of(pid) for r in rankings.values()
+                  for row in r for pid, _ in row})
+  qrels = {data.query_ids[i]: {ids[j]: int(data.labels[i, j])
+                               for j in np.flatnonzero(data.judged[i])}
+           for i in rows}
+  gallery_lib.write_gallery(
+      workdir, [(data.query_ids[i], data.queries[i]) for i in rows], rankings,
+      {ids[j]: data.catalog.titles[j] for j in shown},
+      {ids[j]: data.catalog.load_image(j) for j in shown}, qrels,
+      note=data.description)
 
 
 def evaluate(cfg, workdir: str,
@@ -180,6 +221,10 @@ def evaluate(cfg, workdir: str,
   logging.info("evaluating %s", data.description)
   titles = list(data.catalog.titles)
   results, embeddings = {}, {}
+  # The gallery's query rows (a bad name fails before any encoding here),
+  # scored against every product by each system.
+  shown = gallery_rows(cfg, data)
+  shown_scores = {}
 
   systems = ["dashclip"] + [b for b in cfg.baselines if b == "init"]
   for name in systems:
@@ -201,6 +246,7 @@ def evaluate(cfg, workdir: str,
                    time.time() - t)
     embeddings[name] = (q, p)
     results[name] = evaluate_embeddings(name, q, p, probe, data, cfg, workdir)
+    shown_scores[name] = _scores_of(q, p, shown)
 
   if "dashclip_text" in cfg.baselines:
     q = embeddings["dashclip"][0]
@@ -210,11 +256,12 @@ def evaluate(cfg, workdir: str,
              if data.probe_catalog is not None else None)
     results["dashclip_text"] = evaluate_embeddings("dashclip_text", q, p,
                                                    probe, data, cfg, workdir)
+    shown_scores["dashclip_text"] = _scores_of(q, p, shown)
 
   if "bm25" in cfg.baselines:
-    ranking = metrics_lib.rank_by_score(
-        baselines_lib.bm25_scores(data.queries, titles),
-        k=cfg.knn.depth or None)
+    bm25 = baselines_lib.bm25_scores(data.queries, titles)
+    shown_scores["bm25"] = bm25[shown]
+    ranking = metrics_lib.rank_by_score(bm25, k=cfg.knn.depth or None)
     results["bm25"] = metrics_lib.retrieval_metrics(ranking, data.labels,
                                                     data.query_ids)
   if "minilm" in cfg.baselines:
@@ -224,6 +271,7 @@ def evaluate(cfg, workdir: str,
              if data.probe_catalog is not None else None)
     results["minilm"] = evaluate_embeddings("minilm", q, p, probe, data, cfg,
                                             workdir)
+    shown_scores["minilm"] = _scores_of(q, p, shown)
 
   if cfg.export.enabled:
     q, p = embeddings["dashclip"]
@@ -235,6 +283,8 @@ def evaluate(cfg, workdir: str,
         index_kind=cfg.export.index,
         checkpoint=cfg.checkpoint if os.path.exists(cfg.checkpoint or "")
         else "", info={"source": data.description})
+  if shown:
+    write_gallery(cfg, data, shown, shown_scores, workdir)
   report_lib.write_report(results, data, cfg, workdir)
   return results
 

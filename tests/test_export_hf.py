@@ -4,16 +4,17 @@ Tiny models with every param perturbed at random (LayerNorms and biases
 included: a wrongly mapped or dropped one would change the outputs) are
 exported, then loaded in transformers, sentence-transformers and the
 shipped product_embedding.py, and compared with dashclip_jax.load's
-encoders on the same pixels and token ids (CPU, float32, 1e-5).
+encoders (export_hf.roundtrip) on the same pixels and token ids, and on raw
+images and text through the exported processor (CPU, float32, 1e-5).
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 
 import jax
 import numpy as np
+import PIL.Image
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,6 +27,7 @@ from dashclip_jax import checkpoint_io
 from dashclip_jax import export_hf
 from dashclip_jax import model as model_lib
 from dashclip_jax import tokenizer as tok
+from dashclip_jax.export_hf import roundtrip
 
 TOL = 1e-5
 TEMP = 0.05
@@ -108,53 +110,17 @@ def _images(n):
           for i in range(n)]
 
 
-def _torch_inputs(encoder, images, texts):
-  """Our preprocessed pixels (NCHW) and token ids, as torch tensors."""
-  pixels = torch.from_numpy(encoder.preprocess_images(images)).permute(
-      0, 3, 1, 2)
-  ids, mask = encoder.tokenize(texts)
-  return (pixels, torch.from_numpy(ids.astype(np.int64)),
-          torch.from_numpy(mask.astype(np.int64)))
-
-
-def _shipped_module(out):
-  """OUT/product_embedding.py, imported from the export (not the package)."""
-  spec = importlib.util.spec_from_file_location(
-      "product_embedding", os.path.join(out, "product_embedding.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  assert a.shape == b.shape, (a.shape, b.shape)
-  return float(np.abs(a - b).max())
-
-
 def _check_blip_and_product(ours, out, texts):
-  """Every BLIP output and the product embedding against dashclip's."""
+  """Every BLIP output and the product embedding against dashclip's, on
+  our pixels and ids (the processor is checked on its own below)."""
   images = _images(len(texts))
-  pixels, ids, mask = _torch_inputs(ours, images, texts)
-  blip, info = transformers.BlipForImageTextRetrieval.from_pretrained(
-      os.path.join(out, "blip"), output_loading_info=True)
-  assert not any(info.values()), info  # No missing/unexpected/mismatched.
-  pe = _shipped_module(out)
-  embed = pe.ProductEmbedding.from_export(out)
-  with torch.no_grad():
-    got = dict(
-        image=pe.image_embedding(blip.eval(), pixels),
-        text=pe.text_embedding(blip, ids, mask),
-        itm=pe.itm_probability(blip, pixels, ids, mask),
-        product=embed(pixels, ids, mask),
-        hf_similarity=blip(input_ids=ids, pixel_values=pixels,
-                           attention_mask=mask, use_itm_head=False).itm_score)
-  want = dict(image=ours.encode_image(images), text=ours.encode_text(texts),
-              itm=ours.itm_score(images, texts),
-              product=ours.encode_product(images, texts))
-  errors = {k: _err(got[k], v) for k, v in want.items()}
+  got = roundtrip.torch_outputs(out, roundtrip.encoder_inputs(
+      ours, images, texts))
+  want = roundtrip.dashclip_outputs(ours, images, texts)
+  errors = roundtrip.errors(got, want)
   assert all(e < TOL for e in errors.values()), errors
   assert np.ptp(want["itm"]) > 1e-3  # Not a constant: the weights matter.
+  blip = roundtrip.load_blip(out)
   np.testing.assert_allclose(
       np.exp(-blip.config.logit_scale_init_value), TEMP, rtol=1e-6)
   return got, want
@@ -164,7 +130,8 @@ def test_blip_and_product_equal_dashclip(cls_model):
   out = cls_model["out"]
   got, want = _check_blip_and_product(cls_model["ours"], out, TITLES)
   # text_pooling "cls": HF's own image-text similarity is dashclip's.
-  assert _err(got["hf_similarity"], want["image"] @ want["text"].T) < TOL
+  similarity = want["image"] @ want["text"].T
+  assert roundtrip.max_abs_error(got["hf_similarity"], similarity) < TOL
 
 
 def test_mean_poolings_equal_dashclip(mean_model):
@@ -172,15 +139,28 @@ def test_mean_poolings_equal_dashclip(mean_model):
   got, want = _check_blip_and_product(mean_model["ours"], out, TITLES)
   # HF's forward pools [CLS]: with text_pooling "mean" it is not dashclip's
   # similarity (the note and the card say so; text_embedding is).
-  assert _err(got["hf_similarity"], want["image"] @ want["text"].T) > 1e-3
+  similarity = want["image"] @ want["text"].T
+  assert roundtrip.max_abs_error(got["hf_similarity"], similarity) > 1e-3
   notes = json.load(open(os.path.join(out, "export_hf.json")))["notes"]
   assert any("text_pooling is 'mean'" in n for n in notes), notes
 
 
+def test_processor_path_equals_dashclip(cls_model):
+  """The user's path: raw PIL images and raw text through the exported
+  BlipProcessor (padded to the longest text, not to 35)."""
+  images = [PIL.Image.fromarray(im) for im in _images(len(QUERIES))]
+  out, ours = cls_model["out"], cls_model["ours"]
+  inputs = roundtrip.processor_inputs(out, images, QUERIES)
+  assert inputs[1].shape[1] < 35  # The padding differs from ours.
+  errors = roundtrip.errors(roundtrip.torch_outputs(out, inputs),
+                            roundtrip.dashclip_outputs(ours, images, QUERIES))
+  assert all(e < TOL for e in errors.values()), errors
+
+
 def _query_check(ours, out):
-  query = st.SentenceTransformer(os.path.join(out, "query"), device="cpu")
+  query = roundtrip.load_query(out)
   got = query.encode(QUERIES, convert_to_numpy=True)
-  assert _err(got, ours.encode_query(QUERIES)) < TOL
+  assert roundtrip.max_abs_error(got, ours.encode_query(QUERIES)) < TOL
   return query
 
 
@@ -236,8 +216,8 @@ def test_exported_tokenizers_give_our_ids(cls_model):
   # The image processor is our eval transform.
   images = _images(3)
   pixels = processor(images=images, return_tensors="np")["pixel_values"]
-  assert _err(pixels.transpose(0, 2, 3, 1),
-              ours.preprocess_images(images)) < TOL
+  assert roundtrip.max_abs_error(pixels.transpose(0, 2, 3, 1),
+                                 ours.preprocess_images(images)) < TOL
 
 
 def test_model_card_and_report(cls_model):

@@ -22,6 +22,7 @@ One module per concept:
   card           README.md
   pipeline       `export(model_dir, output, overwrite)`: the steps in order
   cli            the command line
+  roundtrip      an export side by side with dashclip_jax.load (bench, tests)
 """
 
 from dashclip_jax.export_hf.cli import main

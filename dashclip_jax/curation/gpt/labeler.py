@@ -30,6 +30,7 @@ from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.curation.gpt import gguf_loader
 from dashclip_jax.curation.gpt import lora as lora_lib
 from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation import prompts as wording
 from dashclip_jax.curation.gpt import prompts as prompts_lib
 from dashclip_jax.curation.gpt import tokenizer as tokenizer_lib
 
@@ -43,8 +44,8 @@ class GptTeacherConfig:
   gguf: str                  # Its path; "": the packaged SmolLM2.
   gguf_sha256: str
   fields: tuple[str, ...] = ("title",)
-  prompt: str = prompts_lib.DEFAULT_PROMPT
-  system: str = prompts_lib.DEFAULT_SYSTEM  # "": the template's own.
+  prompt: str = wording.DEFAULT_PROMPT
+  system: str = wording.DEFAULT_SYSTEM  # "": the template's own.
   max_length: int = 128      # Tokens of a prompt, chat template included.
   tuning: str = "none"
   lora_rank: int = 0
@@ -53,7 +54,7 @@ class GptTeacherConfig:
   kind: str = KIND
 
   def __post_init__(self):
-    prompts_lib.check_template(self.prompt)
+    wording.check_template(self.prompt)
     if self.tuning not in TUNINGS:
       raise ValueError(f"tuning {self.tuning!r} not in {TUNINGS}")
     if (self.tuning == "lora") != (self.lora_rank > 0):
@@ -119,7 +120,7 @@ class GptLabeler:
   def label_logits(self, prompts: Sequence[str]) -> np.ndarray:
     """float32 (B, 3) logits of the tokens "0", "1", "2" next."""
     return self._batched(self._label_logits, prompts,
-                         len(prompts_lib.LABEL_TOKENS))
+                         len(wording.LABEL_TOKENS))
 
   def label_probs(self, prompts: Sequence[str]) -> np.ndarray:
     """float32 (B, 3) label probabilities of rendered prompts."""

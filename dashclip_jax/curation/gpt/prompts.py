@@ -1,4 +1,5 @@
-"""The labelling prompt: (query, product) -> chat text -> left-padded ids.
+"""The labelling prompt for one tokenizer: (query, product) -> chat text ->
+left-padded ids (the wording itself is `curation.prompts`'s).
 
 A template with `{query}` and `{product}` (the product as one "field:
 value" line per configured field) becomes the user turn of the model's
@@ -12,37 +13,12 @@ compiles).
 
 from __future__ import annotations
 
-import string
 from typing import Any, Sequence
 
 import numpy as np
 
 from dashclip_jax.curation.gpt import tokenizer as tokenizer_lib
-
-LABEL_TOKENS = ("0", "1", "2")
-DEFAULT_SYSTEM = "You rate how well products match shopping search queries."
-DEFAULT_PROMPT = (
-    "Query: {query}\n"
-    "Product:\n{product}\n"
-    "Answer 2 if the product is what the query asks for, 1 if it matches "
-    "partly, 0 if it does not match. Answer with the digit only.")
-
-
-def check_template(template: str) -> None:
-  """ValueError unless the template's fields are exactly query, product."""
-  try:
-    names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
-  except ValueError as e:
-    raise ValueError(f"prompt template: {e}") from None
-  if names != {"query", "product"}:
-    raise ValueError("prompt template must use {query} and {product} and "
-                     f"nothing else; it uses {sorted(names)}")
-
-
-def product_block(product: dict[str, Any], fields: Sequence[str]) -> str:
-  """One "field: value" line per named field with a value."""
-  return "\n".join(f"{f}: {str(product[f]).strip()}" for f in fields
-                   if str(product.get(f, "") or "").strip())
+from dashclip_jax.curation import prompts as wording
 
 
 class Prompts:
@@ -50,14 +26,15 @@ class Prompts:
 
   def __init__(self, tokenizer: tokenizer_lib.GptTokenizer,
                fields: Sequence[str] = ("title",),
-               template: str = DEFAULT_PROMPT, system: str = DEFAULT_SYSTEM,
+               template: str = wording.DEFAULT_PROMPT,
+               system: str = wording.DEFAULT_SYSTEM,
                max_length: int = 128, length_multiple: int = 16):
-    check_template(template)
+    wording.check_template(template)
     self.tokenizer, self.fields = tokenizer, tuple(fields)
     self.template, self.system = template, system
     self.max_length, self.length_multiple = max_length, length_multiple
     self.label_ids = np.asarray(
-        [tokenizer.token_id(t) for t in LABEL_TOKENS], np.int32)
+        [tokenizer.token_id(t) for t in wording.LABEL_TOKENS], np.int32)
     self.truncated = 0
 
   def chat(self, text: str) -> str:
@@ -76,7 +53,7 @@ class Prompts:
             products: Sequence[dict[str, Any]]) -> list[str]:
     """The prompt texts of (query, product) pairs, each within max_length
     tokens (the product text cut when needed)."""
-    blocks = [product_block(p, self.fields) for p in products]
+    blocks = [wording.product_block(p, self.fields) for p in products]
     out = [self.chat(self.template.format(query=q, product=b))
            for q, b in zip(queries, blocks)]
     for i, ids in enumerate(self.tokenizer.encode(out)):

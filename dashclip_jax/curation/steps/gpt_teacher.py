@@ -13,7 +13,7 @@ from dashclip_jax import sharding as shard_lib
 from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.curation import teacher_train
 from dashclip_jax.curation.gpt import labeler as gpt_labeler
-from dashclip_jax.curation.gpt import prompts as prompts_lib
+from dashclip_jax.curation import prompts as wording
 from dashclip_jax.curation.gpt import train as gpt_train
 from dashclip_jax.curation.steps import context as context_lib
 
@@ -28,7 +28,7 @@ def teacher_config(ctx: context_lib.Context, gguf_path: str
   try:
     return gpt_labeler.GptTeacherConfig(
         gguf=g.gguf, gguf_sha256=gpt_labeler.file_sha256(gguf_path),
-        fields=ctx.fields, prompt=g.prompt or prompts_lib.DEFAULT_PROMPT,
+        fields=ctx.fields, prompt=g.prompt or wording.DEFAULT_PROMPT,
         system=g.system, max_length=g.max_length, tuning=tuning,
         lora_rank=g.lora_rank if tuning == "lora" else 0,
         lora_alpha=g.lora_alpha, dtype=g.dtype)

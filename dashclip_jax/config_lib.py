@@ -316,6 +316,30 @@ def job_config(prog: str, config_flag: flags.FlagHolder,
   return config
 
 
+class DistributedFlags:
+  """The multi-process flags every entry point takes; `initialize()` runs
+  `init_distributed` with their values."""
+
+  def __init__(self):
+    self.coordinator_address = flags.DEFINE_string(
+        "coordinator_address", None,
+        "host:port of process 0 for jax.distributed (multi-process runs); "
+        "unset: auto-detected on SLURM/TPU pods, else single process.")
+    self.num_processes = flags.DEFINE_integer(
+        "num_processes", None, "Processes in a multi-process run.")
+    self.process_id = flags.DEFINE_integer("process_id", None,
+                                           "This process's id.")
+    self.multihost = flags.DEFINE_bool(
+        "multihost", False,
+        "Call jax.distributed.initialize() with the platform's "
+        "auto-detection (Cloud TPU pods, SLURM, ...); launch/tpu_pod.sh and "
+        "slurm_gpu.sh set it.")
+
+  def initialize(self) -> None:
+    init_distributed(self.coordinator_address.value, self.num_processes.value,
+                     self.process_id.value, self.multihost.value)
+
+
 def init_distributed(coordinator_address: str | None,
                      num_processes: int | None, process_id: int | None,
                      multihost: bool) -> None:

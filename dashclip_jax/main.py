@@ -36,17 +36,7 @@ PROG = "dashclip_jax.main"
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None,
-    "host:port of process 0 for jax.distributed (multi-process runs); "
-    "unset: auto-detected on SLURM/TPU pods, else single process.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
-                                      "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
-_MULTIHOST = flags.DEFINE_bool(
-    "multihost", False,
-    "Call jax.distributed.initialize() with the platform's auto-detection "
-    "(Cloud TPU pods, SLURM, ...); launch/tpu_pod.sh and slurm_gpu.sh set it.")
+_DISTRIBUTED = config_lib.DistributedFlags()
 
 log = logging.getLogger("dashclip_jax")
 
@@ -165,8 +155,7 @@ def main(argv) -> None:
   from dashclip_jax.trainers import preemption  # pylint: disable=g-import-not-at-top
   try:
     with config_lib.one_line_errors(PROG, one_line_errors()):
-      config_lib.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                  _PROCESS_ID.value, _MULTIHOST.value)
+      _DISTRIBUTED.initialize()
       out = run(config, _WORKDIR.value)
   except preemption.Preempted as e:
     log.warning("%s", e)

@@ -38,12 +38,7 @@ PROG = "dashclip_jax.curation.main"
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/curate.py[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes).")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 (multi-process).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "jax.distributed.initialize() auto-detected.")
+_DISTRIBUTED = config_lib.DistributedFlags()
 
 log = logging.getLogger("dashclip_jax")
 
@@ -66,8 +61,7 @@ def main(argv) -> None:
   with config_lib.one_line_errors(PROG, (
       config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
       NotADirectoryError)):
-    config_lib.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                _PROCESS_ID.value, _MULTIHOST.value)
+    _DISTRIBUTED.initialize()
     tick = time.time()
     out = pipeline.run(config, _WORKDIR.value)
   log.info("curation done in %.0f s", time.time() - tick)

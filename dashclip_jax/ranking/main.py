@@ -30,12 +30,7 @@ PROG = "dashclip_jax.ranking.main"
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "configs/ranking.py[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 (multi-process).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id.")
-_MULTIHOST = flags.DEFINE_bool("multihost", False,
-                               "jax.distributed.initialize() auto-detected.")
+_DISTRIBUTED = config_lib.DistributedFlags()
 
 log = logging.getLogger("dashclip_jax")
 
@@ -62,8 +57,7 @@ def main(argv) -> None:
   with config_lib.one_line_errors(PROG, (
       config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
       NotADirectoryError, embeddings.MissingEmbeddingError, ValueError)):
-    config_lib.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                _PROCESS_ID.value, _MULTIHOST.value)
+    _DISTRIBUTED.initialize()
     out = pipeline.run(config, _WORKDIR.value)
   print(out["summary"])
 

@@ -117,6 +117,9 @@ def get_config(arg=None):
       model="",            # dashclip model dir; "": the teacher's start.
       k=pick(8, 20),       # KNN candidates per unlabelled query.
       num_random=pick(2, 5),
+      # > 0: a labelling budget, candidates for a seeded sample of this
+      # many unlabelled queries only (0: every one).
+      max_queries=0,
       batch_size=64,
   ))
   c.label = ml_collections.ConfigDict(dict(

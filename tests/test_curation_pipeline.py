@@ -156,3 +156,31 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
   assert kept.bad.num_bad == 0
   rows = pq.read_table(work / "expanded" / "rows.parquet")
   assert set(rows["label_source"].to_pylist()) == {"seed", "teacher"}
+
+
+def test_labelling_budget_keeps_a_sample_of_queries_with_their_candidates(
+    tmp_path):
+  config = config_lib.load_config("configs/curate.py", "tiny",
+                                  {"run": "teacher,mine"})
+  pipeline.run(config, str(tmp_path))
+  full = pq.read_table(tmp_path / "candidates.parquet").to_pylist()
+  with config.unlocked():
+    config.run, config.mining.max_queries = "mine", 5
+  pipeline.run(config, str(tmp_path))  # The teacher and embeddings reused.
+  capped = pq.read_table(tmp_path / "candidates.parquet").to_pylist()
+  kept = {r["query_id"] for r in capped}
+  assert len(kept) == 5 < len({r["query_id"] for r in full})
+  # A kept query has exactly the candidates it had without the budget.
+  assert capped == [r for r in full if r["query_id"] in kept]
+
+
+def test_labelling_budget_bounds():
+  from dashclip_jax.curation.steps import mine
+  assert mine.budget_queries(10, 0, seed=0) is None
+  assert mine.budget_queries(10, 10, seed=0) is None
+  kept = mine.budget_queries(10, 4, seed=0)
+  assert len(set(kept.tolist())) == 4 and kept.max() < 10
+  np.testing.assert_array_equal(kept, mine.budget_queries(10, 4, seed=0))
+  assert not np.array_equal(kept, mine.budget_queries(10, 4, seed=1))
+  with pytest.raises(ValueError, match="max_queries"):
+    mine.budget_queries(10, -1, seed=0)

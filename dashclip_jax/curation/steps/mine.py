@@ -3,6 +3,9 @@
 Per unlabelled query its KNN products under the mining model plus a few
 random ones (`curation.mining`), written to candidates.parquet; the
 embeddings are cached in embeddings.npz (the negatives step reuses them).
+`mining.max_queries` > 0 is a labelling budget: a seeded sample of that
+many unlabelled queries keeps its candidates (the same ones it gets
+uncapped), the rest get none.
 """
 
 from __future__ import annotations
@@ -68,6 +71,18 @@ def pair_table(ctx: context_lib.Context, query_index: np.ndarray,
       "product_index": np.asarray(product_index, np.int64), **extra})
 
 
+def budget_queries(num_queries: int, max_queries: int, seed: int
+                   ) -> np.ndarray | None:
+  """Sorted indices of the `max_queries` unlabelled queries a labelling
+  budget keeps (a seeded sample), or None when every query is kept."""
+  if max_queries < 0:
+    raise ValueError(f"mining.max_queries must be >= 0, got {max_queries}")
+  if not max_queries or max_queries >= num_queries:
+    return None
+  rng = np.random.default_rng([seed, 1])  # 1: apart from other draws.
+  return np.sort(rng.choice(num_queries, max_queries, replace=False))
+
+
 def mine_step(ctx: context_lib.Context) -> dict:
   m = ctx.config.mining
   path = ctx.path("candidates.parquet")
@@ -84,11 +99,21 @@ def mine_step(ctx: context_lib.Context) -> dict:
   cand = mining.candidates(query_emb[first:], product_emb, k=m.k,
                            num_random=m.num_random, seed=ctx.config.seed,
                            labelled=labelled)
+  kept = budget_queries(len(ctx.queries) - first, m.max_queries,
+                        ctx.config.seed)
+  if kept is not None:
+    # Mined uncapped, then cut: a kept query's candidates do not depend on
+    # the budget (its random ones are seeded by its own index).
+    rows = np.isin(cand["query"], kept)
+    cand = {name: col[rows] for name, col in cand.items()}
+    log.info("mining: a labelling budget of %d of the %d unlabelled "
+             "queries (mining.max_queries)", len(kept),
+             len(ctx.queries) - first)
   table = pair_table(ctx, cand["query"] + first, cand["product"],
                      source=cand["source"].astype(str).tolist())
   context_lib.write_table(table, path)
   log.info("mining: %d candidate pairs for %d unlabelled queries (%d knn, "
-           "%d random)", len(table), len(ctx.queries) - first,
+           "%d random)", len(table), len(np.unique(cand["query"])),
            int((cand["source"] == "knn").sum()),
            int((cand["source"] == "random").sum()))
   return {"pairs": len(table), "path": path}

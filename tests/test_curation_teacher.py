@@ -99,3 +99,18 @@ def test_saved_teacher_is_a_labeler(tmp_path):
   again = teacher_lib.load_teacher(str(tmp_path), batch_size=16)
   np.testing.assert_allclose(again.predict(["red shirt"] * 5, products),
                              probs, atol=1e-6)
+
+
+def test_label_loss_by_hand_and_padding_rows_count_for_nothing():
+  # Row 0: logits (0, 0, ln 2) -> p = (1/4, 1/4, 1/2), label 2: -ln(1/2).
+  # Row 1: logits (ln 3, 0, 0) -> p = (3/5, 1/5, 1/5), label 1: -ln(1/5).
+  # Row 2 is padding (weight 0): a wrong, confident row that must not count.
+  logits = np.array([[0.0, 0.0, np.log(2.0)], [np.log(3.0), 0.0, 0.0],
+                     [50.0, 0.0, 0.0]], np.float32)
+  label = np.array([2, 1, 2], np.int32)
+  weight = np.array([1.0, 1.0, 0.0], np.float32)
+  loss, metrics = teacher_train.label_loss(logits, label, weight)
+  expected = (np.log(2.0) + np.log(5.0)) / 2
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-6)
+  assert float(metrics["accuracy"]) == 0.5  # Row 0 right, row 1 wrong.

@@ -35,6 +35,29 @@ class TeacherState:
   opt_state: Any
 
 
+def label_loss(logits: jax.Array, label: jax.Array, weight: jax.Array
+               ) -> tuple[jax.Array, dict]:
+  """logits float32 (B, 3), label int32 (B,), weight float32 (B,) (0 on
+  padding rows) -> (the weighted mean cross-entropy, {loss, accuracy}).
+  A global-batch mean: the same number on every mesh."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, label)
+  total = jnp.maximum(jnp.sum(weight), 1.0)
+  loss = jnp.sum(ce * weight) / total
+  hits = (jnp.argmax(logits, -1) == label) * weight
+  return loss, {"loss": loss, "accuracy": jnp.sum(hits) / total}
+
+
+def descend(loss_fn, tx: optax.GradientTransformation, trainable: Any,
+            opt_state: Any, *args) -> tuple[Any, Any, dict]:
+  """One optimizer step on `loss_fn(trainable, *args) -> (loss, metrics)`
+  -> (trainable, opt_state, metrics with the gradient's global norm)."""
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      trainable, *args)
+  updates, opt_state = tx.update(grads, opt_state, trainable)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  return optax.apply_updates(trainable, updates), opt_state, metrics
+
+
 def make_train_step(config: teacher_lib.TeacherConfig,
                     tx: optax.GradientTransformation,
                     deterministic: bool = False):
@@ -49,20 +72,11 @@ def make_train_step(config: teacher_lib.TeacherConfig,
     logits = module.apply(
         {"params": params}, batch["ids"], batch["mask"], batch.get("images"),
         deterministic=deterministic, rngs={"dropout": rng})
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         batch["label"])
-    w = batch["weight"]
-    loss = jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
-    hits = (jnp.argmax(logits, -1) == batch["label"]) * w
-    return loss, {"loss": loss,
-                  "accuracy": jnp.sum(hits) / jnp.maximum(jnp.sum(w), 1.0)}
+    return label_loss(logits, batch["label"], batch["weight"])
 
   def step(state: TeacherState, batch: dict, rng: jax.Array):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    params, opt_state, metrics = descend(loss_fn, tx, state.params,
+                                         state.opt_state, batch, rng)
     return TeacherState(state.step + 1, params, opt_state), metrics
 
   return step

@@ -64,20 +64,11 @@ def make_train_step(config: model_lib.LlamaConfig, label_ids: Any,
         frozen, trainable, scale)
     logits = module.apply({"params": params}, batch["ids"], batch["mask"],
                           label_ids, method=model_lib.Llama.next_token)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         batch["label"])
-    w = batch["weight"]
-    total = jnp.maximum(jnp.sum(w), 1.0)
-    loss = jnp.sum(ce * w) / total
-    hits = (jnp.argmax(logits, -1) == batch["label"]) * w
-    return loss, {"loss": loss, "accuracy": jnp.sum(hits) / total}
+    return teacher_train.label_loss(logits, batch["label"], batch["weight"])
 
   def step(state: TuneState, frozen: Any, batch: dict):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.trainable, frozen, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    trainable, opt_state, metrics = teacher_train.descend(
+        loss_fn, tx, state.trainable, state.opt_state, frozen, batch)
     return TuneState(state.step + 1, trainable, opt_state), metrics
 
   return step

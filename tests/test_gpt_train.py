@@ -74,10 +74,14 @@ def test_train_step_is_the_same_on_one_device_and_a_2x4_mesh(lora_rank):
   np.testing.assert_allclose([h["loss"] for h in got_log], losses, rtol=1e-5)
   assert losses[1] != losses[0]  # The step moved something.
   assert (jax.tree.structure(got) == jax.tree.structure(want))
-  # Adam's first updates are about lr * sign(grad): reduction order moves
-  # a near-zero gradient's update by up to ~1e-5 (1% of the lr).
+  # Adam's second update divides two tiny moments where a gradient
+  # changes sign, so reduction order can move such an element by a few
+  # percent of the lr (1e-3; 1.1e-5 seen); a sharding bug moves many
+  # elements by about the lr. Hence: every element within 5% of the lr,
+  # and all but a few within 1e-6.
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=0)
+    assert np.mean(np.abs(a - b) > 1e-6) < 0.01
   if lora_rank:  # Only the low-rank tree is trained and returned.
     assert set(got["blocks"]["attn"]["query"]) == {"a", "b"}
 

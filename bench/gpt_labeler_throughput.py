@@ -20,7 +20,6 @@ and last `gpt_labeler_pairs_per_s_ratio: <ours/torch>`.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,38 +28,10 @@ import numpy as np
 import torch
 import transformers
 
-from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.curation.gpt import labeler as gpt_labeler
 from dashclip_jax.curation.gpt import prompts as prompts_lib
-from dashclip_jax.data import sources
+import labelled_pairs  # bench/, beside this script.
 # pylint: enable=g-import-not-at-top
-
-FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                       "fashion")
-FIELDS = ("title", "category", "baseColour", "gender", "usage")
-
-
-def pairs(n: int) -> tuple[list[str], list[dict], tuple[str, ...]]:
-  """n (query, product record) pairs of the train relevance data."""
-  if os.path.isdir(FASHION):
-    src, fields = sources.load_sources({"source": "fashion",
-                                        "path": FASHION}), FIELDS
-  else:
-    src, fields = sources.load_sources({}), ("title", "category", "colour")
-  rel, cat = src.train_relevance, src.train_catalog
-  rows = np.random.default_rng(0).choice(len(rel), n, replace=len(rel) < n)
-  return ([rel.queries[rel.query[i]] for i in rows],
-          [labeler_lib.product_record(cat, int(rel.product[i])) for i in rows],
-          fields)
-
-
-def timed(label_batch, texts: list[str], batch: int
-          ) -> tuple[float, np.ndarray]:
-  label_batch(texts[:batch])  # Warm up / compile.
-  start, out = time.perf_counter(), []
-  for s in range(0, len(texts), batch):
-    out.append(label_batch(texts[s:s + batch]))
-  return len(texts) / (time.perf_counter() - start), np.concatenate(out)
 
 
 def main() -> None:
@@ -69,7 +40,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--rounds", type=int, default=2)
   args = parser.parse_args()
-  queries, products, fields = pairs(args.pairs)
+  queries, products, fields = labelled_pairs.pairs(args.pairs)
   loaded, tokenizer = gpt_labeler.base_model()
   prompts = prompts_lib.Prompts(tokenizer, fields)
   ours = gpt_labeler.GptLabeler(loaded.config, loaded.params, prompts,
@@ -94,13 +65,10 @@ def main() -> None:
   print(f"{len(texts)} pairs, batch {args.batch}, prompts {min(lengths)}-"
         f"{max(lengths)} tokens (mean {np.mean(lengths):.0f}), fields "
         f"{','.join(fields)}; torch threads {torch.get_num_threads()}")
-  # Alternating rounds, best of each: the machine's load moves both alike.
-  rate_ours = rate_torch = 0.0
-  for _ in range(args.rounds):
-    r, p_ours = timed(ours.label_probs, texts, args.batch)
-    rate_ours = max(rate_ours, r)
-    r, p_torch = timed(torch_batch, texts, args.batch)
-    rate_torch = max(rate_torch, r)
+  rate_ours, rate_torch, p_ours, p_torch = labelled_pairs.best_of_alternating(
+      args.rounds, lambda: labelled_pairs.timed(ours.label_probs, (texts,),
+                                                args.batch),
+      lambda: labelled_pairs.timed(torch_batch, (texts,), args.batch))
   print(f"ours (jax, {len(ours.mesh.devices.flat)} devices): "
         f"{rate_ours:.1f} pairs/s")
   print(f"torch LlamaForCausalLM (GGUF): {rate_torch:.1f} pairs/s")

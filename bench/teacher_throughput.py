@@ -20,7 +20,6 @@ and last `teacher_pairs_per_s_ratio: <ours/torch>`.
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,27 +31,9 @@ import transformers
 from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.curation import teacher_inputs
-from dashclip_jax.data import sources
 from dashclip_jax.evaluation import baselines
+import labelled_pairs  # bench/, beside this script.
 # pylint: enable=g-import-not-at-top
-
-FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                       "fashion")
-FIELDS = ("title", "category", "baseColour", "gender", "usage")
-
-
-def pairs(n: int) -> tuple[list[str], list[dict], tuple[str, ...]]:
-  """n (query, product record) pairs of the train relevance data."""
-  if os.path.isdir(FASHION):
-    src, fields = sources.load_sources({"source": "fashion",
-                                        "path": FASHION}), FIELDS
-  else:
-    src, fields = sources.load_sources({}), ("title", "category", "colour")
-  rel, cat = src.train_relevance, src.train_catalog
-  rows = np.random.default_rng(0).choice(len(rel), n, replace=len(rel) < n)
-  return ([rel.queries[rel.query[i]] for i in rows],
-          [labeler_lib.product_record(cat, int(rel.product[i])) for i in rows],
-          fields)
 
 
 def torch_cross_encoder(params: dict
@@ -67,14 +48,6 @@ def torch_cross_encoder(params: dict
   return model
 
 
-def timed(label_batch, queries, products, batch: int
-          ) -> tuple[float, np.ndarray]:
-  label_batch(queries[:batch], products[:batch])  # Warm up / compile.
-  start, out = time.perf_counter(), []
-  for s in range(0, len(queries), batch):
-    out.append(label_batch(queries[s:s + batch], products[s:s + batch]))
-  return len(queries) / (time.perf_counter() - start), np.concatenate(out)
-
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -83,7 +56,7 @@ def main() -> None:
   parser.add_argument("--max_length", type=int, default=32)
   parser.add_argument("--rounds", type=int, default=2)
   args = parser.parse_args()
-  queries, products, fields = pairs(args.pairs)
+  queries, products, fields = labelled_pairs.pairs(args.pairs)
   config, params, _ = teacher_lib.initial_params(
       "text", "minilm", size="small", fields=fields,
       max_length=args.max_length, query_max_length=12, image_size=0,
@@ -105,13 +78,11 @@ def main() -> None:
 
   print(f"{len(queries)} pairs, batch {args.batch}, {args.max_length} tokens,"
         f" fields {','.join(fields)}; torch threads {torch.get_num_threads()}")
-  # Alternating rounds, best of each: the machine's load moves both alike.
-  rate_ours = rate_torch = 0.0
-  for _ in range(args.rounds):
-    r, p_ours = timed(ours.predict, queries, products, args.batch)
-    rate_ours = max(rate_ours, r)
-    r, p_torch = timed(torch_batch, queries, products, args.batch)
-    rate_torch = max(rate_torch, r)
+  columns = (queries, products)
+  rate_ours, rate_torch, p_ours, p_torch = labelled_pairs.best_of_alternating(
+      args.rounds, lambda: labelled_pairs.timed(ours.predict, columns,
+                                                args.batch),
+      lambda: labelled_pairs.timed(torch_batch, columns, args.batch))
   print(f"ours (jax, {len(ours.mesh.devices.flat)} devices): "
         f"{rate_ours:.1f} pairs/s")
   print(f"torch BertForSequenceClassification: {rate_torch:.1f} pairs/s")

@@ -48,7 +48,6 @@ def torch_cross_encoder(params: dict
   return model
 
 
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--pairs", type=int, default=512)

@@ -71,6 +71,9 @@ def load_config(path: str | os.PathLike, arg: str | None = None,
   """`path`'s get_config(arg) with {"a.b": value} overrides applied, as
   `--config=path:arg --config.a.b=value` gives it (for tests, notebooks)."""
   config = config_module(path).get_config(arg)
+  for key in overrides or {}:
+    if retired_key_error(key):
+      raise ConfigError(retired_key_error(key))
   config.update_from_flattened_dict(dict(overrides or {}))
   return config
 
@@ -254,12 +257,23 @@ def retired_key_error(key: str) -> str | None:
   for any other key."""
   flag = "--" if key.startswith("--") else ""
   key = key.split("=")[0].removeprefix("--").removeprefix("config.")
+  new, why = _replacement(key)
+  if new is None:
+    return None
+  return (f"{flag}config.{key} is no longer a config key: set "
+          f"{flag}config.{new} instead" + (f" ({why})" if why else ""))
+
+
+def _replacement(key: str) -> tuple[str | None, str]:
+  """-> (the key that replaced `key`, why), following renames of renames
+  (final_eval.data.qrels_path -> data.qrels_path -> data.relevance_test_path);
+  (None, "") for a key that was never retired."""
   for old, (new, why) in RETIRED_KEYS.items():
     if key == old or key.startswith(old + "."):
       new += key[len(old):]
-      return (f"{flag}config.{key} is no longer a config key: set "
-              f"{flag}config.{new} instead" + (f" ({why})" if why else ""))
-  return None
+      newer, newer_why = _replacement(new)
+      return (newer, newer_why or why) if newer else (new, why)
+  return None, ""
 
 
 # -- entry points: one-line errors --------------------------------------------

@@ -45,7 +45,7 @@ class Sources:
   test_catalog: catalog_lib.Catalog
   train_relevance: relevance_lib.Relevance | None
   test_relevance: relevance_lib.Relevance | None
-  catalog: catalog_lib.Catalog | None = None
+  catalog: catalog_lib.Catalog
 
   def of_split(self, split: str) -> tuple[catalog_lib.Catalog,
                                           relevance_lib.Relevance | None]:

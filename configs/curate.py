@@ -59,19 +59,14 @@ def get_config(arg=None):
   c.seed = 0
   c.mesh = config_lib.mesh_config()
   c.run = STEPS
-  # Above this fraction of bad seed rows (unknown product, empty query,
-  # label outside {0,1,2}, ...) the run stops; catalog rows alike.
-  c.max_bad_fraction = 0.01
-  c.data = ml_collections.ConfigDict(dict(
-      source=pick("synthetic", "fashion"),
-      path="../shared/data/fashion",
-      catalog_path="", catalog_dir="", catalog_file="",
-      relevance_train_path="",
-      synthetic=dict(num_products=96, num_train_queries=40,
-                     num_test_queries=4, image_size=32, seed=0,
-                     bad_images=0),
-      test_fraction=0.1,
-  ))
+  # The data every job reads (config_lib.data_block); its max_bad_fraction
+  # also limits the bad seed rows (unknown product, empty query, label
+  # outside {0,1,2}, ...).
+  c.data = config_lib.data_block(pick("tiny", "fashion"))
+  if tiny:
+    # More train queries to split into seed and unlabelled; small images.
+    c.data.synthetic.update(dict(num_train_queries=40, num_test_queries=4,
+                                 image_size=32))
   c.seed_data = ml_collections.ConfigDict(dict(
       # Empty: split the data's train relevance set (the experiment).
       path="",             # query_id, query, product_id, label (human).

@@ -10,12 +10,16 @@ r"""Evaluation: retrieval (graded), baselines, probes, plots, report, export.
 
 Variants:
   fashion    the real catalog layout (styles.csv + images/<id>.jpg): rank
-             every `data.split` product for each query of `data.qrels_path`.
-  synthetic  the embedded synthetic catalog (dashclip_jax.data.synthetic).
+             every `data.split` product for each query of that split's
+             relevance (test: qrels_test.csv).
+  synthetic  the embedded synthetic catalog the demo main job trains on
+             (dashclip_jax.data.synthetic).
 
-Any graded query file in the `query_id, query, product_id, label` layout can
-be evaluated against any catalog: --config.data.catalog_dir=...
---config.data.qrels_path=... --config.data.split=test.
+`config.data` is the block every job reads (config_lib.data_block): any
+graded query file in the `query_id, query, product_id, label` layout can be
+evaluated against any catalog: --config.data.source=table
+--config.data.catalog_path=... --config.data.relevance_test_path=...
+(or --config.data.path=DIR for a folder in the fashion layout).
 Add the un-adapted start point as a baseline with
 --config.init_checkpoint=DIR --config.baselines='("bm25","minilm","init")'.
 """
@@ -35,26 +39,11 @@ def get_config(arg=None):
   c.checkpoint = ""        # Required: model dir or training workdir.
   c.init_checkpoint = ""   # For the "init" baseline: the un-adapted model.
   c.batch_size = 32        # Encoder batch (one compiled shape).
-  c.data = ml_collections.ConfigDict(dict(
-      source="csv" if v == "fashion" else "synthetic",
-      catalog_dir="../shared/data/fashion" if v == "fashion" else "",
-      catalog_file="styles.csv",  # Table inside catalog_dir (CSV/Parquet).
-      qrels_path="",              # "": <catalog_dir>/qrels_test.csv.
-      split="test",               # Products ranked; "all": the whole table.
-      probe_split="train",        # Aisle probe trains on this split ...
-      max_probe_products=2000,    # ... at most this many (encoding cost).
-      # Catalog rows skipped (bad image, malformed, ...) above this fraction
-      # stop the evaluation; the split of a table without a split column
-      # hashes this fraction of ids into "test" (as in training).
-      max_bad_fraction=0.01,
-      test_fraction=0.1,
-      # Above this fraction of skipped qrels rows (unknown product, bad
-      # label, ...) the evaluation stops; 0: any skipped row is an error.
-      qrels_max_bad_fraction=0.0,
-      # Only for source="synthetic" (the arguments of synthetic_data).
-      synthetic=dict(num_products=400, num_test_queries=60, image_size=96,
-                     seed=0, bad_images=0),
-  ))
+  # The data every job reads: the fashion run's, or the demo's synthetic
+  # catalog. Strict about qrels: a skipped row (e.g. a judged product
+  # missing from the ranked split) changes what the metrics measure.
+  c.data = config_lib.data_block("fashion" if v == "fashion" else "demo")
+  c.data.relevance_test_max_bad_fraction = 0.0
   # Systems besides "dashclip": "bm25", "minilm" (titles only) and "init".
   c.baselines = ("bm25", "minilm")
   c.knn = ml_collections.ConfigDict(dict(

@@ -73,26 +73,23 @@ def get_config(arg=None):
   c.alternatives = pick("", "minilm")  # Comma-separated further towers.
   c.ablation = True        # Also: its features in the single DCN tower.
   c.cache_dir = ""         # "": <workdir>/cache (simulations, embeddings).
-  c.data = ml_collections.ConfigDict(dict(
-      source=pick("synthetic", "fashion"),  # As configs/stage2.py's data.
-      path="../shared/data/fashion",
-      catalog_path="", relevance_train_path="", relevance_test_path="",
-      synthetic=dict(num_products=160, num_train_queries=8,
-                     num_test_queries=24, image_size=16, test_fraction=0.5,
-                     seed=0, bad_images=0),
-      # Sessions run over this split's products and its relevance file's
-      # queries. "test": qrels list every label > 0 pair, so every pair has
-      # a true label. "train": relevance_train.csv judges a sample; its
-      # unjudged pairs take sim.unjudged_label.
-      split="test",
-      max_bad_fraction=0.01, test_fraction=0.1,
-      # Catalog column of each attribute the simulator and the DCN read;
-      # brand "" = the title's words before its gender word (fashion
-      # titles start with the brand: "Quechua Men Sweat Proof T-shirt").
-      # The synthetic catalog has no usage: its pattern stands in.
-      columns=dict(gender="gender", colour=pick("colour", "baseColour"),
-                   usage=pick("pattern", "usage"), brand=pick("brand", "")),
-  ))
+  # The data every job reads (config_lib.data_block). Sessions run over
+  # data.split's products and its relevance file's queries. "test": qrels
+  # list every label > 0 pair, so every pair has a true label. "train":
+  # relevance_train.csv judges a sample; its unjudged pairs take
+  # sim.unjudged_label.
+  c.data = config_lib.data_block(pick("tiny", "fashion"))
+  if tiny:
+    c.data.synthetic.update(dict(num_products=160, num_train_queries=8,
+                                 num_test_queries=24, image_size=16,
+                                 test_fraction=0.5))
+  # Catalog column of each attribute the simulator and the DCN read; brand
+  # "" = the title's words before its gender word (fashion titles start
+  # with the brand: "Quechua Men Sweat Proof T-shirt"). The synthetic
+  # catalog has no usage: its pattern stands in.
+  c.attributes = ml_collections.ConfigDict(dict(
+      gender="gender", colour=pick("colour", "baseColour"),
+      usage=pick("pattern", "usage"), brand=pick("brand", "")))
   c.sim = ml_collections.ConfigDict(dict(
       seed=0,
       num_users=pick(120, 3000),

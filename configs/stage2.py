@@ -54,16 +54,13 @@ def _sibling_config(name: str):
 def final_eval_block(enabled: bool, variant: str):
   """configs/eval.py settings, run after stage 2 when enabled.
 
-  It evaluates the run's own data: trainers/final_eval.py fills in source,
-  catalog_dir, catalog_file, synthetic and the bad-record limits from
-  config.data when it runs (so `--config.data.*` overrides move it too);
-  qrels_path, split and the probe settings stay settable here.
+  It evaluates the run's own data: trainers/final_eval.py passes config.data
+  through (the block every job reads), so `--config.data.*` overrides move
+  it too; the block keeps no data of its own.
   """
   c = _sibling_config("eval").get_config("fashion")
   c.enabled = enabled
-  for key in ("source", "catalog_dir", "catalog_file", "synthetic",
-              "max_bad_fraction", "qrels_max_bad_fraction", "test_fraction"):
-    del c.data[key]
+  del c["data"]
   # "init": the model before any training (stage 1's start when the main
   # job runs stage 1, else init.checkpoint): the untrained reference.
   # MiniLM beside them (a torch model: left out of the CI-scale tiny run).

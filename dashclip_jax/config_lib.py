@@ -71,6 +71,9 @@ def load_config(path: str | os.PathLike, arg: str | None = None,
   """`path`'s get_config(arg) with {"a.b": value} overrides applied, as
   `--config=path:arg --config.a.b=value` gives it (for tests, notebooks)."""
   config = config_module(path).get_config(arg)
+  for key in overrides or {}:
+    if retired_key_error(key):
+      raise ConfigError(retired_key_error(key))
   config.update_from_flattened_dict(dict(overrides or {}))
   return config
 
@@ -160,17 +163,26 @@ def train_block(batch_size: int, total_steps: int
 
 
 def data_block(variant: str) -> ml_collections.ConfigDict:
-  """config.data of both stages: what to read (dashclip_jax.data.sources) and
-  how (trainers/inputs.py -> data.train_datasets / eval_datasets)."""
+  """config.data of every job: what to read (dashclip_jax.data.sources),
+  which split evaluation ranks and ranking simulates, and how the trainers
+  read it (trainers/inputs.py -> data.train_datasets / eval_datasets).
+
+  Training, evaluation, curation and ranking all read this one block, so
+  `--config.data.path=...` (or source, catalog_path, ...) moves each job.
+  """
   v = variant
   embedded = v in ("tiny", "demo")
   return ml_collections.ConfigDict(dict(
       # Source: synthetic (embedded, no files), fashion (`path`: styles.csv +
-      # images/ + relevance_train.csv + qrels_test.csv), csv/table
-      # (`catalog_path`, relevance_*_path) or tfds (`tfds_dir`).
+      # images/ + relevance_train.csv + qrels_test.csv), table
+      # (`catalog_path`: a CSV/Parquet catalog, relevance_*_path) or tfds
+      # (`tfds_dir`).
       source="synthetic" if embedded else "fashion",
       path="../shared/data/fashion",
       catalog_path="",
+      # query_id, query, product_id, label tables (a folder: its
+      # relevance_train.csv / qrels_test.csv); for fashion they replace the
+      # folder's own. The test relevance is what evaluation scores.
       relevance_train_path="",
       relevance_test_path="",
       tfds_dir="",
@@ -179,15 +191,23 @@ def data_block(variant: str) -> ml_collections.ConfigDict:
           num_train_queries=by_variant(v, tiny=24, demo=160, fashion=160,
                                        base=160),
           num_test_queries=by_variant(v, tiny=12, demo=60, fashion=60, base=60),
-          image_size=64, seed=0,
+          image_size=64, test_fraction=0.2, seed=0,
           bad_images=0),  # >0: damage that many images (bad-data drills).
       # Above this fraction of bad records the run stops (BadDataError):
       # catalog/relevance rows at load, undecodable images in training once
       # min_seen_for_bad_fraction images were seen (counts are logged at
       # log steps either way).
       max_bad_fraction=0.01,
+      # The test relevance's own limit (< 0: max_bad_fraction); the
+      # evaluation job sets 0: a skipped row changes what it measures.
+      relevance_test_max_bad_fraction=-1.0,
       min_seen_for_bad_fraction=50,
       test_fraction=0.1,      # Hash split where the catalog has no split.
+      # The products evaluation ranks and ranking simulates, judged by that
+      # split's relevance: test, train, or all (judged by the test's).
+      split="test",
+      probe_split="train",      # Evaluation's aisle probe trains on this
+      max_probe_products=2000,  # split, at most this many (encoding cost).
       # Pipelines.
       num_shards=0,           # 0: one per process (see trainers/inputs.py).
       workers=0,              # grain worker processes (0: threads).
@@ -212,6 +232,48 @@ def data_block(variant: str) -> ml_collections.ConfigDict:
       # 0: all test products.
       eval_max_products=by_variant(v, tiny=16, demo=0, fashion=0, base=0),
   ))
+
+
+# Keys of the per-job data blocks that config.data replaced -> (what to
+# set instead, why); flag_error and data.sources name it in one line.
+RETIRED_KEYS = {
+    "data.catalog_dir": ("data.path", "a folder in the fashion layout, with "
+                         "data.source=fashion; a table: data.catalog_path "
+                         "with data.source=table"),
+    "data.catalog_file": ("data.catalog_path", "the table's own path, with "
+                          "data.source=table"),
+    "data.qrels_path": ("data.relevance_test_path", ""),
+    "data.qrels_max_bad_fraction": ("data.relevance_test_max_bad_fraction",
+                                    ""),
+    "data.columns": ("attributes", "the ranking job's attribute columns"),
+    "max_bad_fraction": ("data.max_bad_fraction", ""),
+    "final_eval.data": ("data", "the final evaluation reads config.data"),
+}
+
+
+def retired_key_error(key: str) -> str | None:
+  """The one line for a retired config key (`data.catalog_dir`, a key below
+  one, or a flag `--config.data.catalog_dir=x`: then it names flags), None
+  for any other key."""
+  flag = "--" if key.startswith("--") else ""
+  key = key.split("=")[0].removeprefix("--").removeprefix("config.")
+  new, why = _replacement(key)
+  if new is None:
+    return None
+  return (f"{flag}config.{key} is no longer a config key: set "
+          f"{flag}config.{new} instead" + (f" ({why})" if why else ""))
+
+
+def _replacement(key: str) -> tuple[str | None, str]:
+  """-> (the key that replaced `key`, why), following renames of renames
+  (final_eval.data.qrels_path -> data.qrels_path -> data.relevance_test_path);
+  (None, "") for a key that was never retired."""
+  for old, (new, why) in RETIRED_KEYS.items():
+    if key == old or key.startswith(old + "."):
+      new += key[len(old):]
+      newer, newer_why = _replacement(new)
+      return (newer, newer_why or why) if newer else (new, why)
+  return None, ""
 
 
 # -- entry points: one-line errors --------------------------------------------
@@ -267,6 +329,9 @@ def flag_error(error: BaseException, argv: Sequence[str]) -> str:
     key = str(root.args[0])
     override = next((a.split("=")[0] for a in argv if a.startswith(
         "--config.") and key in a.split("=")[0].split(".")), "--config")
+    retired = retired_key_error(override)
+    if retired:
+      return retired
     hints = [_unquoted(str(e)) for e in chain if "Did you mean" in str(e)]
     hint = one_line(hints[0].split("\n", 1)[-1]) if hints else ""
     return f"{override}: no such config key {key!r}. {hint}".strip()

@@ -105,8 +105,6 @@ def run(config, workdir: str) -> dict:
   if stage == "stage1":
     return {"model": stage1.train(config, workdir)}
   final = config.get("final_eval") is not None and config.final_eval.enabled
-  if final:
-    final_eval.eval_data_of(config.data)  # Data it cannot read: fail now.
   out = {}
   stage2_dir = workdir
   start_model = config.init.checkpoint or None

@@ -203,7 +203,7 @@ def _eval_catalog(tmp_path, qrels_extra=()):
 
 def _eval_cfg(catalog_dir):
   cfg = _config("eval", "fashion")
-  cfg.data.catalog_dir = catalog_dir
+  cfg.data.path = catalog_dir
   cfg.baselines = ("bm25",)
   cfg.plots.enabled = False
   cfg.export.enabled = False
@@ -231,7 +231,7 @@ def test_eval_skips_queries_without_a_label2_product_and_names_them(tmp_path):
   root = _eval_catalog(tmp_path / "cat", qrels_extra=(
       "q4,blue shirt,14,1", "q5,blue shirt,16,2"))  # 16 is a train product.
   cfg = _eval_cfg(root)
-  cfg.data.qrels_max_bad_fraction = 0.2  # 16 is unknown to the test split.
+  cfg.data.relevance_test_max_bad_fraction = 0.2  # 16: a train product.
   data = eval_data.load_data(cfg)
   assert data.query_ids == ["q1", "q3"]
   assert "1 query skipped (no label-2 product in the ranked split: q4)" in (
@@ -243,10 +243,11 @@ def test_eval_skips_queries_without_a_label2_product_and_names_them(tmp_path):
 def test_eval_qrels_limit_is_a_config_key(tmp_path):
   root = _eval_catalog(tmp_path / "cat", qrels_extra=("q1,blue shirt,99,1",))
   cfg = _eval_cfg(root)
-  with pytest.raises(br.BadDataError, match="qrels_max_bad_fraction"):
+  with pytest.raises(br.BadDataError,
+                     match="relevance_test_max_bad_fraction"):
     run_lib.evaluate(cfg, str(tmp_path / "out"),
                      models={"dashclip": _TitleModel()})
-  cfg.data.qrels_max_bad_fraction = 0.2
+  cfg.data.relevance_test_max_bad_fraction = 0.2
   out = run_lib.evaluate(cfg, str(tmp_path / "out"),
                          models={"dashclip": _TitleModel()})
   assert out["dashclip"]["recall@1"] == 1.0

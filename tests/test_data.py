@@ -432,12 +432,36 @@ def test_load_sources_by_config(tmp_path):
       for i in range(10)])
   (root / "qrels_test.csv").write_text(
       "query_id,query,product_id,label\nq,product,1,2\n")
-  s = sources.load_sources({"source": "csv", "catalog_dir": str(root),
-                            "catalog_file": "catalog.csv"})
+  cfg = {"source": "table", "catalog_path": str(root / "catalog.csv"),
+         "relevance_test_path": str(root)}  # A folder: its qrels_test.csv.
+  s = sources.load_sources(cfg)
   assert s.test_catalog.ids == ["0", "1", "2"] and len(s.train_catalog) == 7
   assert s.train_relevance is None and s.test_relevance.qrels() == [{1: 2}]
+  # data.split: "all" ranks every product, judged by the test relevance.
+  cat, rel = s.of_split("all")
+  assert len(cat) == 10 and cat.ids[rel.product[0]] == "1"
+  assert rel.num_products == 10 and rel.qrels() == [{1: 2}]
+  assert s.of_split("train") == (s.train_catalog, None)
+  with pytest.raises(ValueError, match="data.split must be one of test, "
+                     "train, all, got 'val'"):
+    s.of_split("val")
   with pytest.raises(ValueError, match="data.source"):
     sources.load_sources({"source": "webdataset"})
+
+
+def test_load_sources_names_the_key_that_replaced_a_retired_one(tmp_path):
+  from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
+  for old, new in (("catalog_dir", "data.path"),
+                   ("catalog_file", "data.catalog_path"),
+                   ("qrels_path", "data.relevance_test_path"),
+                   ("qrels_max_bad_fraction",
+                    "data.relevance_test_max_bad_fraction")):
+    with pytest.raises(ValueError, match=rf"config.data.{old} is no longer "
+                       rf"a config key: set config.{new} instead"):
+      sources.load_sources({"source": "table", old: str(tmp_path)})
+  with pytest.raises(ValueError, match="source='csv' is retired: set "
+                     "source='table' with data.catalog_path"):
+    sources.load_sources({"source": "csv"})
 
 
 def test_many_bad_records_of_one_kind_do_not_hide_another():

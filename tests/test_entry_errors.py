@@ -220,9 +220,10 @@ def test_eval_errors_are_one_line_errors(tmp_path):
   from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
   errors = run_lib.one_line_errors()
   cfg = _config("eval", "fashion")
-  cfg.data.catalog_dir = str(tmp_path / "no_catalog")
+  cfg.data.path = str(tmp_path / "no_catalog")
   models = {"dashclip": _Model()}
-  with pytest.raises(errors, match=r"catalog table not found: .*no_catalog"):
+  with pytest.raises(errors, match=r"data.path .*no_catalog.* is not a "
+                     "directory"):
     run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
   cfg.baselines = ("bm52",)
   with pytest.raises(errors, match=r"config.baselines: unknown \['bm52'\]"):

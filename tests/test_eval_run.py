@@ -96,7 +96,7 @@ def tiny_catalog(tmp_path_factory):
 
 def _fashion_cfg(catalog_dir, **overrides):
   cfg = _eval_config("fashion")
-  cfg.data.catalog_dir = catalog_dir
+  cfg.data.path = catalog_dir
   cfg.data.max_probe_products = 0
   cfg.probes.zeros_per_query = 2
   cfg.update_from_flattened_dict(overrides)
@@ -203,7 +203,7 @@ def test_config_errors_are_clear(tiny_catalog, tmp_path):
   with pytest.raises(ValueError, match="'init' but config.init_checkpoint"):
     run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=("init",)),
                      str(tmp_path), models={"dashclip": HashModel()})
-  with pytest.raises(FileNotFoundError, match="catalog table not found"):
+  with pytest.raises(FileNotFoundError, match="styles.csv"):
     run_lib.evaluate(_fashion_cfg(str(tmp_path)), str(tmp_path),
                      models={"dashclip": HashModel()})
   model = HashModel()
@@ -237,7 +237,7 @@ def test_qrels_naming_a_product_outside_the_split_is_an_error(tiny_catalog,
   qrels.write_text("query_id,query,product_id,label\nq1,men shirt,10,2\n"
                    "q1,men shirt,20,2\n")  # 20 is a train product.
   cfg = _fashion_cfg(tiny_catalog, baselines=(), **{
-      "data.qrels_path": str(qrels)})
+      "data.relevance_test_path": str(qrels)})
   with pytest.raises(ValueError, match="20"):
     run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": HashModel()})
 

@@ -55,7 +55,7 @@ def test_final_eval_follows_the_runs_data(variant, fashion_copy, tmp_path):
   config.data.source = "fashion"
   config.data.path = fashion_copy
   cfg = final_eval.eval_config(config, "model_dir", "init_dir")
-  assert (cfg.data.source, cfg.data.catalog_dir) == ("csv", fashion_copy)
+  assert cfg.data.to_dict() == config.data.to_dict()  # Passed through.
   assert cfg.checkpoint == "model_dir" and cfg.init_checkpoint == "init_dir"
   # The report names the run's data, not the synthetic catalog.
   data = eval_data.load_data(cfg)
@@ -65,8 +65,8 @@ def test_final_eval_follows_the_runs_data(variant, fashion_copy, tmp_path):
               if l.startswith("- Data:"))
   assert os.path.join(fashion_copy, "styles.csv") in line, line
   assert "synthetic" not in line
-  # No copy of the data in the block that an override could set in vain.
-  assert "catalog_dir" not in config.final_eval.data
+  # No data in the block that an override could set in vain.
+  assert "data" not in config.final_eval
 
 
 def test_final_eval_follows_synthetic_overrides():
@@ -76,14 +76,22 @@ def test_final_eval_follows_synthetic_overrides():
   cfg = final_eval.eval_config(config, "model_dir", None)
   assert cfg.data.source == "synthetic" and "init" not in cfg.baselines
   assert cfg.data.synthetic.num_products == 40 and cfg.data.synthetic.seed == 3
+  # The catalog it ranks is the one the run tested on.
+  data = eval_data.load_data(cfg)
+  from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
+  assert data.catalog.ids == inputs.load_sources(config.data).test_catalog.ids
 
 
-def test_final_eval_rejects_data_it_cannot_read():
-  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+def test_final_eval_reads_a_table_source(fashion_copy):
+  """Any source the run trains on (here a table, which the old translation
+  between the two schemas could not follow with its own columns)."""
   config = _stage2_config("tiny")
-  config.data.source = "tfds"
-  with pytest.raises(config_lib.ConfigError, match="final_eval.enabled"):
-    final_eval.eval_config(config, "model_dir", None)
+  config.data.source = "table"
+  config.data.catalog_path = os.path.join(fashion_copy, "styles.csv")
+  config.data.relevance_test_path = os.path.join(fashion_copy,
+                                                 "qrels_test.csv")
+  data = eval_data.load_data(final_eval.eval_config(config, "m", None))
+  assert data.query_ids == ["q1", "q2"] and len(data.catalog) == 3
 
 
 def test_export_from_parts_of_several_processes(tmp_path):
@@ -133,11 +141,10 @@ def test_final_eval_takes_the_runs_bad_record_limits(fashion_copy, tmp_path):
   config.data.source, config.data.path = "fashion", str(root)
   config.data.max_bad_fraction = 0.4
   cfg = final_eval.eval_config(config, "model_dir", None)
-  assert (cfg.data.max_bad_fraction, cfg.data.qrels_max_bad_fraction) == (
-      0.4, 0.4)
+  assert (cfg.data.max_bad_fraction,
+          cfg.data.relevance_test_max_bad_fraction) == (0.4, -1.0)
   data = eval_data.load_data(cfg)
   assert len(data.catalog) == 3 and data.query_ids == ["q1", "q2"]
   config.data.max_bad_fraction = 0.01
   with pytest.raises(ValueError, match="max_bad_fraction=0.01"):
     eval_data.load_data(final_eval.eval_config(config, "model_dir", None))
-  assert "max_bad_fraction" not in config.final_eval.data

@@ -19,7 +19,7 @@ from dashclip_jax.ranking import pipeline
 @pytest.fixture(scope="module")
 def data():
   config = config_lib.load_config("configs/ranking.py", "tiny")
-  return catalog_data.load(config.data)
+  return catalog_data.load(config)
 
 
 def attribute_export(out_dir, data, noise=1.0, seed=0, products=None,

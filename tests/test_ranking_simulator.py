@@ -17,7 +17,7 @@ from dashclip_jax.ranking import simulator
 @pytest.fixture(scope="module")
 def tiny():
   config = config_lib.load_config("configs/ranking.py", "tiny")
-  return catalog_data.load(config.data), simulator.SimConfig.of(config.sim)
+  return catalog_data.load(config), simulator.SimConfig.of(config.sim)
 
 
 def test_simulation_is_deterministic_given_its_seed(tiny):
@@ -118,7 +118,7 @@ def test_brand_from_title():
 
 def test_unknown_attribute_column_is_one_clear_error():
   config = config_lib.load_config("configs/ranking.py", "tiny",
-                                  {"data.columns.colour": "baseColour"})
+                                  {"attributes.colour": "baseColour"})
   with pytest.raises(config_lib.ConfigError,
-                     match=r"config.data.columns.colour='baseColour'"):
-    catalog_data.load(config.data)
+                     match=r"config.attributes.colour='baseColour'"):
+    catalog_data.load(config)

@@ -17,9 +17,12 @@ Sources (`sources.load_sources(config.data)`):
   * "tfds": ArrayRecord files written by `tfds_builders` (random access at
     scale; needs the `tensorflow-datasets` extra, not TensorFlow).
 
-Config fields (`config.data`): source, path, catalog_path, columns,
-relevance_train_path, relevance_test_path, tfds_dir, synthetic,
-max_bad_fraction (0.01), test_fraction (0.1); and for the pipelines
+Config fields (`config.data`, the one block of every job): source, path,
+catalog_path, columns, relevance_train_path, relevance_test_path, tfds_dir,
+synthetic, max_bad_fraction (0.01), relevance_test_max_bad_fraction (< 0:
+max_bad_fraction), test_fraction (0.1); split (what evaluation ranks and
+ranking simulates: test, train, all), probe_split and max_probe_products
+(the evaluation's aisle probe); and for the pipelines
 (keyword arguments of `train_datasets.stage1_dataset` / `stage2_dataset`):
 batch_size, image_size, max_length / query_length / title_length,
 min_scale, num_negatives, label1_policy, label1_weight, max_relevant, seed,

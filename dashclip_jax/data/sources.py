@@ -1,8 +1,10 @@
-"""Picks the data named by a config: synthetic (default), fashion, csv, tfds.
+"""Picks the data named by a config: synthetic (default), fashion, table,
+tfds.
 
 `load_sources(config.data)` returns train/test catalogs and relevance sets,
 ready for `train_datasets.stage1_dataset` / `stage2_dataset` and
-`eval_datasets`.
+`eval_datasets`; every job (training, evaluation, curation, ranking) reads
+its data through it, from the one block `config_lib.data_block` builds.
 Config fields are listed in `dashclip_jax/data/__init__.py`.
 """
 
@@ -12,27 +14,77 @@ import dataclasses
 import os
 from typing import Any, Mapping
 
+import numpy as np
+
 from dashclip_jax import config_lib
+from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
 
-SOURCES = ("synthetic", "fashion", "table", "csv", "tfds")
+SOURCES = ("synthetic", "fashion", "table", "tfds")
+# The config.data fields load_sources reads (trainers/inputs.py caches the
+# sources per their values).
+SOURCE_KEYS = ("source", "path", "catalog_path", "columns",
+               "relevance_train_path", "relevance_test_path", "tfds_dir",
+               "synthetic", "max_bad_fraction",
+               "relevance_test_max_bad_fraction", "test_fraction")
+# Keys of the old per-job data blocks (config_lib.RETIRED_KEYS says what
+# replaced each).
+RETIRED_KEYS = ("catalog_dir", "catalog_file", "qrels_path",
+                "qrels_max_bad_fraction")
+# data.split: what evaluation ranks and the ranking job simulates.
+SPLITS = ("test", "train", "all")
 
 
 @dataclasses.dataclass
 class Sources:
-  """Train/test catalogs and the relevance data over each."""
+  """Train/test catalogs, the relevance data over each, and the whole
+  catalog (both splits, `catalog.split` says which)."""
   train_catalog: catalog_lib.Catalog
   test_catalog: catalog_lib.Catalog
   train_relevance: relevance_lib.Relevance | None
   test_relevance: relevance_lib.Relevance | None
+  catalog: catalog_lib.Catalog
+
+  def of_split(self, split: str) -> tuple[catalog_lib.Catalog,
+                                          relevance_lib.Relevance | None]:
+    """-> (products, their relevance) of `data.split`: "test", "train", or
+    "all" (every product, judged by the test relevance)."""
+    if split == "test":
+      return self.test_catalog, self.test_relevance
+    if split == "train":
+      return self.train_catalog, self.train_relevance
+    if split != "all":
+      raise config_lib.ConfigError(
+          f"config.data.split must be one of {', '.join(SPLITS)}, got "
+          f"{split!r}")
+    rel = self.test_relevance
+    if rel is not None:  # Test rows -> rows of the whole catalog.
+      rows = np.flatnonzero(np.asarray(self.catalog.split) == "test")
+      rel = dataclasses.replace(rel, product=rows[rel.product].astype(
+          np.int32), num_products=len(self.catalog))
+    return self.catalog, rel
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
   if isinstance(cfg, Mapping):
     return cfg.get(key, default)
   return getattr(cfg, key, default) if cfg is not None else default
+
+
+def _check_keys(cfg: Any) -> None:
+  """ConfigError naming the key to use for a retired one (a config built in
+  code can still carry them; the flags are caught by flag_error)."""
+  for key in RETIRED_KEYS:
+    if _get(cfg, key) is not None:
+      raise config_lib.ConfigError(config_lib.retired_key_error(
+          f"data.{key}"))
+  if _get(cfg, "source") == "csv":
+    raise config_lib.ConfigError(
+        "config.data.source='csv' is retired: set source='table' with "
+        "data.catalog_path=<the table> (or source='fashion' with "
+        "data.path=<the folder>)")
 
 
 def load_sources(cfg: Any = None) -> Sources:
@@ -45,30 +97,41 @@ def load_sources(cfg: Any = None) -> Sources:
         qrels_test.csv); `relevance_train_path` / `relevance_test_path`,
         when set, replace the folder's relevance files;
       table: `catalog_path` (CSV/Parquet), `columns` (dict of
-        CatalogColumns fields), optional `relevance_train_path`,
-        `relevance_test_path` (a file, or a folder holding
-        relevance_train.csv / qrels_test.csv);
-      csv: like table, with the evaluation config's names: `catalog_dir` +
-        `catalog_file` (default styles.csv); relevance files are looked up
-        in catalog_dir as in "fashion" unless given;
+        CatalogColumns fields; none: the fashion columns), optional
+        `relevance_train_path`, `relevance_test_path` (a file, or a folder
+        holding relevance_train.csv / qrels_test.csv);
       tfds: `tfds_dir` (holding dashclip_catalog [+ dashclip_relevance]).
-      All: `max_bad_fraction` (0.01), `test_fraction` (0.1, hash split when
-      the catalog has no split column).
+      All: `max_bad_fraction` (0.01), `relevance_test_max_bad_fraction`
+      (< 0, the default: max_bad_fraction), `test_fraction` (0.1, hash
+      split when the catalog has no split column).
 
   Returns:
     Sources; relevance entries are None where the data has none.
   """
+  _check_keys(cfg)
   source = _get(cfg, "source", "synthetic")
   max_bad = float(_get(cfg, "max_bad_fraction", 0.01))
+  test_bad = float(_get(cfg, "relevance_test_max_bad_fraction", -1.0))
+  test_limit = ("relevance_test_max_bad_fraction" if test_bad >= 0
+                else "max_bad_fraction")
   test_fraction = float(_get(cfg, "test_fraction", 0.1))
   if source == "synthetic":
     d = synthetic.synthetic_data(**dict(_get(cfg, "synthetic", None) or {}))
-    return Sources(d.train_catalog, d.test_catalog, d.train, d.test)
+    return Sources(d.train_catalog, d.test_catalog, d.train, d.test,
+                   d.catalog)
 
-  def rel(path, cat):
+  def rel(path, cat, test=False):
     if not path:
       return None
-    return relevance_lib.load_relevance(path, cat, max_bad_fraction=max_bad)
+    if not test:
+      return relevance_lib.load_relevance(path, cat,
+                                          max_bad_fraction=max_bad)
+    try:
+      return relevance_lib.load_relevance(
+          path, cat, max_bad_fraction=test_bad if test_bad >= 0 else max_bad)
+    except bad_records.BadDataError as e:
+      raise bad_records.BadDataError(
+          f"{e} The limit is --config.data.{test_limit}.") from None
 
   def given(key, name):
     """An explicit relevance path; a directory (e.g. a curation run's
@@ -95,27 +158,22 @@ def load_sources(cfg: Any = None) -> Sources:
                  or opt("relevance_train.csv"))
     test_rel = (given("relevance_test_path", "qrels_test.csv")
                 or opt("qrels_test.csv"))
-    return Sources(train, test, rel(train_rel, train), rel(test_rel, test))
-  if source in ("table", "csv"):
+    return Sources(train, test, rel(train_rel, train),
+                   rel(test_rel, test, test=True), cat)
+  if source == "table":
     mapping = _get(cfg, "columns", None)
     columns = (catalog_lib.CatalogColumns(**dict(mapping)) if mapping
                else None)  # None: fashion mapping for styles.csv.
     path = _get(cfg, "catalog_path")
+    if not path or not os.path.isfile(path):
+      raise FileNotFoundError(f"data.catalog_path {path!r} not found")
     train_rel = given("relevance_train_path", "relevance_train.csv")
     test_rel = given("relevance_test_path", "qrels_test.csv")
-    if source == "csv" and not path:
-      d = _get(cfg, "catalog_dir") or ""
-      path = os.path.join(d, _get(cfg, "catalog_file", None) or "styles.csv")
-      in_dir = lambda n: (os.path.join(d, n)
-                          if os.path.isfile(os.path.join(d, n)) else None)
-      train_rel = train_rel or in_dir("relevance_train.csv")
-      test_rel = test_rel or in_dir("qrels_test.csv")
-    if not path or not os.path.isfile(path):
-      raise FileNotFoundError(f"catalog table {path!r} not found")
     cat = catalog_lib.load_catalog(
         path, columns, test_fraction=test_fraction, max_bad_fraction=max_bad)
     train, test = cat.subset("train"), cat.subset("test")
-    return Sources(train, test, rel(train_rel, train), rel(test_rel, test))
+    return Sources(train, test, rel(train_rel, train),
+                   rel(test_rel, test, test=True), cat)
   if source == "tfds":
     # Imported here only: tensorflow-datasets is an optional extra.
     # pylint: disable=g-import-not-at-top
@@ -135,6 +193,8 @@ def load_sources(cfg: Any = None) -> Sources:
       for split, c in (("train", train), ("test", test)):
         if split in stored:
           rels[split] = tfds_builders.load_relevance_tfds(
-              d, split, c, max_bad_fraction=max_bad)
-    return Sources(train, test, rels.get("train"), rels.get("test"))
+              d, split, c, max_bad_fraction=(
+                  test_bad if split == "test" and test_bad >= 0
+                  else max_bad))
+    return Sources(train, test, rels.get("train"), rels.get("test"), cat)
   raise config_lib.ConfigError(f"data.source {source!r} not in {SOURCES}")

@@ -58,43 +58,21 @@ def _subsample(catalog, n: int, seed: int):
 
 def load_data(cfg) -> EvalData:
   """Reads the catalog split and graded queries named by `cfg.data`."""
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.data import catalog as catalog_lib
-  from dashclip_jax.data import synthetic
-  # pylint: enable=g-import-not-at-top
+  from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
   d = cfg.data
-  if d.source == "synthetic":
-    syn = synthetic.synthetic_data(**d.synthetic.to_dict())
-    if d.split != "test":
-      raise config_lib.ConfigError(
-          "the synthetic catalog is graded on its test split only; got "
-          f"data.split={d.split!r}")
-    full, catalog, rel = syn.catalog, syn.test_catalog, syn.test
-    where = f"synthetic catalog {dict(d.synthetic)}"
-  elif d.source == "csv":
-    if not d.catalog_dir:
-      raise config_lib.ConfigError("config.data.catalog_dir is empty")
-    table = os.path.join(d.catalog_dir, d.catalog_file)
-    if not os.path.exists(table):
-      raise FileNotFoundError(f"catalog table not found: {table} (set "
-                              "--config.data.catalog_dir / catalog_file)")
-    full = catalog_lib.load_catalog(
-        table, test_fraction=d.test_fraction,
-        max_bad_fraction=d.max_bad_fraction)
-    catalog = full if d.split in ("", "all") else full.subset(d.split)
-    if not len(catalog):
-      raise config_lib.ConfigError(
-          f"{table}: no product has split {d.split!r} (splits: "
-          f"{sorted(set(full.split))})")
-    qrels = d.qrels_path or os.path.join(d.catalog_dir, "qrels_test.csv")
-    # Strict by default: a skipped row (e.g. a judged product missing from
-    # the ranked split) changes what the metrics measure.
-    rel = _load_qrels(qrels, catalog, d.qrels_max_bad_fraction)
-    where = f"{table} [{d.split or 'all'}], queries {qrels}"
-  else:
+  src = sources.load_sources(d)
+  full = src.catalog
+  catalog, rel = src.of_split(d.split)
+  if not len(catalog):
     raise config_lib.ConfigError(
-        f"config.data.source must be csv or synthetic, got "
-                     f"{d.source!r}")
+        f"{full.name}: no product has split {d.split!r} (splits: "
+        f"{sorted(set(full.split))})")
+  if rel is None:
+    raise FileNotFoundError(
+        f"{catalog.name}: no relevance data to grade the {d.split} split "
+        "(set --config.data.relevance_"
+        f"{'train' if d.split == 'train' else 'test'}_path)")
+  where = f"{catalog.name}, queries {rel.name}"
   labels = metrics_lib.labels_from_relevance(rel)
   judged = np.zeros(labels.shape, bool)
   judged[np.asarray(rel.query), np.asarray(rel.product)] = True
@@ -144,20 +122,6 @@ def _plural(n: int, noun: str) -> str:
 
 def _first(names: Sequence[str], k: int = 5, sep: str = ", ") -> str:
   return sep.join(names[:k]) + (" ..." if len(names) > k else "")
-
-
-def _load_qrels(path: str, catalog, max_bad_fraction: float):
-  """Graded queries over `catalog`; the limit is data.qrels_max_bad_fraction."""
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.data import bad_records
-  from dashclip_jax.data import relevance as relevance_lib
-  # pylint: enable=g-import-not-at-top
-  try:
-    return relevance_lib.load_relevance(path, catalog,
-                                        max_bad_fraction=max_bad_fraction)
-  except bad_records.BadDataError as e:
-    raise bad_records.BadDataError(
-        f"{e} The limit is --config.data.qrels_max_bad_fraction.") from None
 
 
 def _image_error(catalog, i: int) -> str | None:

@@ -1,9 +1,9 @@
 """What the sessions run over: one catalog split, its queries with their
 true labels, and the product attributes users and the DCN read.
 
-`load(config.data)` -> `RankingData`. The attributes are integer codes over
+`load(config)` -> `RankingData`. The attributes are integer codes over
 a sorted vocabulary each: type (the aisle: fashion's articleType), brand,
-colour, gender and usage, read from the catalog columns `data.columns`
+colour, gender and usage, read from the catalog columns `config.attributes`
 names (a brand column "" takes the title's words before its gender word).
 """
 
@@ -94,37 +94,32 @@ def attribute_values(catalog: catalog_lib.Catalog,
       continue
     if col not in catalog.attributes:
       raise config_lib.ConfigError(
-          f"config.data.columns.{attr}={col!r}: {catalog.name} has no such "
+          f"config.attributes.{attr}={col!r}: {catalog.name} has no such "
           f"column (it has {sorted(catalog.attributes)})")
     out[attr] = list(catalog.attributes[col])
   return out
 
 
-def _split_data(cfg: Any):
-  src = sources_lib.load_sources(cfg)
-  split = cfg.split
-  if split == "test":
-    return src.test_catalog, src.test_relevance, True
-  if split == "train":
-    return src.train_catalog, src.train_relevance, False
-  raise config_lib.ConfigError(
-      f"config.data.split must be 'test' or 'train', got {split!r}")
-
-
-def load(cfg: Any, unjudged_label: int = 0) -> RankingData:
-  """The split `cfg.split` of the data `cfg` (a config.data block) names.
+def load(config: Any) -> RankingData:
+  """The ranking job's data: the products and queries of `config.data`'s
+  split (the data block every job reads), their attributes from the
+  catalog columns `config.attributes` names, and `config.sim.unjudged_label`
+  for the pairs the relevance data omits (complete: the test qrels).
 
   Queries without a label-2 product in the split are dropped (a session for
   one would show nothing a user wants).
   """
+  unjudged_label = config.sim.unjudged_label
   if unjudged_label not in (0, 1, 2):
     raise config_lib.ConfigError(
         f"config.sim.unjudged_label must be 0, 1 or 2, got {unjudged_label}")
-  catalog, rel, complete = _split_data(cfg)
+  split = config.data.split
+  catalog, rel = sources_lib.load_sources(config.data).of_split(split)
+  complete = split == "test"
   if rel is None:
     raise FileNotFoundError(f"config.data: no relevance file for the "
-                            f"{cfg.split} split of {catalog.name}")
-  values = attribute_values(catalog, cfg.columns)
+                            f"{split} split of {catalog.name}")
+  values = attribute_values(catalog, config.attributes)
   encoded = {a: _encode(values[a]) for a in ATTRIBUTES}
   q, n = rel.num_queries, len(catalog)
   judged = np.full((q, n), complete, bool)

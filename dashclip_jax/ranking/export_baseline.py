@@ -51,7 +51,7 @@ def main(argv) -> None:
   # pylint: enable=g-import-not-at-top
   with config_lib.one_line_errors(PROG, (
       config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError)):
-    data = catalog_data.load(config.data, config.sim.unjudged_label)
+    data = catalog_data.load(config)
     if system == "minilm":
       embeddings.write_minilm_export(_OUT.value, data)
     else:

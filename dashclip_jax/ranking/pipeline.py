@@ -159,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sim = simulator.SimConfig.of(config.sim)
   settings = train_lib.TrainSettings.of(config.train)
   mesh = shard_lib.make_mesh(config.mesh)
-  data = catalog_data.load(config.data, sim.unjudged_label)
+  data = catalog_data.load(config)
   log.info("ranking data: %s", data.description)
   cache_dir = config.cache_dir or os.path.join(workdir, "cache")
   sessions, sim_dir, cached = _simulate(data, sim, cache_dir,

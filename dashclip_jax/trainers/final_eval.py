@@ -1,7 +1,8 @@
 """The main job's last step: the evaluation suite on the trained model.
 
 It evaluates the run's own data (`config.data`, whatever the command line
-set) with the settings of `config.final_eval` (a configs/eval.py config).
+set) with the settings of `config.final_eval` (a configs/eval.py config
+without its data block).
 
 Every process takes part. The ranked products, the queries and the probe's
 products are cut into one contiguous shard per process; each process embeds
@@ -21,63 +22,25 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from dashclip_jax import config_lib
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import run as eval_run
 
 log = logging.getLogger("dashclip_jax")
 
-def eval_data_of(data: ml_collections.ConfigDict) -> dict:
-  """The configs/eval.py data fields naming the run's data (`config.data`).
-
-  The run's bad-record limit applies to the catalog and to the qrels alike:
-  the evaluation reads what the run trained and validated on, with the
-  same tolerance (evaluation.run alone is strict about qrels by default).
-  """
-  limits = dict(max_bad_fraction=data.max_bad_fraction,
-                qrels_max_bad_fraction=data.max_bad_fraction,
-                test_fraction=data.test_fraction)
-  return {**_eval_source_of(data), **limits}
-
-
-def _eval_source_of(data: ml_collections.ConfigDict) -> dict:
-  source = data.source
-  if source == "synthetic":
-    return dict(source="synthetic", catalog_dir="", catalog_file="styles.csv",
-                synthetic=dict(data.synthetic))
-  if source == "fashion":
-    return dict(source="csv", catalog_dir=data.path, catalog_file="styles.csv",
-                synthetic={})
-  if source in ("csv", "table") and data.catalog_path and not data.get(
-      "columns"):
-    out = dict(source="csv", catalog_dir=os.path.dirname(data.catalog_path),
-               catalog_file=os.path.basename(data.catalog_path), synthetic={})
-    if data.relevance_test_path:
-      out["qrels_path"] = data.relevance_test_path
-    return out
-  raise config_lib.ConfigError(
-      f"final evaluation: cannot read data.source={source!r} (it reads the "
-      "synthetic catalog, fashion, or a catalog_path table with the default "
-      "columns); set --config.final_eval.enabled=False and run "
-      "dashclip_jax.evaluation.run")
-
-
 def eval_config(config: ml_collections.ConfigDict, model_dir: str,
                 init_model_dir: str | None) -> ml_collections.ConfigDict:
-  """config.final_eval as a configs/eval.py config over the run's data.
+  """config.final_eval as a configs/eval.py config over the run's data
+  (config.data itself: the block every job reads, so the evaluation reads
+  what the run trained and validated on, with the same limits).
 
   `init_model_dir` is the untrained start of the run, the "init" system; it
   is dropped from the baselines when there is none.
   """
   cfg = config.final_eval.copy_and_resolve_references()
-  followed = eval_data_of(config.data)
   with cfg.unlocked():
     del cfg["enabled"]
-    if cfg.data.qrels_path:
-      followed.pop("qrels_path", None)  # final_eval's own choice wins.
-    for key, value in followed.items():
-      cfg.data[key] = value
+    cfg.data = config.data.copy_and_resolve_references()
     cfg.checkpoint = model_dir
     cfg.init_checkpoint = init_model_dir or ""
     if not init_model_dir:

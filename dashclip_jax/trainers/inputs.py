@@ -33,10 +33,9 @@ from dashclip_jax.data import train_datasets
 
 log = logging.getLogger("dashclip_jax")
 
-# The config.data fields that name the data (sources.load_sources reads them).
-SOURCE_KEYS = ("source", "path", "catalog_path", "catalog_dir",
-               "catalog_file", "relevance_train_path", "relevance_test_path",
-               "tfds_dir", "synthetic", "max_bad_fraction", "test_fraction")
+# The config.data fields that name the data (sources.load_sources reads them;
+# retired ones only to name their replacement).
+SOURCE_KEYS = sources_lib.SOURCE_KEYS + sources_lib.RETIRED_KEYS
 
 
 @functools.lru_cache(maxsize=4)

@@ -62,9 +62,7 @@ class Context:
 
 
 def context(config: ml_collections.ConfigDict, workdir: str) -> Context:
-  data_cfg = {**config.data.to_dict(),
-              "max_bad_fraction": config.max_bad_fraction}
-  src = sources.load_sources(data_cfg)
+  src = sources.load_sources(config.data)
   catalog = src.train_catalog
   fields = tuple(f.strip() for f in config.teacher.fields.split(",")
                  if f.strip())
@@ -75,7 +73,7 @@ def context(config: ml_collections.ConfigDict, workdir: str) -> Context:
   sd = config.seed_data
   if sd.path:
     data = seed_lib.from_files(sd.path, sd.unlabelled_path, catalog,
-                               config.max_bad_fraction)
+                               config.data.max_bad_fraction)
   else:
     if src.train_relevance is None:
       raise ConfigError(f"data source {config.data.source!r} has no train "

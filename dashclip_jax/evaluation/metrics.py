@@ -35,7 +35,8 @@ RELEVANT = 2  # The label that Recall@K and MRR count.
 LABELS = (0, 1, 2)
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: arrays have no truth value, so field-wise == (and hash) would raise.
+@dataclasses.dataclass(frozen=True, eq=False)
 class SparseQrels:
   """Graded labels as CSR rows: query q's judged products are
   product[indptr[q]:indptr[q+1]] (ascending), with labels label[...]. Judged

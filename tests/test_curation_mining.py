@@ -161,3 +161,42 @@ def test_expanded_keeps_the_first_row_of_each_pair_in_order():
               ("q3", "p1", 1, "teacher"), ("q1", "p3", 0, "teacher")]
   assert out.schema == labelling.SCHEMA
   assert labelling.expanded([]).num_rows == 0
+
+
+class _CountingEmbedder:
+  """Query i's embedding is [i, len(text)]; records what it embedded."""
+
+  def __init__(self, log):
+    self.log = log
+
+  def queries(self, texts):
+    self.log.append(("queries", list(texts)))
+    return np.asarray([[float(t[1:]), len(t)] for t in texts], np.float32)
+
+  def products(self, catalog):
+    self.log.append(("products", len(catalog)))
+    return np.ones((len(catalog), 2), np.float32)
+
+
+def test_embeddings_cache_embeds_only_the_missing_query_rows(tmp_path,
+                                                             monkeypatch):
+  calls = []
+  monkeypatch.setattr(mine, "_embedder", lambda ctx: _CountingEmbedder(calls))
+  ctx = types.SimpleNamespace(
+      config=types.SimpleNamespace(
+          mining=types.SimpleNamespace(model="m"),
+          teacher=types.SimpleNamespace(init="")),
+      path=lambda name: str(tmp_path / name),
+      queries=[f"q{i}" for i in range(6)], catalog=list(range(4)))
+  q, p = mine.embeddings(ctx, np.array([4, 1]))
+  np.testing.assert_array_equal(q[:, 0], [4, 1])
+  assert calls == [("products", 4), ("queries", ["q1", "q4"])]
+  q, p = mine.embeddings(ctx)  # The rest only; products cached.
+  np.testing.assert_array_equal(q[:, 0], np.arange(6))
+  assert calls[2:] == [("queries", ["q0", "q2", "q3", "q5"])]
+  q, _ = mine.embeddings(ctx, np.array([5, 0]))  # All cached.
+  np.testing.assert_array_equal(q[:, 0], [5, 0])
+  assert len(calls) == 3 and p.shape == (4, 2)
+  ctx.config.mining.model = "other"  # Another model: all anew.
+  mine.embeddings(ctx, np.array([2]))
+  assert calls[3:] == [("products", 4), ("queries", ["q2"])]

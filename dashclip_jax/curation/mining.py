@@ -117,6 +117,7 @@ class ModelEmbedder:
 # the query's top-k, a labelled pair or an earlier draw).
 _OVERSAMPLE, _EXTRA, _MAX_ROUNDS = 2, 8, 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SEARCHES = ("exact", "faiss")
 
 
 def pair_keys(query: np.ndarray, product: np.ndarray,
@@ -240,7 +241,7 @@ def topk(query_emb: np.ndarray, product_emb: np.ndarray, k: int,
   if search == "faiss":
     index = knn.build_index(product_emb, kind=faiss_index)
     return knn.ann_search(index, query_emb, k)[1].astype(np.int64)
-  raise ValueError(f"mining.search={search!r}: use 'exact' or 'faiss'")
+  raise ValueError(f"mining.search={search!r}: use one of {SEARCHES}")
 
 
 def candidates(query_emb: np.ndarray, product_emb: np.ndarray, *, k: int,

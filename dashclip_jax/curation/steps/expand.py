@@ -63,7 +63,8 @@ def manifest(ctx: context_lib.Context) -> dict:
     out["candidates"] = {
         "model": mine_step_lib.mining_model(ctx),
         "k": m.k, "num_random": m.num_random, "seed": ctx.config.seed,
-        "max_queries": m.max_queries,
+        "max_queries": m.max_queries, "search": m.search,
+        **({"faiss_index": m.faiss_index} if m.search == "faiss" else {}),
         "pairs": pq.read_metadata(ctx.path("candidates.parquet")).num_rows}
   neg = ctx.path("negatives", "candidates.parquet")
   if os.path.isfile(neg):

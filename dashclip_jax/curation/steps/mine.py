@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pyarrow as pa
 
+from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.curation import mining
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib
@@ -144,6 +145,9 @@ def budget_queries(num_queries: int, max_queries: int, seed: int
 
 def mine_step(ctx: context_lib.Context) -> dict:
   m = ctx.config.mining
+  if m.search not in mining.SEARCHES:  # Before the embedding, not after.
+    raise ConfigError(f"mining.search={m.search!r}: use one of "
+                      f"{mining.SEARCHES}")
   path = ctx.path("candidates.parquet")
   first = ctx.num_seed_queries
   num_unlabelled = len(ctx.queries) - first

@@ -2,10 +2,14 @@
 queries nearest each product that may serve as its mined negatives.
 
 Both come from the current embedding model's exact KNN
-(`evaluation.knn.exact_topk`, sharded over this process's devices):
+(`evaluation.knn.exact_topk`, sharded over this process's devices; the
+candidates' may come from a faiss index instead, `mining.search`):
   * candidates: per unlabelled query its top-k products (the hard cases)
     plus `num_random` random products (so the easy 0s are represented),
-    deduplicated against the labelled pairs and each other;
+    deduplicated against the labelled pairs and each other. The random
+    ones come from each query's own counter-based stream of draws, all
+    queries of a batch at once: no per-query permutation of the catalog,
+    no per-candidate Python, the same draws however queries are batched;
   * negatives: per anchor product (one stage 2 trains on) its top-k
     queries; the teacher then keeps those it labels 0.
 The embedding model is a dashclip model directory (`mining.model`: query

@@ -118,7 +118,11 @@ def get_config(arg=None):
       # > 0: a labelling budget, candidates for a seeded sample of this
       # many unlabelled queries only (0: every one).
       max_queries=0,
-      batch_size=64,
+      # Top-k: "exact" (evaluation.knn.exact_topk, sharded) or "faiss"
+      # (an approximate `faiss_index`: "hnsw", "ivf" or "flat").
+      search="exact",
+      faiss_index="hnsw",
+      batch_size=64,         # Embedding batch.
   ))
   c.label = ml_collections.ConfigDict(dict(
       batch_size=pick(32, 64),

@@ -90,7 +90,7 @@ def test_candidates_are_knn_plus_random_without_labelled_or_repeats():
   rng = np.random.default_rng(0)
   products = rng.normal(size=(30, 8)).astype(np.float32)
   queries = products[[3, 7]] + 0.01  # Query q is nearest product 3, 7.
-  labelled = {(0, 3)}
+  labelled = np.array([[0, 3]])  # (query, product) pairs.
   out = mining.candidates(queries, products, k=4, num_random=5, seed=0,
                           labelled=labelled)
   for q in (0, 1):

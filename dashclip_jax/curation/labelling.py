@@ -159,13 +159,14 @@ def label_pairs(labeler: labeler_lib.Labeler, catalog: catalog_lib.Catalog,
 
 def _rows(query_ids, queries, product_ids, probs: np.ndarray, source: str,
           teacher_id: str) -> pa.Table:
+  """Label rows; the id and text columns are sequences or arrow arrays."""
   n = len(query_ids)
   return pa.table({
-      "query_id": list(query_ids), "query": list(queries),
-      "product_id": list(product_ids),
+      "query_id": query_ids, "query": queries, "product_id": product_ids,
       "label": probs.argmax(1).astype(np.int8),
       "p0": probs[:, 0], "p1": probs[:, 1], "p2": probs[:, 2],
-      "label_source": [source] * n, "teacher_id": [teacher_id] * n,
+      "label_source": pa.repeat(pa.scalar(source, pa.string()), n),
+      "teacher_id": pa.repeat(pa.scalar(teacher_id, pa.string()), n),
   }, schema=SCHEMA)
 
 
@@ -184,9 +185,11 @@ def seed_rows(seed: relevance_lib.Relevance,
   """The seed labels as rows: probabilities one-hot, no teacher."""
   probs = np.eye(labeler_lib.NUM_LABELS, dtype=np.float32)[
       seed.label.astype(np.int64)]
-  return _rows([seed.query_ids[q] for q in seed.query],
-               [seed.queries[q] for q in seed.query],
-               [catalog.ids[p] for p in seed.product], probs, "seed", "")
+  query = np.asarray(seed.query, np.int64)
+  take = lambda values, index: pa.array(values, pa.string()).take(index)
+  return _rows(take(seed.query_ids, query), take(seed.queries, query),
+               take(catalog.ids, np.asarray(seed.product, np.int64)), probs,
+               "seed", "")
 
 
 def confident(table: pa.Table, threshold: float,
@@ -202,16 +205,17 @@ def confident(table: pa.Table, threshold: float,
 
 def expanded(tables: Sequence[pa.Table]) -> pa.Table:
   """Concatenation without repeated (query_id, product_id) pairs: the first
-  table that has a pair wins (seed before teacher rows)."""
-  out, seen = [], set()
-  for t in tables:
-    keys = zip(t["query_id"].to_pylist(), t["product_id"].to_pylist())
-    keep = []
-    for key in keys:
-      keep.append(key not in seen)
-      seen.add(key)
-    out.append(t.filter(pa.array(keep, pa.bool_())))
-  return pa.concat_tables(out) if out else SCHEMA.empty_table()
+  table that has a pair wins (seed before teacher rows), and within a
+  table its first row; rows keep their order."""
+  if not tables:
+    return SCHEMA.empty_table()
+  table = pa.concat_tables(tables)
+  keys = pa.table({"query_id": table["query_id"],
+                   "product_id": table["product_id"],
+                   "row": np.arange(len(table), dtype=np.int64)})
+  first = keys.group_by(["query_id", "product_id"], use_threads=False
+                        ).aggregate([("row", "min")])["row_min"].to_numpy()
+  return table.take(np.sort(first))
 
 
 def write_expanded(table: pa.Table, out_dir: str, manifest: dict) -> str:

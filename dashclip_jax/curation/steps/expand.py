@@ -7,7 +7,6 @@ Each set is a directory stage 2 reads by `data.relevance_train_path=DIR`
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
@@ -64,7 +63,8 @@ def manifest(ctx: context_lib.Context) -> dict:
     out["candidates"] = {
         "model": mine_step_lib.mining_model(ctx),
         "k": m.k, "num_random": m.num_random, "seed": ctx.config.seed,
-        "max_queries": m.max_queries,
+        "max_queries": m.max_queries, "search": m.search,
+        **({"faiss_index": m.faiss_index} if m.search == "faiss" else {}),
         "pairs": pq.read_metadata(ctx.path("candidates.parquet")).num_rows}
   neg = ctx.path("negatives", "candidates.parquet")
   if os.path.isfile(neg):
@@ -91,9 +91,10 @@ def expand_step(ctx: context_lib.Context) -> dict:
                       ("expanded_no_negatives", [seed, teacher]),
                       ("seed_only", [seed])):
     table = labelling.expanded(parts)
-    counts = collections.Counter(zip(table["label_source"].to_pylist(),
-                                     table["label"].to_pylist()))
-    by = {f"{s}/{l}": n for (s, l), n in sorted(counts.items())}
+    counts = table.group_by(["label_source", "label"]).aggregate(
+        [([], "count_all")]).to_pydict()  # Per (source, label), not row.
+    by = {f"{s}/{l}": n for s, l, n in sorted(zip(
+        counts["label_source"], counts["label"], counts["count_all"]))}
     if jax.process_index() == 0:
       labelling.write_expanded(table, ctx.path(name), {
           **shared, "set": name, "rows": len(table), "by_source_label": by})

@@ -4,13 +4,12 @@ Per unlabelled query its KNN products under the mining model plus a few
 random ones (`curation.mining`), written to candidates.parquet; the
 embeddings are cached in embeddings.npz (the negatives step reuses them).
 `mining.max_queries` > 0 is a labelling budget: a seeded sample of that
-many unlabelled queries keeps its candidates (the same ones it gets
-uncapped), the rest get none.
+many unlabelled queries is embedded and mined, and gets the candidates it
+gets uncapped; the rest are neither embedded nor mined.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 
@@ -18,6 +17,7 @@ import jax
 import numpy as np
 import pyarrow as pa
 
+from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.curation import mining
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib
@@ -31,44 +31,104 @@ def mining_model(ctx: context_lib.Context) -> str:
   return m.model or f"teacher start ({ctx.config.teacher.init or 'random'})"
 
 
-def embeddings(ctx: context_lib.Context) -> tuple[np.ndarray, np.ndarray]:
-  """-> (every query's embedding, every product's) under the mining model,
-  cached in embeddings.npz."""
+def _embedder(ctx: context_lib.Context):
   m = ctx.config.mining
+  if m.model:
+    return mining.ModelEmbedder(m.model, batch_size=m.batch_size)
+  config, params, _ = teacher_step_lib.initial_teacher(ctx, kind="text")
+  return mining.TextEmbedder(config.text, params["txt"], ctx.fields,
+                             max_length=ctx.config.teacher.max_length,
+                             batch_size=m.batch_size)
+
+
+def _cached(ctx: context_lib.Context, path: str, model: str):
+  """-> (query rows, their embeddings, product embeddings) in the cache,
+  or None when it is absent or made for another model, queries or
+  catalog."""
+  if not os.path.isfile(path):
+    return None
+  c = np.load(path)
+  # A cache from before query rows were recorded holds every query.
+  rows = (c["query_rows"] if "query_rows" in c else
+          np.arange(len(c["queries"]), dtype=np.int64))
+  num_queries = int(c["num_queries"]) if "num_queries" in c else len(rows)
+  if (str(c["model"]) != model or num_queries != len(ctx.queries) or
+      len(c["products"]) != len(ctx.catalog)):
+    return None
+  return rows, c["queries"], c["products"]
+
+
+def embeddings(ctx: context_lib.Context, rows: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """-> (float (R, E) embeddings of the queries `rows` (indices into
+  ctx.queries; None: every query), float (N, E) every product's) under
+  the mining model.
+
+  Cached in embeddings.npz with the query rows it holds: a later call
+  embeds only the rows missing there (the mine step embeds the unlabelled
+  queries it mines, the negatives step every query).
+  """
   model = mining_model(ctx)
   path = ctx.path("embeddings.npz")
-  if os.path.isfile(path):
-    cached = np.load(path)
-    if (str(cached["model"]) == model and len(cached["queries"]) ==
-        len(ctx.queries) and len(cached["products"]) == len(ctx.catalog)):
-      return cached["queries"], cached["products"]
-  if m.model:
-    embedder = mining.ModelEmbedder(m.model, batch_size=m.batch_size)
-  else:
-    config, params, _ = teacher_step_lib.initial_teacher(ctx, kind="text")
-    embedder = mining.TextEmbedder(config.text, params["txt"], ctx.fields,
-                                   max_length=ctx.config.teacher.max_length,
-                                   batch_size=m.batch_size)
-  log.info("mining: embedding %d queries and %d products with %s",
-           len(ctx.queries), len(ctx.catalog), model)
-  queries, products = embedder.queries(ctx.queries), embedder.products(
-      ctx.catalog)
-  if jax.process_index() == 0:
-    np.savez(path + ".tmp.npz", model=model, queries=queries,
-             products=products)
-    os.replace(path + ".tmp.npz", path)
-  return queries, products
+  rows = (np.arange(len(ctx.queries), dtype=np.int64) if rows is None
+          else np.asarray(rows, np.int64))
+  cached = _cached(ctx, path, model)
+  have, have_emb, products = cached if cached else (
+      np.zeros(0, np.int64), None, None)
+  missing = np.setdiff1d(rows, have)
+  if products is None or len(missing):
+    embedder = _embedder(ctx)
+    log.info("mining: embedding %d queries and %d products with %s",
+             len(missing), 0 if products is not None else len(ctx.catalog),
+             model)
+    if products is None:
+      products = embedder.products(ctx.catalog)
+    if have_emb is None:
+      have_emb = np.zeros((0, products.shape[1]), np.float32)
+    if len(missing):
+      new = embedder.queries([ctx.queries[i] for i in missing.tolist()])
+      have, have_emb = (np.concatenate([have, missing]),
+                        np.concatenate([have_emb, new]))
+      order = np.argsort(have)
+      have, have_emb = have[order], have_emb[order]
+    if jax.process_index() == 0:
+      np.savez(path + ".tmp.npz", model=model, query_rows=have,
+               num_queries=len(ctx.queries), queries=have_emb,
+               products=products)
+      os.replace(path + ".tmp.npz", path)
+  return have_emb[np.searchsorted(have, rows)], products
 
 
 def pair_table(ctx: context_lib.Context, query_index: np.ndarray,
                product_index: np.ndarray, **extra) -> pa.Table:
   """(query, product) index pairs as the table the label step reads."""
+  query_index = np.asarray(query_index, np.int64)
+  product_index = np.asarray(product_index, np.int64)
+  take = lambda values, index: pa.array(values, pa.string()).take(index)
   return pa.table({
-      "query_id": [ctx.query_ids[q] for q in query_index],
-      "query": [ctx.queries[q] for q in query_index],
-      "product_id": [ctx.catalog.ids[p] for p in product_index],
-      "query_index": np.asarray(query_index, np.int64),
-      "product_index": np.asarray(product_index, np.int64), **extra})
+      "query_id": take(ctx.query_ids, query_index),
+      "query": take(ctx.queries, query_index),
+      "product_id": take(ctx.catalog.ids, product_index),
+      "query_index": query_index, "product_index": product_index, **extra})
+
+
+def labelled_pairs(ctx: context_lib.Context) -> np.ndarray:
+  """int64 (L, 2): (unlabelled query, product index) pairs the seed labels
+  already -- none, unless a seed query id recurs among the unlabelled
+  queries. Query indices count from the first unlabelled query."""
+  seed, first = ctx.data.seed, ctx.num_seed_queries
+  of_id = {q: i for i, q in enumerate(seed.query_ids)}  # Per query.
+  seed_query = np.asarray([of_id.get(q, -1) for q in ctx.query_ids[first:]],
+                          np.int64)
+  (unlabelled,) = np.nonzero(seed_query >= 0)
+  order = np.argsort(seed.query, kind="stable")
+  by_query = np.asarray(seed.query, np.int64)[order]
+  lo = np.searchsorted(by_query, seed_query[unlabelled], "left")
+  count = np.searchsorted(by_query, seed_query[unlabelled], "right") - lo
+  within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+  rows = order[np.repeat(lo, count) + within]
+  return np.stack([np.repeat(unlabelled, count),
+                   np.asarray(seed.product, np.int64)[rows]], axis=1)
 
 
 def budget_queries(num_queries: int, max_queries: int, seed: int
@@ -85,32 +145,28 @@ def budget_queries(num_queries: int, max_queries: int, seed: int
 
 def mine_step(ctx: context_lib.Context) -> dict:
   m = ctx.config.mining
+  if m.search not in mining.SEARCHES:  # Before the embedding, not after.
+    raise ConfigError(f"mining.search={m.search!r}: use one of "
+                      f"{mining.SEARCHES}")
   path = ctx.path("candidates.parquet")
-  query_emb, product_emb = embeddings(ctx)
   first = ctx.num_seed_queries
-  # Labelled pairs of unlabelled queries: none, unless a seed query id
-  # recurs among them.
-  labelled, by_id = set(), collections.defaultdict(set)
-  for qid, pid in ctx.seed_pairs():
-    by_id[qid].add(pid)
-  for q in range(first, len(ctx.queries)):
-    for pid in by_id.get(ctx.query_ids[q], ()):
-      labelled.add((q - first, ctx.catalog.index_of(pid)))
-  cand = mining.candidates(query_emb[first:], product_emb, k=m.k,
-                           num_random=m.num_random, seed=ctx.config.seed,
-                           labelled=labelled)
-  kept = budget_queries(len(ctx.queries) - first, m.max_queries,
-                        ctx.config.seed)
-  if kept is not None:
-    # Mined uncapped, then cut: a kept query's candidates do not depend on
-    # the budget (its random ones are seeded by its own index).
-    rows = np.isin(cand["query"], kept)
-    cand = {name: col[rows] for name, col in cand.items()}
+  num_unlabelled = len(ctx.queries) - first
+  kept = budget_queries(num_unlabelled, m.max_queries, ctx.config.seed)
+  if kept is None:
+    kept = np.arange(num_unlabelled, dtype=np.int64)
+  else:
+    # Only the budget's queries are embedded and mined; each keeps the
+    # candidates it gets uncapped (its random draws are seeded by its own
+    # index, its top-k is its own).
     log.info("mining: a labelling budget of %d of the %d unlabelled "
-             "queries (mining.max_queries)", len(kept),
-             len(ctx.queries) - first)
+             "queries (mining.max_queries)", len(kept), num_unlabelled)
+  query_emb, product_emb = embeddings(ctx, kept + first)
+  cand = mining.candidates(query_emb, product_emb, k=m.k,
+                           num_random=m.num_random, seed=ctx.config.seed,
+                           labelled=labelled_pairs(ctx), query_index=kept,
+                           search=m.search, faiss_index=m.faiss_index)
   table = pair_table(ctx, cand["query"] + first, cand["product"],
-                     source=cand["source"].astype(str).tolist())
+                     source=pa.array(cand["source"], pa.string()))
   context_lib.write_table(table, path)
   log.info("mining: %d candidate pairs for %d unlabelled queries (%d knn, "
            "%d random)", len(table), len(np.unique(cand["query"])),

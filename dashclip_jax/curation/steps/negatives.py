@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dashclip_jax.curation import labelling
 from dashclip_jax.curation import mining
@@ -27,16 +28,22 @@ def negatives_step(ctx: context_lib.Context) -> dict:
       labelling.seed_rows(ctx.data.seed, ctx.catalog),
       labelling.confident(label_step_lib.labels(ctx, "labels"), threshold)])
   positives = positives.filter(pa.array(positives["label"].to_numpy() >= 1))
-  anchors = np.unique([ctx.catalog.index_of(p) for p in
-                       positives["product_id"].to_pylist()]).astype(np.int64)
+  products = pc.unique(positives["product_id"]).to_pylist()  # Per product.
+  anchors = np.unique(np.asarray([ctx.catalog.index_of(p) for p in products],
+                                 np.int64))
   if n.max_products and len(anchors) > n.max_products:
     rng = np.random.default_rng([ctx.config.seed, 1])
     anchors = np.sort(rng.choice(anchors, n.max_products, replace=False))
-  qindex = {q: i for i, q in enumerate(ctx.query_ids)}
+  # Left out: the seed's pairs (under the seed query's index and any
+  # unlabelled query with its id) and the candidates already labelled.
+  seed, first = ctx.data.seed, ctx.num_seed_queries
   candidates = context_lib.read_table(ctx.path("candidates.parquet"), "mine")
-  exclude = {(qindex[q], ctx.catalog.index_of(p)) for q, p in ctx.seed_pairs()}
-  exclude |= set(zip(candidates["query_index"].to_pylist(),
-                     candidates["product_index"].to_pylist()))
+  labelled = mine_step_lib.labelled_pairs(ctx)
+  exclude = np.concatenate([
+      np.stack([seed.query, seed.product], 1).astype(np.int64),
+      labelled + np.asarray([first, 0]),
+      np.stack([candidates["query_index"].to_numpy(),
+                candidates["product_index"].to_numpy()], 1)])
   query_emb, product_emb = mine_step_lib.embeddings(ctx)
   near = mining.nearest_queries(product_emb, query_emb, anchors, n.k,
                                 exclude)

@@ -19,6 +19,9 @@ measuring) is its own:
               products (random unit embeddings, E=256) and its metrics;
   mining      curation candidates for 2,000 unlabelled queries over N
               products (E=256; k=20, 5 random), extrapolated to 640K;
+  evaluate    `evaluation.run` of the tiny stage-1 model: 1,000 queries
+              over all N products (data.split=all), BM25 beside it, probes,
+              plots and the export: the whole process;
   stage2      the main job's stage 2 (configs/stage2.py:tiny geometry, one
               step, held-out evaluation on) from a tiny stage-1 model: the
               whole process, start to exit;
@@ -49,7 +52,8 @@ LEVELS = {  # name: (products, train pairs)
 }
 TEST_QUERIES = 1000
 PAIRS_PER_QUERY = 50
-STEPS = ("catalog", "relevance", "eval_topk", "mining", "stage2", "main")
+STEPS = ("catalog", "relevance", "eval_topk", "mining", "stage2", "evaluate",
+         "main")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
@@ -137,17 +141,18 @@ def make_tables(out: str, num_products: int, num_pairs: int,
                                   np.array(_TYPES)[kind],
                                   ids.astype(str)).astype(str),
       "split": split})
-  # A few real JPEGs, hard-linked: the catalog checks and decodes files.
+  # A few real JPEGs, hard-linked (at most 50K links each: file systems cap
+  # an inode's links): the catalog checks and decodes files.
   from PIL import Image  # pylint: disable=g-import-not-at-top
   sources = []
-  for c in range(4):
+  for c in range(max(4, -(-num_products // 50_000))):
     path = os.path.join(out, f"source_{c}.jpg")
-    Image.fromarray(np.full((32, 32, 3), 60 * c, np.uint8)).save(path)
+    Image.fromarray(np.full((32, 32, 3), (37 * c) % 256, np.uint8)).save(path)
     sources.append(path)
   for i, pid in enumerate(ids.tolist()):
     dst = os.path.join(out, "images", f"{pid}.jpg")
     if not os.path.exists(dst):
-      os.link(sources[i % 4], dst)
+      os.link(sources[i % len(sources)], dst)
 
   def queries(prefix, n):
     qids = np.char.add(prefix, np.char.zfill(np.arange(n).astype(str), 7))
@@ -269,7 +274,7 @@ def _worker_mining(tables: str, num_queries: int = 2000,
       "set[tuple[int, int]]",):
     kwargs["labelled"] = set(zip(labelled_q.tolist(), labelled_p.tolist()))
   else:
-    kwargs["labelled"] = (labelled_q, labelled_p)
+    kwargs["labelled"] = np.stack([labelled_q, labelled_p], axis=1)
 
   def run():
     out = mining.candidates(queries, products, **kwargs)
@@ -322,6 +327,16 @@ def _job_step(step: str, tables: str, tree: str, work: str) -> dict:
             "--config.train.total_steps=1", "--config.train.eval_every=1",
             "--config.final_eval.enabled=False", f"--workdir={run_dir}",
             *_data_flags(tables)]
+  elif step == "evaluate":
+    with open(os.path.join(tree, "configs", "eval.py")) as f:
+      old_keys = "catalog_dir" in f.read()  # Before issue 28's one schema.
+    data = ([f"--config.data.catalog_dir={tables}", "--config.data.split=all"]
+            if old_keys else
+            [f"--config.data.path={tables}", "--config.data.split=all"])
+    args = ["-m", "dashclip_jax.evaluation.run",
+            "--config=configs/eval.py:fashion",
+            f"--config.checkpoint={_stage1_model(tree, env, work)}",
+            "--config.baselines=('bm25',)", f"--workdir={run_dir}", *data]
   else:  # main
     args = ["-m", "dashclip_jax.main", "--config=configs/stage2.py:tiny",
             "--config.stage1.train.total_steps=2",
@@ -381,6 +396,8 @@ def main() -> None:
   p.add_argument("--steps", default=",".join(STEPS))
   p.add_argument("--before", default="",
                  help="a checkout of older code to measure side by side")
+  p.add_argument("--after", default=REPO,
+                 help="the code measured as 'after' ('': none)")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   p.add_argument("--tables", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
@@ -393,9 +410,8 @@ def main() -> None:
   if unknown:
     p.error(f"unknown levels/steps {unknown}; levels {list(LEVELS)}, "
             f"steps {list(STEPS)}")
-  trees = {"after": REPO}
-  if a.before:
-    trees = {"before": os.path.abspath(a.before), **trees}
+  trees = {name: os.path.abspath(path) for name, path in
+           (("before", a.before), ("after", a.after)) if path}
   results = {}
   for level in levels:
     products, pairs = LEVELS[level]

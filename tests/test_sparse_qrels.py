@@ -170,3 +170,47 @@ def test_truncated_metrics_name_cutoffs_past_the_depth():
   assert metrics.truncated_metrics(50, 1000) == ["mrr"]
   assert metrics.truncated_metrics(5, 1000) == [
       "ndcg@10", "recall@10", "recall@50", "mrr"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_judged_positions_are_those_of_the_dense_ranking(seed):
+  """The held-out eval's ranking: judged pairs scored, the rest -inf."""
+  labels, (qq, pp, ll) = random_case(seed)
+  q, n = labels.shape
+  qrels = metrics.SparseQrels.from_pairs(qq, pp, ll, q, n)
+  rng = np.random.default_rng(seed)
+  dense = rng.integers(-2, 3, size=(q, n)).astype(float)  # Ties.
+  dense[rng.random((q, n)) < 0.1] = np.nan
+  dense[rng.random((q, n)) < 0.05] = -np.inf
+  judged = np.zeros((q, n), bool)
+  judged[qq, pp] = True
+  want_scores = np.where(judged & ~np.isnan(dense), dense, -np.inf)
+  ranking = metrics.rank_by_score(want_scores)
+  where = np.argsort(ranking, axis=1)  # where[q, p]: rank of p for q.
+  pair_scores = dense[qrels.query_of_pair(), qrels.product]
+  position = metrics.judged_positions(qrels, pair_scores)
+  np.testing.assert_array_equal(
+      position, where[qrels.query_of_pair(), qrels.product])
+  qids = [f"q{i}" for i in range(q)]
+  want = dense_reference(ranking, labels)
+  got = metrics.metrics_at_positions(qrels, position, qids)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12,
+                               err_msg=key)
+
+
+def test_judged_positions_by_hand():
+  # Query 0 judges products 1, 4, 6 of 8: 6 (0.9) and 1 (0.5) first, then
+  # every other product at -inf by index, product 4 (NaN) among them after
+  # the unjudged 0, 2, 3 -> rank 5. Query 1: products 2 and 5 tie, 2 first.
+  qrels = metrics.SparseQrels.from_pairs([0, 0, 0, 1, 1], [1, 4, 6, 2, 5],
+                                         [2, 2, 0, 1, 2], 2, 8)
+  position = metrics.judged_positions(qrels, [0.5, np.nan, 0.9, 0.3, 0.3])
+  np.testing.assert_array_equal(position, [1, 5, 0, 0, 1])
+  per = metrics.metrics_at_positions(qrels, position, ["a", "b"])
+  np.testing.assert_allclose(per["mrr"], [1 / 2, 1 / 2])
+  np.testing.assert_allclose(per["recall@1"], [0, 0])
+  np.testing.assert_allclose(per["recall@5"], [0.5, 1])
+  np.testing.assert_allclose(per["recall@10"], [1, 1])
+  with pytest.raises(ValueError, match=r"\(2,\) scores for 5 judged pairs"):
+    metrics.judged_positions(qrels, [0.1, 0.2])

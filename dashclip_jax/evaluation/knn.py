@@ -1,13 +1,17 @@
 """Nearest-neighbour search: exact sharded top-k in JAX, approximate with faiss.
 
-Exact search shards the catalog rows over one mesh axis: each device scores
-the (replicated) queries against its slice, keeps its own top-k, and the k
-candidates of every shard are gathered and merged by a second top-k. Only
-Q * k * devices values cross devices, never the (Q, N) score matrix.
+Exact search streams the catalog in chunks of rows and shards each chunk
+over one mesh axis: each device scores the (replicated) queries against its
+slice, keeps its own top-k, and the k candidates of every shard are gathered
+and merged with the running top-k of the chunks before. Only Q * k *
+devices values cross devices, never the (Q, N) score matrix, and memory
+grows with query_batch x (k + chunk), not with the catalog: the (N, E)
+table goes to the devices one chunk at a time.
 
-Ties: `lax.top_k` keeps the lower index first, shards hold contiguous row
-ranges and are gathered in order, so equal scores come out by ascending
-product index -- the same order as `metrics.rank_by_score`.
+Ties: every merge sorts candidates by (score descending, product index
+ascending), and `lax.top_k` keeps the lower index first within a shard, so
+equal scores come out by ascending product index -- the same order as
+`metrics.rank_by_score`. NaN scores rank last, like -inf.
 """
 
 import functools
@@ -18,6 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+PRODUCT_CHUNK = 65536
+# Index of "no candidate yet" and of padding rows: loses every tie.
+_NONE = np.iinfo(np.int32).max
 
 
 def default_mesh(axis: str = "data") -> Mesh:
@@ -30,44 +38,57 @@ def default_mesh(axis: str = "data") -> Mesh:
   return Mesh(np.asarray(jax.local_devices()), (axis,))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "mesh", "axis"))
-def _sharded_topk(queries, products, valid, *, k, mesh, axis):
-  """queries (Q, E) replicated; products (Np, E), valid (Np,) row-sharded."""
-  n_local = products.shape[0] // mesh.shape[axis]
+@functools.partial(jax.jit, static_argnames=("mesh", "axis"),
+                   donate_argnums=(0, 1))
+def _merge_chunk(top_v, top_i, queries, chunk, start, n, *, mesh, axis):
+  """Running top-k (top_v, top_i (Qb, k), replicated) merged with the
+  candidates of `chunk` (C, E), row-sharded: catalog rows start..start+C,
+  those >= n padding."""
+  k = top_v.shape[1]
+  n_local = chunk.shape[0] // mesh.shape[axis]
   k_local = min(k, n_local)
 
-  def local(q, p, ok):
+  def local(top_v, top_i, q, p, start, n):
     s = jnp.einsum("qe,ne->qn", q, p, precision=lax.Precision.HIGHEST)
-    s = jnp.where(ok[None, :], s, -jnp.inf)  # Padding rows never win.
-    v, i = lax.top_k(s, k_local)  # (Q, k_local)
-    i = i + lax.axis_index(axis) * n_local  # Local -> global row index.
-    # (Q, shards * k_local), shard-major: candidate order == index order.
+    row = start + lax.axis_index(axis) * n_local + jnp.arange(n_local)
+    # Padding rows and NaN scores rank last; padding loses even to -inf.
+    s = jnp.where((row < n)[None, :] & ~jnp.isnan(s), s, -jnp.inf)
+    v, j = lax.top_k(s, k_local)  # (Qb, k_local), ties: lower row first.
+    i = jnp.where(row[j] < n, row[j], _NONE)
     v = lax.all_gather(v, axis, axis=1, tiled=True)
     i = lax.all_gather(i, axis, axis=1, tiled=True)
-    v, j = lax.top_k(v, k)
-    return v, jnp.take_along_axis(i, j, axis=1)
+    v, i = jnp.concatenate([top_v, v], 1), jnp.concatenate([top_i, i], 1)
+    neg_v, i = lax.sort((-v, i), dimension=1, num_keys=2)  # By (-v, row).
+    return -neg_v[:, :k], i[:, :k]
 
   return jax.shard_map(
-      local, mesh=mesh, in_specs=(P(), P(axis), P(axis)),
-      out_specs=(P(), P()), check_vma=False)(queries, products, valid)
+      local, mesh=mesh, in_specs=(P(), P(), P(), P(axis), P(), P()),
+      out_specs=(P(), P()), check_vma=False)(top_v, top_i, queries, chunk,
+                                             start, n)
 
 
 def exact_topk(queries: np.ndarray, products: np.ndarray, k: int,
                mesh: Mesh | None = None, axis: str = "data",
-               query_batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+               query_batch: int = 1024, product_chunk: int = PRODUCT_CHUNK
+               ) -> tuple[np.ndarray, np.ndarray]:
   """Exact inner-product top-k over the whole catalog, sharded over `axis`.
 
   Args:
     queries: float (Q, E).
-    products: float (N, E); rows are sharded over the mesh axis.
+    products: float (N, E); streamed in chunks whose rows are sharded over
+      the mesh axis.
     k: neighbours per query, 1 <= k <= N.
     mesh: device mesh, all of it addressable by this process (default: this
       process's devices on one axis named `axis`).
     axis: mesh axis that shards the catalog rows.
-    query_batch: queries scored per call (bounds the (Qb, N/devices) block).
+    query_batch: queries scored per call (with product_chunk, bounds the
+      (Qb, chunk / devices) score block).
+    product_chunk: catalog rows on the devices at a time (rounded up to a
+      multiple of the devices).
 
   Returns:
-    (scores float32 (Q, k), indices int32 (Q, k)), best first.
+    (scores float32 (Q, k), indices int32 (Q, k)), best first; NaN scores
+    come back as -inf.
   """
   queries = np.asarray(queries, np.float32)
   products = np.asarray(products, np.float32)
@@ -80,19 +101,24 @@ def exact_topk(queries: np.ndarray, products: np.ndarray, k: int,
     raise ValueError(f"k={k} must be in [1, {n}] (catalog size)")
   mesh = mesh or default_mesh(axis)
   shards = mesh.shape[axis]
-  pad = -n % shards
-  products = np.pad(products, ((0, pad), (0, 0)))
-  valid = np.arange(n + pad) < n
-  row_sharding = NamedSharding(mesh, P(axis))
-  products = jax.device_put(products, row_sharding)
-  valid = jax.device_put(valid, row_sharding)
-  scores, indices = [], []
-  for s in range(0, max(len(queries), 1), query_batch):
-    q = jax.device_put(queries[s:s + query_batch], NamedSharding(mesh, P()))
-    v, i = _sharded_topk(q, products, valid, k=k, mesh=mesh, axis=axis)
-    scores.append(np.asarray(v))
-    indices.append(np.asarray(i))
-  return np.concatenate(scores), np.concatenate(indices)
+  chunk = -(-min(product_chunk, n) // shards) * shards  # Same every chunk.
+  replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))
+  starts = range(0, max(len(queries), 1), query_batch)
+  batches = [jax.device_put(queries[s:s + query_batch], replicated)
+             for s in starts]
+  tops = [(jax.device_put(np.full((len(q), k), -np.inf, np.float32),
+                          replicated),
+           jax.device_put(np.full((len(q), k), _NONE, np.int32), replicated))
+          for q in batches]
+  for start in range(0, n, chunk):
+    part = products[start:start + chunk]
+    part = jax.device_put(np.pad(part, ((0, chunk - len(part)), (0, 0))),
+                          rows)
+    tops = [_merge_chunk(v, i, q, part, np.int32(start), np.int32(n),
+                         mesh=mesh, axis=axis)
+            for (v, i), q in zip(tops, batches)]
+  return (np.concatenate([np.asarray(v) for v, _ in tops]),
+          np.concatenate([np.asarray(i) for _, i in tops]))
 
 
 def build_index(products: np.ndarray, kind: str = "hnsw", hnsw_m: int = 32,

@@ -159,7 +159,7 @@ class SparseQrels:
     return SparseQrels(indptr, new_col[self.product[ok]], self.label[ok],
                        int(keep.sum()))
 
-  def _find(self, ranking: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def locate(self, ranking: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-> (pair position, found) for each (row, product) of a (Q, K)
     ranking; position is meaningless where not found."""
     ranking = np.asarray(ranking, np.int64)
@@ -176,14 +176,14 @@ class SparseQrels:
 
   def lookup(self, ranking: np.ndarray) -> np.ndarray:
     """int8 (Q, K) labels of a (Q, K) ranking's products (0: unjudged)."""
-    pos, found = self._find(ranking)
+    pos, found = self.locate(ranking)
     if not self.label.size:
       return np.zeros(pos.shape, np.int8)
     return np.where(found, self.label[pos], 0).astype(np.int8)
 
   def judged(self, ranking: np.ndarray) -> np.ndarray:
     """bool (Q, K): whether each ranked pair is judged (even as 0)."""
-    return self._find(ranking)[1]
+    return self.locate(ranking)[1]
 
   def has_relevant(self) -> np.ndarray:
     """bool (Q,): whether the query has a label-2 product."""
@@ -264,7 +264,7 @@ def check_labels(labels: Labels, query_ids: Sequence[str]) -> Labels:
   return labels if isinstance(labels, SparseQrels) else np.asarray(labels)
 
 
-def _ranked_labels(ranking: np.ndarray, qrels: SparseQrels) -> np.ndarray:
+def _check_ranking(ranking: np.ndarray, qrels: SparseQrels) -> np.ndarray:
   ranking = np.asarray(ranking)
   if ranking.ndim != 2 or ranking.shape[0] != qrels.num_queries:
     raise ValueError(f"ranking shape {ranking.shape} does not match labels "
@@ -272,7 +272,7 @@ def _ranked_labels(ranking: np.ndarray, qrels: SparseQrels) -> np.ndarray:
   n = qrels.num_products
   if ranking.size and (ranking.min() < 0 or ranking.max() >= n):
     raise ValueError(f"ranking holds indices outside [0, {n})")
-  return qrels.lookup(ranking)
+  return ranking
 
 
 def _ideal_dcg(qrels: SparseQrels) -> np.ndarray:
@@ -300,23 +300,94 @@ def per_query_metrics(ranking: np.ndarray, labels: Labels,
     {"ndcg@10", "recall@1", ..., "recall@50", "mrr"} -> float (Q,) arrays.
   """
   qrels = _as_qrels(labels, query_ids)
-  ranked = _ranked_labels(ranking, qrels).astype(np.int64)  # (Q, K) labels
-  rel = ranked == RELEVANT
+  pos, found = qrels.locate(_check_ranking(ranking, qrels))
+  position = np.full(qrels.label.shape, -1, np.int64)
+  position[pos[found]] = np.nonzero(found)[1]
+  return _metrics_at(qrels, position)
+
+
+def metrics_at_positions(labels: SparseQrels, position: np.ndarray,
+                         query_ids: Sequence[str]) -> dict[str, np.ndarray]:
+  """`per_query_metrics` of a ranking given as where each judged pair sits.
+
+  Args:
+    labels: the judged pairs.
+    position: int (M,) 0-based rank of each pair of `labels` in its query's
+      ranking, -1 where not retrieved. Unjudged products fill the other
+      ranks (label 0).
+    query_ids: Q query ids, used in error messages.
+  """
+  qrels = _as_qrels(labels, query_ids)
+  position = np.asarray(position, np.int64)
+  if position.shape != qrels.label.shape:
+    raise ValueError(f"{position.shape} positions for {qrels.label.size} "
+                     "judged pairs")
+  return _metrics_at(qrels, position)
+
+
+def _metrics_at(qrels: SparseQrels, position: np.ndarray
+                ) -> dict[str, np.ndarray]:
+  """The metrics from each judged pair's rank (int64 (M,), -1: not found);
+  memory O(judged pairs)."""
+  q, n_q = qrels.query_of_pair(), qrels.num_queries
+  found = position >= 0
+  rel = found & (qrels.label == RELEVANT)
   n_rel = qrels.num_relevant()  # (Q,), > 0 by _as_qrels.
   out = {}
 
-  gains = 2.0 ** ranked[:, :NDCG_K] - 1.0
-  discounts = 1.0 / np.log2(np.arange(2, NDCG_K + 2))
-  dcg = (gains * discounts[:gains.shape[1]]).sum(axis=1)
+  top = found & (position < NDCG_K)
+  gain = 2.0 ** qrels.label[top] - 1.0
+  dcg = np.bincount(q[top], weights=gain / np.log2(position[top] + 2.0),
+                    minlength=n_q)
   # > 0: every query has a label 2.
   out[f"ndcg@{NDCG_K}"] = dcg / _ideal_dcg(qrels)
 
   for k in RECALL_KS:
-    out[f"recall@{k}"] = rel[:, :k].sum(axis=1) / n_rel
+    out[f"recall@{k}"] = np.bincount(q[rel & (position < k)],
+                                     minlength=n_q) / n_rel
 
-  first = np.argmax(rel, axis=1)  # 0 when none found; masked below.
-  out["mrr"] = np.where(rel.any(axis=1), 1.0 / (first + 1), 0.0)
+  first = np.full(n_q, np.inf)
+  np.minimum.at(first, q[rel], position[rel])
+  out["mrr"] = 1.0 / (first + 1)  # 0 where none was found.
   return out
+
+
+def judged_positions(labels: SparseQrels, scores: np.ndarray) -> np.ndarray:
+  """Ranks each query's judged products by their pair scores.
+
+  The positions are those each judged pair gets in `rank_by_score` of the
+  (Q, N) matrix that holds `scores` at the judged pairs and -inf everywhere
+  else, NaN read as -inf: by score descending, ties to the lower product
+  index, and pairs at -inf (NaN) among the unjudged products by index --
+  without building that matrix (memory O(judged pairs)).
+
+  Args:
+    labels: the judged pairs (M of them).
+    scores: float (M,) score of each pair, in `labels`' order.
+
+  Returns:
+    int64 (M,) 0-based rank of each pair, for `metrics_at_positions`.
+  """
+  scores = np.asarray(scores, np.float64)
+  if scores.shape != labels.label.shape:
+    raise ValueError(f"{scores.shape} scores for {labels.label.size} judged "
+                     "pairs")
+  scores = np.where(np.isnan(scores), -np.inf, scores)
+  q = labels.query_of_pair()
+  start = labels.indptr[q]
+  # Query, then score descending, then product ascending.
+  order = np.lexsort((labels.product, -scores, q))
+  position = np.empty(q.shape, np.int64)
+  position[order] = np.arange(q.size) - start[order]
+  # Pairs at -inf follow the query's finite pairs, among the unjudged
+  # products in index order: ahead of one sit the products of lower index
+  # that score -inf, i.e. all of them but the finite judged ones.
+  finite = scores > -np.inf
+  before = np.cumsum(finite) - finite  # Finite pairs before, in CSR order.
+  finite_before = before - before[start] if q.size else before
+  n_finite = np.bincount(q[finite], minlength=labels.num_queries)
+  return np.where(finite, position,
+                  n_finite[q] + labels.product - finite_before)
 
 
 def retrieval_metrics(ranking: np.ndarray, labels: Labels,
@@ -347,7 +418,7 @@ def hit_rate(ranking: np.ndarray, labels: Labels,
   products: of two relevant products, one in the top 1 is a full hit.
   """
   qrels = _as_qrels(labels, query_ids)
-  top = _ranked_labels(np.asarray(ranking)[:, :k], qrels)
+  top = qrels.lookup(_check_ranking(np.asarray(ranking)[:, :k], qrels))
   return float((top == RELEVANT).any(axis=1).mean())
 
 

@@ -121,6 +121,9 @@ def test_tsne_plot_keeps_clusters_apart(tmp_path):
   # 1-NN in the 2-D map recovers the category of every point.
   d = ((xy[:, None] - xy[None]) ** 2).sum(-1) + np.eye(len(xy)) * 1e9
   assert (np.asarray(y)[d.argmin(1)] == np.asarray(y)).all()
+  # Above max_points, a fixed sample of the products is mapped.
+  xy = plots.tsne_plot(x, y, path, top=2, max_points=40)
+  assert xy.shape == (40, 2)
 
 
 def test_cosine_plot_returns_class_means(tmp_path):

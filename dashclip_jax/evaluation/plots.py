@@ -10,17 +10,30 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from sklearn import manifold
 
+TSNE_MAX_POINTS = 10_000  # Products a t-SNE plot maps (a fixed sample above).
+
 
 def tsne_plot(emb: np.ndarray, categories: Sequence[str], path: str,
-              top: int = 10, title: str = "", seed: int = 0) -> np.ndarray:
+              top: int = 10, title: str = "", seed: int = 0,
+              max_points: int = TSNE_MAX_POINTS) -> np.ndarray:
   """t-SNE of (N, E) embeddings; the `top` commonest categories coloured.
 
+  Above `max_points` products a fixed sample (`seed`) of that many is
+  mapped: t-SNE's cost grows faster than N, and a plot shows no more.
+
   Returns:
-    float (N, 2) t-SNE coordinates (for tests and reuse).
+    float (min(N, max_points), 2) t-SNE coordinates of the mapped products
+    (in catalog order), for tests and reuse.
   """
   n = len(emb)
   if n != len(categories):
     raise ValueError(f"{n} embeddings for {len(categories)} categories")
+  if n > max_points:
+    rows = np.sort(np.random.default_rng(seed).choice(n, max_points,
+                                                      replace=False))
+    emb, categories = np.asarray(emb)[rows], [categories[i] for i in rows]
+    title = f"{title or 't-SNE'} ({max_points} of {n} sampled)"
+    n = max_points
   perplexity = float(min(30, max(2, (n - 1) // 3)))
   # Barnes-Hut pays a fixed per-iteration cost that dominates tiny sets.
   method = "exact" if n < 300 else "barnes_hut"

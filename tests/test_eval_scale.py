@@ -73,3 +73,38 @@ def test_report_marks_the_metrics_a_depth_truncates(tmp_path):
     text = _report(tmp_path, depth=depth)
     assert "| system | ndcg@10 | recall@5 | recall@50 | mrr |" in text
     assert "Ranking depth: 6 of 6 products" in text and "†" not in text
+
+
+def _eval_config(arg):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "eval_config", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                  "eval.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_load_data_qrels_are_the_dense_labels_of_what_is_ranked():
+  """Unreadable products dropped (columns renumbered), queries left without
+  a readable label 2 dropped: the dense reference sliced the same way."""
+  from dashclip_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  cfg = _eval_config("synthetic")
+  cfg.data.synthetic = dict(num_products=120, num_test_queries=30,
+                            image_size=16, seed=0, bad_images=12)
+  cfg.probes.aisle = False
+  data = eval_data.load_data(cfg)
+  syn = synthetic.synthetic_data(**cfg.data.synthetic)
+  rel = syn.test
+  labels = metrics.labels_from_relevance(rel)
+  ok = np.isin(list(syn.test_catalog.ids), list(data.catalog.ids))
+  kept = (labels[:, ok] == 2).any(axis=1)
+  assert not ok.all() and not kept.all()  # Both drops happen here.
+  assert data.query_ids == [q for q, k in zip(rel.query_ids, kept) if k]
+  np.testing.assert_array_equal(data.qrels.to_dense(), labels[kept][:, ok])
+  # Listed label-0 pairs stay listed (the gallery's "judged").
+  listed = np.zeros(labels.shape, bool)
+  listed[np.asarray(rel.query), np.asarray(rel.product)] = True
+  judged = np.zeros(data.qrels.shape, bool)
+  judged[data.qrels.query_of_pair(), data.qrels.product] = True
+  np.testing.assert_array_equal(judged, listed[kept][:, ok])

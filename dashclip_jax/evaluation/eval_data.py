@@ -40,6 +40,11 @@ class EvalData:
   description: str
 
 
+def rank_depth(cfg, num_products: int) -> int:
+  """Products ranked per query: config.knn.depth (0: all), at most N."""
+  return min(cfg.knn.depth or num_products, num_products)
+
+
 def categories_of(catalog) -> list[str]:
   """Category name per product ("" where the catalog has none)."""
   names = catalog.category_names

@@ -27,7 +27,7 @@ def write_report(results: dict[str, dict], data: eval_data.EvalData, cfg,
   extra = sorted({k for m in results.values() for k in m} - set(METRIC_KEYS))
   cols = [k for k in METRIC_KEYS if any(k in m for m in results.values())]
   n = len(data.catalog)
-  depth = min(cfg.knn.depth or n, n)
+  depth = eval_data.rank_depth(cfg, n)
   # Ranked lists stop at the depth: these metrics count what lies deeper as
   # never found, and carry a dagger in the tables.
   cut = metrics_lib.truncated_metrics(depth, n)

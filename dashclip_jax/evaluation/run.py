@@ -72,16 +72,11 @@ def encode_products(model: Encoder, catalog, chunk: int = 256) -> np.ndarray:
   return np.concatenate(out)
 
 
-def rank_depth(cfg, num_products: int) -> int:
-  """Products ranked per query: config.knn.depth (0: all), at most N."""
-  return min(cfg.knn.depth or num_products, num_products)
-
-
 def retrieval(query_emb: np.ndarray, product_emb: np.ndarray,
               data: eval_data.EvalData, cfg) -> dict[str, float]:
   """Exact sharded KNN -> graded metrics, plus faiss ANN recall vs exact."""
   n = len(product_emb)
-  depth = rank_depth(cfg, n)
+  depth = eval_data.rank_depth(cfg, n)
   mesh = knn.default_mesh(cfg.knn.mesh_axis)
   _, ranking = knn.exact_topk(query_emb, product_emb, depth, mesh=mesh,
                               axis=cfg.knn.mesh_axis)
@@ -199,11 +194,11 @@ def write_gallery(cfg, data: eval_data.EvalData, rows: list[int],
               for name, s in scores.items()}
   shown = sorted({data.catalog.index_of(pid) for r in rankings.values()
                   for row in r for pid, _ in row})
-  q = data.qrels
-  qrels = {data.query_ids[i]: {
-      ids[j]: int(lab) for j, lab in zip(
-          q.product[q.indptr[i]:q.indptr[i + 1]],
-          q.label[q.indptr[i]:q.indptr[i + 1]])} for i in rows}
+  q, qrels = data.qrels, {}
+  for i in rows:  # The listed pairs of the shown queries.
+    pairs = slice(q.indptr[i], q.indptr[i + 1])
+    qrels[data.query_ids[i]] = {ids[j]: int(lab) for j, lab in zip(
+        q.product[pairs], q.label[pairs])}
   gallery_lib.write_gallery(
       workdir, [(data.query_ids[i], data.queries[i]) for i in rows], rankings,
       {ids[j]: data.catalog.titles[j] for j in shown},
@@ -274,9 +269,9 @@ def evaluate(cfg, workdir: str,
   if "bm25" in cfg.baselines:
     bm25 = baselines_lib.bm25_scorer(titles)
     shown_scores["bm25"] = bm25([data.queries[i] for i in shown])
-    ranking = baselines_lib.bm25_topk(data.queries,
-                                      rank_depth(cfg, len(titles)), bm25,
-                                      len(titles))
+    ranking = baselines_lib.bm25_topk(
+        data.queries, eval_data.rank_depth(cfg, len(titles)), bm25,
+        len(titles))
     results["bm25"] = metrics_lib.retrieval_metrics(ranking, data.qrels,
                                                     data.query_ids)
   if "minilm" in cfg.baselines:

@@ -16,9 +16,10 @@ some 1 and listed 0), 3-6 word titles over a 5,000-word vocabulary.
   new  this tree: SparseQrels, the streamed exact top-k at knn.depth (1000),
        `baselines.bm25_topk` (blocks of queries, running top-k).
 
-Each (code, N) runs in its own process; the figure is VmHWM (peak resident
-memory) after the evaluation minus VmHWM after building the data and
-starting JAX, i.e. what the evaluation adds above its inputs. The old code
+Each (code, N) runs in its own process; the figure is the peak resident
+memory (VmHWM, reset once the data is built and JAX started) minus the
+resident memory at that point, i.e. what the evaluation adds above its
+inputs. The old code
 is run only up to --old_products (its (Q, N) arrays need ~50 bytes per
 pair: ~20 GB at 1,000 x 400K, more than this machine can spare); its
 400K figure is extrapolated linearly from the largest two and printed as
@@ -28,6 +29,7 @@ label-2 product ranks below the depth.
 """
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -39,13 +41,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("ndcg@10", "recall@1", "recall@50", "mrr")
 
 
-def _hwm_mb() -> float:
-  """Peak resident memory of this process so far (MB)."""
+def _status_mb(key: str) -> float:
+  """VmRSS (resident now) or VmHWM (peak resident) of this process, MB."""
   with open("/proc/self/status") as f:
     for line in f:
-      if line.startswith("VmHWM:"):
+      if line.startswith(key + ":"):
         return int(line.split()[1]) / 1024
-  raise RuntimeError("no VmHWM in /proc/self/status")
+  raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+  """Starts VmHWM again from VmRSS (Linux): the data's own build-up peak
+  must not hide the evaluation's."""
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 
 
 def make_data(q: int, n: int, dim: int, pairs: int, seed: int = 0):
@@ -90,7 +99,9 @@ def child(args) -> None:
       args.queries, args.n, args.dim, args.pairs)
   ids = [f"q{i}" for i in range(args.queries)]
   jax.devices()
-  before = _hwm_mb()
+  gc.collect()
+  _reset_peak()
+  before = _status_mb("VmRSS")
   t = time.perf_counter()
   q, n = args.queries, args.n
   if args.code == "old":
@@ -113,7 +124,7 @@ def child(args) -> None:
     bm25 = metrics.retrieval_metrics(ranking, qrels, ids)
   print(json.dumps(dict(
       code=args.code, n=n, package=os.path.dirname(dashclip_jax.__file__),
-      setup_mb=before, peak_mb=_hwm_mb(),
+      setup_mb=before, peak_mb=_status_mb("VmHWM"),
       seconds=time.perf_counter() - t,
       knn={k: emb[k] for k in KEYS}, bm25={k: bm25[k] for k in KEYS})))
 

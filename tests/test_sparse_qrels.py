@@ -214,3 +214,15 @@ def test_judged_positions_by_hand():
   np.testing.assert_allclose(per["recall@10"], [1, 1])
   with pytest.raises(ValueError, match=r"\(2,\) scores for 5 judged pairs"):
     metrics.judged_positions(qrels, [0.1, 0.2])
+
+
+def test_direct_construction_is_checked():
+  with pytest.raises(ValueError, match=r"query row 1: labels must be 0, 1 or "
+                     r"2, found \[258\]"):
+    metrics.SparseQrels(np.array([0, 1, 2]), [0, 1], [2, 258], 3)
+  with pytest.raises(ValueError, match="inconsistent SparseQrels"):
+    metrics.SparseQrels(np.array([0, 3]), [0, 1], [2, 1], 3)
+  with pytest.raises(ValueError, match="ascending within each row"):
+    metrics.SparseQrels(np.array([0, 2]), [1, 0], [2, 1], 3)
+  with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+    metrics.SparseQrels(np.array([0, 2]), [0, 3], [2, 1], 3)

@@ -35,7 +35,8 @@ RELEVANT = 2  # The label that Recall@K and MRR count.
 LABELS = (0, 1, 2)
 
 
-@dataclasses.dataclass(frozen=True)
+# eq=False: arrays have no truth value, so field-wise == (and hash) would raise.
+@dataclasses.dataclass(frozen=True, eq=False)
 class SparseQrels:
   """Graded labels as CSR rows: query q's judged products are
   product[indptr[q]:indptr[q+1]] (ascending), with labels label[...]. Judged
@@ -52,14 +53,22 @@ class SparseQrels:
     set_ = lambda k, v: object.__setattr__(self, k, v)
     set_("indptr", np.asarray(self.indptr, np.int64))
     set_("product", np.asarray(self.product, np.int32))
-    set_("label", np.asarray(self.label, np.int8))
     set_("num_products", int(self.num_products))
-    p = self.indptr
+    p, label = self.indptr, np.asarray(self.label)
     if (p.ndim != 1 or not p.size or p[0] != 0 or p[-1] != self.product.size
-        or self.product.shape != self.label.shape or np.any(np.diff(p) < 0)):
+        or self.product.shape != label.shape or np.any(np.diff(p) < 0)):
       raise ValueError(
           f"inconsistent SparseQrels: indptr {p.shape} from {p[:1]} to "
-          f"{p[-1:]}, {self.product.shape} products, {self.label.shape} labels")
+          f"{p[-1:]}, {self.product.shape} products, {label.shape} labels")
+    _check_label_values(label, p, None)  # Before int8 could wrap 258 to 2.
+    set_("label", label.astype(np.int8))
+    # `locate` searches the pairs by (query, product): each row ascending.
+    keys = self.query_of_pair() * self.num_products + self.product
+    if self.product.size and (
+        self.product.min() < 0 or self.product.max() >= self.num_products
+        or np.any(np.diff(keys) <= 0)):
+      raise ValueError("SparseQrels products must be in [0, "
+                       f"{self.num_products}) and ascending within each row")
 
   @property
   def num_queries(self) -> int:
@@ -119,8 +128,6 @@ class SparseQrels:
     q, p = np.nonzero(labels)  # Row-major: by query, then product.
     indptr = np.zeros(labels.shape[0] + 1, np.int64)
     np.cumsum(np.bincount(q, minlength=labels.shape[0]), out=indptr[1:])
-    # Check before int8 narrows them: 258 must not pass as 2.
-    _check_label_values(labels[q, p], indptr, None)
     return cls(indptr, p, labels[q, p], labels.shape[1])
 
   def to_dense(self) -> np.ndarray:
@@ -198,6 +205,19 @@ class SparseQrels:
 Labels = Union[np.ndarray, SparseQrels]
 
 
+def _check_label_values(label: np.ndarray, indptr: np.ndarray,
+                        query_ids: Sequence[str] | None) -> None:
+  """Labels (flat or (Q, N) row-major, rows cut at `indptr`) in {0, 1, 2};
+  the error names the first bad row's query."""
+  bad_at = np.flatnonzero((label < 0) | (label > 2))
+  if bad_at.size:
+    bad = np.unique(np.ravel(label)[bad_at])
+    row = int(np.searchsorted(indptr, bad_at[0], side="right") - 1)
+    name = repr(query_ids[row]) if query_ids is not None else f"row {row}"
+    raise ValueError(f"query {name}: labels must be 0, 1 or 2, "
+                     f"found {bad.tolist()}")
+
+
 def rank_by_score(scores: np.ndarray, k: int | None = None) -> np.ndarray:
   """Ranks products by descending score; ties go to the lower product index.
 
@@ -219,17 +239,6 @@ def rank_by_score(scores: np.ndarray, k: int | None = None) -> np.ndarray:
   return order if k is None else order[:, :k]
 
 
-def _check_label_values(label: np.ndarray, indptr: np.ndarray,
-                        query_ids: Sequence[str] | None) -> None:
-  bad = np.setdiff1d(np.unique(label), LABELS)
-  if bad.size:
-    row = int(np.searchsorted(indptr, np.flatnonzero(np.isin(label, bad))[0],
-                              side="right") - 1)
-    name = repr(query_ids[row]) if query_ids is not None else f"row {row}"
-    raise ValueError(f"query {name}: labels must be 0, 1 or 2, "
-                     f"found {bad.tolist()}")
-
-
 def _as_qrels(labels: Labels, query_ids: Sequence[str]) -> SparseQrels:
   """Validated SparseQrels of dense or sparse `labels`; every query needs a
   label-2 product."""
@@ -246,7 +255,6 @@ def _as_qrels(labels: Labels, query_ids: Sequence[str]) -> SparseQrels:
   if len(query_ids) != labels.num_queries:
     raise ValueError(
         f"{len(query_ids)} query ids for {labels.num_queries} label rows")
-  _check_label_values(labels.label, labels.indptr, query_ids)
   no_rel = np.flatnonzero(~labels.has_relevant())
   if no_rel.size:
     names = [query_ids[i] for i in no_rel[:5]]

@@ -30,6 +30,7 @@ from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources as sources_lib
 from dashclip_jax.data import train_datasets
+from dashclip_jax.evaluation import metrics as eval_metrics
 
 log = logging.getLogger("dashclip_jax")
 
@@ -230,37 +231,45 @@ def stage1_eval(cfg: ml_collections.ConfigDict,
 class Stage2Eval:
   """Held-out train queries and the train products judged for them.
 
-  labels[q, j]: graded label of query q for product `product_rows[j]` (a
-  train catalog row), -1 where unjudged (ranked last, counted as 0).
+  labels: the judged pairs, SparseQrels (Q, P) over product j =
+  `product_rows[j]` (a train catalog row); unjudged pairs are ranked last
+  (counted as 0). A dense int (Q, P) matrix with -1 where unjudged is read
+  too (small hand-made cases).
   product_names[j]: how messages name product j ("styles.csv line 17
   (product 1865)"), e.g. when its image cannot be read.
   """
   product_rows: np.ndarray
   product_batches: Any
   query_batches: list[dict[str, np.ndarray]]
-  labels: np.ndarray
+  labels: eval_metrics.SparseQrels
   query_ids: list[str]
   product_names: list[str] | None = None
   # What stage2.evaluate last warned about (it warns once per distinct set).
   reported_skips: Any = dataclasses.field(default=None, repr=False)
+
+  def __post_init__(self):
+    if not isinstance(self.labels, eval_metrics.SparseQrels):
+      dense = np.asarray(self.labels)
+      q, p = np.nonzero(dense >= 0)
+      self.labels = eval_metrics.SparseQrels.from_pairs(
+          q, p, dense[q, p], *dense.shape, source="Stage2Eval labels")
 
 
 def stage2_eval(cfg: ml_collections.ConfigDict,
                 model_config: model_lib.ModelConfig, global_batch: int
                 ) -> Stage2Eval | None:
   """Model selection data: held-out queries over their judged products
-  (None when no query is held out)."""
+  (None when no query is held out). Memory O(judged pairs)."""
   _, held = train_relevance(cfg)
   if not held.num_queries or not (held.label == 2).any():
     return None
-  rows = np.unique(held.product)
-  col = {int(r): j for j, r in enumerate(rows)}
-  labels = np.full((held.num_queries, len(rows)), -1, np.int32)
-  for q, p, l in zip(held.query, held.product, held.label):
-    labels[int(q), col[int(p)]] = int(l)
-  keep = np.flatnonzero((labels == 2).any(axis=1))  # Metrics need a label 2.
+  rows, cols = np.unique(held.product, return_inverse=True)
+  labels = eval_metrics.SparseQrels.from_pairs(
+      held.query, cols, held.label, held.num_queries, len(rows),
+      source=held.name)
+  keep = np.flatnonzero(labels.has_relevant())  # Metrics need a label 2.
   held = held.take_queries(keep, "with a label 2")
-  labels = labels[keep]
+  labels = labels.take_queries(keep)
   local = global_batch // jax.process_count()
   catalog = load_sources(cfg).train_catalog.take(rows)
   products = eval_datasets.eval_products_dataset(

@@ -131,22 +131,34 @@ def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
     ok[cols] = True  # The rest: their image failed (valid=0).
   queries, q_index = embed_batches.embed_all(embed_queries, params,
                                              data.query_batches, mesh)
-  labels = data.labels[q_index][:, ok]
-  ranked = (labels == 2).any(axis=1)  # Metrics need a readable label 2.
+  labels = data.labels.take_queries(q_index).take_products(ok)
+  ranked = labels.has_relevant()  # Metrics need a readable label 2.
   _report_skips(data, ok, [data.query_ids[i] for i in q_index[~ranked]])
   counts = {"eval/products_ranked": float(ok.sum()),
             "eval/products_skipped": float(n - ok.sum()),
             "eval/queries_ranked": float(ranked.sum())}
   if not ranked.any():
     return {f"eval/{k}": float("nan") for k in EVAL_METRICS} | counts
-  labels = labels[ranked]
-  scores = queries[ranked] @ products[ok].T
-  scores[(labels < 0) | np.isnan(scores)] = -np.inf  # Unjudged/non-finite.
-  ranking = eval_metrics.rank_by_score(scores)
-  m = eval_metrics.retrieval_metrics(ranking, np.maximum(labels, 0),
-                                     [data.query_ids[i]
-                                      for i in q_index[ranked]])
-  return {f"eval/{k}": m[k] for k in EVAL_METRICS} | counts
+  labels = labels.take_queries(ranked)
+  # Each query ranks its judged products only (the rest at -inf).
+  scores = _pair_scores(queries[ranked], products[ok], labels)
+  m = eval_metrics.metrics_at_positions(
+      labels, eval_metrics.judged_positions(labels, scores),
+      [data.query_ids[i] for i in q_index[ranked]])
+  return {f"eval/{k}": float(m[k].mean()) for k in EVAL_METRICS} | counts
+
+
+def _pair_scores(queries: np.ndarray, products: np.ndarray,
+                 labels: eval_metrics.SparseQrels, chunk: int = 1 << 16
+                 ) -> np.ndarray:
+  """float32 (M,): queries[q] . products[p] for each judged pair (q, p) of
+  `labels`, in chunks of pairs (memory O(chunk * E), never (Q, P))."""
+  q, p = labels.query_of_pair(), labels.product
+  out = np.empty(q.shape, np.float32)
+  for s in range(0, len(q), chunk):
+    out[s:s + chunk] = np.einsum("me,me->m", queries[q[s:s + chunk]],
+                                 products[p[s:s + chunk]])
+  return out
 
 
 def _report_skips(data: inputs.Stage2Eval, ok: np.ndarray,

@@ -15,6 +15,8 @@ some 1 and listed 0), 3-6 word titles over a 5,000-word vocabulary.
        float64 (Q, N) BM25 fully sorted by rank_by_score.
   new  this tree: SparseQrels, the streamed exact top-k at knn.depth (1000),
        `baselines.bm25_topk` (blocks of queries, running top-k).
+  new+probes  the same plus the relevance probe and the cosine-by-label
+       plot (at full size only; the old code's need a dense (Q, N) too).
 
 Each (code, N) runs in its own process; the figure is the peak resident
 memory (VmHWM, reset once the data is built and JAX started) minus the
@@ -122,6 +124,12 @@ def child(args) -> None:
     scorer = baselines.bm25_scorer(titles)
     ranking = baselines.bm25_topk(queries, depth, scorer, n)
     bm25 = metrics.retrieval_metrics(ranking, qrels, ids)
+    if args.code == "new+probes":  # What else evaluate_embeddings runs.
+      from dashclip_jax.evaluation import plots  # pylint: disable=g-import-not-at-top
+      from dashclip_jax.evaluation import probes  # pylint: disable=g-import-not-at-top
+      probes.relevance_probe(qe, pe, qrels, ids, zeros_per_query=20)
+      with tempfile.TemporaryDirectory() as d:
+        plots.cosine_by_relevance_plot(qe, pe, qrels, os.path.join(d, "c.png"))
   print(json.dumps(dict(
       code=args.code, n=n, package=os.path.dirname(dashclip_jax.__file__),
       setup_mb=before, peak_mb=_status_mb("VmHWM"),
@@ -156,7 +164,7 @@ def main() -> None:
   p.add_argument("--old_products", default="25000,50000,100000")
   p.add_argument("--old_ref", default="ab8b592",
                  help="commit of the code before issue 28")
-  p.add_argument("--child", choices=("old", "new"))
+  p.add_argument("--child", choices=("old", "new", "new+probes"))
   p.add_argument("--n", type=int)
   args = p.parse_args()
   if args.child:
@@ -171,12 +179,12 @@ def main() -> None:
                    check=True)
     rows = []
     for n in olds + [args.products]:
-      for code in ("old", "new"):
-        if code == "old" and n not in olds:
-          continue
+      for code in ("old", "new", "new+probes"):
+        if (code == "old") != (n in olds) and code != "new":
+          continue  # Old: only where it fits; probes: at full size.
         r = measure(code, n, args, old_root if code == "old" else REPO)
         rows.append(r)
-        print(f"{code:3s} N={n:7d}: +{r['peak_mb'] - r['setup_mb']:8.0f} MB "
+        print(f"{code:10s} N={n:7d}: +{r['peak_mb'] - r['setup_mb']:8.0f} MB "
               f"above the data ({r['setup_mb']:.0f} MB), peak "
               f"{r['peak_mb']:.0f} MB, {r['seconds']:.1f}s; knn "
               + " ".join(f"{k} {v:.6f}" for k, v in r["knn"].items())

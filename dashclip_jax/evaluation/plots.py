@@ -61,7 +61,7 @@ def tsne_plot(emb: np.ndarray, categories: Sequence[str], path: str,
 
 
 def _pair_scores(query_emb: np.ndarray, product_emb: np.ndarray,
-                 qi: np.ndarray, pi: np.ndarray, chunk: int = 1 << 16
+                 qi: np.ndarray, pi: np.ndarray, chunk: int = 1 << 14
                  ) -> np.ndarray:
   """float64 (P,) inner products of the pairs (qi, pi), `chunk` at a time."""
   out = np.empty(len(qi))

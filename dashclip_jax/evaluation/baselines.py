@@ -1,12 +1,13 @@
 """Text-only baselines over product titles: BM25 and MiniLM-L6 mean pooling.
 
-Both return a float (Q, N) score matrix for Q queries against N titles, ranked
-like every other system by `metrics.rank_by_score`.
+Both score Q queries against N titles, ranked like every other system
+(`metrics.rank_by_score`'s tie rule); `bm25_topk` keeps the top k per query
+without a (Q, N) matrix.
 """
 
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -18,30 +19,86 @@ def bm25_tokenize(text: str) -> list[str]:
   return [t for t in _SPLIT.split(text.lower()) if t]
 
 
-def bm25_scores(queries: Sequence[str], docs: Sequence[str],
-                k1: float = 1.5, b: float = 0.75) -> np.ndarray:
-  """Okapi BM25 of every document for every query, by `bm25s`.
+def bm25_scorer(docs: Sequence[str], k1: float = 1.5, b: float = 0.75
+                ) -> Callable[[Sequence[str]], np.ndarray]:
+  """Okapi BM25 over `docs`, by `bm25s`: a function of queries -> scores.
 
   bm25s's "lucene" variant: idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))
   (non-negative, so a term in more than half the titles still counts a
   little) and term weight tf / (tf + k1 (1 - b + b dl / avgdl)), times
   (k1 + 1) for Robertson's form (the same ranking). A query term repeated in
-  the query counts once per occurrence. Tokens: `bm25_tokenize`.
-
-  Returns:
-    float64 (Q, N) scores.
+  the query counts once per occurrence. Tokens: `bm25_tokenize`. The index
+  is built once; the returned function gives float64 (len(queries), N).
   """
   import bm25s  # pylint: disable=g-import-not-at-top
-  scores = np.zeros((len(queries), len(docs)))
+  n = len(docs)
   toks = [bm25_tokenize(d) for d in docs]
-  if not any(toks):
-    return scores  # No term to match (bm25s cannot index an empty corpus).
-  index = bm25s.BM25(k1=k1, b=b, method="lucene", dtype="float64")
-  index.index(toks, show_progress=False)
-  for i, q in enumerate(queries):
-    if q_toks := bm25_tokenize(q):  # An empty query scores 0 everywhere.
-      scores[i] = (k1 + 1.0) * index.get_scores(q_toks)
-  return scores
+  index = None
+  if any(toks):  # bm25s cannot index an empty corpus; no term would match.
+    index = bm25s.BM25(k1=k1, b=b, method="lucene", dtype="float64")
+    index.index(toks, show_progress=False)
+
+  def score(queries: Sequence[str]) -> np.ndarray:
+    out = np.zeros((len(queries), n))
+    for i, q in enumerate(queries):
+      if index is not None and (q_toks := bm25_tokenize(q)):
+        out[i] = (k1 + 1.0) * index.get_scores(q_toks)  # Empty query: 0.
+    return out
+
+  return score
+
+
+def bm25_scores(queries: Sequence[str], docs: Sequence[str],
+                k1: float = 1.5, b: float = 0.75) -> np.ndarray:
+  """float64 (Q, N) BM25 of every document for every query (`bm25_scorer`).
+
+  Dense: for small catalogs and a few rows; `bm25_topk` ranks at scale.
+  """
+  return bm25_scorer(docs, k1, b)(queries)
+
+
+def topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
+  """int64 (R, k) top-k columns of float (R, N) scores, best first, equal
+  scores by ascending column: `metrics.rank_by_score(scores, k)` without
+  sorting whole rows (a partition finds each row's k-th score)."""
+  r, n = scores.shape
+  if not 1 <= k <= n:
+    raise ValueError(f"k={k} must be in [1, {n}]")
+  kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]  # (R, 1)
+  above = scores > kth
+  # Of the scores equal to the k-th, the lowest columns fill the k slots.
+  tied = scores == kth
+  room = k - above.sum(axis=1, keepdims=True)
+  keep = above | (tied & (np.cumsum(tied, axis=1) <= room))
+  cols = np.nonzero(keep)[1].reshape(r, k)  # k per row, ascending.
+  # A stable sort of the candidates (in column order) keeps the tie rule.
+  order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1,
+                     kind="stable")
+  return np.take_along_axis(cols, order, axis=1)
+
+
+def bm25_topk(queries: Sequence[str], k: int,
+              scorer: Callable[[Sequence[str]], np.ndarray],
+              num_docs: int, block_bytes: int = 64 << 20
+              ) -> np.ndarray:
+  """int64 (Q, k) BM25 top-k per query, as `rank_by_score(bm25_scores, k)`.
+
+  Scores a block of queries at a time (at most `block_bytes` of float64
+  scores), so memory is bounded by the block and the (Q, k) output, never a
+  (Q, N) matrix.
+
+  Args:
+    queries: Q query texts.
+    k: products kept per query, 1 <= k <= num_docs.
+    scorer: `bm25_scorer(docs)`.
+    num_docs: N, the number of documents the scorer ranks.
+    block_bytes: bound on one block of scores.
+  """
+  rows = max(1, block_bytes // (8 * max(num_docs, 1)))
+  out = np.zeros((len(queries), k), np.int64)
+  for s in range(0, len(queries), rows):
+    out[s:s + rows] = topk_rows(scorer(queries[s:s + rows]), k)
+  return out
 
 
 def minilm_dir() -> str:

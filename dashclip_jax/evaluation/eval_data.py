@@ -26,20 +26,23 @@ class EvalData:
 
   Attributes:
     catalog: products ranked for every query (N rows).
-    labels: int8 (Q, N) graded labels; unlisted pairs are 0.
-    judged: bool (Q, N): the pairs the qrels list (the gallery marks the
-      others as unjudged).
+    qrels: the graded pairs the qrels list (`metrics.SparseQrels`, Q x N);
+      unlisted pairs are label 0 (the gallery marks them as unjudged).
     query_ids, queries: Q ids and texts.
     probe_catalog: products the aisle probe trains on (None: no probe).
     description: one line for the report.
   """
   catalog: Any
-  labels: np.ndarray
-  judged: np.ndarray
+  qrels: metrics_lib.SparseQrels
   query_ids: list[str]
   queries: list[str]
   probe_catalog: Any
   description: str
+
+
+def rank_depth(cfg, num_products: int) -> int:
+  """Products ranked per query: config.knn.depth (0: all), at most N."""
+  return min(cfg.knn.depth or num_products, num_products)
 
 
 def categories_of(catalog) -> list[str]:
@@ -73,31 +76,29 @@ def load_data(cfg) -> EvalData:
         "(set --config.data.relevance_"
         f"{'train' if d.split == 'train' else 'test'}_path)")
   where = f"{catalog.name}, queries {rel.name}"
-  labels = metrics_lib.labels_from_relevance(rel)
-  judged = np.zeros(labels.shape, bool)
-  judged[np.asarray(rel.query), np.asarray(rel.product)] = True
+  qrels = metrics_lib.qrels_from_relevance(rel)
   query_ids, queries = list(rel.query_ids), list(rel.queries)
   # Products whose image cannot be decoded are not ranked (counted, named),
   # nor are queries without a label-2 product among those ranked: Recall@K
   # and MRR are undefined for them (e.g. a catalog subset, or label-1-only
   # queries in the qrels).
   catalog, ok, notes = drop_unreadable(catalog, "product")
-  relevant = lambda l: (l == metrics_lib.RELEVANT).any(axis=1)
-  has_any, ranked = relevant(labels), relevant(labels[:, ok])
+  readable = qrels.take_products(ok)
+  has_any, ranked = qrels.has_relevant(), readable.has_relevant()
   for lost, why in ((~has_any, "no label-2 product in the ranked split"),
                     (has_any & ~ranked, "no readable label-2 product")):
     if lost.any():
       names = [q for q, l in zip(query_ids, lost) if l]
       notes.append(f"{_plural(len(names), 'query')} skipped ({why}: "
                    f"{_first(names)})")
-  labels, judged = labels[ranked][:, ok], judged[ranked][:, ok]
+  qrels = readable.take_queries(np.flatnonzero(ranked))
   query_ids = [q for q, r in zip(query_ids, ranked) if r]
   queries = [q for q, r in zip(queries, ranked) if r]
   if not query_ids:
     raise config_lib.ConfigError(
         f"{where}: no query has a label-2 product among the ranked products "
         f"({'; '.join(notes)})")
-  metrics_lib.check_labels(labels, query_ids)
+  metrics_lib.check_labels(qrels, query_ids)
   probe = None
   if cfg.probes.aisle and d.probe_split:
     probe = full.subset(d.probe_split)
@@ -109,7 +110,7 @@ def load_data(cfg) -> EvalData:
       probe = probe if len(probe) else None
   for note in notes:
     logging.warning("evaluation data: %s", note)
-  return EvalData(catalog, labels, judged, query_ids, queries,
+  return EvalData(catalog, qrels, query_ids, queries,
                   probe, f"{len(catalog)} products x {len(query_ids)} "
                   f"queries from {where}" + "".join(f"; {n}" for n in notes))
 

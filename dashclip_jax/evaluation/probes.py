@@ -59,26 +59,50 @@ def pair_features(q: np.ndarray, p: np.ndarray) -> np.ndarray:
   return np.concatenate([q, p, q * p, cos], axis=-1).astype(np.float32)
 
 
-def sample_pairs(labels: np.ndarray, zeros_per_query: int,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _complement_at(excluded: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """The idx-th integers (int (m,)) not in sorted, unique `excluded`.
+
+  The j-th excluded value has excluded[j] - j smaller non-excluded values
+  before it, so each index moves up by the excluded values at or below it.
+  """
+  return idx + np.searchsorted(excluded - np.arange(len(excluded)), idx,
+                               side="right")
+
+
+def sample_pairs(qrels, zeros_per_query: int, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Every labelled (>0) pair plus `zeros_per_query` random label-0 pairs.
 
+  A label-0 pair is any product not labelled > 0 for the query (listed as 0
+  or not listed). Each query draws its zeros as an index into that
+  complement, mapped back to a product without a (Q, N) row: the same draw
+  as choosing from the dense row's zeros.
+
   Args:
-    labels: int (Q, N) graded labels.
+    qrels: `metrics.SparseQrels` (Q queries x N products).
 
   Returns:
-    (query_idx (P,), product_idx (P,), label (P,)) int arrays.
+    (query_idx (P,), product_idx (P,), label (P,)) int arrays: the
+    labelled pairs by (query, product), then each query's zeros.
   """
   rng = np.random.default_rng(seed)
-  qi, pi = np.nonzero(labels > 0)
+  counts = np.diff(qrels.indptr)
+  row = np.repeat(np.arange(len(counts)), counts)
+  pos = np.asarray(qrels.label) > 0
+  order = np.lexsort((qrels.product[pos], row[pos]))
+  qi, pi = row[pos][order], np.asarray(qrels.product[pos][order], np.int64)
+  y = np.asarray(qrels.label[pos][order], np.int64)
+  starts = np.searchsorted(qi, np.arange(len(counts) + 1))
   zq, zp = [qi], [pi]
-  for q in range(labels.shape[0]):
-    zeros = np.flatnonzero(labels[q] == 0)
-    pick = rng.choice(zeros, min(zeros_per_query, len(zeros)), replace=False)
+  n = qrels.num_products
+  for q in range(len(counts)):  # One draw per query, as the dense loop did.
+    excluded = pi[starts[q]:starts[q + 1]]  # Sorted, unique.
+    free = n - len(excluded)
+    pick = rng.choice(free, min(zeros_per_query, free), replace=False)
     zq.append(np.full(len(pick), q))
-    zp.append(pick)
+    zp.append(_complement_at(excluded, pick))
   qi, pi = np.concatenate(zq), np.concatenate(zp)
-  return qi, pi, labels[qi, pi].astype(np.int64)
+  return qi, pi, np.concatenate([y, np.zeros(len(qi) - len(y), np.int64)])
 
 
 def query_halves(query_ids: Sequence[str]) -> np.ndarray:
@@ -88,7 +112,7 @@ def query_halves(query_ids: Sequence[str]) -> np.ndarray:
 
 
 def relevance_probe(query_emb: np.ndarray, product_emb: np.ndarray,
-                    labels: np.ndarray, query_ids: Sequence[str],
+                    qrels, query_ids: Sequence[str],
                     zeros_per_query: int = 20, seed: int = 0,
                     c: float = 0.01, max_iter: int = 500) -> dict[str, float]:
   """3-class relevance from [q, p, q*p, cos] features, query-disjoint split.
@@ -103,12 +127,13 @@ def relevance_probe(query_emb: np.ndarray, product_emb: np.ndarray,
   a quarter of the iterations.
 
   Args:
-    query_emb: float (Q, E); product_emb: float (N, E); labels: int (Q, N).
+    query_emb: float (Q, E); product_emb: float (N, E); qrels:
+      `metrics.SparseQrels` (Q x N).
 
   Returns:
     {"relevance_acc", "relevance_f1"} on the held-out half.
   """
-  qi, pi, y = sample_pairs(labels, zeros_per_query, seed)
+  qi, pi, y = sample_pairs(qrels, zeros_per_query, seed)
   train_q = query_halves(query_ids)
   if train_q.all() or not train_q.any():
     raise ValueError(f"relevance probe needs queries in both halves; got "

@@ -6,6 +6,7 @@ import json
 import os
 
 from dashclip_jax.evaluation import eval_data
+from dashclip_jax.evaluation import metrics as metrics_lib
 
 METRIC_KEYS = ("ndcg@10", "recall@1", "recall@5", "recall@10", "recall@50",
                "mrr", "aisle_acc", "aisle_f1", "relevance_acc",
@@ -25,6 +26,12 @@ def write_report(results: dict[str, dict], data: eval_data.EvalData, cfg,
     json.dump(results, f, indent=2, sort_keys=True)
   extra = sorted({k for m in results.values() for k in m} - set(METRIC_KEYS))
   cols = [k for k in METRIC_KEYS if any(k in m for m in results.values())]
+  n = len(data.catalog)
+  depth = eval_data.rank_depth(cfg, n)
+  # Ranked lists stop at the depth: these metrics count what lies deeper as
+  # never found, and carry a dagger in the tables.
+  cut = metrics_lib.truncated_metrics(depth, n)
+  head = lambda keys: " | ".join(k + ("†" if k in cut else "") for k in keys)
   lines = [
       "# DashCLIP evaluation", "",
       f"- Data: {data.description}.",
@@ -33,21 +40,24 @@ def write_report(results: dict[str, dict], data: eval_data.EvalData, cfg,
       "- Recall@K and MRR count label-2 products; NDCG@10 uses gain "
       "2^label - 1 with the ideal DCG of all labelled products; unlisted "
       "pairs are label 0; equal scores rank by catalog order.",
-      f"- Ranking depth: {cfg.knn.depth or 'whole catalog'} (exact KNN, "
-      "catalog sharded over devices).",
+      f"- Ranking depth: {depth} of {n} products per query (exact KNN, "
+      "catalog sharded over devices; BM25 the same depth)."
+      + (f" † Truncated at depth {depth}: {', '.join(cut)} count a "
+         f"label-2 product ranked below {depth} as not found (MRR is "
+         f"MRR@{depth})." if cut else ""),
       "- Aisle probe: logistic regression on frozen product embeddings, "
       f"{cfg.data.probe_split} split (at most {cfg.data.max_probe_products} "
       f"products) -> {cfg.data.split} split. Relevance probe: logistic "
       "regression on [q, p, q*p, cos] -> label, query-disjoint halves.", "",
       "## Metrics", "",
-      "| system | " + " | ".join(cols) + " |",
+      "| system | " + head(cols) + " |",
       "|---" * (len(cols) + 1) + "|"]
   for name, m in results.items():
     lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in cols)
                  + " |")
   if extra:
     lines += ["", "## Other measurements", "",
-              "| system | " + " | ".join(extra) + " |",
+              "| system | " + head(extra) + " |",
               "|---" * (len(extra) + 1) + "|"]
     for name, m in results.items():
       lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in extra)

@@ -76,11 +76,11 @@ def retrieval(query_emb: np.ndarray, product_emb: np.ndarray,
               data: eval_data.EvalData, cfg) -> dict[str, float]:
   """Exact sharded KNN -> graded metrics, plus faiss ANN recall vs exact."""
   n = len(product_emb)
-  depth = min(cfg.knn.depth or n, n)
+  depth = eval_data.rank_depth(cfg, n)
   mesh = knn.default_mesh(cfg.knn.mesh_axis)
   _, ranking = knn.exact_topk(query_emb, product_emb, depth, mesh=mesh,
                               axis=cfg.knn.mesh_axis)
-  out = metrics_lib.retrieval_metrics(ranking, data.labels, data.query_ids)
+  out = metrics_lib.retrieval_metrics(ranking, data.qrels, data.query_ids)
   if cfg.knn.ann:
     k = min(cfg.knn.ann_k, n)
     index = knn.build_index(product_emb, kind=cfg.knn.ann)
@@ -109,14 +109,15 @@ def evaluate_embeddings(name: str, query_emb: np.ndarray,
         cats, c=cfg.probes.aisle_c))
   if cfg.probes.relevance:
     out.update(probes.relevance_probe(
-        query_emb, product_emb, data.labels, data.query_ids,
+        query_emb, product_emb, data.qrels, data.query_ids,
         zeros_per_query=cfg.probes.zeros_per_query, seed=cfg.probes.seed,
         c=cfg.probes.relevance_c))
   if cfg.plots.enabled:
     means = plots.cosine_by_relevance_plot(
-        query_emb @ product_emb.T, data.labels,
+        query_emb, product_emb, data.qrels,
         os.path.join(workdir, f"cosine_{name}.png"),
-        title=f"{name}: cos(query, product) by relevance label")
+        title=f"{name}: cos(query, product) by relevance label",
+        seed=cfg.probes.seed)
     out.update({f"cos_mean_label{k}": v for k, v in means.items()})
     if len(product_emb) >= 5:
       plots.tsne_plot(product_emb, cats, os.path.join(workdir,
@@ -174,10 +175,15 @@ def gallery_rows(cfg, data: eval_data.EvalData) -> list[int]:
 
 
 def _scores_of(query_emb: np.ndarray, product_emb: np.ndarray,
-               rows: list[int]) -> np.ndarray:
-  """float64 (len(rows), N) inner products of the chosen queries."""
-  return (np.asarray(query_emb, np.float64)[rows]
-          @ np.asarray(product_emb, np.float64).T)
+               rows: list[int], chunk: int = 1 << 16) -> np.ndarray:
+  """float64 (len(rows), N) inner products of the chosen queries (products
+  cast to float64 `chunk` rows at a time, not all N at once)."""
+  q = np.asarray(query_emb, np.float64)[rows]
+  out = np.empty((len(rows), len(product_emb)))
+  for s in range(0, len(product_emb), chunk):
+    out[:, s:s + chunk] = q @ np.asarray(product_emb[s:s + chunk],
+                                         np.float64).T
+  return out
 
 
 def write_gallery(cfg, data: eval_data.EvalData, rows: list[int],
@@ -188,9 +194,11 @@ def write_gallery(cfg, data: eval_data.EvalData, rows: list[int],
               for name, s in scores.items()}
   shown = sorted({data.catalog.index_of(pid) for r in rankings.values()
                   for row in r for pid, _ in row})
-  qrels = {data.query_ids[i]: {ids[j]: int(data.labels[i, j])
-                               for j in np.flatnonzero(data.judged[i])}
-           for i in rows}
+  q, qrels = data.qrels, {}
+  for i in rows:  # The listed pairs of the shown queries.
+    pairs = slice(q.indptr[i], q.indptr[i + 1])
+    qrels[data.query_ids[i]] = {ids[j]: int(lab) for j, lab in zip(
+        q.product[pairs], q.label[pairs])}
   gallery_lib.write_gallery(
       workdir, [(data.query_ids[i], data.queries[i]) for i in rows], rankings,
       {ids[j]: data.catalog.titles[j] for j in shown},
@@ -259,10 +267,12 @@ def evaluate(cfg, workdir: str,
     shown_scores["dashclip_text"] = _scores_of(q, p, shown)
 
   if "bm25" in cfg.baselines:
-    bm25 = baselines_lib.bm25_scores(data.queries, titles)
-    shown_scores["bm25"] = bm25[shown]
-    ranking = metrics_lib.rank_by_score(bm25, k=cfg.knn.depth or None)
-    results["bm25"] = metrics_lib.retrieval_metrics(ranking, data.labels,
+    bm25 = baselines_lib.bm25_scorer(titles)
+    shown_scores["bm25"] = bm25([data.queries[i] for i in shown])
+    ranking = baselines_lib.bm25_topk(
+        data.queries, eval_data.rank_depth(cfg, len(titles)), bm25,
+        len(titles))
+    results["bm25"] = metrics_lib.retrieval_metrics(ranking, data.qrels,
                                                     data.query_ids)
   if "minilm" in cfg.baselines:
     minilm = baselines_lib.MiniLM()

@@ -10,6 +10,16 @@ its shards, writes its part of the embedding export, and the embeddings are
 gathered. Process 0 then computes the metrics, plots and report on its own
 devices (the exact KNN's mesh is process-local) and builds the export's
 index from all the parts, while the others wait for it.
+
+Scoring stays on process 0 because it is bounded there: the exact KNN
+streams the catalog in chunks and keeps Q x knn.depth candidates, the
+labels are the judged pairs (`metrics.SparseQrels`) and BM25 keeps a
+running top-k, so 1,000 queries x 400K products need well under 2 GB above
+the gathered embeddings (bench/eval_scale.py), and the (Q, N) inner
+products are ~0.1 TFLOP, seconds on one host's accelerators. Splitting the
+queries over processes would save those seconds but not memory (each
+process holds the gathered products either way), while BM25, MiniLM, the
+probes and plots would still run on process 0.
 """
 
 from __future__ import annotations

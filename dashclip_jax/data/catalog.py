@@ -104,6 +104,18 @@ class Catalog:
       self._index = {pid: i for i, pid in enumerate(self.ids)}
     return self._index.get(str(product_id))
 
+  def id_lookup(self) -> tuple[Any, np.ndarray]:
+    """-> (pyarrow string array of the distinct ids, int64 row of each), for
+    vectorised lookups (`pyarrow.compute.index_in`) that agree with
+    `index_of`."""
+    if getattr(self, "_id_lookup", None) is None:
+      import pyarrow as pa  # pylint: disable=g-import-not-at-top
+      self.index_of("")  # Builds the index.
+      self._id_lookup = (pa.array(list(self._index), pa.string()),
+                         np.fromiter(self._index.values(), np.int64,
+                                     len(self._index)))
+    return self._id_lookup
+
   def take(self, indices: Sequence[int], name: str | None = None) -> "Catalog":
     """Sub-catalog with rows `indices`, keeping the category vocabulary."""
     idx = [int(i) for i in indices]

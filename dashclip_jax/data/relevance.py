@@ -10,11 +10,15 @@ are skipped and counted.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import os
 from typing import Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
@@ -65,11 +69,14 @@ class Relevance:
 
   def qrels(self, min_label: int = 1) -> list[dict[int, int]]:
     """Per query: {product index: label} for labels >= min_label."""
-    out = [dict() for _ in range(self.num_queries)]
-    for q, p, l in zip(self.query, self.product, self.label):
-      if l >= min_label:
-        out[int(q)][int(p)] = int(l)
-    return out
+    keep = self.label >= min_label
+    order = np.argsort(self.query[keep], kind="stable")
+    products = self.product[keep][order].tolist()
+    labels = self.label[keep][order].tolist()
+    bounds = np.searchsorted(self.query[keep][order],
+                             np.arange(self.num_queries + 1)).tolist()
+    return [dict(zip(products[a:b], labels[a:b]))
+            for a, b in zip(bounds[:-1], bounds[1:])]
 
   def products_by_query(self, labels: Sequence[int]) -> list[np.ndarray]:
     """Per query: int32 array of product indices whose label is in `labels`."""
@@ -131,57 +138,181 @@ def relevance_from_rows(
   """Validates (where, row, error) triples against `catalog`."""
   if header is not None:
     tables.require_columns(name, header, dataclasses.astuple(columns))
-  bad = br.BadRecords(f"relevance {name}", max_bad_fraction=max_bad_fraction)
-  qindex: dict[str, int] = {}
-  query_ids, queries = [], []
-  qs, ps, ls = [], [], []
-  seen_pairs = set()
-  for where, row, error in rows:
-    if row is None:
-      bad.bad(where, "malformed row", error)
-      continue
-    qid = tables.cell_text(row.get(columns.query_id))
-    text = tables.cell_text(row.get(columns.query))
-    pid = tables.cell_text(row.get(columns.product_id))
-    raw = tables.cell_text(row.get(columns.label))
-    if not qid or not text:
-      bad.bad(where, "empty query", f"query_id {qid!r}")
-      continue
+  return relevance_from_batches(
+      tables.rows_to_batches(rows, dataclasses.astuple(columns)), catalog,
+      name=name, columns=columns, max_bad_fraction=max_bad_fraction)
+
+
+# Why a row is skipped, in the order the checks judge a row.
+MALFORMED, EMPTY, BAD_LABEL, UNKNOWN, TEXT_DIFFERS, DUPLICATE = (
+    "malformed row", "empty query", "label outside {0,1,2}",
+    "unknown product", "query text differs", "duplicate pair")
+
+
+def relevance_from_batches(
+    batches: Iterable[tables.ColumnBatch],
+    catalog: catalog_lib.Catalog,
+    *,
+    name: str,
+    columns: RelevanceColumns = RelevanceColumns(),
+    max_bad_fraction: float = 0.01,
+) -> Relevance:
+  """Validates column batches against `catalog`, with no Python per row.
+
+  The result equals judging the rows one by one, in order: a row is skipped
+  for the first failing check of malformed, empty query, label outside
+  {0,1,2}, unknown product, query text differs (the first row passing the
+  checks before it fixes its query id's text) and duplicate pair (the first
+  row passing all the checks before it owns the pair). Query indices follow
+  the first appearance of a query id among such rows. Python runs per
+  distinct query of a batch and per bad row named as a culprit.
+  """
+  loader = _Loader(catalog, columns,
+                   br.BadRecords(f"relevance {name}",
+                                 max_bad_fraction=max_bad_fraction))
+  for batch in batches:
+    loader.add(batch)
+  return loader.finish(name)
+
+
+class _Loader:
+  """The state `relevance_from_batches` keeps across batches."""
+
+  def __init__(self, catalog: catalog_lib.Catalog, columns: RelevanceColumns,
+               bad: br.BadRecords):
+    self.catalog, self.columns, self.bad = catalog, columns, bad
+    self.catalog_ids, self.catalog_rows = catalog.id_lookup()
+    self.qindex: dict[str, int] = {}
+    self.query_ids: list[str] = []
+    self.queries: list[str] = []
+    self.parts = []  # (query, product, label, record) of rows passing.
+    self.counts = collections.Counter()  # reason -> rows
+    self.culprits = []  # (record, reason, where, detail), the first ones.
+    self.names = tables.Names()
+
+  def _culprits(self, batch, reason, rows, detail) -> None:
+    """Counts `rows` (batch indices, ascending) and names the first ones."""
+    self.counts[reason] += len(rows)
+    for i in rows[:self.bad.max_culprits]:
+      self.culprits.append((batch.start + int(i), reason, batch.where(int(i)),
+                            detail(int(i))))
+
+  def add(self, batch: tables.ColumnBatch) -> None:
+    n = len(batch)
+    if not n:
+      return
+    self.names.add(batch)
+    cols = batch.columns
+    qid, text = cols[self.columns.query_id], cols[self.columns.query]
+    pid, raw = cols[self.columns.product_id], cols[self.columns.label]
+    malformed = np.zeros(n, bool)
+    malformed[list(batch.errors)] = True
+    empty = _np(pc.or_(pc.equal(qid, ""), pc.equal(text, "")))
+    label = _labels(raw)
+    pos = pc.index_in(pid, value_set=self.catalog_ids)
+    p = np.where(_np(pc.is_valid(pos)),
+                 self.catalog_rows[_np(pc.fill_null(pos, 0))], -1)
+    reason = np.select([malformed, empty, label < 0, p < 0], [1, 2, 3, 4], 0)
+    # A string cell of row i, for the culprits.
+    cell = lambda col, i: col[i].as_py()
+    self._culprits(batch, MALFORMED, np.flatnonzero(reason == 1),
+                   lambda i: batch.errors[i])
+    self._culprits(batch, EMPTY, np.flatnonzero(reason == 2),
+                   lambda i: f"query_id {cell(qid, i)!r}")
+    self._culprits(batch, BAD_LABEL, np.flatnonzero(reason == 3),
+                   lambda i: f"label {cell(raw, i)!r}")
+    self._culprits(batch, UNKNOWN, np.flatnonzero(reason == 4),
+                   lambda i: f"product_id {cell(pid, i)!r}")
+
+    rows = np.flatnonzero(reason == 0)
+    q = self._query_indices(qid.take(rows), text.take(rows))
+    # The text each row's query id is fixed to (Python per distinct query).
+    canon = pa.array([self.queries[g] for g in np.unique(q)], pa.string())
+    slot = np.searchsorted(np.unique(q), q)
+    differs = _np(pc.not_equal(text.take(rows), canon.take(slot)))
+    self._culprits(
+        batch, TEXT_DIFFERS, rows[differs],
+        lambda i: (f"query_id {cell(qid, i)}: {cell(text, i)!r} vs "
+                   f"{self.queries[self.qindex[cell(qid, i)]]!r}"))
+    rows, q = rows[~differs], q[~differs]
+    self.parts.append((q, p[rows].astype(np.int32), label[rows],
+                       batch.start + rows))
+
+  def _query_indices(self, qid, text) -> np.ndarray:
+    """int32 (N,) query index of each row; registers new query ids, in order
+    of first appearance, with the text of their first row."""
+    if not len(qid):
+      return np.zeros((0,), np.int32)
+    enc = pc.dictionary_encode(qid)
+    codes = _np(enc.indices)
+    _, first = np.unique(codes, return_index=True)  # per distinct id
+    new = []
+    index = np.empty(len(enc.dictionary), np.int32)
+    for k, u in enumerate(enc.dictionary.to_pylist()):
+      g = self.qindex.get(u)
+      if g is None:
+        g = self.qindex[u] = len(self.query_ids)
+        self.query_ids.append(u)
+        new.append(first[k])
+      index[k] = g
+    self.queries.extend(text.take(np.asarray(new, np.int64)).to_pylist())
+    return index[codes]
+
+  def finish(self, name: str) -> Relevance:
+    bad, ids = self.bad, self.catalog.ids
+    parts = list(zip(*self.parts)) or [[np.zeros(0, np.int32)]] * 4
+    q, p, label, record = (np.concatenate(a) for a in parts)
+    # The first row of each pair owns it (a stable sort keeps row order).
+    _, first = np.unique(q.astype(np.int64) * len(ids) + p,
+                         return_index=True)
+    keep = np.zeros(len(q), bool)
+    keep[first] = True
+    dups = np.flatnonzero(~keep)
+    self.counts[DUPLICATE] += len(dups)
+    for i in dups[:bad.max_culprits]:
+      self.culprits.append((int(record[i]), DUPLICATE,
+                            self.names(int(record[i])),
+                            f"{self.query_ids[q[i]]}, {ids[p[i]]}"))
+    # Bad rows reach BadRecords in row order, as a row-by-row loop would
+    # meet them; past the named ones only counts are kept.
+    named = collections.Counter()
+    for _, reason, where, detail in sorted(self.culprits,
+                                           key=lambda c: c[0]):
+      named[reason] += 1
+      if named[reason] <= bad.max_culprits:
+        bad.bad(where, reason, detail)
+    for reason, n in self.counts.items():
+      if n > named[reason]:
+        bad.counts[reason] += n - named[reason]
+        bad.seen += n - named[reason]
+    bad.ok(int(keep.sum()))
+    if not keep.any():
+      raise br.BadDataError(
+          f"{name}: no usable relevance rows. {bad.summary()}")
+    bad.check()
+    return Relevance(
+        name=name, query_ids=self.query_ids, queries=self.queries,
+        query=q[keep].astype(np.int32), product=p[keep].astype(np.int32),
+        label=label[keep].astype(np.int8), num_products=len(ids), bad=bad)
+
+
+def _np(array) -> np.ndarray:
+  return array.to_numpy(zero_copy_only=False)
+
+
+def _labels(raw) -> np.ndarray:
+  """int8 (N,) label of each text cell, -1 where not one of LABELS: `int()`
+  judges each distinct text once."""
+  enc = pc.dictionary_encode(raw)
+  lut = np.full(len(enc.dictionary) + 1, -1, np.int8)
+  for k, v in enumerate(enc.dictionary.to_pylist()):
     try:
-      label = int(raw)
+      label = int(v)
     except ValueError:
-      label = None
-    if label not in LABELS:
-      bad.bad(where, "label outside {0,1,2}", f"label {raw!r}")
       continue
-    p = catalog.index_of(pid)
-    if p is None:
-      bad.bad(where, "unknown product", f"product_id {pid!r}")
-      continue
-    q = qindex.get(qid)
-    if q is None:
-      q = qindex[qid] = len(queries)
-      query_ids.append(qid)
-      queries.append(text)
-    elif queries[q] != text:
-      bad.bad(where, "query text differs",
-              f"query_id {qid}: {text!r} vs {queries[q]!r}")
-      continue
-    if (q, p) in seen_pairs:
-      bad.bad(where, "duplicate pair", f"{qid}, {pid}")
-      continue
-    seen_pairs.add((q, p))
-    qs.append(q)
-    ps.append(p)
-    ls.append(label)
-    bad.ok()
-  if not ls:
-    raise br.BadDataError(f"{name}: no usable relevance rows. {bad.summary()}")
-  bad.check()
-  return Relevance(
-      name=name, query_ids=query_ids, queries=queries,
-      query=np.array(qs, np.int32), product=np.array(ps, np.int32),
-      label=np.array(ls, np.int8), num_products=len(catalog), bad=bad)
+    if label in LABELS:
+      lut[k] = label
+  return lut[_np(pc.fill_null(enc.indices, len(enc.dictionary)))]
 
 
 def load_relevance(
@@ -190,19 +321,50 @@ def load_relevance(
     columns: RelevanceColumns = RelevanceColumns(),
     *,
     max_bad_fraction: float = 0.01,
+    shard: tuple[int, int] = (0, 1),
 ) -> Relevance:
   """Reads `query_id, query, product_id, label` rows (CSV or Parquet).
 
   Args:
-    path: e.g. ".../fashion/relevance_train.csv".
+    path: e.g. ".../fashion/relevance_train.csv", or a table directory that
+      `python -m dashclip_jax.data.prepare` wrote (e.g. ".../relevance_train").
     catalog: products the rows must name (e.g. `catalog.subset("train")`);
       rows naming any other product are skipped as "unknown product".
-    columns: column mapping.
+    columns: column mapping (of a CSV or Parquet file).
     max_bad_fraction: above this fraction of skipped rows, raise BadDataError.
+    shard: (index, count): only the queries of this shard, for `count`
+      processes that split the queries. From a prepared directory only the
+      shard files of this process are read (files index, index + count, ...);
+      a CSV or Parquet file is read whole and its queries kept by
+      `query_shards(query_ids, count) == index` (the same split when `count`
+      divides the prepared shard count).
   """
-  header, rows = tables.read_table_rows(path)
-  return relevance_from_rows(rows, catalog, name=path, columns=columns,
-                             header=header, max_bad_fraction=max_bad_fraction)
+  index, count = shard
+  if not 0 <= index < count:
+    raise ValueError(f"shard={shard}: want 0 <= index < count")
+  if os.path.isdir(path):
+    from dashclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+    return prepare.read_relevance(path, catalog, shard=shard,
+                                  max_bad_fraction=max_bad_fraction)
+  names = dataclasses.astuple(columns)
+  tables.require_columns(path, tables.read_header(path), names)
+  rel = tables.with_column_batches(
+      path, names, lambda batches: relevance_from_batches(
+          batches, catalog, name=path, columns=columns,
+          max_bad_fraction=max_bad_fraction))
+  if count == 1:
+    return rel
+  return rel.take_queries(
+      np.flatnonzero(query_shards(rel.query_ids, count) == index),
+      f"shard {index} of {count}")
+
+
+def query_shards(query_ids: Sequence[str], num_shards: int) -> np.ndarray:
+  """int64 (Q,) shard of each query id: a hash of the id, the same on every
+  machine, so all pairs of a query land in one shard."""
+  return np.array([
+      int.from_bytes(hashlib.sha256(q.encode()).digest()[:8], "big")
+      % num_shards for q in query_ids], np.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -245,14 +407,19 @@ def relevant_table(relevance: Relevance, max_relevant: int
   more relevant products than the cap raises (a silently truncated list
   would turn relevant products into negatives).
   """
-  groups = relevance.products_by_query([1, 2])
-  r = max(1, max(len(g) for g in groups))
+  keep = relevance.label >= 1
+  order = np.argsort(relevance.query[keep], kind="stable")
+  query = relevance.query[keep][order]
+  counts = np.bincount(query, minlength=relevance.num_queries)
+  r = max(1, int(counts.max(initial=0)))
   if r > max_relevant:
-    worst = int(np.argmax([len(g) for g in groups]))
+    worst = int(np.argmax(counts))
     raise ValueError(
         f"{relevance.name}: query {relevance.query_ids[worst]} has {r} "
         f"relevant products, more than max_relevant={max_relevant}; raise it.")
-  table = np.full((len(groups), r), -1, np.int32)
-  for q, g in enumerate(groups):
-    table[q, :len(g)] = g
+  # Each pair's place among its query's pairs, in pair order.
+  starts = np.cumsum(counts) - counts
+  rank = np.arange(len(query)) - starts[query]
+  table = np.full((relevance.num_queries, r), -1, np.int32)
+  table[query, rank] = relevance.product[keep][order]
   return table

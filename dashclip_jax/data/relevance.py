@@ -278,8 +278,8 @@ class _Loader:
     named = collections.Counter()
     for _, reason, where, detail in sorted(self.culprits,
                                            key=lambda c: c[0]):
-      named[reason] += 1
-      if named[reason] <= bad.max_culprits:
+      if named[reason] < bad.max_culprits:
+        named[reason] += 1
         bad.bad(where, reason, detail)
     for reason, n in self.counts.items():
       if n > named[reason]:

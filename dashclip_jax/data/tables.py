@@ -30,7 +30,6 @@ import bisect
 import csv
 import dataclasses
 import os
-import sys
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -39,9 +38,11 @@ Row = tuple[str, dict | None, str]  # (where, row or None, error)
 
 # Records per column batch: a few tens of MB of text per column.
 BATCH_ROWS = 1 << 20
-# What str.strip() strips: utf8_trim_whitespace misses \x1c-\x1f.
-_PY_WHITESPACE = "".join(chr(c) for c in range(sys.maxunicode + 1)
-                         if chr(c).isspace())
+# What str.strip() strips (every c with c.isspace()); pyarrow's
+# utf8_trim_whitespace would keep \x1c-\x1f.
+PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+                 "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+                 "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
 def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
@@ -200,9 +201,18 @@ class ColumnBatch:
   columns: dict[str, Any]
   errors: dict[int, str]
   where: Callable[[int], str]
+  numbered: str | None = None  # "rel.csv line {}": record i is number
+  first_number: int = 0        # first_number + i (then `where` says so).
 
   def __len__(self) -> int:
     return len(next(iter(self.columns.values())))
+
+  def wheres(self, rows: np.ndarray) -> list[str]:
+    """Culprit names of records `rows` (batch indices)."""
+    if self.numbered is None:
+      return [self.where(i) for i in rows.tolist()]
+    return list(map(self.numbered.format,
+                    (np.asarray(rows) + self.first_number).tolist()))
 
 
 class Names:
@@ -238,8 +248,10 @@ def text_column(array) -> Any:
     values = text_column(array.dictionary)
     return pc.fill_null(pc.take(values, array.indices), "")
   if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-    return pc.utf8_trim(pc.fill_null(array, ""), _PY_WHITESPACE).cast(
+    return pc.utf8_trim(pc.fill_null(array, ""), PY_WHITESPACE).cast(
         pa.string())
+  if pa.types.is_integer(array.type):  # str(int) is arrow's cast.
+    return pc.fill_null(array.cast(pa.string()), "")
   values = pc.unique(array)
   texts = pa.array([cell_text(v) for v in values.to_pylist()], pa.string())
   return pc.take(texts, pc.index_in(array, value_set=values))
@@ -277,6 +289,36 @@ def rows_to_batches(rows: Iterable[Row], names: Sequence[str],
       yield batch
   if where or not start:
     yield flush()
+
+
+def report_bad(bad, reasons: Sequence[str], code: np.ndarray,
+               detail: Callable[[int, int], str],
+               where: Callable[[int], str]) -> None:
+  """Counts the skips of vectorised checks as a row-by-row loop would.
+
+  Args:
+    bad: the `bad_records.BadRecords` to fill.
+    reasons: reason of each code 1, 2, ... (several codes may share one).
+    code: int (N,) per record: 0 good, k > 0 skipped for `reasons[k - 1]`.
+    detail: (record, code) -> the culprit's detail text.
+    where: record -> its culprit name.
+
+  The first `bad.max_culprits` records of each reason are named, in record
+  order across reasons; Python runs only for those.
+  """
+  firsts, more = [], {}
+  for reason in dict.fromkeys(reasons):
+    ks = [k + 1 for k, r in enumerate(reasons) if r == reason]
+    rows = np.flatnonzero(np.isin(code, ks))
+    firsts += [(int(i), reason) for i in rows[:bad.max_culprits]]
+    more[reason] = max(0, len(rows) - bad.max_culprits)
+  for i, reason in sorted(firsts):
+    bad.bad(where(i), reason, detail(i, int(code[i])))
+  for reason, n in more.items():  # Counted, not named.
+    if n:
+      bad.counts[reason] += n
+      bad.seen += n
+  bad.ok(int(np.count_nonzero(code == 0)))
 
 
 class IrregularCSV(Exception):
@@ -346,7 +388,8 @@ def _csv_batch(table, start: int, base: str,
   return ColumnBatch(
       start=start, errors={},
       columns={n: text_column(table.column(n)) for n in names},
-      where=lambda i: f"{base} line {start + i + 2}")
+      where=lambda i: f"{base} line {start + i + 2}",
+      numbered=f"{base} line {{}}", first_number=start + 2)
 
 
 def _python_csv_batches(path: str, names: Sequence[str],
@@ -371,7 +414,8 @@ def _parquet_batches(path: str, names: Sequence[str],
     yield ColumnBatch(
         start=n, errors={},
         columns={c: text_column(batch.column(c)) for c in names},
-        where=lambda i, n=n: f"{base} row {n + i}")
+        where=lambda i, n=n: f"{base} row {n + i}",
+        numbered=f"{base} row {{}}", first_number=n)
     n += len(batch)
 
 

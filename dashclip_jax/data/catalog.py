@@ -557,7 +557,9 @@ def load_catalog(
   """Reads a CSV/Parquet catalog.
 
   Args:
-    path: the table, e.g. ".../fashion/styles.csv" or "catalog.parquet".
+    path: the table, e.g. ".../fashion/styles.csv" or "catalog.parquet", or
+      a directory written by `python -m dashclip_jax.data.prepare` (its
+      catalog, validated there: the other arguments are not used).
     columns: column mapping; default `FASHION_COLUMNS` for a file named
       styles.csv, else `CatalogColumns()` (id, title, category, image, split).
     root: image paths are relative to it and may not escape it; default: the
@@ -567,6 +569,9 @@ def load_catalog(
   Returns:
     The Catalog (all splits; use `.subset("train")`).
   """
+  if os.path.isdir(path):
+    from dashclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+    return prepare.read_catalog(path)
   if columns is None:
     columns = (FASHION_COLUMNS if os.path.basename(path) == "styles.csv"
                else CatalogColumns())

@@ -205,14 +205,16 @@ class _Loader:
     cols = batch.columns
     qid, text = cols[self.columns.query_id], cols[self.columns.query]
     pid, raw = cols[self.columns.product_id], cols[self.columns.label]
-    malformed = np.zeros(n, bool)
-    malformed[list(batch.errors)] = True
+    # The first failing check of each row (0: all passed so far).
+    reason = np.zeros(n, np.int8)
+    reason[list(batch.errors)] = 1
     empty = _np(pc.or_(pc.equal(qid, ""), pc.equal(text, "")))
+    reason[(reason == 0) & empty] = 2
     label = _labels(raw)
+    reason[(reason == 0) & (label < 0)] = 3
     pos = pc.index_in(pid, value_set=self.catalog_ids)
-    p = np.where(_np(pc.is_valid(pos)),
-                 self.catalog_rows[_np(pc.fill_null(pos, 0))], -1)
-    reason = np.select([malformed, empty, label < 0, p < 0], [1, 2, 3, 4], 0)
+    known = _np(pc.is_valid(pos))
+    reason[(reason == 0) & ~known] = 4
     # A string cell of row i, for the culprits.
     cell = lambda col, i: col[i].as_py()
     self._culprits(batch, MALFORMED, np.flatnonzero(reason == 1),
@@ -225,27 +227,26 @@ class _Loader:
                    lambda i: f"product_id {cell(pid, i)!r}")
 
     rows = np.flatnonzero(reason == 0)
-    q = self._query_indices(qid.take(rows), text.take(rows))
-    # The text each row's query id is fixed to (Python per distinct query).
-    canon = pa.array([self.queries[g] for g in np.unique(q)], pa.string())
-    slot = np.searchsorted(np.unique(q), q)
-    differs = _np(pc.not_equal(text.take(rows), canon.take(slot)))
+    del reason, empty, known
+    q, differs = self._queries(qid.take(rows), text.take(rows))
     self._culprits(
         batch, TEXT_DIFFERS, rows[differs],
         lambda i: (f"query_id {cell(qid, i)}: {cell(text, i)!r} vs "
                    f"{self.queries[self.qindex[cell(qid, i)]]!r}"))
     rows, q = rows[~differs], q[~differs]
-    self.parts.append((q, p[rows].astype(np.int32), label[rows],
-                       batch.start + rows))
+    p = self.catalog_rows[_np(pos.take(rows))].astype(np.int32)
+    self.parts.append((q, p, label[rows], batch.start + rows))
 
-  def _query_indices(self, qid, text) -> np.ndarray:
-    """int32 (N,) query index of each row; registers new query ids, in order
-    of first appearance, with the text of their first row."""
+  def _queries(self, qid, text) -> tuple[np.ndarray, np.ndarray]:
+    """-> (int32 (N,) query index of each row, bool (N,) its text differs
+    from its query's). New query ids are registered in order of first
+    appearance, with the text of their first row (Python per distinct id)."""
     if not len(qid):
-      return np.zeros((0,), np.int32)
-    enc = pc.dictionary_encode(qid)
-    codes = _np(enc.indices)
-    _, first = np.unique(codes, return_index=True)  # per distinct id
+      return np.zeros((0,), np.int32), np.zeros((0,), bool)
+    enc = pc.dictionary_encode(qid)  # Ids in order of first appearance,
+    codes = _np(enc.indices)         # so a row brings a new code when its
+    first = np.flatnonzero(np.diff(  # code tops the codes before it.
+        np.maximum.accumulate(codes), prepend=-1) > 0)
     new = []
     index = np.empty(len(enc.dictionary), np.int32)
     for k, u in enumerate(enc.dictionary.to_pylist()):
@@ -256,17 +257,29 @@ class _Loader:
         new.append(first[k])
       index[k] = g
     self.queries.extend(text.take(np.asarray(new, np.int64)).to_pylist())
-    return index[codes]
+    # Compare text codes: where in this batch's texts each id's text is.
+    texts = pc.dictionary_encode(text)
+    canon = pc.index_in(pa.array([self.queries[g] for g in index.tolist()],
+                                 pa.string()), value_set=texts.dictionary)
+    canon = _np(pc.fill_null(canon, -1))
+    return index[codes], canon[codes] != _np(texts.indices)
 
   def finish(self, name: str) -> Relevance:
     bad, ids = self.bad, self.catalog.ids
     parts = list(zip(*self.parts)) or [[np.zeros(0, np.int32)]] * 4
+    self.parts = []
     q, p, label, record = (np.concatenate(a) for a in parts)
-    # The first row of each pair owns it (a stable sort keeps row order).
-    _, first = np.unique(q.astype(np.int64) * len(ids) + p,
-                         return_index=True)
-    keep = np.zeros(len(q), bool)
-    keep[first] = True
+    del parts
+    # The first row of each pair owns it: a stable sort keeps row order
+    # among equal pairs, so all but the first of a run are duplicates.
+    key = q.astype(np.int64) * len(ids) + p
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    later = np.flatnonzero(key[1:] == key[:-1]) + 1
+    del key
+    keep = np.ones(len(q), bool)
+    keep[order[later]] = False
+    del order, later
     dups = np.flatnonzero(~keep)
     self.counts[DUPLICATE] += len(dups)
     for i in dups[:bad.max_culprits]:

@@ -1,0 +1,72 @@
+r"""Relevance loading time and peak memory: this tree vs another checkout.
+
+  python bench/scale_tables.py --out=/tmp/scale --products=400000 \
+      --pairs=3200000
+  git archive main dashclip_jax | tar -x -C /tmp/main_tree
+  python bench/relevance_load.py --table=/tmp/scale/relevance_train.csv \
+      --catalog=/tmp/scale/catalog.parquet --other=/tmp/main_tree
+
+Each implementation runs in a fresh process that builds the catalog in
+memory from the ids of `--catalog` (so only relevance loading is timed),
+loads the table with `relevance.load_relevance` and reports seconds, pairs,
+peak RSS (ru_maxrss) and peak virtual memory (VmPeak, what RLIMIT_AS caps).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+import pyarrow.parquet as pq
+from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import relevance as relevance_lib
+table, catalog_path = sys.argv[1:3]
+ids = [str(i) for i in pq.read_table(catalog_path, columns=["id"])
+       .column("id").to_pylist()]
+cat = catalog_lib.Catalog(
+    name="ids", ids=ids, titles=ids, category=np.zeros(len(ids), np.int32),
+    category_names=[], split=["train"] * len(ids), images=ids, where=ids)
+cat.index_of("")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+rel = relevance_lib.load_relevance(table, cat)
+seconds = time.perf_counter() - start
+status = dict(l.split(":", 1) for l in open("/proc/self/status"))
+print(json.dumps({
+    "module": relevance_lib.__file__, "seconds": round(seconds, 2),
+    "pairs": len(rel), "queries": rel.num_queries,
+    "rss_before_mb": before // 1024,
+    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    "vm_peak_mb": int(status["VmPeak"].split()[0]) // 1024}))
+"""
+
+
+def measure(tree: str, table: str, catalog: str) -> dict:
+  out = subprocess.run(
+      [sys.executable, "-c", CHILD, table, catalog], check=True,
+      capture_output=True, text=True, cwd=tree,  # "" on sys.path is cwd.
+      env=dict(os.environ, PYTHONPATH=tree))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--table", required=True)
+  parser.add_argument("--catalog", required=True,
+                      help="Parquet with an id column (scale_tables.py)")
+  parser.add_argument("--other", default=None,
+                      help="a tree holding another dashclip_jax (e.g. main)")
+  args = parser.parse_args()
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for tree in [args.other, here]:
+    if tree:
+      print(json.dumps({"tree": tree,
+                        **measure(tree, args.table, args.catalog)}))
+
+
+if __name__ == "__main__":
+  main()

@@ -235,7 +235,7 @@ class _Loader:
                    f"{self.queries[self.qindex[cell(qid, i)]]!r}"))
     rows, q = rows[~differs], q[~differs]
     p = self.catalog_rows[_np(pos.take(rows))].astype(np.int32)
-    self.parts.append((q, p, label[rows], batch.start + rows))
+    self.parts.append((batch.start, q, p, label[rows], rows.astype(np.int32)))
 
   def _queries(self, qid, text) -> tuple[np.ndarray, np.ndarray]:
     """-> (int32 (N,) query index of each row, bool (N,) its text differs
@@ -266,10 +266,19 @@ class _Loader:
 
   def finish(self, name: str) -> Relevance:
     bad, ids = self.bad, self.catalog.ids
-    parts = list(zip(*self.parts)) or [[np.zeros(0, np.int32)]] * 4
+    # Joined part by part, so the parts and the whole never coexist.
+    sizes = [len(part[1]) for part in self.parts]
+    offsets = np.cumsum([0] + sizes)
+    starts = [part[0] for part in self.parts]
+    q, p, local = (np.empty(offsets[-1], np.int32) for _ in range(3))
+    label = np.empty(offsets[-1], np.int8)
+    for k, a, b in zip(range(len(sizes)), offsets[:-1], offsets[1:]):
+      _, q[a:b], p[a:b], label[a:b], local[a:b] = self.parts[k]
+      self.parts[k] = None
     self.parts = []
-    q, p, label, record = (np.concatenate(a) for a in parts)
-    del parts
+    # Pair i came from record starts[b] + local[i] of its batch b.
+    record = lambda i: (starts[np.searchsorted(offsets, i, "right") - 1]
+                        + int(local[i]))
     # The first row of each pair owns it: a stable sort keeps row order
     # among equal pairs, so all but the first of a run are duplicates.
     key = q.astype(np.int64) * len(ids) + p
@@ -283,8 +292,7 @@ class _Loader:
     dups = np.flatnonzero(~keep)
     self.counts[DUPLICATE] += len(dups)
     for i in dups[:bad.max_culprits]:
-      self.culprits.append((int(record[i]), DUPLICATE,
-                            self.names(int(record[i])),
+      self.culprits.append((record(i), DUPLICATE, self.names(record(i)),
                             f"{self.query_ids[q[i]]}, {ids[p[i]]}"))
     # Bad rows reach BadRecords in row order, as a row-by-row loop would
     # meet them; past the named ones only counts are kept.
@@ -303,10 +311,11 @@ class _Loader:
       raise br.BadDataError(
           f"{name}: no usable relevance rows. {bad.summary()}")
     bad.check()
+    if not keep.all():
+      q, p, label = q[keep], p[keep], label[keep]
     return Relevance(
         name=name, query_ids=self.query_ids, queries=self.queries,
-        query=q[keep].astype(np.int32), product=p[keep].astype(np.int32),
-        label=label[keep].astype(np.int8), num_products=len(ids), bad=bad)
+        query=q, product=p, label=label, num_products=len(ids), bad=bad)
 
 
 def _np(array) -> np.ndarray:

@@ -287,3 +287,18 @@ def test_a_million_pairs_load_under_a_memory_cap(tmp_path):
           ARROW_DEFAULT_MEMORY_POOL="system"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == [str(n), str(num_queries), str(label.sum())]
+
+
+@pytest.mark.parametrize("ids", [
+    ["5", "7", "1000", "-3", "0"],                    # dense integers
+    ["5", "7", str(10**17), "-3", str(-10**17)],      # sparse integers
+    ["5", "007", "a", "7", ""],                       # any text
+])
+def test_product_lookup_agrees_with_index_of(ids):
+  cat = _catalog(len(ids))
+  cat.ids = ids
+  asked = ["5", "7", "007", "-3", "-0", "0", "+5", " 5", "a", "", "999",
+           str(10**17), str(-10**17), "1" * 25, "1000"]
+  rows = relevance_lib._ProductIndex(cat).rows(pa.array(asked, pa.string()))
+  assert rows.tolist() == [
+      -1 if cat.index_of(a) is None else cat.index_of(a) for a in asked]

@@ -181,7 +181,7 @@ class _Loader:
   def __init__(self, catalog: catalog_lib.Catalog, columns: RelevanceColumns,
                bad: br.BadRecords):
     self.catalog, self.columns, self.bad = catalog, columns, bad
-    self.catalog_ids, self.catalog_rows = catalog.id_lookup()
+    self.products = _ProductIndex(catalog)
     self.qindex: dict[str, int] = {}
     self.query_ids: list[str] = []
     self.queries: list[str] = []
@@ -212,9 +212,8 @@ class _Loader:
     reason[(reason == 0) & empty] = 2
     label = _labels(raw)
     reason[(reason == 0) & (label < 0)] = 3
-    pos = pc.index_in(pid, value_set=self.catalog_ids)
-    known = _np(pc.is_valid(pos))
-    reason[(reason == 0) & ~known] = 4
+    product = self.products.rows(pid)
+    reason[(reason == 0) & (product < 0)] = 4
     # A string cell of row i, for the culprits.
     cell = lambda col, i: col[i].as_py()
     self._culprits(batch, MALFORMED, np.flatnonzero(reason == 1),
@@ -227,14 +226,14 @@ class _Loader:
                    lambda i: f"product_id {cell(pid, i)!r}")
 
     rows = np.flatnonzero(reason == 0)
-    del reason, empty, known
+    del reason, empty
     q, differs = self._queries(qid.take(rows), text.take(rows))
     self._culprits(
         batch, TEXT_DIFFERS, rows[differs],
         lambda i: (f"query_id {cell(qid, i)}: {cell(text, i)!r} vs "
                    f"{self.queries[self.qindex[cell(qid, i)]]!r}"))
     rows, q = rows[~differs], q[~differs]
-    p = self.catalog_rows[_np(pos.take(rows))].astype(np.int32)
+    p = product[rows].astype(np.int32)
     self.parts.append((batch.start, q, p, label[rows], rows.astype(np.int32)))
 
   def _queries(self, qid, text) -> tuple[np.ndarray, np.ndarray]:
@@ -316,6 +315,52 @@ class _Loader:
     return Relevance(
         name=name, query_ids=self.query_ids, queries=self.queries,
         query=q, product=p, label=label, num_products=len(ids), bad=bad)
+
+
+class _ProductIndex:
+  """Catalog rows of product id strings, as `Catalog.index_of` finds them.
+
+  Integer ids (the usual case) are looked up by a binary search of the
+  sorted ids; others by the catalog's dict, once per distinct id of a batch.
+  (pyarrow's index_in would hash the whole catalog on every call.)
+  """
+  # Decimal text that int() and str() map to itself, within int64.
+  _INT = r"^(0|-?[1-9][0-9]{0,17})$"
+
+  def __init__(self, catalog: catalog_lib.Catalog):
+    ids, rows = catalog.id_lookup()
+    self.index = None
+    if len(ids) and pc.all(pc.match_substring_regex(ids, self._INT)).as_py():
+      ints = _np(ids.cast(pa.int64()))
+      self.low, span = int(ints.min()), int(ints.max() - ints.min()) + 1
+      if span <= 8 * len(ints) + (1 << 16):  # Dense ids: a direct table.
+        self.table = np.full(span + 1, -1, np.int64)  # [span]: out of range
+        self.table[ints - self.low] = rows
+      else:
+        order = np.argsort(ints)
+        self.ints, self.rows_of, self.table = ints[order], rows[order], None
+    else:
+      catalog.index_of("")
+      self.index = catalog._index  # pylint: disable=protected-access
+
+  def rows(self, pid) -> np.ndarray:
+    """int64 (N,) catalog row of each id of a string array; -1: unknown."""
+    if self.index is not None:
+      enc = pc.dictionary_encode(pid)
+      lut = np.array([self.index.get(u, -1) for u in
+                      enc.dictionary.to_pylist()] + [-1], np.int64)
+      return lut[_np(enc.indices)]
+    # Other text cannot equal the decimal text of a catalog id.
+    ok = _np(pc.match_substring_regex(pid, self._INT))
+    value = np.zeros(len(pid), np.int64)
+    value[ok] = _np(pid.filter(pa.array(ok)).cast(pa.int64()))
+    if self.table is not None:
+      slot = value - self.low
+      slot[~ok | (slot < 0) | (slot >= len(self.table))] = len(self.table) - 1
+      return self.table[slot]
+    at = np.minimum(np.searchsorted(self.ints, value), len(self.ints) - 1)
+    found = ok & (self.ints[at] == value)
+    return np.where(found, self.rows_of[at], -1)
 
 
 def _np(array) -> np.ndarray:

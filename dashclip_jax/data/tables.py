@@ -336,8 +336,10 @@ def _line_stats(path: str) -> tuple[int, bool, bool]:
   with open(path, "rb") as f:
     while chunk := f.read(1 << 24):
       newlines += chunk.count(b"\n")
-      crs += chunk.count(b"\r")
-      crlfs += chunk.count(b"\r\n") + (prev_cr and chunk[:1] == b"\n")
+      cr = chunk.count(b"\r")
+      if cr or prev_cr:
+        crs += cr
+        crlfs += chunk.count(b"\r\n") + (prev_cr and chunk[:1] == b"\n")
       quote = quote or b'"' in chunk
       prev_cr = chunk[-1:] == b"\r"
       tail = (tail + chunk)[-4096:]

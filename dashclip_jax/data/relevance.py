@@ -6,6 +6,16 @@ Layout: `query_id, query, product_id, label` in CSV or Parquet, labels
 validated against a Catalog; bad rows (malformed, empty query, unknown
 product, label outside {0, 1, 2}, duplicate pair, one query id with two texts)
 are skipped and counted.
+
+Tables reach millions of pairs (DashCLIP: 32M), so they are read in column
+batches (`tables.with_column_batches`: pyarrow, with the python CSV reader
+only for a file pyarrow would misnumber) and judged with pyarrow/numpy:
+Python runs per distinct query id of a batch and per culprit named, never
+per pair, and a pair costs 9 bytes kept (query, product, label) and ~30
+while the duplicates are found (one stable sort of q * P + p). The result is
+that of judging the rows one by one (`relevance_from_batches`). A directory
+written by `python -m dashclip_jax.data.prepare` is read shard by shard
+(`load_relevance(..., shard=(i, n))`).
 """
 
 from __future__ import annotations

@@ -117,8 +117,14 @@ def write_catalog(catalog: catalog_lib.Catalog, out: str,
     root = None
   else:
     root = os.path.realpath(root)
-    cols["image"] = pa.array([os.path.relpath(i, root) for i in images],
-                             pa.string())
+    paths = pa.array(images, pa.string())
+    prefix = os.path.join(root, "")
+    if pc.all(pc.starts_with(paths, prefix)).as_py() is not False:
+      # Resolved under the root: strip it (str slicing, not per-row relpath).
+      cols["image"] = pa.array([i[len(prefix):] for i in images], pa.string())
+    else:
+      cols["image"] = pa.array([os.path.relpath(i, root) for i in images],
+                               pa.string())
   for k, v in catalog.attributes.items():
     cols[f"attribute.{k}"] = pa.array(v, pa.string())
   pq.write_table(pa.table(cols), os.path.join(out, CATALOG))
@@ -190,8 +196,9 @@ def write_relevance(rel: relevance_lib.Relevance,
   for i in range(num_shards):
     files.append(shard_name(i, num_shards))
     rows.append(int(bounds[i + 1] - bounds[i]))
+    # Row groups of 256K pairs bound what a reader decodes at once.
     pq.write_table(table.take(order[bounds[i]:bounds[i + 1]]),
-                   os.path.join(out, files[-1]))
+                   os.path.join(out, files[-1]), row_group_size=1 << 18)
   return {"rows": len(rel), "queries": rel.num_queries,
           "num_shards": num_shards, "shards": files, "rows_per_shard": rows,
           "queries_file": QUERIES, "columns": table.column_names,

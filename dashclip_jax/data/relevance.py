@@ -182,6 +182,7 @@ def relevance_from_batches(
                                  max_bad_fraction=max_bad_fraction))
   for batch in batches:
     loader.add(batch)
+  pa.default_memory_pool().release_unused()  # The batches' text is gone.
   return loader.finish(name)
 
 
@@ -288,16 +289,7 @@ class _Loader:
     # Pair i came from record starts[b] + local[i] of its batch b.
     record = lambda i: (starts[np.searchsorted(offsets, i, "right") - 1]
                         + int(local[i]))
-    # The first row of each pair owns it: a stable sort keeps row order
-    # among equal pairs, so all but the first of a run are duplicates.
-    key = q.astype(np.int64) * len(ids) + p
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    later = np.flatnonzero(key[1:] == key[:-1]) + 1
-    del key
-    keep = np.ones(len(q), bool)
-    keep[order[later]] = False
-    del order, later
+    keep = ~_later_duplicates(q, p, len(ids))
     dups = np.flatnonzero(~keep)
     self.counts[DUPLICATE] += len(dups)
     for i in dups[:bad.max_culprits]:
@@ -325,6 +317,37 @@ class _Loader:
     return Relevance(
         name=name, query_ids=self.query_ids, queries=self.queries,
         query=q, product=p, label=label, num_products=len(ids), bad=bad)
+
+
+def _later_duplicates(q: np.ndarray, p: np.ndarray, num_products: int,
+                      chunk: int = 1 << 20) -> np.ndarray:
+  """bool (M,): pair i repeats an earlier (q, p) pair.
+
+  The pair keys q * P + p are sorted in place to find the keys that repeat
+  (usually none); only the pairs with such a key are argsorted (stably, so
+  the first of each run keeps its pair). Memory: 8 bytes a pair, not the 24
+  of an argsort of all keys.
+  """
+  def keys(a, b):
+    return q[a:b].astype(np.int64) * num_products + p[a:b]
+  key = keys(0, len(q))
+  key.sort()
+  repeated = np.unique(key[1:][key[1:] == key[:-1]])
+  del key
+  later = np.zeros(len(q), bool)
+  if not len(repeated):
+    return later
+  for a in range(0, len(q), chunk):  # Pairs with a repeated key.
+    k = keys(a, a + chunk)
+    at = np.minimum(np.searchsorted(repeated, k), len(repeated) - 1)
+    later[a:a + chunk] = repeated[at] == k
+  rows = np.flatnonzero(later)
+  k = q[rows].astype(np.int64) * num_products + p[rows]
+  order = np.argsort(k, kind="stable")
+  k = k[order]
+  later[:] = False
+  later[rows[order[1:][k[1:] == k[:-1]]]] = True
+  return later
 
 
 class _ProductIndex:

@@ -161,6 +161,7 @@ def read_header(path: str) -> list[str]:
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     return list(pq.ParquetFile(path).schema_arrow.names)
   header, rows = _csv_records(path)
+  next(rows, None)  # Started, so that close() closes the file.
   rows.close()
   return header
 

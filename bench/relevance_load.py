@@ -8,7 +8,9 @@ r"""Relevance loading time and peak memory: this tree vs another checkout.
 
 Each implementation runs in a fresh process that builds the catalog in
 memory from the ids of `--catalog` (so only relevance loading is timed),
-loads the table with `relevance.load_relevance` and reports seconds, pairs,
+loads the table (a CSV/Parquet file or a prepared table directory, with
+`--shard` one process's shards of it) with `relevance.load_relevance` and
+reports seconds, pairs,
 peak RSS (ru_maxrss) and peak virtual memory (VmPeak, what RLIMIT_AS caps).
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
-table, catalog_path = sys.argv[1:3]
+table, catalog_path, shard = sys.argv[1:4]
 ids = [str(i) for i in pq.read_table(catalog_path, columns=["id"])
        .column("id").to_pylist()]
 cat = catalog_lib.Catalog(
@@ -33,7 +35,8 @@ cat = catalog_lib.Catalog(
 cat.index_of("")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-rel = relevance_lib.load_relevance(table, cat)
+kw = {"shard": tuple(map(int, shard.split(",")))} if shard else {}
+rel = relevance_lib.load_relevance(table, cat, **kw)
 seconds = time.perf_counter() - start
 status = dict(l.split(":", 1) for l in open("/proc/self/status"))
 print(json.dumps({
@@ -45,9 +48,9 @@ print(json.dumps({
 """
 
 
-def measure(tree: str, table: str, catalog: str) -> dict:
+def measure(tree: str, table: str, catalog: str, shard: str = "") -> dict:
   out = subprocess.run(
-      [sys.executable, "-c", CHILD, table, catalog], check=True,
+      [sys.executable, "-c", CHILD, table, catalog, shard], check=True,
       capture_output=True, text=True, cwd=tree,  # "" on sys.path is cwd.
       env=dict(os.environ, PYTHONPATH=tree))
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -58,14 +61,17 @@ def main():
   parser.add_argument("--table", required=True)
   parser.add_argument("--catalog", required=True,
                       help="Parquet with an id column (scale_tables.py)")
+  parser.add_argument("--shard", default="",
+                      help="index,count: one process's share (this tree)")
   parser.add_argument("--other", default=None,
                       help="a tree holding another dashclip_jax (e.g. main)")
   args = parser.parse_args()
   here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for tree in [args.other, here]:
-    if tree:
-      print(json.dumps({"tree": tree,
-                        **measure(tree, args.table, args.catalog)}))
+  if args.other:
+    print(json.dumps({"tree": args.other,
+                      **measure(args.other, args.table, args.catalog)}))
+  print(json.dumps({"tree": here, "shard": args.shard,
+                    **measure(here, args.table, args.catalog, args.shard)}))
 
 
 if __name__ == "__main__":

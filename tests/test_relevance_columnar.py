@@ -299,6 +299,15 @@ def test_product_lookup_agrees_with_index_of(ids):
   cat.ids = ids
   asked = ["5", "7", "007", "-3", "-0", "0", "+5", " 5", "a", "", "999",
            str(10**17), str(-10**17), "1" * 25, "1000"]
-  rows = relevance_lib._ProductIndex(cat).rows(pa.array(asked, pa.string()))
+  rows = relevance_lib.ProductIndex(cat).rows(pa.array(asked, pa.string()))
   assert rows.tolist() == [
       -1 if cat.index_of(a) is None else cat.index_of(a) for a in asked]
+
+
+def test_a_repeated_catalog_id_finds_the_row_index_of_finds():
+  cat = _catalog(4)
+  cat.ids = ["5", "6", "5", "x"]
+  for ids in (["5", "6", "5", "7"], ["5", "6", "5", "x"]):
+    cat.ids, cat._index, cat._id_lookup = ids, None, None
+    rows = relevance_lib.ProductIndex(cat).rows(pa.array(["5", "6", "7"]))
+    assert rows.tolist() == [2, 1, ids.index("7") if "7" in ids else -1]

@@ -112,11 +112,14 @@ class Catalog:
     vectorised lookups (`pyarrow.compute.index_in`) that agree with
     `index_of`."""
     if getattr(self, "_id_lookup", None) is None:
-      import pyarrow as pa  # pylint: disable=g-import-not-at-top
-      self.index_of("")  # Builds the index.
-      self._id_lookup = (pa.array(list(self._index), pa.string()),
-                         np.fromiter(self._index.values(), np.int64,
-                                     len(self._index)))
+      ids = pa.array(self.ids, pa.string())
+      if pc.count_distinct(ids).as_py() == len(ids):
+        self._id_lookup = ids, np.arange(len(ids), dtype=np.int64)
+      else:  # index_of finds the last row of a repeated id.
+        self.index_of("")
+        self._id_lookup = (pa.array(list(self._index), pa.string()),
+                           np.fromiter(self._index.values(), np.int64,
+                                       len(self._index)))
     return self._id_lookup
 
   def take(self, indices: Sequence[int], name: str | None = None) -> "Catalog":

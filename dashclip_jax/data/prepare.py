@@ -18,8 +18,9 @@ wherever a file path did: `catalog.load_catalog(out)`,
   out/<table>/queries.parquet     query_id, query: all queries, in order of
                                   first appearance
   out/<table>/part-00003-of-00064.parquet   query (int32 index into
-                                  queries.parquet), product_id, label (int8),
-                                  pair (int64: the pair's place in the table)
+                                  queries.parquet), product (int32 row of
+                                  catalog.parquet), label (int8), pair
+                                  (int64: the pair's place in the table)
   out/<table>/manifest.json  the table's part of the manifest
 
 A query's pairs all live in one shard (`relevance.query_shards` of its id),
@@ -182,10 +183,9 @@ def write_relevance(rel: relevance_lib.Relevance,
       "query_id": pa.array(rel.query_ids, pa.string()),
       "query": pa.array(rel.queries, pa.string())}),
                  os.path.join(out, QUERIES))
-  ids, _ = catalog.id_lookup()
   table = pa.table({
       "query": pa.array(rel.query, pa.int32()),
-      "product_id": ids.take(pa.array(rel.product)),
+      "product": pa.array(rel.product, pa.int32()),
       "label": pa.array(rel.label, pa.int8()),
       "pair": pa.array(np.arange(len(rel), dtype=np.int64)),
   })
@@ -201,7 +201,8 @@ def write_relevance(rel: relevance_lib.Relevance,
                    os.path.join(out, files[-1]), row_group_size=1 << 18)
   return {"rows": len(rel), "queries": rel.num_queries,
           "num_shards": num_shards, "shards": files, "rows_per_shard": rows,
-          "queries_file": QUERIES, "columns": table.column_names,
+          "queries_file": QUERIES, "catalog": os.path.join("..", CATALOG),
+          "columns": table.column_names,
           **_skips(rel.bad)}
 
 
@@ -217,39 +218,35 @@ def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
   """
   index, count = shard
   manifest = _read_manifest(directory)
-  files = manifest["shards"][index::count]
-  parts, names, sizes = [], [], []
-  for f in files:
-    t = pq.read_table(os.path.join(directory, f),
-                      read_dictionary=["product_id"])
-    parts.append(t)
+  # Rows of the prepared catalog -> rows of `catalog` (-1: not in it).
+  prepared_ids = pq.read_table(
+      os.path.join(directory, manifest["catalog"]), columns=["id"]).column(0)
+  row_in_catalog = relevance_lib.ProductIndex(catalog).rows(
+      prepared_ids.combine_chunks())
+  names, cols = [], {"query": [], "product": [], "label": [], "pair": []}
+  for f in manifest["shards"][index::count]:
     names.append(os.path.join(os.path.basename(directory), f))
-    sizes.append(len(t))
-  table = pa.concat_tables(parts).combine_chunks() if parts else None
-  offsets = np.cumsum([0] + sizes)
-  n = int(offsets[-1])
-  pair = table.column("pair").to_numpy() if n else np.zeros(0, np.int64)
-  order = np.argsort(pair, kind="stable")  # Each file is sorted already.
-  products = table.column("product_id").chunk(0) if n else None
-  ids, rows = catalog.id_lookup()
-  if n:
-    at = pc.index_in(products.dictionary, value_set=ids)
-    lut = np.where(pc.is_valid(at).to_numpy(zero_copy_only=False),
-                   rows[pc.fill_null(at, 0).to_numpy()], -1)
-    p = lut[products.indices.to_numpy()[order]]
-    q = table.column("query").to_numpy()[order]
-    label = table.column("label").to_numpy()[order]
-  else:
-    p = q = label = np.zeros(0, np.int64)
+    t = pq.read_table(os.path.join(directory, f))
+    for c in cols:
+      cols[c].append(t.column(c).to_numpy())
+  offsets = np.cumsum([0] + [len(a) for a in cols["pair"]])
+  q, p, label, pair = (np.concatenate(cols[c]) if names else np.zeros(0, int)
+                       for c in ("query", "product", "label", "pair"))
+  del cols
+  # Table order: each file is in order already, so the sort merges runs.
+  order = np.argsort(pair, kind="stable")
+  q, label, prepared = q[order], label[order], p[order]
+  p = row_in_catalog[prepared]
   name = directory + (f" [shard {index} of {count}]" if count > 1 else "")
 
   def where(i: int) -> str:
     k = int(order[i])
     f = int(np.searchsorted(offsets, k, "right")) - 1
     return f"{names[f]} row {k - int(offsets[f])}"
+
   def detail(i: int, _) -> str:
-    pid = products.dictionary[products.indices[int(order[i])].as_py()]
-    return f"product_id {pid.as_py()!r}"
+    return f"product_id {prepared_ids[int(prepared[i])].as_py()!r}"
+
   bad = br.BadRecords(f"relevance {name}", max_bad_fraction=max_bad_fraction)
   tables.report_bad(bad, [relevance_lib.UNKNOWN], (p < 0).astype(np.int8),
                     detail, where)

@@ -192,7 +192,7 @@ class _Loader:
   def __init__(self, catalog: catalog_lib.Catalog, columns: RelevanceColumns,
                bad: br.BadRecords):
     self.catalog, self.columns, self.bad = catalog, columns, bad
-    self.products = _ProductIndex(catalog)
+    self.products = ProductIndex(catalog)
     self.qindex: dict[str, int] = {}
     self.query_ids: list[str] = []
     self.queries: list[str] = []
@@ -350,7 +350,7 @@ def _later_duplicates(q: np.ndarray, p: np.ndarray, num_products: int,
   return later
 
 
-class _ProductIndex:
+class ProductIndex:
   """Catalog rows of product id strings, as `Catalog.index_of` finds them.
 
   Integer ids (the usual case) are looked up by a binary search of the
@@ -373,8 +373,7 @@ class _ProductIndex:
         order = np.argsort(ints)
         self.ints, self.rows_of, self.table = ints[order], rows[order], None
     else:
-      catalog.index_of("")
-      self.index = catalog._index  # pylint: disable=protected-access
+      self.index = dict(zip(ids.to_pylist(), rows.tolist()))
 
   def rows(self, pid) -> np.ndarray:
     """int64 (N,) catalog row of each id of a string array; -1: unknown."""

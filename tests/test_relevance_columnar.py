@@ -311,3 +311,22 @@ def test_a_repeated_catalog_id_finds_the_row_index_of_finds():
     cat.ids, cat._index, cat._id_lookup = ids, None, None
     rows = relevance_lib.ProductIndex(cat).rows(pa.array(["5", "6", "7"]))
     assert rows.tolist() == [2, 1, ids.index("7") if "7" in ids else -1]
+
+
+@pytest.mark.parametrize("values", [
+    [" a ", "\x1cb\x1f", "\u3000c\xa0", "", None, "d\te", "\ufeffx"],
+    [1, None, -7, 2**40],
+    [1.0, 2.5, None, float("nan"), -0.0],
+    [True, False, None],
+])
+def test_text_column_is_cell_text_of_each_cell(values):
+  got = tables.text_column(pa.array(values)).to_pylist()
+  assert got == [tables.cell_text(v) for v in values]
+  got = tables.text_column(pa.array(values).dictionary_encode()).to_pylist()
+  assert got == [tables.cell_text(v) for v in values]
+
+
+def test_the_whitespace_pyarrow_trims_is_what_str_strip_strips():
+  import sys  # pylint: disable=g-import-not-at-top
+  assert tables.PY_WHITESPACE == "".join(
+      chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())

@@ -196,7 +196,8 @@ class _Loader:
     self.qindex: dict[str, int] = {}
     self.query_ids: list[str] = []
     self.queries: list[str] = []
-    self.parts = []  # (query, product, label, record) of rows passing.
+    # Per batch: (start, query, product, label, row in batch) of rows passing.
+    self.parts = []
     self.counts = collections.Counter()  # reason -> rows
     self.culprits = []  # (record, reason, where, detail), the first ones.
     self.names = tables.Names()

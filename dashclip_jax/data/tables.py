@@ -368,18 +368,27 @@ def _arrow_csv_batches(path: str, names: Sequence[str],
   if not regular:
     raise IrregularCSV(f"{path}: line ends other than \\n, \\r\\n")
   base = os.path.basename(path)
+  # Blocks of 2 MB joined into batches. pyarrow reads ~64 MB ahead of a
+  # file it opens itself; from a python file object it reads on demand.
   read = pcsv.ReadOptions(column_names=header, skip_rows=1,
-                          block_size=max(1 << 16, batch_rows * 32))
+                          use_threads=False, block_size=1 << 21)
   parse = pcsv.ParseOptions(newlines_in_values=quote)
   convert = pcsv.ConvertOptions(
       column_types={n: pa.string() for n in header}, include_columns=names,
       strings_can_be_null=False, quoted_strings_can_be_null=False)
+  n, pending = 0, []
   try:
-    n = 0
-    for batch in pcsv.open_csv(path, read_options=read, parse_options=parse,
-                               convert_options=convert):
-      yield _csv_batch(batch, n, base, names)
-      n += len(batch)
+    with open(path, "rb") as f:
+      for batch in pcsv.open_csv(f, read_options=read, parse_options=parse,
+                                 convert_options=convert):
+        pending.append(batch)
+        if sum(map(len, pending)) >= batch_rows:
+          yield _csv_batch(pa.Table.from_batches(pending), n, base, names)
+          n += sum(map(len, pending))
+          pending = []
+    if pending:
+      yield _csv_batch(pa.Table.from_batches(pending), n, base, names)
+      n += sum(map(len, pending))
   except pa.ArrowInvalid as e:
     raise IrregularCSV(f"{path}: {e}") from e
   if n + 1 != lines:

@@ -84,6 +84,7 @@ def test_prepared_tables_read_back_equal_to_the_sources(tmp_path):
   from_dir = relevance_lib.load_relevance(str(out / "relevance_train"),
                                           train, max_bad_fraction=0.5)
   assert _pairs(from_dir) == _pairs(from_csv)
+  assert from_dir.query_ids == from_csv.query_ids
   # Kept pairs of test products are now the unknown ones.
   assert from_dir.bad.counts == {"unknown product": sum(
       cat.split[p] != "train" for p in rel.product.tolist())}
@@ -97,15 +98,16 @@ def test_two_shard_readers_read_each_row_once(tmp_path, monkeypatch):
                   str(out), num_shards=4, max_bad_fraction=0.5)
   cat = catalog_lib.load_catalog(str(out))
   whole = relevance_lib.load_relevance(str(out / "relevance_train"), cat)
-  read = []
-  real_read = pq.read_table
-  monkeypatch.setattr(pq, "read_table", lambda path, **kw: (
-      read.append(os.path.basename(path)), real_read(path, **kw))[1])
-  halves = [relevance_lib.load_relevance(str(out / "relevance_train"), cat,
-                                         shard=(i, 2)) for i in range(2)]
-  parts = [f for f in read if f.startswith("part-")]
-  assert sorted(parts) == [prepare.shard_name(i, 4) for i in range(4)]
-  assert parts[:2] == [prepare.shard_name(0, 4), prepare.shard_name(2, 4)]
+  opened = []
+  real_file = pq.ParquetFile
+  monkeypatch.setattr(pq, "ParquetFile", lambda path, **kw: (
+      opened.append(os.path.basename(path)), real_file(path, **kw))[1])
+  halves = []
+  for i in range(2):
+    halves.append(relevance_lib.load_relevance(
+        str(out / "relevance_train"), cat, shard=(i, 2)))
+    assert opened == [prepare.shard_name(k, 4) for k in range(i, 4, 2)]
+    opened.clear()
   assert not set(halves[0].query_ids) & set(halves[1].query_ids)
   assert (collections.Counter(_pairs(halves[0]) + _pairs(halves[1])) ==
           collections.Counter(_pairs(whole)))

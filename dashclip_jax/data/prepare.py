@@ -223,24 +223,31 @@ def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
       os.path.join(directory, manifest["catalog"]), columns=["id"]).column(0)
   row_in_catalog = relevance_lib.ProductIndex(catalog).rows(
       prepared_ids.combine_chunks())
-  names, cols = [], {"query": [], "product": [], "label": [], "pair": []}
-  for f in manifest["shards"][index::count]:
-    names.append(os.path.join(os.path.basename(directory), f))
-    t = pq.read_table(os.path.join(directory, f))
-    for c in cols:
-      cols[c].append(t.column(c).to_numpy())
-  offsets = np.cumsum([0] + [len(a) for a in cols["pair"]])
-  q, p, label, pair = (np.concatenate(cols[c]) if names else np.zeros(0, int)
-                       for c in ("query", "product", "label", "pair"))
-  del cols
-  # Table order: each file is in order already, so the sort merges runs.
-  order = np.argsort(pair, kind="stable")
-  q, label, prepared = q[order], label[order], p[order]
-  p = row_in_catalog[prepared]
+  files = manifest["shards"][index::count]
+  names = [os.path.join(os.path.basename(directory), f) for f in files]
+  readers = [pq.ParquetFile(os.path.join(directory, f)) for f in files]
+
+  def column(c: str, dtype) -> np.ndarray:
+    """Column `c` of this process's files, one column in memory at a time."""
+    return np.concatenate([np.zeros(0, dtype)] + [
+        r.read(columns=[c]).column(0).to_numpy() for r in readers]).astype(
+            dtype, copy=False)
+  pair = column("pair", np.int64)
+  offsets = np.cumsum([0] + [r.metadata.num_rows for r in readers])
+  # Table order: each file is in order already, so the sort merges runs
+  # (and one file needs none).
+  order = (None if np.all(pair[1:] > pair[:-1])
+           else np.argsort(pair, kind="stable"))
+  del pair
+  in_order = lambda a: a if order is None else a[order]
+  q = in_order(column("query", np.int32))
+  label = in_order(column("label", np.int8))
+  prepared = in_order(column("product", np.int32))
+  p = row_in_catalog.astype(np.int32)[prepared]
   name = directory + (f" [shard {index} of {count}]" if count > 1 else "")
 
   def where(i: int) -> str:
-    k = int(order[i])
+    k = i if order is None else int(order[i])
     f = int(np.searchsorted(offsets, k, "right")) - 1
     return f"{names[f]} row {k - int(offsets[f])}"
 
@@ -255,19 +262,27 @@ def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
     raise br.BadDataError(f"{name}: no usable relevance rows. "
                           f"{bad.summary()}")
   bad.check()
-  q, p, label = q[keep], p[keep], label[keep]
-  # Renumber this shard's queries in order of first appearance.
-  uniq, first = np.unique(q, return_index=True)
-  kept = uniq[np.argsort(first)]
-  new = np.full(manifest["queries"], -1, np.int64)
+  if not keep.all():
+    q, p, label = q[keep], p[keep], label[keep]
+  # Renumber this shard's queries in order of first appearance. The table
+  # numbers queries so, hence with no pair dropped that is ascending order.
+  first = np.full(manifest["queries"], len(q), np.int64)
+  if keep.all():
+    first[q] = 0
+    kept = np.flatnonzero(first == 0)
+  else:
+    np.minimum.at(first, q, np.arange(len(q)))
+    kept = np.flatnonzero(first < len(q))
+    kept = kept[np.argsort(first[kept], kind="stable")]
+  new = np.full(manifest["queries"], -1, np.int32)
   new[kept] = np.arange(len(kept))
   queries = pq.read_table(os.path.join(directory, manifest["queries_file"]))
   sel = pa.array(kept)
   return relevance_lib.Relevance(
       name=name, query_ids=queries.column("query_id").take(sel).to_pylist(),
       queries=queries.column("query").take(sel).to_pylist(),
-      query=new[q].astype(np.int32), product=p.astype(np.int32),
-      label=label.astype(np.int8), num_products=len(catalog), bad=bad)
+      query=new[q], product=p, label=label, num_products=len(catalog),
+      bad=bad)
 
 
 # ---------------------------------------------------------------------------

@@ -171,10 +171,10 @@ def shard_name(index: int, count: int) -> str:
   return f"part-{index:05d}-of-{count:05d}.parquet"
 
 
-def write_relevance(rel: relevance_lib.Relevance,
-                    catalog: catalog_lib.Catalog, out: str,
+def write_relevance(rel: relevance_lib.Relevance, out: str,
                     num_shards: int) -> dict[str, Any]:
-  """Writes `rel` (validated against `catalog`) as query-hash shards."""
+  """Writes `rel` as query-hash shards; its product indices are rows of the
+  catalog `write_catalog` wrote beside `out`."""
   os.makedirs(out, exist_ok=True)
   for f in os.listdir(out):  # Shards of an earlier run.
     if f.startswith("part-") and f.endswith(".parquet"):
@@ -298,7 +298,7 @@ def prepare(catalog_path: str, relevance_paths: Sequence[str], out: str,
   tables_by_name = {}
   for path in relevance_paths:
     table = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
-    if table in tables_by_name or table == os.path.splitext(CATALOG)[0]:
+    if table in tables_by_name:
       raise ValueError(f"--relevance={path}: a second table named {table!r}")
     tables_by_name[table] = path
   for path in [catalog_path, *relevance_paths]:
@@ -316,8 +316,7 @@ def prepare(catalog_path: str, relevance_paths: Sequence[str], out: str,
     rel = relevance_lib.load_relevance(path, catalog,
                                        max_bad_fraction=max_bad_fraction)
     entry = {"format": FORMAT, "source": source_info(path),
-             **write_relevance(rel, catalog, os.path.join(out, table),
-                               num_shards)}
+             **write_relevance(rel, os.path.join(out, table), num_shards)}
     _write_json(os.path.join(out, table, MANIFEST), entry)
     manifest["relevance"][table] = entry
   _write_json(os.path.join(out, MANIFEST), manifest)

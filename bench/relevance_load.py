@@ -10,8 +10,8 @@ Each implementation runs in a fresh process that builds the catalog in
 memory from the ids of `--catalog` (so only relevance loading is timed),
 loads the table (a CSV/Parquet file or a prepared table directory, with
 `--shard` one process's shards of it) with `relevance.load_relevance` and
-reports seconds, pairs,
-peak RSS (ru_maxrss) and peak virtual memory (VmPeak, what RLIMIT_AS caps).
+reports seconds, pairs, peak RSS (ru_maxrss) and peak virtual memory
+(VmPeak, what RLIMIT_AS caps).
 
 Measured (Dec 2026, the shared 2-core CPU machine, load average 4-6;
 scale_tables.py tables over 400K products; peak RSS includes the ~170 MB of
@@ -19,7 +19,7 @@ the process and catalog before loading):
 
   table                              main before issue 28   this tree
   3.2M pairs, CSV                    30.3 s, 610 MB         2.6 s, 388 MB
-  32M pairs, CSV                     (~205 s, 4.6 GB)       20.9 s, 1412 MB
+  32M pairs, CSV                     (issue 28: ~205 s, 4.6 GB)  20.9 s, 1412 MB
   32M prepared, all 8 shards         -                      5.6 s, 1421 MB
   32M prepared, shard (0, 8): 4.0M   -                      0.7 s, 396 MB
   prepare (400K catalog, 32M + 1.6M pairs, 8 shards): 42 s, 2.2 GB.

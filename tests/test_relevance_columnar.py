@@ -4,7 +4,10 @@
 the loader's pairs, queries and skip counts/culprits with it.
 """
 
-import collections
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -263,7 +266,6 @@ def test_a_million_pairs_load_under_a_memory_cap(tmp_path):
   """1M pairs within 112 MB of address space. Measured on this table: this
   loader peaks ~80 MB over the warm process, the row-by-row loop it
   replaced ~145 MB (its Python lists and set of pairs)."""
-  import os, pathlib, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   rng = np.random.default_rng(0)
   n, num_queries, num_products = 1_000_000, 20_000, 20_000
   q = np.repeat(np.arange(num_queries), n // num_queries)
@@ -327,6 +329,5 @@ def test_text_column_is_cell_text_of_each_cell(values):
 
 
 def test_the_whitespace_pyarrow_trims_is_what_str_strip_strips():
-  import sys  # pylint: disable=g-import-not-at-top
   assert tables.PY_WHITESPACE == "".join(
       chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())

@@ -19,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import string
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import images as images_lib
@@ -104,6 +107,21 @@ class Catalog:
       self._index = {pid: i for i, pid in enumerate(self.ids)}
     return self._index.get(str(product_id))
 
+  def id_lookup(self) -> tuple[Any, np.ndarray]:
+    """-> (pyarrow string array of the distinct ids, int64 row of each), for
+    vectorised lookups (`pyarrow.compute.index_in`) that agree with
+    `index_of`."""
+    if getattr(self, "_id_lookup", None) is None:
+      ids = pa.array(self.ids, pa.string())
+      if pc.count_distinct(ids).as_py() == len(ids):
+        self._id_lookup = ids, np.arange(len(ids), dtype=np.int64)
+      else:  # index_of finds the last row of a repeated id.
+        self.index_of("")
+        self._id_lookup = (pa.array(list(self._index), pa.string()),
+                           np.fromiter(self._index.values(), np.int64,
+                                       len(self._index)))
+    return self._id_lookup
+
   def take(self, indices: Sequence[int], name: str | None = None) -> "Catalog":
     """Sub-catalog with rows `indices`, keeping the category vocabulary."""
     idx = [int(i) for i in indices]
@@ -157,6 +175,126 @@ def resolve_image_path(root: str, rel: str) -> str | None:
   return path
 
 
+_FILE, _ESCAPES, _MISSING, _LINK = 0, 1, 2, 3
+
+
+@dataclasses.dataclass
+class _Listing:
+  """One directory: its real path (None if outside the root), the names in
+  it and their kinds (_FILE, _MISSING for a non-file, _LINK), or no names
+  (None) when it cannot be listed."""
+  real: str | None
+  names: list[str] | None
+  kinds: np.ndarray | None
+  _index: dict[str, int] | None = None
+
+  def kind(self, name: str) -> int:
+    if self._index is None:
+      self._index = {n: i for i, n in enumerate(self.names)}
+    i = self._index.get(name)
+    return _MISSING if i is None else int(self.kinds[i])
+
+
+class ImageFiles:
+  """`resolve_image_path` and `os.path.isfile` for many paths under a root.
+
+  The root is resolved once, each directory once (realpath) and listed once
+  (os.scandir; a directory entry knows if it is a regular file without a
+  stat), instead of two realpath calls and a stat per product. A path whose
+  last part is a symlink, that has a ".." part or lies in a directory that
+  cannot be listed goes the slow way, so the answers stay those of
+  `resolve_image_path` and `isfile`.
+  """
+
+  def __init__(self, root: str):
+    self.root = os.path.realpath(root)
+    self._dirs: dict[str, _Listing] = {}  # directory as joined -> listing
+
+  def _listing(self, head: str) -> _Listing:
+    if head not in self._dirs:
+      self._dirs[head] = _scan(self.root, head)
+    return self._dirs[head]
+
+  def resolve(self, rel: str) -> tuple[str | None, bool]:
+    """-> (absolute real path or None if it escapes the root, is a file)."""
+    head, name = os.path.split(os.path.join(self.root, rel))
+    if name in ("", ".", "..") or ".." in rel.split("/"):
+      return self._slow(rel)
+    listing = self._listing(head)
+    kind = _LINK if listing.names is None else listing.kind(name)
+    if kind == _LINK:
+      return self._slow(rel)
+    if listing.real is None:
+      return None, False
+    return os.path.join(listing.real, name), kind == _FILE
+
+  def resolve_many(self, rel) -> tuple[Any, np.ndarray]:
+    """Vectorised `resolve` of a pyarrow string array (N,) of non-empty paths.
+
+    Returns:
+      (string array (N,) of absolute real paths, null where a path escapes
+      the root; int8 (N,) _FILE, _ESCAPES or _MISSING).
+    Python runs per directory and per path that must go the slow way.
+    """
+    parts = pc.extract_regex(rel, r"^(?P<dir>.*/)?(?P<name>[^/]*)$")
+    dirs, names = parts.field("dir"), parts.field("name")
+    slow = _np(pc.match_substring_regex(
+        rel, r"(^|/)\.\.(/|$)|(^|/)\.$|/$"))
+    enc = pc.dictionary_encode(dirs)
+    codes = _np(enc.indices)
+    prefix = [None] * len(enc.dictionary)
+    code = np.full(len(rel), _MISSING, np.int8)
+    for k, d in enumerate(enc.dictionary.to_pylist()):
+      listing = self._listing(os.path.join(self.root, d).rstrip("/") or "/")
+      rows = np.flatnonzero(codes == k)
+      if listing.names is None:
+        slow[rows] = True
+        continue
+      at = pc.index_in(names.take(rows), pa.array(listing.names, pa.string()))
+      kinds = np.append(listing.kinds, _MISSING)
+      code[rows] = kinds[_np(pc.fill_null(at, len(listing.names)))]
+      if listing.real is None:
+        slow[rows] |= code[rows] == _LINK
+        code[rows] = _ESCAPES
+      else:
+        prefix[k] = os.path.join(listing.real, "")
+    slow |= code == _LINK
+    paths = pc.binary_join_element_wise(
+        pa.array(prefix, pa.string()).take(enc.indices), names, "")
+    slow_rows = np.flatnonzero(slow)
+    if len(slow_rows):
+      fixed = [self._slow(r) for r in rel.take(slow_rows).to_pylist()]
+      code[slow_rows] = [_FILE if f else _MISSING if p else _ESCAPES
+                         for p, f in fixed]
+      paths = paths.to_pylist()
+      for i, (p, _) in zip(slow_rows.tolist(), fixed):
+        paths[i] = p
+      paths = pa.array(paths, pa.string())
+    return paths, code
+
+  def _slow(self, rel: str) -> tuple[str | None, bool]:
+    path = resolve_image_path(self.root, rel)
+    return path, path is not None and os.path.isfile(path)
+
+
+def _scan(root: str, head: str) -> _Listing:
+  real = os.path.realpath(head)
+  if os.path.commonpath([root, real]) != root:
+    real = None
+  try:
+    with os.scandir(head) as it:
+      entries = list(it)
+  except (FileNotFoundError, NotADirectoryError):
+    return _Listing(real, [], np.zeros(0, np.int8))
+  except OSError:
+    return _Listing(real, None, None)
+  kinds = np.zeros(len(entries), np.int8)  # _FILE
+  for i in [i for i, e in enumerate(entries)
+            if not e.is_file(follow_symlinks=False)]:
+    kinds[i] = _LINK if entries[i].is_symlink() else _MISSING
+  return _Listing(real, [e.name for e in entries], kinds)
+
+
 # ---------------------------------------------------------------------------
 # Building catalogs.
 
@@ -203,6 +341,7 @@ def catalog_from_rows(
   ids, titles, cats, splits, images, where_l = [], [], [], [], [], []
   extra = {c: [] for c in columns.extra}
   seen_ids = set()
+  files = None
   for where, row, error in rows:
     if row is None:
       bad.bad(where, "malformed row", error)
@@ -232,11 +371,13 @@ def catalog_from_rows(
         continue
       if root is None:
         raise ValueError(f"{name}: image paths need a catalog root directory")
-      img = resolve_image_path(root, rel)
+      if files is None:
+        files = ImageFiles(root)
+      img, is_file = files.resolve(rel)
       if img is None:
         bad.bad(where, "path escapes catalog root", f"id {pid}: {rel!r}")
         continue
-      if not os.path.isfile(img):
+      if not is_file:
         bad.bad(where, "missing image", f"id {pid}: {rel}")
         continue
     if check_images:
@@ -273,6 +414,140 @@ def catalog_from_rows(
                  where=where_l, attributes=extra, bad=bad)
 
 
+def catalog_from_batches(
+    batches: Iterable[tables.ColumnBatch],
+    *,
+    columns: CatalogColumns,
+    root: str,
+    name: str,
+    has_split: bool,
+    has_category: bool,
+    test_fraction: float = 0.1,
+    max_bad_fraction: float = 0.01,
+) -> Catalog:
+  """`catalog_from_rows` on column batches, for image-path catalogs.
+
+  The same skips, reasons and culprits, with Python per directory and per
+  named culprit instead of per row: a row is judged malformed, missing id,
+  duplicate id (an earlier row of its id was kept), empty title, missing
+  image (no path), path escapes catalog root, missing image (no file), in
+  that order, so the row kept for an id is its first row that passes the
+  row's own checks (title and image).
+  """
+  batches = [b for b in batches if len(b)]
+  if not batches:
+    raise br.BadDataError(f"{name}: no usable products. catalog {name}: "
+                          "0 records, none bad.")
+  col = lambda c: pa.concat_arrays([b.columns[c] for b in batches])
+  starts = np.array([b.start for b in batches])
+  n = int(starts[-1]) + len(batches[-1])
+
+  def where(i: int) -> str:
+    b = int(np.searchsorted(starts, i, "right")) - 1
+    return batches[b].where(i - int(starts[b]))
+
+  malformed = np.zeros(n, bool)
+  errors = {b.start + i: e for b in batches for i, e in b.errors.items()}
+  malformed[list(errors)] = True
+  pid, title = col(columns.id), col(columns.title)
+  rel = (col(columns.image) if columns.image
+         else _format_id(columns.image_template, pid))
+  # The row's own checks: 1 empty title, 2 no path, 3 escapes, 4 no file.
+  own = np.where(_np(pc.equal(title, "")), 1, 0).astype(np.int8)
+  own[(own == 0) & _np(pc.equal(rel, ""))] = 2
+  paths = pa.nulls(n, pa.string())
+  has_path = np.flatnonzero(own == 0)
+  if len(has_path):
+    found, code = ImageFiles(root).resolve_many(rel.take(has_path))
+    own[has_path] = np.where(code == 0, 0, code + 2)
+    paths = _scatter(n, has_path, found)
+  candidate = ~malformed & _np(pc.not_equal(pid, ""))
+  ids_enc = pc.dictionary_encode(pid)
+  id_code = _np(ids_enc.indices)
+  # The kept row of each id: its first row passing its own checks.
+  passing = np.flatnonzero(candidate & (own == 0))
+  first = np.full(len(ids_enc.dictionary), n, np.int64)
+  uniq, at = np.unique(id_code[passing], return_index=True)
+  first[uniq] = passing[at]
+  row = np.arange(n)
+  kept = candidate & (row == first[id_code])
+  duplicate = candidate & (row > first[id_code])
+  reason = np.select(
+      [malformed, ~candidate, duplicate, candidate & (own > 0)],
+      [1, 2, 3, own.astype(np.int64) + 3], 0)
+  reasons = ("malformed row", "missing id", "duplicate id", "empty title",
+             "missing image", "path escapes catalog root", "missing image")
+  cell = lambda a, i: a[i].as_py()
+
+  def detail(i: int, code: int) -> str:
+    if code == 1:
+      return errors[i]
+    if code == 2:
+      return ""
+    if code in (3, 4):
+      return f"id {cell(pid, i)}"
+    if code == 5:
+      return f"id {cell(pid, i)}: empty image path"
+    if code == 6:
+      return f"id {cell(pid, i)}: {cell(rel, i)!r}"
+    return f"id {cell(pid, i)}: {cell(rel, i)}"
+
+  bad = br.BadRecords(f"catalog {name}", max_bad_fraction=max_bad_fraction)
+  tables.report_bad(bad, reasons, reason, detail, where)
+  if not kept.any():
+    raise br.BadDataError(f"{name}: no usable products. {bad.summary()}")
+  bad.check()
+
+  keep = np.flatnonzero(kept)
+  ids = pid.take(keep).to_pylist()
+  splits = (col(columns.split).take(keep).to_pylist() if has_split
+            else [""] * len(keep))
+  for i in (np.flatnonzero(pc.equal(pa.array(splits, pa.string()), "")
+                           .to_numpy(zero_copy_only=False)).tolist()):
+    splits[i] = hash_split(ids[i], test_fraction)
+  cats = (col(columns.category).take(keep) if has_category
+          else pa.array([""] * len(keep), pa.string()))
+  names = sorted(c for c in pc.unique(cats).to_pylist() if c)
+  category = _np(pc.fill_null(pc.index_in(cats, pa.array(names, pa.string())),
+                              -1)).astype(np.int32)
+  attributes = {c: (col(c).take(keep).to_pylist()
+                    if c in batches[0].columns else [""] * len(keep))
+                for c in columns.extra}
+  where_l = []
+  bounds = np.searchsorted(keep, np.append(starts, n))
+  for b, lo, hi in zip(batches, bounds[:-1], bounds[1:]):
+    where_l += b.wheres(keep[lo:hi] - b.start)
+  return Catalog(name=name, ids=ids, titles=title.take(keep).to_pylist(),
+                 category=category, category_names=names, split=splits,
+                 images=paths.take(keep).to_pylist(), where=where_l,
+                 attributes=attributes, bad=bad)
+
+
+def _scatter(n: int, rows: np.ndarray, values) -> Any:
+  """String array (n,): `values` at `rows`, null elsewhere."""
+  slot = np.full(n, -1, np.int64)
+  slot[rows] = np.arange(len(rows))
+  return values.take(pa.array(slot, mask=slot < 0))
+
+
+def _format_id(template: str, ids) -> Any:
+  """`template.format(id=i)` for each id of a string array."""
+  fields = list(string.Formatter().parse(template))
+  if all(f in (None, "id") and not spec and not conv
+         for _, f, spec, conv in fields):
+    parts = []
+    for literal, f, _, _ in fields:
+      parts += [pa.scalar(literal, pa.string())] + (
+          [ids] if f else [])
+    return pc.binary_join_element_wise(*parts, "")
+  return pa.array([template.format(id=i) for i in ids.to_pylist()],
+                  pa.string())
+
+
+def _np(array) -> np.ndarray:
+  return array.to_numpy(zero_copy_only=False)
+
+
 def load_catalog(
     path: str,
     columns: CatalogColumns | None = None,
@@ -285,7 +560,9 @@ def load_catalog(
   """Reads a CSV/Parquet catalog.
 
   Args:
-    path: the table, e.g. ".../fashion/styles.csv" or "catalog.parquet".
+    path: the table, e.g. ".../fashion/styles.csv" or "catalog.parquet", or
+      a directory written by `python -m dashclip_jax.data.prepare` (its
+      catalog, validated there: the other arguments are not used).
     columns: column mapping; default `FASHION_COLUMNS` for a file named
       styles.csv, else `CatalogColumns()` (id, title, category, image, split).
     root: image paths are relative to it and may not escape it; default: the
@@ -295,10 +572,28 @@ def load_catalog(
   Returns:
     The Catalog (all splits; use `.subset("train")`).
   """
+  if os.path.isdir(path):
+    from dashclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
+    return prepare.read_catalog(path)
   if columns is None:
     columns = (FASHION_COLUMNS if os.path.basename(path) == "styles.csv"
                else CatalogColumns())
   root = root if root is not None else os.path.dirname(os.path.abspath(path))
+  if not (columns.image_bytes or check_images):
+    header = tables.read_header(path)
+    needed = [columns.id, columns.title] + (
+        [columns.image] if columns.image else [])
+    tables.require_columns(path, header, needed)
+    has_split = columns.split is not None and columns.split in header
+    has_category = columns.category is not None and columns.category in header
+    read = needed + [c for c in (columns.category if has_category else None,
+                                 columns.split if has_split else None,
+                                 *columns.extra) if c and c in header]
+    return tables.with_column_batches(
+        path, list(dict.fromkeys(read)), lambda batches: catalog_from_batches(
+            batches, columns=columns, root=root, name=path,
+            has_split=has_split, has_category=has_category,
+            test_fraction=test_fraction, max_bad_fraction=max_bad_fraction))
   header, rows = tables.read_table_rows(path)
   return catalog_from_rows(
       rows, columns=columns, root=root, name=path, header=header,

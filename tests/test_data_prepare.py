@@ -139,3 +139,43 @@ def test_cli_writes_the_manifest_and_names_a_missing_file(tmp_path):
   with pytest.raises(SystemExit, match="num_shards=0"):
     prepare.main([f"--catalog={src / 'catalog.csv'}", "--num_shards=0",
                   f"--out={tmp_path / 'o'}"])
+
+
+def test_prepared_source_loads_what_the_table_source_loads(tmp_path):
+  """config.data.source='prepared' reads the same catalogs and relevance as
+  the tables it was prepared from, and a prepared table directory may stand
+  in for a relevance path of any source."""
+  from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
+  src = _data(tmp_path)
+  rows = (src / "relevance_train.csv").read_text().splitlines()
+  test_ids = {str(i) for i in range(0, 40, 5)}
+  (src / "qrels_test.csv").write_text("\n".join(
+      [rows[0]] + [r for r in rows[1:] if r.split(",")[2] in test_ids]) + "\n")
+  out = tmp_path / "prepared"
+  prepare.prepare(str(src / "catalog.csv"),
+                  [str(src / "relevance_train.csv"),
+                   str(src / "qrels_test.csv")], str(out), num_shards=2,
+                  max_bad_fraction=0.5)
+  table = sources.load_sources(dict(
+      source="table", catalog_path=str(src / "catalog.csv"),
+      relevance_train_path=str(src / "relevance_train.csv"),
+      relevance_test_path=str(src / "qrels_test.csv"), max_bad_fraction=0.5))
+  prepared = sources.load_sources(dict(source="prepared", path=str(out),
+                                       max_bad_fraction=0.5))
+  mixed = sources.load_sources(dict(
+      source="table", catalog_path=str(src / "catalog.csv"),
+      relevance_train_path=str(out / "relevance_train"),
+      relevance_test_path=str(out / "qrels_test"), max_bad_fraction=0.5))
+  for got in (prepared, mixed):
+    assert got.train_catalog.ids == table.train_catalog.ids
+    assert got.test_catalog.ids == table.test_catalog.ids
+    assert got.train_catalog.titles == table.train_catalog.titles
+    _assert_same(got.train_relevance, table.train_relevance)
+    _assert_same(got.test_relevance, table.test_relevance)
+  assert len(table.test_relevance) > 10
+
+
+def test_prepared_source_without_a_manifest_is_one_line(tmp_path):
+  from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match="no prepared directory"):
+    sources.load_sources(dict(source="prepared", path=str(tmp_path)))

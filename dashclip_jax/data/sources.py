@@ -19,10 +19,11 @@ import numpy as np
 from dashclip_jax import config_lib
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
 
-SOURCES = ("synthetic", "fashion", "table", "tfds")
+SOURCES = ("synthetic", "fashion", "table", "prepared", "tfds")
 # The config.data fields load_sources reads (trainers/inputs.py caches the
 # sources per their values).
 SOURCE_KEYS = ("source", "path", "catalog_path", "columns",
@@ -100,7 +101,11 @@ def load_sources(cfg: Any = None) -> Sources:
         CatalogColumns fields; none: the fashion columns), optional
         `relevance_train_path`, `relevance_test_path` (a file, or a folder
         holding relevance_train.csv / qrels_test.csv);
+      prepared: `path`, a directory `python -m dashclip_jax.data.prepare`
+        wrote (catalog.parquet + relevance_train/ + qrels_test/, validated
+        once); `relevance_*_path` replace its tables as for fashion;
       tfds: `tfds_dir` (holding dashclip_catalog [+ dashclip_relevance]).
+      Any relevance path may also name a prepared table directory.
       All: `max_bad_fraction` (0.01), `relevance_test_max_bad_fraction`
       (< 0, the default: max_bad_fraction), `test_fraction` (0.1, hash
       split when the catalog has no split column).
@@ -135,13 +140,32 @@ def load_sources(cfg: Any = None) -> Sources:
 
   def given(key, name):
     """An explicit relevance path; a directory (e.g. a curation run's
-    `expanded/`) means its `name` file."""
+    `expanded/`) means its `name` file, unless it is a prepared table."""
     path = _get(cfg, key)
-    if path and os.path.isdir(path):
+    if path and os.path.isdir(path) and not os.path.isfile(
+        os.path.join(path, prepare.MANIFEST)):
       path = os.path.join(path, name)
-    if path and not os.path.isfile(path):
+    if path and not os.path.exists(path):
       raise FileNotFoundError(f"data.{key} {path!r} not found")
     return path or None
+
+  if source == "prepared":
+    root = _get(cfg, "path")
+    if not root or not os.path.isfile(os.path.join(root, prepare.MANIFEST)):
+      raise FileNotFoundError(
+          f"data.path {root!r} is no prepared directory (no "
+          f"{prepare.MANIFEST}; python -m dashclip_jax.data.prepare writes "
+          "one)")
+    cat = catalog_lib.load_catalog(root)
+    train, test = cat.subset("train"), cat.subset("test")
+    opt = lambda n: (os.path.join(root, n) if os.path.isfile(
+        os.path.join(root, n, prepare.MANIFEST)) else None)
+    train_rel = (given("relevance_train_path", "relevance_train.csv")
+                 or opt("relevance_train"))
+    test_rel = (given("relevance_test_path", "qrels_test.csv")
+                or opt("qrels_test"))
+    return Sources(train, test, rel(train_rel, train),
+                   rel(test_rel, test, test=True), cat)
 
   if source == "fashion":
     root = _get(cfg, "path")

@@ -44,11 +44,23 @@ def _sources(frozen_cfg: str) -> sources_lib.Sources:
   return sources_lib.load_sources(json.loads(frozen_cfg))
 
 
+def _frozen(cfg: ml_collections.ConfigDict) -> str:
+  d = cfg.to_dict()
+  return json.dumps({k: d[k] for k in SOURCE_KEYS if k in d}, sort_keys=True,
+                    default=str)
+
+
 def load_sources(cfg: ml_collections.ConfigDict) -> sources_lib.Sources:
   """Train/test catalogs and relevance named by `cfg` (cached per config)."""
-  d = cfg.to_dict()
-  return _sources(json.dumps({k: d[k] for k in SOURCE_KEYS if k in d},
-                             sort_keys=True, default=str))
+  return _sources(_frozen(cfg))
+
+
+@functools.lru_cache(maxsize=4)
+def _split(frozen_cfg: str, fraction: float
+           ) -> tuple[relevance_lib.Relevance, relevance_lib.Relevance]:
+  # Once per config: the training pairs and the held-out evaluation both
+  # ask for it, and at 32M pairs a split is seconds and two copies.
+  return _sources(frozen_cfg).train_relevance.split_queries(fraction)
 
 
 def image_size(cfg: ml_collections.ConfigDict,
@@ -181,12 +193,11 @@ def train_relevance(cfg: ml_collections.ConfigDict
   `heldout_query_fraction` of the queries (by a hash of their text) never
   train: stage 2 selects its model on them, never on the test set.
   """
-  rel = load_sources(cfg).train_relevance
-  if rel is None:
+  if load_sources(cfg).train_relevance is None:
     raise ConfigError("stage 2 needs graded relevance data for the train "
                       f"catalog; data source {cfg.source!r} "
-                     "has none (e.g. relevance_train.csv)")
-  return rel.split_queries(cfg.heldout_query_fraction)
+                      "has none (e.g. relevance_train.csv)")
+  return _split(_frozen(cfg), float(cfg.heldout_query_fraction))
 
 
 def train_products(cfg: ml_collections.ConfigDict,

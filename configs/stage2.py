@@ -111,6 +111,10 @@ def get_config(arg=None):
   # the start, then each step runs only the query tower (False: recompute
   # them per batch, in eval mode; same values, for benchmarks).
   c.train.cache_product_features = True
+  # Products per global batch while the table is built: the pass runs once
+  # over the whole train catalog (400K products at DashCLIP's scale), where
+  # a small eval batch costs more in per-call overhead than in compute.
+  c.train.table_batch_size = 256
   c.loss = ml_collections.ConfigDict(dict(
       # Label-1 pairs follow data.label1_policy / label1_weight ("exclude"
       # drops them from the training pairs: not even in-batch negatives).

@@ -90,7 +90,7 @@ def product_feature_table(config: ml_collections.ConfigDict,
     return out, batch["product_id"], batch["valid"]
   fn = jax.jit(features, out_shardings=shard_lib.replicated(mesh))
   n, batches = inputs.train_products(config.data, model_config,
-                                     config.eval.batch_size)
+                                     config.train.table_batch_size)
   feats, ids = embed_batches.embed_all(fn, params, batches, mesh)
   table = np.zeros((n, feats.shape[1]), np.float32)
   ok = np.zeros((n,), bool)

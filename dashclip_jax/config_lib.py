@@ -400,6 +400,12 @@ class DistributedFlags:
         "auto-detection (Cloud TPU pods, SLURM, ...); launch/tpu_pod.sh and "
         "slurm_gpu.sh set it.")
 
+  def several_processes(self) -> bool:
+    """Whether `initialize()` starts jax.distributed (init_distributed's
+    rule), known before JAX is imported."""
+    return bool(self.coordinator_address.value or self.multihost.value or
+                int(os.environ.get("SLURM_NTASKS", "1")) > 1)
+
   def initialize(self) -> None:
     init_distributed(self.coordinator_address.value, self.num_processes.value,
                      self.process_id.value, self.multihost.value)

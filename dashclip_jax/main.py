@@ -133,16 +133,19 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
   """The errors `main` prints as one line: each names its culprit.
 
   FileNotFoundError: a data path, catalog or model dir named by the config
-  (the message names it); BadDataError: data above max_bad_fraction.
+  (the message names it); BadDataError: data above max_bad_fraction;
+  DiskFullError: a checkpoint save out of disk (where, and how much).
   """
   # pylint: disable=g-import-not-at-top
+  from dashclip_jax import checkpointing
   from dashclip_jax.data import bad_records
   from dashclip_jax.trainers import init_checkpoint
   from dashclip_jax.trainers import nonfinite
   # pylint: enable=g-import-not-at-top
   return (config_lib.ConfigError,
           init_checkpoint.InitCheckpointError, nonfinite.NonFiniteLossError,
-          bad_records.BadDataError, FileNotFoundError, NotADirectoryError)
+          bad_records.BadDataError, checkpointing.DiskFullError,
+          FileNotFoundError, NotADirectoryError)
 
 
 def main(argv) -> None:

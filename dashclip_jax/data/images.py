@@ -1,5 +1,10 @@
 """Decoding product images: encoded bytes -> uint8 RGB, or an ImageError
-that names the culprit (a catalog row) and says what failed."""
+that names the culprit (a catalog row) and says what failed.
+
+Images are turned upright by their EXIF orientation (a phone photo is
+stored sideways with a tag saying so): training, evaluation and inference
+all decode here, so they see the same pixels.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import io
 import re
 
 import numpy as np
+from PIL import ExifTags
 from PIL import Image
+from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 
@@ -37,7 +44,7 @@ def decode_image(data: bytes, where: str = "") -> np.ndarray:
   try:
     with Image.open(io.BytesIO(data)) as im:
       im.load()
-      rgb = im.convert("RGB")
+      rgb = upright(im).convert("RGB")
   except Exception as e:  # PIL raises many types for corrupt data.
     if isinstance(e, UnidentifiedImageError):
       reason = ("empty file" if not data else
@@ -49,3 +56,11 @@ def decode_image(data: bytes, where: str = "") -> np.ndarray:
   if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
     raise ImageError(where, f"empty image of shape {arr.shape}")
   return arr
+
+
+def upright(im: Image.Image) -> Image.Image:
+  """`im` turned by its EXIF orientation tag; itself when it has none (no
+  copy: most images carry none)."""
+  if im.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+    return im
+  return ImageOps.exif_transpose(im)

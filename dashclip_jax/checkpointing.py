@@ -21,14 +21,24 @@ saved arrays do not fit the target state (a config change such as
 keys that changed. Kept: the last `keep` checkpoints plus the best by the
 eval metric (Orbax's preservation policies, which read the `metrics` items
 back when the checkpoints are reopened).
+
+A full disk ends a save in one `DiskFullError` line naming the checkpoint
+directory, the free space there and about how much a checkpoint needs (not
+hundreds of lines of Orbax tracebacks from its writer threads). The partial
+`<step>.orbax-checkpoint-tmp*` directory such a failure (or a kill -9
+mid-save) leaves is removed when the next run opens the directory; only one
+job writes a workdir at a time (workdir_lock.py), so none is in use.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -46,8 +56,65 @@ log = logging.getLogger("dashclip_jax.checkpointing")
 RUN_OUTPUTS = ("checkpoints", "models", "metrics.jsonl", "tensorboard")
 
 
+# Orbax's temporary names: `<step>.orbax-checkpoint-tmp[-<time>]`.
+TMP_PATTERN = "*.orbax-checkpoint-tmp*"
+
+
 class StateMismatchError(ValueError):
   """A checkpoint whose arrays do not fit the target state (not damage)."""
+
+
+class DiskFullError(RuntimeError):
+  """A save that ran out of disk; the message names where and how much."""
+
+
+def _chain(error: BaseException | None) -> list[BaseException]:
+  out = []
+  while error is not None and error not in out:
+    out.append(error)
+    error = error.__cause__ or error.__context__
+  return out
+
+
+# TensorStore reports ENOSPC as text: 'RESOURCE_EXHAUSTED: Error writing
+# ...: No space left on device [os_error_code='28']'. RESOURCE_EXHAUSTED
+# alone is no sign: XLA's out-of-memory says it too.
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+  """ENOSPC/EDQUOT anywhere in the chain, or TensorStore's text for it."""
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if any(t in str(e) for t in _DISK_FULL_TEXT):
+      return True
+  return False
+
+
+def _size(path: str) -> int:
+  """Bytes of the files under `path`."""
+  return sum(os.path.getsize(os.path.join(d, f))
+             for d, _, files in os.walk(path) for f in files)
+
+
+def _mb(n: int) -> str:
+  return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} KB"
+
+
+class _DropDiskFullTracebacks(logging.Filter):
+  """Orbax's writer threads log each failed write of a full disk with its
+  traceback (hundreds of lines); DiskFullError says it once."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (is_disk_full(exc) or is_disk_full(
+        RuntimeError(record.getMessage())))
+
+
+_DISK_FULL_FILTER = _DropDiskFullTracebacks()
 
 
 def flatten_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -203,6 +270,9 @@ class TrainCheckpoints:
     """`config` (nested or flat) is saved with every checkpoint, so that a
     resume can name the values that changed since."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self._clear_partial_saves()
+    logging.getLogger("absl").addFilter(_DISK_FULL_FILTER)  # Idempotent.
+    self._state_bytes = 0
     self.config = None if config is None else flatten_config(config)
     self.keep = keep
     self.best_metric = best_metric
@@ -220,6 +290,43 @@ class TrainCheckpoints:
             preservation_policy=policies.AnyPreservationPolicy(kept),
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True, create=True, **best))
+
+  def _clear_partial_saves(self) -> None:
+    """Removes the temporary directories of saves that never completed."""
+    partial = sorted(glob.glob(os.path.join(self.directory, TMP_PATTERN)))
+    if not partial:
+      return
+    log.info("removing %d partial checkpoint(s) an interrupted save left: "
+             "%s", len(partial), ", ".join(map(os.path.basename, partial)))
+    _primary_then_sync(
+        lambda: [shutil.rmtree(p, ignore_errors=True) for p in partial],
+        f"clear partial saves in {self.directory}")
+
+  def _disk_full(self) -> DiskFullError:
+    """The one-line error of a save that ran out of disk."""
+    done = [s for s in self.steps()
+            if os.path.isdir(os.path.join(self.directory, str(s)))]
+    need = (_size(os.path.join(self.directory, str(done[-1]))) if done
+            else self._state_bytes)
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      free = 0
+    kept = f"; step {done[-1]} is the last good one" if done else ""
+    return DiskFullError(
+        f"the disk is full: saving a checkpoint in {self.directory} failed "
+        f"with {_mb(free)} free there, and a checkpoint takes about "
+        f"{_mb(need)} (free at least that, or use another --workdir; the "
+        f"partial save is removed on the next start{kept})")
+
+  def _through_orbax_calls(self, fn, *args, **kwargs):
+    """fn(...), a full disk raised as DiskFullError."""
+    try:
+      return fn(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      if is_disk_full(e):
+        raise self._disk_full() from None
+      raise
 
   def _rank(self, metrics: Mapping[str, Any]) -> float:
     """Orbax's best_fn: the metric, or the worst value for a step without
@@ -252,15 +359,19 @@ class TrainCheckpoints:
     if self.best_metric:
       value = meta.get(self.best_metric)
       metrics = {} if value is None else {self.best_metric: float(value)}
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state or {}),
-        meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
+    self._state_bytes = sum(getattr(x, "nbytes", 0)
+                            for x in jax.tree.leaves(state))
+    self._through_orbax_calls(
+        self._mngr.save, step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state or {}),
+            meta=ocp.args.JsonSave(meta)), metrics=metrics, force=True)
     if wait:
       self.wait()
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    """Until the async save is written (DiskFullError if the disk filled)."""
+    self._through_orbax_calls(self._mngr.wait_until_finished)
 
   def best(self) -> dict[str, Any] | None:
     """{step, value, metric} of the best kept step by `best_metric`; None
@@ -374,5 +485,7 @@ class TrainCheckpoints:
     return dest
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
-    self._mngr.close()
+    try:
+      self.wait()
+    finally:
+      self._mngr.close()

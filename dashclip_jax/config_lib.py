@@ -216,6 +216,9 @@ def data_block(variant: str) -> ml_collections.ConfigDict:
       # 8) without workers, 1 per worker with them.
       read_threads=0,
       image_size=0,           # 0: the model's image size.
+      # Images over this many pixels (read from the header) are bad images:
+      # skipped, counted and named, never decoded (<= 0: no limit).
+      max_image_pixels=50_000_000,
       text_max_length=by_variant(v, tiny=16, demo=24, fashion=24, base=30),
       query_max_length=by_variant(v, tiny=12, demo=16, fashion=16, base=20),
       min_scale=0.5,          # RandomResizedCrop (BLIP: 0.2 pretrain, 0.5 ft).
@@ -399,6 +402,12 @@ class DistributedFlags:
         "Call jax.distributed.initialize() with the platform's "
         "auto-detection (Cloud TPU pods, SLURM, ...); launch/tpu_pod.sh and "
         "slurm_gpu.sh set it.")
+
+  def several_processes(self) -> bool:
+    """Whether `initialize()` starts jax.distributed (init_distributed's
+    rule), known before JAX is imported."""
+    return bool(self.coordinator_address.value or self.multihost.value or
+                int(os.environ.get("SLURM_NTASKS", "1")) > 1)
 
   def initialize(self) -> None:
     init_distributed(self.coordinator_address.value, self.num_processes.value,

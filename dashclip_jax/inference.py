@@ -289,7 +289,11 @@ class DashClipEncoder:
              ) -> list[list[export_lib.SearchHit]]:
     """Per query, the k best products of the index (the attached one, or
     `index`, loaded anew per call) for its query-tower embedding:
-    [SearchHit(product_id, title, score)], best first."""
+    [SearchHit(product_id, title, score)], best first. A query with no
+    words (empty, whitespace) is a ValueError."""
+    error = tok.search_query_error(queries)  # Before any index or encoding.
+    if error:
+      raise ValueError(error)
     target = self.index if index is None else self._open_index(index)
     if target is None:
       raise ValueError("no product index: pass index=EXPORT_DIR or call "

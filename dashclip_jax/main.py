@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 from dashclip_jax import config_lib
 from dashclip_jax import host_memory
+from dashclip_jax import workdir_lock
 
 PROG = "dashclip_jax.main"
 
@@ -132,16 +133,19 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
   """The errors `main` prints as one line: each names its culprit.
 
   FileNotFoundError: a data path, catalog or model dir named by the config
-  (the message names it); BadDataError: data above max_bad_fraction.
+  (the message names it); BadDataError: data above max_bad_fraction;
+  DiskFullError: a checkpoint save out of disk (where, and how much).
   """
   # pylint: disable=g-import-not-at-top
+  from dashclip_jax import checkpointing
   from dashclip_jax.data import bad_records
   from dashclip_jax.trainers import init_checkpoint
   from dashclip_jax.trainers import nonfinite
   # pylint: enable=g-import-not-at-top
   return (config_lib.ConfigError,
           init_checkpoint.InitCheckpointError, nonfinite.NonFiniteLossError,
-          bad_records.BadDataError, FileNotFoundError, NotADirectoryError)
+          bad_records.BadDataError, checkpointing.DiskFullError,
+          FileNotFoundError, NotADirectoryError)
 
 
 def main(argv) -> None:
@@ -150,10 +154,12 @@ def main(argv) -> None:
   config = config_lib.job_config(PROG, _CONFIG, _WORKDIR.value)
   with config_lib.one_line_errors(PROG, (config_lib.ConfigError,)):
     config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
+    workdir_lock.hold_before_start(_WORKDIR.value, _DISTRIBUTED)
   from dashclip_jax.trainers import preemption  # pylint: disable=g-import-not-at-top
   try:
     with config_lib.one_line_errors(PROG, one_line_errors()):
       _DISTRIBUTED.initialize()
+      workdir_lock.hold_after_initialize(_WORKDIR.value, _DISTRIBUTED)
       out = run(config, _WORKDIR.value)
   except preemption.Preempted as e:
     log.warning("%s", e)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Sequence
 
 import numpy as np
 
@@ -43,6 +44,22 @@ def pre_caption(text: str, max_words: int = 30) -> str:
   text = re.sub(r"\s{2,}", " ", text)
   text = text.rstrip("\n").strip(" ")
   return " ".join(text.split(" ")[:max_words])
+
+
+def search_query_error(queries: Sequence[str]) -> str | None:
+  """Why `queries` cannot be searched, else None: a single str (it would be
+  searched letter by letter), or a query with no words once cleaned
+  (empty, whitespace, punctuation alone), which would rank the catalog by
+  the encoder's bias alone."""
+  if isinstance(queries, str):
+    return f"pass a list of queries, not the single str {queries!r}"
+  blank = [i for i, q in enumerate(queries)
+           if not pre_caption(str(q)).split()]
+  if not blank:
+    return None
+  more = f" ({len(blank)} queries in all)" if len(blank) > 1 else ""
+  return (f"query {blank[0]} ({queries[blank[0]]!r}) has no words to search "
+          f"for{more}; give each query some text")
 
 
 class BlipTokenizer:

@@ -4,6 +4,7 @@ damaged-latest fallback."""
 import gc
 import logging
 import os
+import re
 import shutil
 import sys
 import types
@@ -340,3 +341,89 @@ def test_only_reports_raised_inside_orbax_are_dropped():
   assert drop.filter(record(raised_in("/work/elsewhere.py")))
   assert drop.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
                                        "no exception", None, None))
+
+
+DISK_FULL = {
+    # What Orbax raised on a full 2 MB tmpfs.
+    "tensorstore": lambda: ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local '
+        'file "/w/checkpoints/3.orbax-checkpoint-tmp/state.orbax-checkpoint-'
+        'tmp/ocdbt.process_0/": Failed writing: "/w/checkpoints/3.orbax-'
+        'checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/944041":'
+        ' Failed to write 268655 bytes to file 4: No space left on device '
+        "[os_error_code='28']"),
+    "oserror_cause": lambda: _caused(RuntimeError("commit failed"),
+                                     OSError(28, "No space left on device")),
+}
+
+
+def _caused(error, cause):
+  error.__cause__ = cause
+  return error
+
+
+@pytest.mark.parametrize("kind", sorted(DISK_FULL))
+def test_a_full_disk_is_one_line_naming_where_and_how_much(tmp_path, kind,
+                                                           monkeypatch):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  _save_steps(ckpts, [1])
+
+  def full(*args, **kwargs):
+    raise DISK_FULL[kind]()
+  monkeypatch.setattr(ckpts._mngr, "save", full)
+  with pytest.raises(checkpointing.DiskFullError) as e:
+    ckpts.save(2, _state(2), {"position": 2})
+  msg = str(e.value)
+  assert "\n" not in msg and e.value.__cause__ is None
+  assert f"saving a checkpoint in {ckpts.directory} failed" in msg
+  assert re.search(r"with [\d,]+ [KM]B free there, and a checkpoint takes "
+                   r"about [\d,]+ [KM]B", msg), msg
+  assert "step 1 is the last good one" in msg
+  ckpts.close()
+  # The main job prints it as its one line.
+  from dashclip_jax import main  # pylint: disable=g-import-not-at-top
+  assert checkpointing.DiskFullError in main.one_line_errors()
+
+
+@pytest.mark.parametrize("error", [
+    "a bug", "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"])
+def test_other_save_errors_keep_their_traceback(tmp_path, monkeypatch, error):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path))
+
+  def broken(*args, **kwargs):
+    raise ValueError(error)
+  monkeypatch.setattr(ckpts._mngr, "save", broken)
+  with pytest.raises(ValueError, match=f"^{error}$"):
+    ckpts.save(1, _state(1), {})
+  ckpts.close()
+
+
+def test_orbax_disk_full_log_records_are_dropped():
+  def record(path, exc):
+    return logging.LogRecord("absl", logging.ERROR, path, 1, "save failed",
+                             None, (type(exc), exc, None))
+  orbax_file = f"{os.sep}site-packages{os.sep}orbax{os.sep}checkpoint.py"
+  keep = checkpointing._DISK_FULL_FILTER.filter
+  assert not keep(record(orbax_file, DISK_FULL["tensorstore"]()))
+  assert keep(record(orbax_file, ValueError("another failure")))
+  assert keep(record("/elsewhere/x.py", DISK_FULL["tensorstore"]()))
+
+
+def test_partial_saves_are_cleared_on_the_next_start(tmp_path):
+  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  _save_steps(ckpts, [1])
+  ckpts.close()
+  # What a full disk (or kill -9) mid-save leaves, in Orbax's two spellings;
+  # and a damaged step set aside, which is not Orbax's to remove.
+  planted = ["3.orbax-checkpoint-tmp", "4.orbax-checkpoint-tmp-1717171717"]
+  for name in planted:
+    os.makedirs(os.path.join(ckpts.directory, name, "state"))
+    with open(os.path.join(ckpts.directory, name, "state", "d"), "wb") as f:
+      f.write(b"partial")
+  os.makedirs(os.path.join(ckpts.directory, "2.damaged"))
+  reopened = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  assert sorted(os.listdir(reopened.directory)) == ["1", "2.damaged"]
+  assert reopened.steps() == [1]
+  _save_steps(reopened, [3])  # The step that failed saves again.
+  assert reopened.steps() == [1, 3]
+  reopened.close()

@@ -10,6 +10,7 @@ whole label distribution, to compare with the in-process `GptLabeler`.
 """
 
 import concurrent.futures as futures_lib
+import http.client
 import json
 import os
 import signal
@@ -254,6 +255,72 @@ def test_bad_requests_get_openai_style_errors(server):
   assert sampled[0][1]["choices"] == sampled[1][1]["choices"]  # Seeded.
   status, models = get_json(server.url + "/models")
   assert models["data"][0]["id"] == MODEL
+
+
+def post_raw(server, path, body, chunked=False):
+  """(status, answer) of a POST of `body` bytes. A server that answers
+  before reading the body may close the connection while it is being sent;
+  its answer is read all the same."""
+  conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+  try:
+    if chunked:  # No Content-Length: the server must count.
+      conn.request("POST", path, body=iter(
+          [body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                   headers={"content-type": "application/json"},
+                   encode_chunked=True)
+    else:
+      conn.putrequest("POST", path)
+      conn.putheader("content-type", "application/json")
+      conn.putheader("content-length", str(len(body)))
+      conn.endheaders()
+      try:
+        conn.send(body)
+      except (BrokenPipeError, ConnectionResetError):
+        pass
+    response = conn.getresponse()
+    return response.status, json.loads(response.read())
+  finally:
+    conn.close()
+
+
+def timed_models(server):
+  tick = time.monotonic()
+  status, _ = get_json(server.url + "/models")
+  return status, time.monotonic() - tick
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_huge_request_is_refused_and_stalls_no_one(server, chunked):
+  # 5 MB: over the 1 MiB --max_request_bytes default. Refused with 413
+  # unread (by its Content-Length) or as soon as the count passes it.
+  huge = json.dumps({"model": MODEL, "prompt": "x" * 5_000_000,
+                     "max_tokens": 1}).encode()
+  with futures_lib.ThreadPoolExecutor(1) as pool:
+    big = pool.submit(post_raw, server, "/v1/completions", huge, chunked)
+    status, seconds = timed_models(server)
+    assert status == 200 and seconds < 1.0, seconds  # Wide: takes ms.
+    status, answer = big.result(60)
+  assert status == 413, answer
+  assert "max_request_bytes" in answer["error"]["message"]
+
+
+def test_a_long_prompt_is_refused_before_tokenizing(server):
+  # Under the byte limit, but 600 KB cannot be 256 tokens: refused from
+  # its length ("at least"), not after seconds of tokenizing.
+  chat = {"model": MODEL, "max_tokens": 1,
+          "messages": [{"role": "user", "content": "shoe " * 120_000}]}
+  long = dict(chat, messages=None, prompt="shoe " * 120_000)
+  with futures_lib.ThreadPoolExecutor(2) as pool:
+    answers = [pool.submit(get_json, server.url + path, body)
+               for path, body in (("/completions", long),
+                                  ("/chat/completions", chat))]
+    status, seconds = timed_models(server)
+    assert status == 200 and seconds < 1.0, seconds
+    for future in answers:
+      status, answer = future.result(60)
+      assert status == 400, answer
+      assert answer["error"]["code"] == "context_length_exceeded"
+      assert "at least" in answer["error"]["message"], answer
 
 
 def small_catalog(n):

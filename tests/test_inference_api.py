@@ -233,3 +233,30 @@ def test_search_errors_name_the_export(model_dir, export_dir, tmp_path):
       f"search: error: --checkpoint={model_dir}: embedding export {other} "
       "holds 8-d embeddings but this model's are 16-d; export the catalog "
       "with this model")
+
+
+def test_search_refuses_queries_without_words(encoder, export_dir):
+  # Each used to rank the whole catalog by the encoder's bias alone.
+  for queries, culprit in (([""], "query 0 ('')"),
+                           (["watch", " \t "], "query 1 (' \\t ')"),
+                           (["...!", ""], "query 0 ('...!')")):
+    with pytest.raises(ValueError) as e:
+      encoder.search(queries, index=export_dir)
+    assert str(e.value).startswith(f"{culprit} has no words to search for")
+  with pytest.raises(ValueError, match="2 queries in all"):
+    encoder.search(["...!", ""], index=export_dir)
+  with pytest.raises(ValueError, match="not the single str 'watch'"):
+    encoder.search("watch", index=export_dir)
+  # The CLI: one line, before the model or the export is loaded.
+  for query in ("", "\t"):
+    out = subprocess.run(
+        [sys.executable, "-m", "dashclip_jax.evaluation.search",
+         f"--export_dir={export_dir}", "--checkpoint=/no/such/model",
+         f"--query={query}"],
+        cwd=pathlib.Path(__file__).resolve().parents[1], capture_output=True,
+        text=True, timeout=300, check=False,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        f"search: error: --query: query 0 ({query!r}) has no words to "
+        "search for; give each query some text"], out.stderr

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from dashclip_jax import config_lib
 from dashclip_jax import host_memory
+from dashclip_jax import workdir_lock
 from dashclip_jax.curation import steps
 
 PROG = "dashclip_jax.curation.main"
@@ -54,6 +55,7 @@ def main(argv) -> None:
           f"{config.get('stage')!r}")
     steps.parse(config.run)
     config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
+    workdir_lock.hold_before_start(_WORKDIR.value, _DISTRIBUTED)
   # pylint: disable=g-import-not-at-top
   from dashclip_jax.curation import pipeline
   from dashclip_jax.data import bad_records
@@ -62,6 +64,7 @@ def main(argv) -> None:
       config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
       NotADirectoryError)):
     _DISTRIBUTED.initialize()
+    workdir_lock.hold_after_initialize(_WORKDIR.value, _DISTRIBUTED)
     tick = time.time()
     out = pipeline.run(config, _WORKDIR.value)
   log.info("curation done in %.0f s", time.time() - tick)

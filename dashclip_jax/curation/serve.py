@@ -2,6 +2,7 @@
 
   python -m dashclip_jax.curation.serve --model=DIR [--host=127.0.0.1]
       [--port=8000] [--max_batch=16] [--batch_wait_ms=5] [--max_length=512]
+      [--max_request_bytes=1048576]
 
 DIR is a .gguf file, a directory holding exactly one, a saved GPT teacher
 directory (`gpt.labeler.save_gpt_teacher`; LoRA merged), or "default" / ""
@@ -27,23 +28,32 @@ cache), so long generations are slow: this server is for labelling, whose
 answer is one token. Not supported, answered 400: stream, n > 1, stop,
 echo. Bad requests get HTTP 400 with an OpenAI-style error body; another
 model's name gets 404.
+
+One request cannot stall the others: a body over --max_request_bytes gets
+413 from its Content-Length, before it is read (or as soon as the bytes
+read pass the limit); a prompt whose bytes cannot fit the context in
+tokens (the vocabulary's longest token bounds bytes per token) gets 400
+before it is tokenized; and tokenizing runs on a worker thread, off the
+event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
 import sys
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pydantic
 
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 16
+MAX_REQUEST_BYTES = 1 << 20
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 # ---------------------------------------------------------------------------
@@ -171,6 +181,66 @@ def chat_prompt(tokenizer: Any, messages: list[Any]) -> str:
       add_generation_prompt=True)
 
 
+def longest_token_bytes(tokenizer: Any) -> int | None:
+  """At least the bytes any one token covers: the UTF-8 length of the
+  vocabulary's longest token text (byte-level BPE spells each byte as one
+  char of 1-2 UTF-8 bytes); None for a tokenizer without a vocabulary."""
+  vocab = getattr(getattr(tokenizer, "tokenizer", None), "get_vocab", None)
+  if vocab is None:
+    return None
+  return max(len(t.encode("utf-8")) for t in vocab(with_added_tokens=True))
+
+
+def check_fits_untokenized(prompt: str, max_tokens: int, max_length: int,
+                           longest: int | None) -> None:
+  """RequestError when the prompt cannot fit the context whatever its
+  tokens: it has at least ceil(bytes / longest token) of them. Cheap, so
+  a huge prompt is refused before the tokenizer spends seconds on it."""
+  if longest is None:
+    return
+  least = -(-len(prompt.encode("utf-8", "replace")) // longest)
+  if least + max_tokens > max_length:
+    raise RequestError(
+        f"the prompt (at least {least} tokens) plus max_tokens "
+        f"({max_tokens}) exceeds this server's context of {max_length} "
+        "tokens", "max_tokens", code="context_length_exceeded")
+
+
+class BodyLimit:
+  """ASGI middleware: 413 for a request body over `limit` bytes.
+
+  Judged from Content-Length before any byte is read; without one (chunked
+  uploads) the bytes are counted as the app reads them.
+  """
+
+  def __init__(self, app: Any, limit: int):
+    self.app, self.limit = app, limit
+    self.message = (f"the request body is over this server's limit of "
+                    f"{limit} bytes (--max_request_bytes)")
+
+  async def __call__(self, scope, receive, send) -> None:
+    from starlette import exceptions  # pylint: disable=g-import-not-at-top
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    length = dict(scope["headers"]).get(b"content-length", b"")
+    if length.isdigit() and int(length) > self.limit:
+      from starlette import responses  # pylint: disable=g-import-not-at-top
+      return await responses.JSONResponse(error_body(self.message),
+                                          status_code=413)(
+                                              scope, receive, send)
+    seen = 0
+
+    async def counted():
+      nonlocal seen
+      message = await receive()
+      seen += len(message.get("body", b""))
+      if seen > self.limit:  # FastAPI passes an HTTPException through.
+        raise exceptions.HTTPException(413, self.message)
+      return message
+
+    return await self.app(scope, counted, send)
+
+
 # ---------------------------------------------------------------------------
 # Generation.
 # ---------------------------------------------------------------------------
@@ -261,14 +331,16 @@ def completion_logprobs(tokenizer: Any, gen: dict[str, Any]
 # ---------------------------------------------------------------------------
 
 
-def make_app(name: str, tokenizer: Any, batcher: Any) -> Any:
+def make_app(name: str, tokenizer: Any, batcher: Any,
+             max_request_bytes: int = MAX_REQUEST_BYTES) -> Any:
   """The FastAPI app serving `name` through `batcher` (started and
-  stopped with the app)."""
+  stopped with the app); bodies over `max_request_bytes` get 413."""
   import fastapi  # pylint: disable=g-import-not-at-top
   from fastapi import exceptions as fastapi_exceptions  # pylint: disable=g-import-not-at-top
   from fastapi import responses  # pylint: disable=g-import-not-at-top
   from starlette import exceptions as starlette_exceptions  # pylint: disable=g-import-not-at-top
   max_length = batcher.engine.max_length
+  longest = longest_token_bytes(tokenizer)
   counts = {"requests": {}, "status": {}, "prompt_tokens": 0,
             "completion_tokens": 0}
 
@@ -279,6 +351,7 @@ def make_app(name: str, tokenizer: Any, batcher: Any) -> Any:
     await batcher.stop()
 
   api = fastapi.FastAPI(title="dashclip_jax serve", lifespan=lifespan)
+  api.add_middleware(BodyLimit, limit=max_request_bytes)
 
   def failure(status: int, message: str, param=None, code=None):
     kind = "invalid_request_error" if status < 500 else "server_error"
@@ -314,10 +387,18 @@ def make_app(name: str, tokenizer: Any, batcher: Any) -> Any:
       counts["status"][status] = counts["status"].get(status, 0) + 1
     return response
 
-  async def complete(prompt: str, body: Any, max_tokens: int, top_k: int
-                     ) -> tuple[dict[str, Any], dict[str, int]]:
+  def tokenize(prompt: Callable[[], str], max_tokens: int) -> list[int]:
+    text = prompt()
+    check_fits_untokenized(text, max_tokens, max_length, longest)
+    return tokenizer.encode([text])[0]
+
+  async def complete(prompt: Callable[[], str], body: Any, max_tokens: int,
+                     top_k: int) -> tuple[dict[str, Any], dict[str, int]]:
+    """`prompt` renders the prompt text: it runs, with the tokenizer, on a
+    worker thread, so a long one does not hold up other requests."""
     check_common(body, name)
-    ids = tokenizer.encode([prompt])[0]
+    ids = await asyncio.get_running_loop().run_in_executor(
+        None, tokenize, prompt, max_tokens)
     if not ids:
       raise RequestError("the prompt is empty", "prompt")
     if len(ids) + max_tokens > max_length:
@@ -355,8 +436,9 @@ def make_app(name: str, tokenizer: Any, batcher: Any) -> Any:
       raise RequestError("top_logprobs needs logprobs=true", "top_logprobs")
     max_tokens = body.max_completion_tokens or body.max_tokens or (
         DEFAULT_MAX_TOKENS)
-    gen, usage = await complete(chat_prompt(tokenizer, body.messages), body,
-                                max_tokens, body.top_logprobs or 0)
+    gen, usage = await complete(
+        lambda: chat_prompt(tokenizer, body.messages), body, max_tokens,
+        body.top_logprobs or 0)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "object": "chat.completion", "created": int(time.time()),
@@ -379,7 +461,7 @@ def make_app(name: str, tokenizer: Any, batcher: Any) -> Any:
         raise RequestError(f"one prompt per request, not {len(prompt)}",
                            "prompt")
       prompt = prompt[0]
-    gen, usage = await complete(prompt, body, body.max_tokens,
+    gen, usage = await complete(lambda: prompt, body, body.max_tokens,
                                 body.logprobs or 0)
     return {
         "id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
@@ -415,6 +497,8 @@ def define_flags() -> None:
                      "How long a forward waits for more requests.")
   flags.DEFINE_integer("max_length", 512,
                        "Context: prompt + max_tokens tokens at most.")
+  flags.DEFINE_integer("max_request_bytes", MAX_REQUEST_BYTES,
+                       "Request bodies over this get 413, unread.")
   flags.DEFINE_string("log_level", "warning", "uvicorn's log level.")
 
 
@@ -442,8 +526,8 @@ def main(argv: list[str]) -> None:
   name = f.served_model_name or name
   print(f"serving {name} on http://{f.host}:{f.port}/v1 (batch buckets "
         f"{engine.batch_sizes}, length buckets {engine.lengths})", flush=True)
-  uvicorn.run(make_app(name, tokenizer, batcher), host=f.host, port=f.port,
-              log_level=f.log_level)
+  uvicorn.run(make_app(name, tokenizer, batcher, f.max_request_bytes),
+              host=f.host, port=f.port, log_level=f.log_level)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ Sources (`sources.load_sources(config.data)`):
 Config fields (`config.data`, the one block of every job): source, path,
 catalog_path, columns, relevance_train_path, relevance_test_path, tfds_dir,
 synthetic, max_bad_fraction (0.01), relevance_test_max_bad_fraction (< 0:
-max_bad_fraction), test_fraction (0.1); split (what evaluation ranks and
+max_bad_fraction), test_fraction (0.1), max_image_pixels (50M: larger
+images are bad images, read from the header and never decoded); split (what evaluation ranks and
 ranking simulates: test, train, all), probe_split and max_probe_products
 (the evaluation's aisle probe); and for the pipelines
 (keyword arguments of `train_datasets.stage1_dataset` / `stage2_dataset`):

@@ -19,6 +19,7 @@ import numpy as np
 from dashclip_jax import config_lib
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
@@ -29,7 +30,8 @@ SOURCES = ("synthetic", "fashion", "table", "prepared", "tfds")
 SOURCE_KEYS = ("source", "path", "catalog_path", "columns",
                "relevance_train_path", "relevance_test_path", "tfds_dir",
                "synthetic", "max_bad_fraction",
-               "relevance_test_max_bad_fraction", "test_fraction")
+               "relevance_test_max_bad_fraction", "test_fraction",
+               "max_image_pixels")
 # Keys of the old per-job data blocks (config_lib.RETIRED_KEYS says what
 # replaced each).
 RETIRED_KEYS = ("catalog_dir", "catalog_file", "qrels_path",
@@ -108,12 +110,17 @@ def load_sources(cfg: Any = None) -> Sources:
       Any relevance path may also name a prepared table directory.
       All: `max_bad_fraction` (0.01), `relevance_test_max_bad_fraction`
       (< 0, the default: max_bad_fraction), `test_fraction` (0.1, hash
-      split when the catalog has no split column).
+      split when the catalog has no split column), `max_image_pixels`
+      (50M: larger images are bad images, never decoded).
 
   Returns:
     Sources; relevance entries are None where the data has none.
   """
   _check_keys(cfg)
+  # Every job reads its data through here: the limit holds for its decodes
+  # (and its data workers') from now on.
+  images_lib.set_max_pixels(int(_get(cfg, "max_image_pixels",
+                                     images_lib.DEFAULT_MAX_PIXELS)))
   source = _get(cfg, "source", "synthetic")
   max_bad = float(_get(cfg, "max_bad_fraction", 0.01))
   test_bad = float(_get(cfg, "relevance_test_max_bad_fraction", -1.0))

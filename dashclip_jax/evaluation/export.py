@@ -14,6 +14,11 @@ Several processes export one catalog without gathering it: each embeds its
 own rows and writes its part (`write_products_part`), then one process reads
 the parts into the index and manifest (`finish_export`).
 `export_embeddings` does both for one process (a single part).
+
+Every row is finite: a NaN row would be indexed and then silently missing
+from (or wrongly placed in) every search, so writers and `finish_export`
+refuse non-finite rows with a one-line `NonFiniteEmbeddingError` naming
+their ids.
 """
 
 import json
@@ -31,6 +36,27 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "products.faiss"
 
 
+class NonFiniteEmbeddingError(ValueError):
+  """Embedding rows with NaN or infinite values; the message names them."""
+
+
+def check_finite(ids: Sequence[Any], emb: np.ndarray, what: str,
+                 where: str = "", shown: int = 5) -> None:
+  """NonFiniteEmbeddingError naming the ids of emb's non-finite rows.
+
+  ids: N ids; emb: float (N, E); what: "product" or "query".
+  """
+  bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+  if not bad.size:
+    return
+  names = ", ".join(str(ids[i]) for i in bad[:shown])
+  more = f" and {bad.size - shown} more" if bad.size > shown else ""
+  raise NonFiniteEmbeddingError(
+      f"{where + ': ' if where else ''}{bad.size} of {len(emb)} {what} "
+      f"embeddings have NaN or infinite values ({what} ids {names}{more}); "
+      "not exported: they would drop out of every search")
+
+
 def part_file(part: int, num_parts: int) -> str:
   """products-00001-of-00004.parquet: part 1 of 4."""
   if not 0 <= part < num_parts:
@@ -40,7 +66,8 @@ def part_file(part: int, num_parts: int) -> str:
 
 def embedding_table(ids, texts, text_name, emb, extra=None) -> pa.Table:
   """The export's row layout: id, `text_name`, extra string columns, then
-  embedding (fixed-size list<float32>); ids are written as str."""
+  embedding (fixed-size list<float32>); ids are written as str.
+  Non-finite rows: NonFiniteEmbeddingError."""
   emb = np.asarray(emb, np.float32)
   if emb.ndim != 2:
     raise ValueError(f"{text_name} embeddings must be (N, E), got "
@@ -48,6 +75,7 @@ def embedding_table(ids, texts, text_name, emb, extra=None) -> pa.Table:
   if len(ids) != len(emb) or len(texts) != len(emb):
     raise ValueError(f"{len(ids)} ids, {len(texts)} {text_name}s and "
                      f"{len(emb)} embeddings must match")
+  check_finite(ids, emb, "product" if text_name == "title" else "query")
   cols = {"id": pa.array([str(i) for i in ids], pa.string()),
           text_name: pa.array(list(texts), pa.string())}
   for k, v in (extra or {}).items():
@@ -103,6 +131,7 @@ def finish_export(out_dir: str, num_parts: int, *, index_kind: str = "hnsw",
   if len(set(ids)) != len(ids):
     raise ValueError("product ids must be unique to key the export")
   product_emb = table_embeddings(table)
+  check_finite(ids, product_emb, "product", out_dir)  # Parts from elsewhere.
   # Parts of an earlier export into the same directory with another count.
   for f in os.listdir(out_dir):
     if f.startswith("products-") and f.endswith(".parquet") and (

@@ -5,8 +5,8 @@ r"""Free-text product search over an embedding export.
 
 The queries are encoded with the query tower of the checkpoint recorded in
 the export's manifest (or --checkpoint) and looked up in the faiss index.
-A bad flag, a missing or unreadable export or checkpoint ends in one line,
-`search: error: <message>`.
+A bad flag, an empty query, a missing or unreadable export or checkpoint
+ends in one line, `search: error: <message>`.
 """
 
 import os
@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from dashclip_jax import config_lib
+from dashclip_jax import tokenizer
 from dashclip_jax.evaluation import export as export_lib
 
 PROG = "search"
@@ -69,6 +70,9 @@ def main(argv) -> None:
                                          FileNotFoundError)):
     if not queries:
       raise config_lib.ConfigError("give at least one --query")
+    error = tokenizer.search_query_error(queries)
+    if error:
+      raise config_lib.ConfigError(f"--query: {error}")
     index = load_index(_EXPORT_DIR.value)
     checkpoint = _CHECKPOINT.value or index.manifest.get("checkpoint", "")
     if not checkpoint:

@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from dashclip_jax import config_lib
 from dashclip_jax import host_memory
+from dashclip_jax import workdir_lock
 
 PROG = "dashclip_jax.ranking.main"
 
@@ -49,6 +50,7 @@ def main(argv) -> None:
           "--config.embeddings is required: an embedding export directory "
           "(dashclip_jax/evaluation/export.py layout) or 'minilm'")
     config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
+    workdir_lock.hold_before_start(_WORKDIR.value, _DISTRIBUTED)
   # pylint: disable=g-import-not-at-top
   from dashclip_jax.data import bad_records
   from dashclip_jax.ranking import embeddings
@@ -58,6 +60,7 @@ def main(argv) -> None:
       config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
       NotADirectoryError, embeddings.MissingEmbeddingError, ValueError)):
     _DISTRIBUTED.initialize()
+    workdir_lock.hold_after_initialize(_WORKDIR.value, _DISTRIBUTED)
     out = pipeline.run(config, _WORKDIR.value)
   print(out["summary"])
 

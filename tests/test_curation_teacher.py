@@ -1,5 +1,6 @@
 """The cross-encoder teachers: inputs, the sharded train step, save/load."""
 
+import helpers
 import jax
 import numpy as np
 import pytest
@@ -35,8 +36,8 @@ def _batch(config, n=8, seed=0):
 
 def _two_steps(config, params, mesh_config, devices):
   mesh = sharding.make_mesh(mesh_config, devices)
-  tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3, total_steps=10),
-                            params)
+  tx = helpers.keeping_grads(optim.make_optimizer(
+      optim.OptimConfig(lr=1e-3, total_steps=10), params))
   state, shardings = teacher_train.init_state(config, params, tx, mesh)
   step = teacher_train.make_train_step(config, tx)  # Dropout on.
   jitted, losses = None, []
@@ -46,19 +47,24 @@ def _two_steps(config, params, mesh_config, devices):
         step, shardings, batch, mesh, fast_compile=True)
     state, metrics = jitted(state, batch, jax.random.key(i))
     losses.append(float(metrics["loss"]))
-  return jax.device_get(state.params), losses
+    grads = grads if i else jax.device_get(state.opt_state[0])
+  return jax.device_get(state.params), losses, grads
 
 
 @pytest.mark.parametrize("kind", ["text", "multimodal"])
 def test_train_step_is_the_same_on_every_mesh(kind):
   config, params, _ = _tiny(kind)
-  want, want_losses = _two_steps(config, params, [("data", 1)],
-                                 jax.devices()[:1])
+  want, want_losses, want_grads = _two_steps(config, params, [("data", 1)],
+                                             jax.devices()[:1])
   meshes = ([("data", 2), ("fsdp", 4), ("tensor", 1)],
             [("data", 8), ("fsdp", 1), ("tensor", 1)])
   for mesh_config in meshes[:2 if kind == "text" else 1]:
-    got, losses = _two_steps(config, params, mesh_config, jax.devices())
+    got, losses, grads = _two_steps(config, params, mesh_config,
+                                    jax.devices())
     np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+    # AdamW hides a uniform gradient scale (a sum for a mean over "data")
+    # from the params; the first step's gradients show it.
+    helpers.assert_same_grads(grads, want_grads)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
   assert want_losses[1] != want_losses[0]  # The step moved something.

@@ -258,6 +258,12 @@ def test_bad_requests_get_openai_style_errors(server):
   assert [status for status, _ in sampled] == [200, 200]
   assert sampled[0][1]["usage"]["completion_tokens"] <= 2
   assert sampled[0][1]["choices"] == sampled[1][1]["choices"]  # Seeded.
+  # Other seeds sample other answers (a server that ignored temperature
+  # would answer all alike); at temperature 0 the seed does not matter.
+  text = lambda t, seed: get_json(chat, dict(ok, temperature=t, seed=seed))[
+      1]["choices"][0]["message"]["content"]
+  assert len({text(1.5, seed) for seed in range(8)}) > 1
+  assert len({text(0.0, seed) for seed in range(3)}) == 1
   status, models = get_json(server.url + "/models")
   assert models["data"][0]["id"] == MODEL
 

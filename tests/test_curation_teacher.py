@@ -14,10 +14,10 @@ from dashclip_jax.curation import teacher_inputs
 from dashclip_jax.curation import teacher_train
 
 
-def _tiny(kind="text", **kw):
+def _tiny(kind="text", seed=0, **kw):
   return teacher_lib.initial_params(
       kind, "", size="tiny", fields=("title", "category"), max_length=16,
-      query_max_length=6, image_size=0, dropout=0.1, seed=0, **kw)
+      query_max_length=6, image_size=0, dropout=0.1, seed=seed, **kw)
 
 
 def _batch(config, n=8, seed=0):
@@ -105,6 +105,18 @@ def test_saved_teacher_is_a_labeler(tmp_path):
   again = teacher_lib.load_teacher(str(tmp_path), batch_size=16)
   np.testing.assert_allclose(again.predict(["red shirt"] * 5, products),
                              probs, atol=1e-6)
+  # The saved weights, not just some weights: the in-memory params applied
+  # directly (one device, no batching) give the loaded teacher's numbers...
+  inputs, _ = teacher_inputs.encode_pairs(
+      config, teacher.tokenizer, ["red shirt"] * 5, products)
+  logits = teacher_lib.CrossEncoder(config).apply({"params": params},
+                                                  **inputs)
+  np.testing.assert_allclose(probs, jax.nn.softmax(logits, -1), atol=1e-6)
+  # ...and an in-memory teacher with other weights gives other numbers.
+  _, other, _ = _tiny(seed=1)
+  other = teacher_lib.Teacher(config, other, "other", batch_size=4)
+  assert np.abs(other.predict(["red shirt"] * 5, products) - probs).max() \
+      > 1e-3
 
 
 def test_label_loss_by_hand_and_padding_rows_count_for_nothing():

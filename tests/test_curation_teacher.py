@@ -132,3 +132,49 @@ def test_label_loss_by_hand_and_padding_rows_count_for_nothing():
   np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
   np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-6)
   assert float(metrics["accuracy"]) == 0.5  # Row 0 right, row 1 wrong.
+
+
+
+def test_text_teacher_is_bert_for_sequence_classification(tmp_path):
+  """The text teacher's logits equal transformers' on the same weights and
+  tokens (`teacher_reference`, the bench's reference too). The encoder goes
+  to HF through the exporter's BERT table (its parity: test_export_hf);
+  the MiniLM start's conversion has its own (test_convert_parity)."""
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.curation import teacher_reference  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.export_hf import query as export_query  # pylint: disable=g-import-not-at-top
+  config, params, _ = _tiny()
+  # Kernels 5x the init's (0.02 std: the [CLS] output hardly depends on the
+  # input), and a pooler and head giving logits of order 1 (the init's are
+  # ~0.01): an encoder's difference is not lost under atol.
+  params["txt"] = jax.tree_util.tree_map_with_path(
+      lambda path, x: x * 5 if path[-1].key == "kernel" else x, params["txt"])
+  rng = np.random.default_rng(0)
+  for name in ("pooler", "classifier"):
+    k = params[name]["kernel"]
+    params[name] = {
+        "kernel": rng.normal(0, 2 / np.sqrt(k.shape[0]), k.shape).astype(
+            np.float32),
+        "bias": rng.normal(0, 0.1, k.shape[1]).astype(np.float32)}
+  bert = export_query.bert_model(
+      model_lib.model_config("tiny").replace(query=config.text),
+      {"query": params["txt"]})
+  bert.save_pretrained(tmp_path / "bert")
+  theirs = teacher_reference.torch_cross_encoder(params, str(tmp_path / "bert"))
+  queries = ["red shirt", "blue running shoes for men", "watch", "kurta"]
+  texts = ["Nike Red Shirt | Shirts", "Puma Blue Running Shoes | Shoes",
+           "Titan Men Black Watch | Watches | steel strap black dial date "
+           "window water resistant",
+           "Red Cotton Kurta | Kurtas"]
+  ids, mask = teacher_inputs.pair_tokens(
+      teacher_inputs.default_tokenizer(), queries, texts, config.max_length,
+      config.query_max_length)
+  # Rows with padding and one cut to the full length.
+  assert 0 < mask.sum(1).min() < mask.sum(1).max() == mask.shape[1]
+  ours = np.asarray(teacher_lib.CrossEncoder(config).apply(
+      {"params": params}, ids, mask))
+  want = teacher_reference.torch_logits(theirs, ids, mask)
+  assert np.abs(want).max() > 0.5 and np.ptp(want, 0).min() > 0.05
+  np.testing.assert_allclose(ours, want, atol=1e-5, rtol=1e-5)

@@ -26,26 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # pylint: disable=g-import-not-at-top
 import numpy as np
 import torch
-import transformers
 
 from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.curation import teacher_inputs
-from dashclip_jax.evaluation import baselines
+from dashclip_jax.curation import teacher_reference
 import labelled_pairs  # bench/, beside this script.
 # pylint: enable=g-import-not-at-top
-
-
-def torch_cross_encoder(params: dict
-                        ) -> transformers.BertForSequenceClassification:
-  model = transformers.BertForSequenceClassification.from_pretrained(
-      baselines.minilm_dir(), num_labels=3, local_files_only=True).eval()
-  with torch.no_grad():
-    for ours, theirs in ((params["pooler"], model.bert.pooler.dense),
-                         (params["classifier"], model.classifier)):
-      theirs.weight.copy_(torch.from_numpy(np.array(ours["kernel"]).T.copy()))
-      theirs.bias.copy_(torch.from_numpy(np.array(ours["bias"])))
-  return model
 
 
 def main() -> None:
@@ -61,19 +48,15 @@ def main() -> None:
       max_length=args.max_length, query_max_length=12, image_size=0,
       dropout=0.0, seed=0)
   ours = teacher_lib.Teacher(config, params, "bench", batch_size=args.batch)
-  theirs = torch_cross_encoder(params)
+  theirs = teacher_reference.torch_cross_encoder(params)
   tokenizer = teacher_inputs.default_tokenizer()
 
   def torch_batch(qs, ps):
     ids, mask = teacher_inputs.pair_tokens(
         tokenizer, qs, [labeler_lib.product_text(p, fields) for p in ps],
         config.max_length, config.query_max_length)
-    with torch.inference_mode():
-      logits = theirs(input_ids=torch.from_numpy(ids.astype(np.int64)),
-                      attention_mask=torch.from_numpy(mask.astype(np.int64)),
-                      token_type_ids=torch.zeros(ids.shape, dtype=torch.long)
-                      ).logits
-    return torch.softmax(logits, -1).numpy()
+    logits = teacher_reference.torch_logits(theirs, ids, mask)
+    return torch.softmax(torch.from_numpy(logits), -1).numpy()
 
   print(f"{len(queries)} pairs, batch {args.batch}, {args.max_length} tokens,"
         f" fields {','.join(fields)}; torch threads {torch.get_num_threads()}")

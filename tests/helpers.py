@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import optax
 
 from dashclip_jax import model as model_lib
 from dashclip_jax import sharding
@@ -65,3 +66,31 @@ def two_query_heldout_eval(labels: np.ndarray,
       {"params": p}, f, method=model_lib.DashClip.project_product)
   fns = (None, jax.jit(embed_queries), jax.jit(project))
   return fns, params, data, mesh
+
+
+def keeping_grads(tx: optax.GradientTransformation
+                  ) -> optax.GradientTransformation:
+  """`tx`, whose state also keeps the raw gradients of the latest step:
+  `opt_state[0]` (params-shaped: `init` returns the params, so
+  `sharding.optimizer_shardings` shards it like them). A test reads a
+  trainer's own step's gradients from its state this way.
+
+  Why: AdamW (and clipping) normalise a uniform gradient scale away, so
+  params after a step hide e.g. a sum-instead-of-mean over the data axis;
+  the gradients do not."""
+  keep = optax.GradientTransformation(
+      init=lambda params: params,
+      update=lambda grads, state, params=None: (grads, grads))
+  return optax.chain(keep, tx)
+
+
+def assert_same_grads(got, want, rtol: float = 1e-5) -> None:
+  """Gradient trees equal to rtol; entries near 0 (some leaves' gradients
+  are 0 up to rounding, e.g. a bias a norm cancels) to rtol times the
+  tree's largest entry. The gradients must not be all 0."""
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  got, want = jax.tree.leaves(got), jax.tree.leaves(want)
+  largest = max(float(np.abs(w).max()) for w in want)
+  assert largest > 0, "zero gradients"
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * largest)

@@ -153,16 +153,28 @@ def test_train_logger_reports_bad_images_with_culprits(caplog):
       next(it)
       logger.step(step, metrics, last=False)
   assert [s for s, _ in writer.rows] == [2]  # log_every=2.
-  bad = it._iters[0].bad  # pylint: disable=protected-access
-  assert bad.num_bad > 0
+  # The planted truth: the same data without damage is read in the same
+  # order (the shuffle does not know which images are bad), so the bad
+  # images read before the 16th good one are the planted rows among them.
+  clean_cfg = _data_cfg(max_bad_fraction=0.5)
+  clean_cfg.synthetic = dict(clean_cfg.synthetic, bad_images=0)
+  clean = inputs.stage1_train(clean_cfg, TINY, 8, seed=0)
+  order = np.concatenate([next(clean)["product_id"] for _ in range(6)])
+  where = inputs.load_sources(clean_cfg).train_catalog.where
+  planted = {f"synthetic product {r}" for r in synthetic.bad_image_rows(
+      96, 16)}
+  is_bad = np.array([where[i] in planted for i in order])
+  want_bad = int(np.flatnonzero(~is_bad)[15]) - 15  # Before the 16th good.
+  assert want_bad > 0
   m = writer.rows[-1][1]
-  assert m["train/bad_images"] == bad.num_bad
-  assert m["train/examples_seen"] == bad.seen == 16 + bad.num_bad
-  assert m["train/bad_image_fraction"] == pytest.approx(bad.num_bad /
-                                                        bad.seen)
-  first = bad.culprits[0].split(": ")[0]
-  assert first.startswith("synthetic product ")
-  assert first in caplog.text and "bad image" in caplog.text
+  assert m["train/bad_images"] == want_bad
+  assert m["train/examples_seen"] == 16 + want_bad
+  assert m["train/bad_image_fraction"] == pytest.approx(want_bad /
+                                                        (16 + want_bad))
+  named = [where[i] for i in order[:16 + want_bad][is_bad[:16 + want_bad]]]
+  bad = it._iters[0].bad  # pylint: disable=protected-access
+  assert [c.split(" (")[0] for c in bad.culprits] == named[:3]
+  assert named[0] in caplog.text and "bad image" in caplog.text
 
 
 # ---------------------------------------------------------------------------

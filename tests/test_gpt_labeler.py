@@ -134,6 +134,19 @@ def test_curation_job_trains_and_scores_a_gpt_teacher(tiny, tmp_path):
   assert meta["config"]["tuning"] == "lora" and meta["teacher_id"].startswith(
       "gpt-")
   assert len(meta["provenance"]["history"]) == 1
+  assert meta["provenance"]["history"][0]["step"] == 2
+  # Training moved the weights: LoRA starts at b = 0 (the base model), so
+  # the saved teacher's projections differ from the base only if it
+  # trained; the frozen base (norms, embeddings) is the GGUF's.
+  _, loaded, _ = tiny
+  trained = gpt_labeler.load_gpt_teacher(str(tmp_path / "teacher"),
+                                         batch_size=4)
+  moved = jax.tree.map(
+      lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+      jax.device_get(trained.params), loaded.params)
+  assert moved["blocks"]["attn"]["query"]["kernel"] > 1e-6, moved
+  assert moved["blocks"]["attn_norm"]["scale"] == 0.0
+  assert moved["embed"]["embedding"] == 0.0, moved
   assert out["teacher"]["validation"]["pairs"] > 0
   assert out["report"]["metrics"]["truth"]["pairs"] > 0
   again = pipeline.run(config, str(tmp_path))  # Reused, not retrained.

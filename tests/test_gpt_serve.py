@@ -96,8 +96,10 @@ def get_json(url: str, body: dict | None = None, raw: bytes | None = None
 class Server:
   """`python -m dashclip_jax.curation.serve` on a loopback port."""
 
-  def __init__(self, model: str, log_path: str, port: int | None = None):
+  def __init__(self, model: str, log_path: str, port: int | None = None,
+               batch_wait_ms: float = 5.0):
     self.model, self.log_path = model, log_path
+    self.batch_wait_ms = batch_wait_ms
     self.port = port or free_port()
     self.root = f"http://127.0.0.1:{self.port}"
     self.url = self.root + "/v1"
@@ -110,7 +112,8 @@ class Server:
       self.proc = subprocess.Popen(
           [sys.executable, "-m", "dashclip_jax.curation.serve",
            f"--model={self.model}", f"--port={self.port}",
-           "--max_length=256", "--max_batch=16"],
+           "--max_length=256", "--max_batch=16",
+           f"--batch_wait_ms={self.batch_wait_ms}"],
           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while True:
@@ -155,7 +158,11 @@ def in_process(gguf_path):
 
 @pytest.fixture(scope="module")
 def server(gguf_path, tmp_path_factory):
-  s = Server(gguf_path, str(tmp_path_factory.mktemp("log") / "server.log"))
+  # A 200 ms batching window, not 5 ms: concurrent requests are batched even
+  # when a loaded runner starts their threads far apart (a lone request
+  # waits it out, about 0.2 s per request here).
+  s = Server(gguf_path, str(tmp_path_factory.mktemp("log") / "server.log"),
+             batch_wait_ms=200.0)
   try:
     yield s.start()
   finally:
@@ -253,6 +260,12 @@ def test_bad_requests_get_openai_style_errors(server):
   assert [status for status, _ in sampled] == [200, 200]
   assert sampled[0][1]["usage"]["completion_tokens"] <= 2
   assert sampled[0][1]["choices"] == sampled[1][1]["choices"]  # Seeded.
+  # Other seeds sample other answers (a server that ignored temperature
+  # would answer all alike); at temperature 0 the seed does not matter.
+  text = lambda t, seed: get_json(chat, dict(ok, temperature=t, seed=seed))[
+      1]["choices"][0]["message"]["content"]
+  assert len({text(1.5, seed) for seed in range(8)}) > 1
+  assert len({text(0.0, seed) for seed in range(3)}) == 1
   status, models = get_json(server.url + "/models")
   assert models["data"][0]["id"] == MODEL
 
@@ -345,27 +358,29 @@ def test_server_killed_mid_run_then_restarted(gguf_path, tmp_path):
   n, out = 20, tmp_path / "labels"
   first = Server(gguf_path, str(tmp_path / "server.log")).start()
   try:
-    stop = threading.Event()
+    labeler = client(first.url, tmp_path, concurrency=2, max_retries=2)
+    # The client kills the server right after its 7th answer (mid-batch:
+    # 4 pairs a batch, 2 at a time), not a poller racing the requests: the
+    # request in flight beside it may still be answered, so 7 or 8 are.
+    call, answers, lock = labeler._call, [0], threading.Lock()
 
-    def kill_after(k):
-      while not stop.is_set():
-        if first.stats()["completion_requests"] >= k:
+    def call_then_kill(body):
+      answer = call(body)
+      with lock:
+        answers[0] += 1
+        if answers[0] == 7:
           first.kill()
-          return
-        time.sleep(0.005)
+      return answer
 
-    with futures_lib.ThreadPoolExecutor(1) as pool:
-      killer = pool.submit(kill_after, 7)
-      labeler = client(first.url, tmp_path, concurrency=2, max_retries=2)
-      with pytest.raises(ol.EndpointError, match="connection on all"):
-        label_job(labeler, out, n)
-      stop.set()
-      killer.result()
+    labeler._call = call_then_kill
+    with pytest.raises(ol.EndpointError, match="connection on all"):
+      label_job(labeler, out, n)
   finally:
     first.stop()
   answered = labeler.summary()["answers"]
   committed = sorted(p for p in os.listdir(out) if p.endswith(".parquet"))
-  assert 1 <= len(committed) < 5 and answered < n
+  assert answered in (7, 8) and len(committed) == answered // 4, (
+      answered, committed)
   mtimes = {p: os.stat(out / p).st_mtime_ns for p in committed}
   second = Server(gguf_path, str(tmp_path / "server.log"), first.port)
   try:

@@ -3,6 +3,7 @@
 import functools
 
 import flax.linen as nn
+import helpers
 import jax
 import numpy as np
 import pytest
@@ -65,6 +66,30 @@ def _steps(mesh_config, devices, lora_rank, steps=2, lr=1e-3, batch=8):
                          settings, mesh, lora_rank=lora_rank, lora_alpha=4.0)
 
 
+def _first_grads(mesh_config, devices, lora_rank, batch=8):
+  """The gradients of `gpt_train.train`'s first step, from its own step
+  function (`helpers.keeping_grads` keeps them in the optimizer state)."""
+  mesh = sharding.make_mesh(mesh_config, devices)
+  settings = teacher_train.TrainSettings(steps=2, batch_size=batch, lr=1e-3)
+  scale = gpt_train.lora_scale(lora_rank, 4.0)
+  trainable = gpt_train.trainable_start(CONFIG, _params(), lora_rank, 0)
+  trainable_sh, frozen_sh = gpt_train.shardings(CONFIG, trainable,
+                                                bool(lora_rank), mesh)
+  frozen = jax.device_put(_params(), frozen_sh) if lora_rank else {}
+  tx = helpers.keeping_grads(gpt_train.make_optimizer(settings))
+  state, state_sh = gpt_train.init_state(trainable, trainable_sh, tx, mesh)
+  inputs, labels = _data()
+  data = sharding.global_batch({
+      "ids": inputs["ids"][:batch], "mask": inputs["mask"][:batch],
+      "label": labels[:batch].astype(np.int32),
+      "weight": np.ones(batch, np.float32)}, mesh)
+  step = gpt_train.jit_train_step(
+      gpt_train.make_train_step(CONFIG, LABEL_IDS, tx, scale), state_sh,
+      frozen_sh, data, mesh, fast_compile=True)
+  state, _ = step(state, frozen, data)
+  return jax.device_get(state.opt_state[0])
+
+
 @pytest.mark.parametrize("lora_rank", [0, 2])
 def test_train_step_is_the_same_on_one_device_and_a_2x4_mesh(lora_rank):
   want, want_log = _steps([("data", 1)], jax.devices()[:1], lora_rank)
@@ -84,6 +109,12 @@ def test_train_step_is_the_same_on_one_device_and_a_2x4_mesh(lora_rank):
     assert np.mean(np.abs(a - b) > 1e-6) < 0.01
   if lora_rank:  # Only the low-rank tree is trained and returned.
     assert set(got["blocks"]["attn"]["query"]) == {"a", "b"}
+  # Clipping and AdamW hide a uniform gradient scale (a sum for a mean
+  # over "data") from the params; the gradients show it.
+  helpers.assert_same_grads(
+      _first_grads([("data", 2), ("fsdp", 4), ("tensor", 1)], jax.devices(),
+                   lora_rank),
+      _first_grads([("data", 1)], jax.devices()[:1], lora_rank))
 
 
 def test_a_few_steps_reduce_the_loss():

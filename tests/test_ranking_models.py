@@ -1,6 +1,7 @@
 """The click models: the cross layer by hand, the tower's derived features,
 and one training step on 1 device equal to the (2, 4, 1) mesh."""
 
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,7 +81,7 @@ def _two_steps(kind, mesh_config, devices, rank=0):
   tables = _tables()
   dev_tables = train.device_tables(tables, mesh)
   settings = train.TrainSettings(lr=1e-3, warmup_steps=0)
-  tx = train.optimizer(settings, total_steps=10)
+  tx = helpers.keeping_grads(train.optimizer(settings, total_steps=10))
   params = train.init_params(module, _rows(2), dev_tables, seed=0)
   state, shardings = train.init_state(params, tx, mesh)
   step, jitted, losses = train.make_train_step(module, tx), None, []
@@ -90,17 +91,21 @@ def _two_steps(kind, mesh_config, devices, rank=0):
                                             fast_compile=True)
     state, metrics = jitted(state, batch, dev_tables)
     losses.append(float(metrics["loss"]))
-  return jax.device_get(state.params), losses
+    grads = grads if i else jax.device_get(state.opt_state[0])
+  return jax.device_get(state.params), losses, grads
 
 
 # The tower and the ablation hold the baseline's DCN; full and low rank.
 @pytest.mark.parametrize("kind,rank", [("tower", 0), ("single", 3)])
 def test_train_step_on_one_device_equals_the_2x4x1_mesh(kind, rank):
-  want, want_losses = _two_steps(kind, [("data", 1)], jax.devices()[:1],
-                                 rank)
-  got, losses = _two_steps(kind, [("data", 2), ("fsdp", 4), ("tensor", 1)],
-                           jax.devices(), rank)
+  want, want_losses, want_grads = _two_steps(kind, [("data", 1)],
+                                             jax.devices()[:1], rank)
+  got, losses, grads = _two_steps(
+      kind, [("data", 2), ("fsdp", 4), ("tensor", 1)], jax.devices(), rank)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+  # AdamW hides a uniform gradient scale (a sum for a mean over "data")
+  # from the params; the first step's gradients show it.
+  helpers.assert_same_grads(grads, want_grads)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
   assert want_losses[1] != want_losses[0]  # The step moved something.

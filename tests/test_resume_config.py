@@ -48,6 +48,15 @@ def _state(config):
   return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
 
 
+def _filled_state(config, seed=1):
+  """`_state(config)` with distinct non-zero values in every leaf (step 7),
+  so a restore that reads nothing cannot pass for one that reads it."""
+  rng = np.random.default_rng(seed)
+  leaf = lambda x: (rng.integers(1, 1000, x.shape) if x.dtype.kind == "i"
+                    else rng.uniform(0.5, 2.0, x.shape)).astype(x.dtype)
+  return jax.tree.map(leaf, _state(config)).replace(step=np.int32(7))
+
+
 class _Data:
   """A train iterator's checkpointable state, nothing else."""
 
@@ -61,10 +70,10 @@ class _Data:
     self.state = state
 
 
-def _save(config, workdir, step=2):
+def _save(config, workdir, step=2, state=None):
   ckpts = resume.open_checkpoints(config, str(workdir))
-  ckpts.save(step, _state(config), _Data().get_state(), {"seed": 0},
-             wait=True)
+  ckpts.save(step, _state(config) if state is None else state,
+             _Data().get_state(), {"seed": 0}, wait=True)
   ckpts.close()
 
 
@@ -117,16 +126,21 @@ def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
 
 
 def test_changed_values_that_fit_resume_and_are_logged(tmp_path, caplog):
-  _save(_stage1_config(), tmp_path)
+  saved = _filled_state(_stage1_config())
+  _save(_stage1_config(), tmp_path, state=saved)
   changed = _stage1_config(**{"optim.lr": 5e-4, "train.total_steps": 8})
   ckpts = resume.open_checkpoints(changed, str(tmp_path))
   data = _Data()
   with caplog.at_level("INFO"):
     state, resumed = resume.restore(ckpts, _state(changed), data)
   ckpts.close()
-  assert resumed and int(state.step) == 0 and isinstance(
+  assert resumed and int(state.step) == 7 and isinstance(
       state, type(_state(changed))) and data.state == {
       "shards": {"0": {"pos": 3}}}
+  # Every leaf is the saved one (the restore started from zeros).
+  assert jax.tree.structure(state) == jax.tree.structure(saved)
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(saved)):
+    np.testing.assert_array_equal(np.asarray(got), want)
   lines = [r.getMessage() for r in caplog.records
            if "changed config" in r.getMessage()]
   assert len(lines) == 1, lines

@@ -46,6 +46,12 @@ PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
                  "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
+class TableError(ValueError):
+  """A table the loaders cannot read at all (no header, a column the
+  mapping names is absent); the message names the file. The entry points
+  print it as one line."""
+
+
 def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
   """Header and rows of a CSV file; malformed rows come back as errors.
 
@@ -76,7 +82,7 @@ def _csv_records(path: str
     header = next(reader)
   except StopIteration:
     f.close()
-    raise ValueError(f"{path}: empty CSV file (no header row)") from None
+    raise TableError(f"{path}: empty CSV file (no header row)") from None
   header = [h.strip() for h in header]
 
   def rows():
@@ -171,7 +177,7 @@ def require_columns(name: str, header: Sequence[str],
   """Fails early, naming them, when columns a mapping needs are absent."""
   missing = [c for c in needed if c not in header]
   if missing:
-    raise ValueError(f"{name}: columns {missing} not found; the table has "
+    raise TableError(f"{name}: columns {missing} not found; the table has "
                      f"{list(header)}. Set the column mapping.")
 
 

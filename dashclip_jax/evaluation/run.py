@@ -309,9 +309,12 @@ PROG = "evaluation.run"
 
 def one_line_errors() -> tuple[type[BaseException], ...]:
   """The errors `main` prints as one line (each names its culprit)."""
-  from dashclip_jax.data import bad_records  # pylint: disable=g-import-not-at-top
-  return (config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
-          NotADirectoryError)
+  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import bad_records
+  from dashclip_jax.data import tables
+  # pylint: enable=g-import-not-at-top
+  return (config_lib.ConfigError, bad_records.BadDataError, tables.TableError,
+          FileNotFoundError, NotADirectoryError)
 
 
 def main(argv) -> None:

@@ -3,9 +3,9 @@
 Layout: `query_id, query, product_id, label` in CSV or Parquet, labels
 2 (highly relevant), 1 (moderately relevant), 0 (irrelevant) -- the
 `relevance_train.csv` / `qrels_test.csv` files of the fashion set. Rows are
-validated against a Catalog; bad rows (malformed, empty query, unknown
-product, label outside {0, 1, 2}, duplicate pair, one query id with two texts)
-are skipped and counted.
+validated against a Catalog; bad rows (malformed, not UTF-8, empty query,
+unknown product, label outside {0, 1, 2}, duplicate pair, one query id with
+two texts) are skipped and counted.
 
 Tables reach millions of pairs (DashCLIP: 32M), so they are read in column
 batches (`tables.with_column_batches`: pyarrow, with the python CSV reader
@@ -154,8 +154,9 @@ def relevance_from_rows(
 
 
 # Why a row is skipped, in the order the checks judge a row.
+UNDECODABLE = tables.UNDECODABLE  # Bytes that are not UTF-8: any check.
 MALFORMED, EMPTY, BAD_LABEL, UNKNOWN, TEXT_DIFFERS, DUPLICATE = (
-    "malformed row", "empty query", "label outside {0,1,2}",
+    tables.MALFORMED, "empty query", "label outside {0,1,2}",
     "unknown product", "query text differs", "duplicate pair")
 
 
@@ -228,8 +229,12 @@ class _Loader:
     reason[(reason == 0) & (product < 0)] = 4
     # A string cell of row i, for the culprits.
     cell = lambda col, i: col[i].as_py()
-    self._culprits(batch, MALFORMED, np.flatnonzero(reason == 1),
-                   lambda i: batch.errors[i])
+    unreadable = np.flatnonzero(reason == 1)
+    undecodable = np.array([tables.error_reason(batch.errors[i]) ==
+                            UNDECODABLE for i in unreadable.tolist()], bool)
+    for why, rows in ((MALFORMED, unreadable[~undecodable]),
+                      (UNDECODABLE, unreadable[undecodable])):
+      self._culprits(batch, why, rows, lambda i: batch.errors[i])
     self._culprits(batch, EMPTY, np.flatnonzero(reason == 2),
                    lambda i: f"query_id {cell(qid, i)!r}")
     self._culprits(batch, BAD_LABEL, np.flatnonzero(reason == 3),

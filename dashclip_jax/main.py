@@ -134,18 +134,20 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
 
   FileNotFoundError: a data path, catalog or model dir named by the config
   (the message names it); BadDataError: data above max_bad_fraction;
-  DiskFullError: a checkpoint save out of disk (where, and how much).
+  DiskFullError: a checkpoint save out of disk (where, and how much);
+  TableError: a table without a column the mapping names (which, where).
   """
   # pylint: disable=g-import-not-at-top
   from dashclip_jax import checkpointing
   from dashclip_jax.data import bad_records
+  from dashclip_jax.data import tables
   from dashclip_jax.trainers import init_checkpoint
   from dashclip_jax.trainers import nonfinite
   # pylint: enable=g-import-not-at-top
   return (config_lib.ConfigError,
           init_checkpoint.InitCheckpointError, nonfinite.NonFiniteLossError,
           bad_records.BadDataError, checkpointing.DiskFullError,
-          FileNotFoundError, NotADirectoryError)
+          tables.TableError, FileNotFoundError, NotADirectoryError)
 
 
 def main(argv) -> None:

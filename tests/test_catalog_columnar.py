@@ -102,3 +102,30 @@ def test_parquet_catalog_with_template_and_int_ids_matches(tmp_path):
   _assert_same(cat, _rows_catalog(path, columns, root))
   assert cat.ids == ["1", "2"] and cat.where == ["cat.parquet row 0",
                                                  "cat.parquet row 1"]
+
+
+def test_latin1_titles_are_counted_and_named_not_replaced(tmp_path):
+  """A title saved as Latin-1 is skipped as undecodable text, by line, in
+  both loaders (it was kept as 'Qu\ufffdchua', nothing counted); bytes in a
+  column the column loader does not read change nothing. (The row loader,
+  given whole rows, judges every column.)"""
+  root, _ = _tree(tmp_path)
+  path = root / "catalog.csv"
+  path.write_bytes(
+      b"id,title,category,image,split,note\n"
+      b"1,One,shirt,images/a.jpg,train,\n"
+      b"2,Qu\xe9chua M\xe9n,shoe,images/b.jpg,test,\n"
+      b"3,Three,hat,images/c.jpg,train,\n")
+  columns = catalog_lib.CatalogColumns()
+  cat = catalog_lib.load_catalog(str(path), columns, max_bad_fraction=1.0)
+  assert cat.ids == ["1", "3"] and cat.titles == ["One", "Three"]
+  assert dict(cat.bad.counts) == {"undecodable text": 1}
+  assert cat.bad.culprits == [
+      "catalog.csv line 3: undecodable text (not UTF-8: column 'title' has "
+      "bytes b'\\xe9' (save the file as UTF-8))"]
+  _assert_same(cat, _rows_catalog(path, columns, root))
+  # Read by pyarrow alone: the bad bytes are only in a column not read.
+  path.write_bytes(path.read_bytes().replace(b"Qu\xe9chua M\xe9n", b"Two")
+                   .replace(b"train,\n", b"train,cr\xe8me\n"))
+  cat = catalog_lib.load_catalog(str(path), columns, max_bad_fraction=1.0)
+  assert cat.ids == ["1", "2", "3"] and not cat.bad.counts

@@ -116,6 +116,39 @@ def test_missing_split_column_uses_deterministic_hash(tmp_path):
   assert len(cat.subset("train")) + len(cat.subset("test")) == 50
 
 
+def test_relevance_rows_of_the_other_split_say_so(tmp_path):
+  """A catalog without a split column is split by hash; a train relevance
+  row naming a test product is skipped as "product in another split",
+  naming the split (it read "unknown product 10235", though the product is
+  in the catalog); a product in no split is still unknown."""
+  root = tmp_path / "c"
+  (root / "images").mkdir(parents=True)
+  for i in range(20):
+    _jpeg(root / "images" / f"{i}.jpg", i, size=(8, 8))
+  (root / "styles.csv").write_text(
+      "id,productDisplayName,articleType\n" +
+      "".join(f"{i},Title {i},Shirts\n" for i in range(20)))
+  split = {str(i): catalog_lib.hash_split(str(i), 0.3) for i in range(20)}
+  test_id = next(i for i, s in split.items() if s == "test")
+  train_ids = [i for i, s in split.items() if s == "train"][:3]
+  (root / "relevance_train.csv").write_text(
+      "query_id,query,product_id,label\n"
+      + "".join(f"q{k},shirt {k},{p},2\n" for k, p in enumerate(train_ids))
+      + f"q9,shirt,{test_id},2\nq9,shirt,999,1\n")
+  got = sources.load_sources(dict(
+      source="table", catalog_path=str(root / "styles.csv"),
+      relevance_train_path=str(root / "relevance_train.csv"),
+      test_fraction=0.3, max_bad_fraction=1.0))
+  rel = got.train_relevance
+  assert len(rel) == 3
+  assert dict(rel.bad.counts) == {"product in another split": 1,
+                                  "unknown product": 1}
+  assert rel.bad.culprits == [
+      f"relevance_train.csv line 5: product in another split (product "
+      f"{test_id} is in the test split)",
+      "relevance_train.csv line 6: unknown product (product_id '999')"]
+
+
 def test_parquet_with_image_bytes_matches_csv_with_files(tmp_path):
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top

@@ -284,3 +284,36 @@ def test_main_config_value_errors_are_one_line_errors(tmp_path, key, value,
   config[block][field] = value
   with pytest.raises(main.one_line_errors(), match=names):
     main.run(config, str(tmp_path / "w"))
+
+
+def test_table_without_a_mapped_column_is_one_line(tmp_path):
+  """A catalog lacking a column the mapping needs: one line naming the file
+  and the column (require_columns raised a ValueError: a traceback)."""
+  table = tmp_path / "catalog.csv"
+  table.write_text("id,name,image\n1,Blue shirt,1.jpg\n")
+  out = subprocess.run(
+      [sys.executable, "-m", MAIN, f"--workdir={tmp_path}/w", STAGE2_TINY,
+       "--config.data.source=table", f"--config.data.catalog_path={table}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+      env=dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu"))
+  assert out.returncode != 0, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  last = _last_line(out.stderr)
+  assert last.startswith(f"{MAIN}: error: "), out.stderr[-3000:]
+  assert str(table) in last and "['title'] not found" in last, last
+
+
+def test_a_utf8_bom_table_loads_through_the_jobs_loader(tmp_path):
+  """Spreadsheets' "CSV UTF-8" starts with a BOM: the first column is still
+  `id` (it read as '\\ufeffid': columns ['id'] not found)."""
+  from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for i in (1, 2):
+    Image.new("RGB", (4, 4)).save(tmp_path / f"{i}.jpg")
+  table = tmp_path / "catalog.csv"
+  table.write_bytes("\ufeffid,title,image,split\n1,Blue shirt,1.jpg,train\n"
+                    "2,Red dress,2.jpg,test\n".encode("utf-8"))
+  got = sources.load_sources(dict(source="table", catalog_path=str(table),
+                                  max_bad_fraction=0.0))
+  assert got.catalog.ids == ["1", "2"]
+  assert got.train_catalog.titles == ["Blue shirt"]

@@ -189,6 +189,43 @@ def test_sigterm_saves_and_rerun_resumes(xla_cache, tmp_path):
   assert (run / "models" / str(steps)).is_dir(), more
 
 
+def _train_lines(metrics_jsonl):
+  return [l for l in metrics_jsonl.read_text().splitlines()
+          if "train/loss" in l]
+
+
+def test_sigterm_in_the_final_eval_stops_at_once_and_rerun_evaluates(
+    xla_cache, tmp_path):
+  """SIGTERM once the final evaluation started: exit 143 at once with a line
+  saying so (it was ignored: ~70 s more of evaluation, exit 0), and the
+  rerun trains nothing and only evaluates, as after a kill -9."""
+  run = tmp_path / "w"
+  proc = subprocess.Popen(_cmd(run, STAGE2_TINY), cwd=ROOT,
+                          env=_env(xla_cache, 1), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  err = []
+  for line in proc.stderr:  # Ends at the process's end at the latest.
+    err.append(line)
+    if "=== evaluation (in" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  err.append(proc.communicate(timeout=300)[1])
+  err = "".join(err)
+  assert proc.returncode == 143, err[-3000:]
+  assert "SIGTERM during the final evaluation: stopped at once" in err
+  assert not (run / "eval" / "metrics.json").exists()
+  trained = {s: _train_lines(run / s / "metrics.jsonl")
+             for s in ("stage1", "stage2")}
+  assert all(trained.values()), trained
+
+  rerun = _ok(_main(xla_cache, run, STAGE2_TINY))
+  assert "=== evaluation (in" in rerun.stderr
+  for stage, lines in trained.items():  # Not one more training step.
+    assert _train_lines(run / stage / "metrics.jsonl") == lines, stage
+  metrics = json.loads((run / "eval" / "metrics.json").read_text())
+  assert "ndcg@10" in metrics["dashclip"]
+
+
 # ---------------------------------------------------------------------------
 # Stage 2's init checkpoints.
 

@@ -36,7 +36,7 @@ def _reference(rows, catalog):
   qindex, query_ids, queries, pairs, seen = {}, [], [], [], set()
   for where, row, error in rows:
     if row is None:
-      bad.bad(where, "malformed row", error)
+      bad.bad(where, tables.error_reason(error), error)
       continue
     qid, text, pid, raw = (tables.cell_text(row.get(c)) for c in
                            ("query_id", "query", "product_id", "label"))
@@ -158,12 +158,21 @@ def test_crlf_bom_and_trailing_blank_lines_stay_on_pyarrow(tmp_path,
   _assert_same(rel, _reference(tables.read_csv_rows(str(path))[1], cat))
 
 
-def test_bad_utf8_falls_back_to_replacement_characters(tmp_path):
+def test_bad_utf8_rows_are_counted_and_named_not_replaced(tmp_path):
+  """Latin-1 bytes: each such row is skipped as undecodable text, by line
+  (it was read with replacement characters: "caf\ufffd", nothing counted).
+  Bytes in a column the loader does not read change nothing."""
   path = tmp_path / "rel.csv"
-  path.write_bytes(HEADER.encode() + b"q1,caf\xe9,1,2\nq1,caf\xe9,2,2\n")
+  path.write_bytes(b"query_id,query,product_id,label,note\n"
+                   b"q1,caf\xe9,1,2,\nq2,tea,1,2,\nq1,caf\xe9,2,2,\n"
+                   b"q3,mug,2,1,cr\xe8me\n")
   cat = _catalog(3)
   rel = _load(path, cat)
-  assert rel.queries == ["caf\ufffd"] and len(rel) == 2
+  assert rel.queries == ["tea", "mug"] and len(rel) == 2
+  assert dict(rel.bad.counts) == {"undecodable text": 2}
+  assert [c.split(":")[0] for c in rel.bad.culprits] == [
+      "rel.csv line 2", "rel.csv line 4"]
+  assert "column 'query' has bytes b'\\xe9'" in rel.bad.culprits[0]
 
 
 def test_random_tables_in_small_batches_match_the_loop():

@@ -88,3 +88,21 @@ def test_hold_in_process(tmp_path):
   assert proc.returncode != 0
   assert f"pid {os.getpid()}" in proc.stderr
   assert "WorkdirBusyError" in proc.stderr
+
+
+def test_evaluation_run_holds_the_workdir_lock(tmp_path, holder):
+  out = subprocess.run(
+      [sys.executable, "-m", "dashclip_jax.evaluation.run",
+       "--config=configs/eval.py:synthetic", f"--workdir={tmp_path}/w"],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1, out.stderr
+  assert lines[0].startswith("evaluation.run: error: --workdir=")
+  assert f"pid {holder.pid} on host {socket.gethostname()}" in lines[0]
+
+
+def test_evaluation_run_prints_non_finite_embeddings_in_one_line():
+  from dashclip_jax.evaluation import export  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
+  assert issubclass(export.NonFiniteEmbeddingError, run_lib.one_line_errors())

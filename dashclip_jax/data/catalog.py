@@ -344,7 +344,7 @@ def catalog_from_rows(
   files = None
   for where, row, error in rows:
     if row is None:
-      bad.bad(where, "malformed row", error)
+      bad.bad(where, tables.error_reason(error), error)
       continue
     pid = tables.cell_text(row.get(columns.id))
     if not pid:
@@ -449,6 +449,9 @@ def catalog_from_batches(
   malformed = np.zeros(n, bool)
   errors = {b.start + i: e for b in batches for i, e in b.errors.items()}
   malformed[list(errors)] = True
+  undecodable = np.zeros(n, bool)
+  undecodable[[i for i, e in errors.items()
+               if tables.error_reason(e) == tables.UNDECODABLE]] = True
   pid, title = col(columns.id), col(columns.title)
   rel = (col(columns.image) if columns.image
          else _format_id(columns.image_template, pid))
@@ -473,14 +476,15 @@ def catalog_from_batches(
   kept = candidate & (row == first[id_code])
   duplicate = candidate & (row > first[id_code])
   reason = np.select(
-      [malformed, ~candidate, duplicate, candidate & (own > 0)],
-      [1, 2, 3, own.astype(np.int64) + 3], 0)
-  reasons = ("malformed row", "missing id", "duplicate id", "empty title",
-             "missing image", "path escapes catalog root", "missing image")
+      [undecodable, malformed, ~candidate, duplicate, candidate & (own > 0)],
+      [8, 1, 2, 3, own.astype(np.int64) + 3], 0)
+  reasons = (tables.MALFORMED, "missing id", "duplicate id", "empty title",
+             "missing image", "path escapes catalog root", "missing image",
+             tables.UNDECODABLE)
   cell = lambda a, i: a[i].as_py()
 
   def detail(i: int, code: int) -> str:
-    if code == 1:
+    if code in (1, 8):
       return errors[i]
     if code == 2:
       return ""

@@ -3,9 +3,9 @@
 Layout: `query_id, query, product_id, label` in CSV or Parquet, labels
 2 (highly relevant), 1 (moderately relevant), 0 (irrelevant) -- the
 `relevance_train.csv` / `qrels_test.csv` files of the fashion set. Rows are
-validated against a Catalog; bad rows (malformed, empty query, unknown
-product, label outside {0, 1, 2}, duplicate pair, one query id with two texts)
-are skipped and counted.
+validated against a Catalog; bad rows (malformed, not UTF-8, empty query,
+unknown product, label outside {0, 1, 2}, duplicate pair, one query id with
+two texts) are skipped and counted.
 
 Tables reach millions of pairs (DashCLIP: 32M), so they are read in column
 batches (`tables.with_column_batches`: pyarrow, with the python CSV reader
@@ -154,9 +154,12 @@ def relevance_from_rows(
 
 
 # Why a row is skipped, in the order the checks judge a row.
+UNDECODABLE = tables.UNDECODABLE  # Bytes that are not UTF-8: any check.
 MALFORMED, EMPTY, BAD_LABEL, UNKNOWN, TEXT_DIFFERS, DUPLICATE = (
-    "malformed row", "empty query", "label outside {0,1,2}",
+    tables.MALFORMED, "empty query", "label outside {0,1,2}",
     "unknown product", "query text differs", "duplicate pair")
+# Judged where UNKNOWN is: a product of the whole catalog, in another split.
+OTHER_SPLIT = "product in another split"
 
 
 def relevance_from_batches(
@@ -166,6 +169,7 @@ def relevance_from_batches(
     name: str,
     columns: RelevanceColumns = RelevanceColumns(),
     max_bad_fraction: float = 0.01,
+    whole: catalog_lib.Catalog | None = None,
 ) -> Relevance:
   """Validates column batches against `catalog`, with no Python per row.
 
@@ -176,10 +180,14 @@ def relevance_from_batches(
   row passing all the checks before it owns the pair). Query indices follow
   the first appearance of a query id among such rows. Python runs per
   distinct query of a batch and per bad row named as a culprit.
+
+  `whole`: the catalog of all splits that `catalog` is one split of; a row
+  whose product is there but not in `catalog` is skipped as OTHER_SPLIT
+  ("product 10235 is in the test split"), not as an unknown product.
   """
   loader = _Loader(catalog, columns,
                    br.BadRecords(f"relevance {name}",
-                                 max_bad_fraction=max_bad_fraction))
+                                 max_bad_fraction=max_bad_fraction), whole)
   for batch in batches:
     loader.add(batch)
   pa.default_memory_pool().release_unused()  # The batches' text is gone.
@@ -190,9 +198,10 @@ class _Loader:
   """The state `relevance_from_batches` keeps across batches."""
 
   def __init__(self, catalog: catalog_lib.Catalog, columns: RelevanceColumns,
-               bad: br.BadRecords):
+               bad: br.BadRecords, whole: catalog_lib.Catalog | None = None):
     self.catalog, self.columns, self.bad = catalog, columns, bad
     self.products = ProductIndex(catalog)
+    self.whole, self._whole_products = whole, None
     self.qindex: dict[str, int] = {}
     self.query_ids: list[str] = []
     self.queries: list[str] = []
@@ -226,16 +235,25 @@ class _Loader:
     reason[(reason == 0) & (label < 0)] = 3
     product = self.products.rows(pid)
     reason[(reason == 0) & (product < 0)] = 4
+    other = self._other_split(pid, np.flatnonzero(reason == 4))
+    reason[list(other)] = 5
     # A string cell of row i, for the culprits.
     cell = lambda col, i: col[i].as_py()
-    self._culprits(batch, MALFORMED, np.flatnonzero(reason == 1),
-                   lambda i: batch.errors[i])
+    unreadable = np.flatnonzero(reason == 1)
+    undecodable = np.array([tables.error_reason(batch.errors[i]) ==
+                            UNDECODABLE for i in unreadable.tolist()], bool)
+    for why, rows in ((MALFORMED, unreadable[~undecodable]),
+                      (UNDECODABLE, unreadable[undecodable])):
+      self._culprits(batch, why, rows, lambda i: batch.errors[i])
     self._culprits(batch, EMPTY, np.flatnonzero(reason == 2),
                    lambda i: f"query_id {cell(qid, i)!r}")
     self._culprits(batch, BAD_LABEL, np.flatnonzero(reason == 3),
                    lambda i: f"label {cell(raw, i)!r}")
     self._culprits(batch, UNKNOWN, np.flatnonzero(reason == 4),
                    lambda i: f"product_id {cell(pid, i)!r}")
+    self._culprits(batch, OTHER_SPLIT, np.flatnonzero(reason == 5),
+                   lambda i: f"product {cell(pid, i)} is in the {other[i]} "
+                   "split")
 
     rows = np.flatnonzero(reason == 0)
     del reason, empty
@@ -247,6 +265,17 @@ class _Loader:
     rows, q = rows[~differs], q[~differs]
     p = product[rows].astype(np.int32)
     self.parts.append((batch.start, q, p, label[rows], rows.astype(np.int32)))
+
+  def _other_split(self, pid, rows: np.ndarray) -> dict[int, str]:
+    """Of `rows` (products unknown to the catalog), those the whole catalog
+    has -> the split they are in (Python per such row: bad rows)."""
+    if self.whole is None or not len(rows):
+      return {}
+    if self._whole_products is None:
+      self._whole_products = ProductIndex(self.whole)
+    found = self._whole_products.rows(pid.take(rows))
+    return {int(i): self.whole.split[int(w)]
+            for i, w in zip(rows[found >= 0], found[found >= 0])}
 
   def _queries(self, qid, text) -> tuple[np.ndarray, np.ndarray]:
     """-> (int32 (N,) query index of each row, bool (N,) its text differs
@@ -422,6 +451,7 @@ def load_relevance(
     *,
     max_bad_fraction: float = 0.01,
     shard: tuple[int, int] = (0, 1),
+    whole: catalog_lib.Catalog | None = None,
 ) -> Relevance:
   """Reads `query_id, query, product_id, label` rows (CSV or Parquet).
 
@@ -438,6 +468,9 @@ def load_relevance(
       a CSV or Parquet file is read whole and its queries kept by
       `query_shards(query_ids, count) == index` (the same split when `count`
       divides the prepared shard count).
+    whole: the catalog of all splits, when `catalog` is one of them: rows
+      naming a product of another split are skipped as OTHER_SPLIT, named
+      with the split they are in (see `relevance_from_batches`).
   """
   index, count = shard
   if not 0 <= index < count:
@@ -451,7 +484,7 @@ def load_relevance(
   rel = tables.with_column_batches(
       path, names, lambda batches: relevance_from_batches(
           batches, catalog, name=path, columns=columns,
-          max_bad_fraction=max_bad_fraction))
+          max_bad_fraction=max_bad_fraction, whole=whole))
   if count == 1:
     return rel
   return rel.take_queries(

@@ -132,15 +132,19 @@ def load_sources(cfg: Any = None) -> Sources:
     return Sources(d.train_catalog, d.test_catalog, d.train, d.test,
                    d.catalog)
 
-  def rel(path, cat, test=False):
+  def rel(path, cat, whole, test=False):
+    """Rows are judged against the whole catalog: one naming a product of
+    the other split is named so (a hash split puts ~10% of a catalog
+    without a split column there), not as an unknown product."""
     if not path:
       return None
     if not test:
-      return relevance_lib.load_relevance(path, cat,
+      return relevance_lib.load_relevance(path, cat, whole=whole,
                                           max_bad_fraction=max_bad)
     try:
       return relevance_lib.load_relevance(
-          path, cat, max_bad_fraction=test_bad if test_bad >= 0 else max_bad)
+          path, cat, whole=whole,
+          max_bad_fraction=test_bad if test_bad >= 0 else max_bad)
     except bad_records.BadDataError as e:
       raise bad_records.BadDataError(
           f"{e} The limit is --config.data.{test_limit}.") from None
@@ -171,8 +175,8 @@ def load_sources(cfg: Any = None) -> Sources:
                  or opt("relevance_train"))
     test_rel = (given("relevance_test_path", "qrels_test.csv")
                 or opt("qrels_test"))
-    return Sources(train, test, rel(train_rel, train),
-                   rel(test_rel, test, test=True), cat)
+    return Sources(train, test, rel(train_rel, train, cat),
+                   rel(test_rel, test, cat, test=True), cat)
 
   if source == "fashion":
     root = _get(cfg, "path")
@@ -189,8 +193,8 @@ def load_sources(cfg: Any = None) -> Sources:
                  or opt("relevance_train.csv"))
     test_rel = (given("relevance_test_path", "qrels_test.csv")
                 or opt("qrels_test.csv"))
-    return Sources(train, test, rel(train_rel, train),
-                   rel(test_rel, test, test=True), cat)
+    return Sources(train, test, rel(train_rel, train, cat),
+                   rel(test_rel, test, cat, test=True), cat)
   if source == "table":
     mapping = _get(cfg, "columns", None)
     columns = (catalog_lib.CatalogColumns(**dict(mapping)) if mapping
@@ -203,8 +207,8 @@ def load_sources(cfg: Any = None) -> Sources:
     cat = catalog_lib.load_catalog(
         path, columns, test_fraction=test_fraction, max_bad_fraction=max_bad)
     train, test = cat.subset("train"), cat.subset("test")
-    return Sources(train, test, rel(train_rel, train),
-                   rel(test_rel, test, test=True), cat)
+    return Sources(train, test, rel(train_rel, train, cat),
+                   rel(test_rel, test, cat, test=True), cat)
   if source == "tfds":
     # Imported here only: tensorflow-datasets is an optional extra.
     # pylint: disable=g-import-not-at-top

@@ -6,7 +6,8 @@ Two views of a table:
     it for messages ("styles.csv line 17", "catalog.parquet row 3"), and a
     row that cannot be read (malformed CSV, an unclosed quote and the rows it
     swallows) comes as None with the reason, so the caller counts it
-    (`bad_records.py`) instead of guessing. Python per row: for catalogs and
+    (`bad_records.py`) instead of guessing. Text is never changed: a row
+    whose bytes are not UTF-8 comes as None too (reason `UNDECODABLE`). Python per row: for catalogs and
     small tables.
   * column batches (`ColumnBatch`): the same records, a million at a time, as
     pyarrow string columns normalised like `cell_text`, for tables of
@@ -30,11 +31,19 @@ import bisect
 import csv
 import dataclasses
 import os
+import re
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
 Row = tuple[str, dict | None, str]  # (where, row or None, error)
+
+# Why a row that comes as None (an error) is skipped: its bytes are not
+# UTF-8 (e.g. a Latin-1 title), or it is no row of the header's shape.
+UNDECODABLE, MALFORMED = "undecodable text", "malformed row"
+_NOT_UTF8 = "not UTF-8"  # How an UNDECODABLE row's error starts.
+# The stand-ins of errors="surrogateescape" for bytes that are not UTF-8.
+_ESCAPED = re.compile("[\udc80-\udcff]+")
 
 # Records per column batch: a few MB of text per column; its transient
 # arrays cost ~250 bytes a record, the pairs kept 17.
@@ -46,8 +55,24 @@ PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
                  "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
+class TableError(ValueError):
+  """A table the loaders cannot read at all (no header, a column the
+  mapping names is absent); the message names the file. The entry points
+  print it as one line."""
+
+
+def error_reason(error: str) -> str:
+  """The skip reason of a row that came as an error: UNDECODABLE or
+  MALFORMED."""
+  return UNDECODABLE if error.startswith(_NOT_UTF8) else MALFORMED
+
+
 def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
   """Header and rows of a CSV file; malformed rows come back as errors.
+
+  The file is UTF-8 (a BOM is dropped). A row with bytes that are not is an
+  error (`UNDECODABLE`, naming the columns and bytes), never read with
+  replacement characters: a Latin-1 title would change silently.
 
   A row with the wrong number of fields (e.g. an unquoted comma inside a title
   of the public fashion file) is reported, never guessed at. A quote left
@@ -61,10 +86,12 @@ def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
                   for n, row, error in records)
 
 
-def _csv_records(path: str
+def _csv_records(path: str, columns: Sequence[str] | None = None
                  ) -> tuple[list[str], Iterator[tuple[int, dict | None, str]]]:
-  """`read_csv_rows` with each row named by its first line number."""
-  f = open(path, newline="", encoding="utf-8-sig", errors="replace")
+  """`read_csv_rows` with each row named by its first line number; only
+  undecodable bytes in `columns` (default: all) make a row an error."""
+  # Bytes that are not UTF-8 become lone surrogates, found per record.
+  f = open(path, newline="", encoding="utf-8-sig", errors="surrogateescape")
   lines = []  # The physical lines of the record being parsed.
 
   def physical_lines():
@@ -76,8 +103,13 @@ def _csv_records(path: str
     header = next(reader)
   except StopIteration:
     f.close()
-    raise ValueError(f"{path}: empty CSV file (no header row)") from None
+    raise TableError(f"{path}: empty CSV file (no header row)") from None
   header = [h.strip() for h in header]
+  if any(_ESCAPED.search(h) for h in header):
+    f.close()
+    raise TableError(f"{path} line 1: the header is not UTF-8 text "
+                     f"({_undecodable(header, header)})")
+  checked = set(header if columns is None else columns)
 
   def rows():
     with f:
@@ -111,8 +143,23 @@ def _csv_records(path: str
           yield start, None, (f"malformed row: {len(row)} fields, expected "
                               f"{len(header)}")
           continue
+        if any(map(_ESCAPED.search, lines)):
+          bad = [(h, v) for h, v in zip(header, row) if h in checked]
+          if any(_ESCAPED.search(v) for _, v in bad):
+            yield start, None, _undecodable(*zip(*bad))
+            continue
         yield start, dict(zip(header, row)), ""
   return header, rows()
+
+
+def _undecodable(names: Sequence[str], values: Sequence[str]) -> str:
+  """The error of a row with bytes that are not UTF-8: where and which."""
+  found = [(n, m.group()) for n, v in zip(names, values)
+           if (m := _ESCAPED.search(v))]
+  raw = lambda s: s.encode("utf-8", "surrogateescape")
+  return (f"{_NOT_UTF8}: " + ", ".join(f"column {n!r} has bytes {raw(b)!r}"
+                                       for n, b in found)
+          + " (save the file as UTF-8)")
 
 
 def _swallows_rows(continuation: list[str], num_fields: int) -> bool:
@@ -171,7 +218,7 @@ def require_columns(name: str, header: Sequence[str],
   """Fails early, naming them, when columns a mapping needs are absent."""
   missing = [c for c in needed if c not in header]
   if missing:
-    raise ValueError(f"{name}: columns {missing} not found; the table has "
+    raise TableError(f"{name}: columns {missing} not found; the table has "
                      f"{list(header)}. Set the column mapping.")
 
 
@@ -408,7 +455,7 @@ def _csv_batch(table, start: int, base: str,
 def _python_csv_batches(path: str, names: Sequence[str],
                         batch_rows: int) -> Iterator[ColumnBatch]:
   """Column batches through the python reader (any CSV; Python per row)."""
-  _, records = _csv_records(path)
+  _, records = _csv_records(path, names)
   base = os.path.basename(path)
   for batch in rows_to_batches(((n, row, e) for n, row, e in records), names,
                                min(batch_rows, 1 << 16)):

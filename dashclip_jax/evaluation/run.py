@@ -37,6 +37,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from dashclip_jax import config_lib
+from dashclip_jax import workdir_lock
 from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
@@ -309,8 +310,13 @@ PROG = "evaluation.run"
 
 def one_line_errors() -> tuple[type[BaseException], ...]:
   """The errors `main` prints as one line (each names its culprit)."""
-  from dashclip_jax.data import bad_records  # pylint: disable=g-import-not-at-top
-  return (config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
+  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import bad_records
+  from dashclip_jax.data import tables
+  from dashclip_jax.evaluation import export
+  # pylint: enable=g-import-not-at-top
+  return (config_lib.ConfigError, bad_records.BadDataError, tables.TableError,
+          export.NonFiniteEmbeddingError, FileNotFoundError,
           NotADirectoryError)
 
 
@@ -325,6 +331,9 @@ def main(argv) -> None:
           f"--config is a {cfg.stage} config: run it with python -m "
           "dashclip_jax.main (an eval config is configs/eval.py)")
     config_lib.check_workdir(workdir)
+    # One job per workdir, as main/curation/ranking (single process: the
+    # lock is taken before any work).
+    workdir_lock.hold(workdir)
     results = evaluate(cfg, workdir)
   print(json.dumps(results, indent=2, sort_keys=True))
 

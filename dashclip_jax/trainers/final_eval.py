@@ -35,6 +35,7 @@ import numpy as np
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import run as eval_run
+from dashclip_jax.trainers import preemption
 
 log = logging.getLogger("dashclip_jax")
 
@@ -121,8 +122,15 @@ def run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
         init_model_dir: str | None) -> dict[str, dict] | None:
   """Evaluates `model_dir` on the run's data; every process must call it.
 
-  Returns the metrics on process 0, None on the others.
+  Returns the metrics on process 0, None on the others. SIGTERM stops it at
+  once (preemption.Preempted): a rerun redoes only the evaluation.
   """
+  with preemption.stop_at_once_on_sigterm("the final evaluation"):
+    return _run(config, model_dir, workdir, init_model_dir)
+
+
+def _run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
+         init_model_dir: str | None) -> dict[str, dict] | None:
   # pylint: disable=g-import-not-at-top
   import dashclip_jax
   # pylint: enable=g-import-not-at-top

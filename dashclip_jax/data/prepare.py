@@ -83,6 +83,16 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def is_prepared(directory: str) -> bool:
+  """Whether `directory` was written by prepare (other tools, e.g. a
+  curation run's `expanded/`, keep a manifest.json of their own)."""
+  try:
+    with open(os.path.join(directory, MANIFEST)) as f:
+      return json.load(f).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
 def _read_manifest(directory: str) -> dict[str, Any]:
   path = os.path.join(directory, MANIFEST)
   if not os.path.isfile(path):

@@ -153,8 +153,7 @@ def load_sources(cfg: Any = None) -> Sources:
     """An explicit relevance path; a directory (e.g. a curation run's
     `expanded/`) means its `name` file, unless it is a prepared table."""
     path = _get(cfg, key)
-    if path and os.path.isdir(path) and not os.path.isfile(
-        os.path.join(path, prepare.MANIFEST)):
+    if path and os.path.isdir(path) and not prepare.is_prepared(path):
       path = os.path.join(path, name)
     if path and not os.path.exists(path):
       raise FileNotFoundError(f"data.{key} {path!r} not found")
@@ -162,15 +161,15 @@ def load_sources(cfg: Any = None) -> Sources:
 
   if source == "prepared":
     root = _get(cfg, "path")
-    if not root or not os.path.isfile(os.path.join(root, prepare.MANIFEST)):
+    if not root or not prepare.is_prepared(root):
       raise FileNotFoundError(
           f"data.path {root!r} is no prepared directory (no "
           f"{prepare.MANIFEST}; python -m dashclip_jax.data.prepare writes "
           "one)")
     cat = catalog_lib.load_catalog(root)
     train, test = cat.subset("train"), cat.subset("test")
-    opt = lambda n: (os.path.join(root, n) if os.path.isfile(
-        os.path.join(root, n, prepare.MANIFEST)) else None)
+    opt = lambda n: (os.path.join(root, n) if prepare.is_prepared(
+        os.path.join(root, n)) else None)
     train_rel = (given("relevance_train_path", "relevance_train.csv")
                  or opt("relevance_train"))
     test_rel = (given("relevance_test_path", "qrels_test.csv")

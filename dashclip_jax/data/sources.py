@@ -159,6 +159,16 @@ def load_sources(cfg: Any = None) -> Sources:
       raise FileNotFoundError(f"data.{key} {path!r} not found")
     return path or None
 
+  def folder(cat, train_rel, test_rel):
+    """A data folder's sources; explicit relevance paths replace the
+    folder's own (e.g. curated labels)."""
+    train_rel = (given("relevance_train_path", "relevance_train.csv")
+                 or train_rel)
+    test_rel = given("relevance_test_path", "qrels_test.csv") or test_rel
+    train, test = cat.subset("train"), cat.subset("test")
+    return Sources(train, test, rel(train_rel, train, cat),
+                   rel(test_rel, test, cat, test=True), cat)
+
   if source == "prepared":
     root = _get(cfg, "path")
     if not root or not prepare.is_prepared(root):
@@ -166,16 +176,9 @@ def load_sources(cfg: Any = None) -> Sources:
           f"data.path {root!r} is no prepared directory (no "
           f"{prepare.MANIFEST}; python -m dashclip_jax.data.prepare writes "
           "one)")
-    cat = catalog_lib.load_catalog(root)
-    train, test = cat.subset("train"), cat.subset("test")
-    opt = lambda n: (os.path.join(root, n) if prepare.is_prepared(
-        os.path.join(root, n)) else None)
-    train_rel = (given("relevance_train_path", "relevance_train.csv")
-                 or opt("relevance_train"))
-    test_rel = (given("relevance_test_path", "qrels_test.csv")
-                or opt("qrels_test"))
-    return Sources(train, test, rel(train_rel, train, cat),
-                   rel(test_rel, test, cat, test=True), cat)
+    return folder(catalog_lib.load_catalog(root), *(
+        os.path.join(root, n) if prepare.is_prepared(os.path.join(root, n))
+        else None for n in ("relevance_train", "qrels_test")))
 
   if source == "fashion":
     root = _get(cfg, "path")
@@ -184,16 +187,9 @@ def load_sources(cfg: Any = None) -> Sources:
     cat = catalog_lib.load_catalog(
         os.path.join(root, "styles.csv"), catalog_lib.FASHION_COLUMNS,
         test_fraction=test_fraction, max_bad_fraction=max_bad)
-    train, test = cat.subset("train"), cat.subset("test")
-    opt = lambda n: (os.path.join(root, n)
-                     if os.path.isfile(os.path.join(root, n)) else None)
-    # Explicit paths replace the folder's own (e.g. curated labels).
-    train_rel = (given("relevance_train_path", "relevance_train.csv")
-                 or opt("relevance_train.csv"))
-    test_rel = (given("relevance_test_path", "qrels_test.csv")
-                or opt("qrels_test.csv"))
-    return Sources(train, test, rel(train_rel, train, cat),
-                   rel(test_rel, test, cat, test=True), cat)
+    return folder(cat, *(
+        os.path.join(root, n) if os.path.isfile(os.path.join(root, n))
+        else None for n in ("relevance_train.csv", "qrels_test.csv")))
   if source == "table":
     mapping = _get(cfg, "columns", None)
     columns = (catalog_lib.CatalogColumns(**dict(mapping)) if mapping

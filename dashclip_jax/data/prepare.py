@@ -87,10 +87,10 @@ def is_prepared(directory: str) -> bool:
   """Whether `directory` was written by prepare (other tools, e.g. a
   curation run's `expanded/`, keep a manifest.json of their own)."""
   try:
-    with open(os.path.join(directory, MANIFEST)) as f:
-      return json.load(f).get("format") == FORMAT
-  except (OSError, ValueError, AttributeError):
+    _read_manifest(directory)
+  except (OSError, ValueError, AttributeError):  # Absent, not JSON, other.
     return False
+  return True
 
 
 def _read_manifest(directory: str) -> dict[str, Any]:

@@ -108,9 +108,10 @@ def get_config(arg=None):
       if v in ("demo", "fashion") else
       "(img|txt|vision_proj|text_proj|itm_head)/.*=0; .*=1")
   # A frozen tower's pooled features: one pass over the train catalog at
-  # the start, then each step runs only the query tower (False: recompute
-  # them per batch, in eval mode; same values, for benchmarks).
-  c.train.cache_product_features = True
+  # the start, then each step runs only the query tower. "auto": only when
+  # the run's steps x batch products outnumber the train products (else the
+  # tower runs per batch, in eval mode: same values); "always", "never".
+  c.train.cache_product_features = "auto"
   # Products per global batch while the table is built: the pass runs once
   # over the whole train catalog (400K products at DashCLIP's scale), where
   # a small eval batch costs more in per-call overhead than in compute.

@@ -264,3 +264,19 @@ def test_zero_mined_negatives_is_in_batch_only():
   _, m_with = _one_step(cfg, ts.STAGE2_TRAIN_PRODUCT_PROJ)
   np.testing.assert_allclose(m_empty["loss"], m_none["loss"], rtol=1e-6)
   assert abs(float(m_with["loss"]) - float(m_none["loss"])) > 1e-4
+
+
+def test_feature_table_is_built_only_when_it_pays():
+  """'auto' weighs the table's one forward per product against the run's
+  steps x batch product forwards; the explicit settings override it."""
+  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
+  assert stage2.use_feature_table("auto", 400_000, 2 * 8) is False
+  assert stage2.use_feature_table("auto", 9_000, 500 * 32) is True
+  assert stage2.use_feature_table("auto", 100, 100) is True
+  assert stage2.use_feature_table("always", 400_000, 16) is True
+  assert stage2.use_feature_table(True, 400_000, 16) is True
+  assert stage2.use_feature_table("never", 10, 10_000) is False
+  assert stage2.use_feature_table("False", 10, 10_000) is False
+  with pytest.raises(config_lib.ConfigError, match="cache_product_features"):
+    stage2.use_feature_table("sometimes", 10, 10)

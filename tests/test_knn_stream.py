@@ -26,11 +26,14 @@ def test_streamed_topk_equals_a_stable_sort(n, k, chunk):
   want_val, want_idx = numpy_topk(queries, products, k)
   for mesh in (knn.default_mesh(), jax.sharding.Mesh(
       np.asarray(jax.devices()[:3]), ("data",))):
-    val, idx = knn.exact_topk(queries, products, k, mesh=mesh, query_batch=5,
-                              product_chunk=chunk)
-    assert idx.dtype == np.int32 and val.dtype == np.float32
-    np.testing.assert_array_equal(idx, want_idx)
-    np.testing.assert_array_equal(val, want_val)
+    # query_group 10 (rounded to 2 batches of 5): groups of 10 and 3.
+    for group in (10, 1 << 14):
+      val, idx = knn.exact_topk(queries, products, k, mesh=mesh,
+                                query_batch=5, product_chunk=chunk,
+                                query_group=group)
+      assert idx.dtype == np.int32 and val.dtype == np.float32
+      np.testing.assert_array_equal(idx, want_idx)
+      np.testing.assert_array_equal(val, want_val)
 
 
 def test_nan_and_infinite_scores_rank_last_by_index():

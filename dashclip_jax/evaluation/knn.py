@@ -69,7 +69,8 @@ def _merge_chunk(top_v, top_i, queries, chunk, start, n, *, mesh, axis):
 
 def exact_topk(queries: np.ndarray, products: np.ndarray, k: int,
                mesh: Mesh | None = None, axis: str = "data",
-               query_batch: int = 1024, product_chunk: int = PRODUCT_CHUNK
+               query_batch: int = 1024, product_chunk: int = PRODUCT_CHUNK,
+               query_group: int = 16 * 1024
                ) -> tuple[np.ndarray, np.ndarray]:
   """Exact inner-product top-k over the whole catalog, sharded over `axis`.
 
@@ -85,6 +86,9 @@ def exact_topk(queries: np.ndarray, products: np.ndarray, k: int,
       (Qb, chunk / devices) score block).
     product_chunk: catalog rows on the devices at a time (rounded up to a
       multiple of the devices).
+    query_group: queries on the devices at a time; the catalog streams once
+      per group, so device memory stays bounded when curation mines 640K
+      queries (their embeddings alone would be 650 MB at E=256).
 
   Returns:
     (scores float32 (Q, k), indices int32 (Q, k)), best first; NaN scores
@@ -100,6 +104,19 @@ def exact_topk(queries: np.ndarray, products: np.ndarray, k: int,
   if not 1 <= k <= n:
     raise ValueError(f"k={k} must be in [1, {n}] (catalog size)")
   mesh = mesh or default_mesh(axis)
+  group = max(query_group // query_batch, 1) * query_batch
+  parts = [_group_topk(queries[g:g + group], products, k, mesh, axis,
+                       query_batch, product_chunk)
+           for g in range(0, max(len(queries), 1), group)]
+  return (np.concatenate([v for v, _ in parts]),
+          np.concatenate([i for _, i in parts]))
+
+
+def _group_topk(queries: np.ndarray, products: np.ndarray, k: int, mesh: Mesh,
+                axis: str, query_batch: int, product_chunk: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """`exact_topk` of one group of queries: the catalog streamed once."""
+  n = products.shape[0]
   shards = mesh.shape[axis]
   chunk = -(-min(product_chunk, n) // shards) * shards  # Same every chunk.
   replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))

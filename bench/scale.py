@@ -19,6 +19,10 @@ measuring) is its own:
               products (random unit embeddings, E=256) and its metrics;
   mining      curation candidates for 2,000 unlabelled queries over N
               products (E=256; k=20, 5 random), extrapolated to 640K;
+  mining_ann  the same with mining.search=faiss, faiss_index=ivf, for 20K
+              and 100K clustered queries: the fixed cost (index build) and
+              the per-query rate, extrapolated to 640K, and recall@20
+              against the exact top-k;
   evaluate    `evaluation.run` of the tiny stage-1 model: 1,000 queries
               over all N products (data.split=all), BM25 beside it, probes,
               plots and the export: the whole process;
@@ -52,8 +56,8 @@ LEVELS = {  # name: (products, train pairs)
 }
 TEST_QUERIES = 1000
 PAIRS_PER_QUERY = 50
-STEPS = ("catalog", "relevance", "eval_topk", "mining", "stage2", "evaluate",
-         "main")
+STEPS = ("catalog", "relevance", "eval_topk", "mining", "mining_ann", "stage2",
+         "evaluate", "main")
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
@@ -286,6 +290,51 @@ def _worker_mining(tables: str, num_queries: int = 2000,
   return result
 
 
+def _clustered_unit(rng, n: int, centres: np.ndarray) -> np.ndarray:
+  x = centres[rng.integers(0, len(centres), n)]
+  x = x + 0.6 * _random_unit(rng, n, centres.shape[1])
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _worker_mining_ann(tables: str, num_queries: tuple[int, int] = (
+    20_000, 100_000), total_queries: int = 640_000,
+                       recall_queries: int = 1000) -> dict:
+  """Mining with `mining.search=faiss`, `faiss_index=ivf`: the index is built
+  once (a fixed cost), then each query scans a few cells. Timed at two query
+  counts: their difference gives the per-query rate, the rest is the fixed
+  cost. Embeddings come from 1,024 broad clusters, as trained ones group by
+  type, colour and brand (uniformly random vectors have no neighbourhoods,
+  the worst case for any ANN); recall@20 is against the exact top-k."""
+  from dashclip_jax.curation import mining  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.evaluation import knn  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(tables, "DONE")) as f:
+    n = json.load(f)["products"]
+  rng = np.random.default_rng(0)
+  centres = _random_unit(rng, 1024, 256)
+  queries = _clustered_unit(rng, max(num_queries), centres)
+  products = _clustered_unit(rng, n, centres)
+  exact = knn.exact_topk(queries[:recall_queries], products, 20)[1]
+
+  def run(q):
+    labelled = np.stack([rng.integers(0, q, 10 * q),
+                         rng.integers(0, n, 10 * q)], axis=1)
+    out = mining.candidates(queries[:q], products, k=20, num_random=5,
+                            seed=0, labelled=labelled, search="faiss",
+                            faiss_index="ivf")
+    return {"candidates": len(out["query"])}
+  small = _measure(lambda: run(num_queries[0]))
+  result = _measure(lambda: run(num_queries[1]))
+  result["recall"] = knn.ann_recall(mining.topk(
+      queries[:recall_queries], products, 20, "faiss", "ivf"), exact)
+  per_query = ((result["seconds"] - small["seconds"])
+               / (num_queries[1] - num_queries[0]))
+  fixed = small["seconds"] - per_query * num_queries[0]
+  result.update(fixed_s=fixed, recall_at_20=result.pop("recall"),
+                ms_per_query=1000 * per_query,
+                minutes_for_640k=(fixed + per_query * total_queries) / 60)
+  return result
+
+
 def _run_job(args: list[str], cwd: str, env: dict, log_path: str) -> dict:
   """Runs a job process; -> wall seconds, its peak RSS, exit status."""
   t = time.perf_counter()
@@ -347,7 +396,8 @@ def _job_step(step: str, tables: str, tree: str, work: str) -> dict:
 
 
 WORKERS = {"catalog": _worker_catalog, "relevance": _worker_relevance,
-           "eval_topk": _worker_eval_topk, "mining": _worker_mining}
+           "eval_topk": _worker_eval_topk, "mining": _worker_mining,
+           "mining_ann": _worker_mining_ann}
 
 
 def run_step(step: str, tables: str, tree: str, work: str) -> dict:
@@ -378,6 +428,9 @@ def _cell(r: dict | None) -> str:
   extra = ""
   if "minutes_for_640k" in r:
     extra = f", {r['ms_per_query']:.2f} ms/q -> {r['minutes_for_640k']:.0f} min"
+  if "recall_at_20" in r:
+    extra += (f" (fixed {r['fixed_s']:.0f} s, recall@20 "
+              f"{r['recall_at_20']:.3f})")
   return f"{r['seconds']:.1f} s, {r['peak_gb']:.2f} GB{extra}"
 
 

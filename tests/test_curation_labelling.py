@@ -76,3 +76,36 @@ def test_kill_mid_labelling_then_rerun_gives_the_same_files(tmp_path):
     assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
   assert _files(resumed) == _files(whole)
   assert len([n for n in _files(whole) if n.endswith(".parquet")]) == 5
+
+
+def test_pairs_digest_is_the_sha256_of_the_pair_lines():
+  """The vectorised digest hashes exactly "query_id\\tproduct_id\\n" per pair
+  (what manifests written before it hold), across chunk boundaries."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.curation import labelling  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  queries = [f"q{i} é,\"x" for i in rng.integers(0, 50, 101)]
+  products = np.array([f"p{i}" for i in rng.integers(0, 50, 101)], object)
+  want = hashlib.sha256("".join(
+      f"{q}\t{p}\n" for q, p in zip(queries, products)).encode()).hexdigest()
+  assert labelling.pairs_digest(queries, products) == want
+  assert labelling.pairs_digest(queries[:1], products[:1]) == hashlib.sha256(
+      f"{queries[0]}\t{products[0]}\n".encode()).hexdigest()
+  for chunk in (1, 7, 100):
+    assert labelling.pairs_digest(queries, products, chunk=chunk) == want
+
+
+def test_expanded_csv_reads_back_with_commas_quotes_and_newlines(tmp_path):
+  import csv  # pylint: disable=g-import-not-at-top
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.curation import labelling  # pylint: disable=g-import-not-at-top
+  rows = {"query_id": ["a", "b,1", "c"],
+          "query": ['red "slim" jeans', "navy, shirt", "two\nlines é"],
+          "product_id": ["10", "11", "12"], "label": [2, 0, 1]}
+  table = pa.table(dict(rows, p0=[0.0] * 3, extra=["x"] * 3))
+  path = labelling.write_expanded(table, str(tmp_path / "exp"), {"n": 3})
+  with open(path, newline="", encoding="utf-8") as f:
+    got = list(csv.reader(f))
+  assert got[0] == ["query_id", "query", "product_id", "label"]
+  assert got[1:] == [list(map(str, r)) for r in zip(*rows.values())]

@@ -16,7 +16,6 @@ a NaN row for (it could not label it) is left out of its shard, counted.
 
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import json
@@ -27,6 +26,8 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from dashclip_jax.config_lib import ConfigError
@@ -49,10 +50,20 @@ def shard_name(index: int, count: int) -> str:
   return f"part-{index:05d}-of-{count:05d}.parquet"
 
 
-def pairs_digest(query_ids: Sequence[str], product_ids: Sequence[str]) -> str:
+def pairs_digest(query_ids: Sequence[str], product_ids: Sequence[str],
+                 chunk: int = 1 << 20) -> str:
+  """sha256 of "query_id\tproduct_id\n" for every pair, in order: each
+  chunk's lines are joined by arrow, and its value buffer hashed whole."""
   h = hashlib.sha256()
-  for q, p in zip(query_ids, product_ids):
-    h.update(f"{q}\t{p}\n".encode())
+  for lo in range(0, len(query_ids), chunk):
+    pairs = pc.binary_join_element_wise(
+        pa.array(query_ids[lo:lo + chunk], pa.string()),
+        pa.array(product_ids[lo:lo + chunk], pa.string()), "\t")
+    lines = pc.binary_join_element_wise(pairs, "", "\n")  # "q\tp\n"
+    offsets = np.frombuffer(lines.buffers()[1], np.int32,
+                            len(lines) + 1, lines.offset * 4)
+    data = lines.buffers()[2]
+    h.update(memoryview(data)[offsets[0]:offsets[-1]])
   return h.hexdigest()
 
 
@@ -104,7 +115,7 @@ def label_pairs(labeler: labeler_lib.Labeler, catalog: catalog_lib.Catalog,
   count = jax.process_count() if process_count is None else process_count
   n = len(products)
   num_shards = max(1, -(-n // shard_size))
-  product_ids = [catalog.ids[int(p)] for p in products]
+  product_ids = np.asarray(catalog.ids, object)[np.asarray(products, np.int64)]
   os.makedirs(out_dir, exist_ok=True)
   _check_manifest(out_dir, {
       "teacher_id": labeler.teacher_id, "pairs": n,
@@ -225,12 +236,9 @@ def write_expanded(table: pa.Table, out_dir: str, manifest: dict) -> str:
   `manifest.json`; -> the CSV's path. Each file lands by rename."""
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, CSV_NAME)
-  with open(path + ".tmp", "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(("query_id", "query", "product_id", "label"))
-    w.writerows(zip(table["query_id"].to_pylist(), table["query"].to_pylist(),
-                    table["product_id"].to_pylist(),
-                    table["label"].to_pylist()))
+  pa_csv.write_csv(table.select(["query_id", "query", "product_id", "label"]),
+                   path + ".tmp",
+                   pa_csv.WriteOptions(quoting_style="needed"))
   os.replace(path + ".tmp", path)
   parquet = os.path.join(out_dir, "rows.parquet")
   pq.write_table(table, parquet + ".tmp")

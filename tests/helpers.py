@@ -41,8 +41,9 @@ def two_query_heldout_eval(labels: np.ndarray,
   feature row normalised. labels int (2, P): -1 unjudged.
 
   Returns:
-    (fns, params, data, mesh) for `stage2.evaluate(..., table=(features,
-    ok))`, the features (P, 2) and ok (P,) being the caller's.
+    (fns, params, data, mesh) for `stage2.evaluate(...,
+    features=(features, ok))`, the features (P, 2) and ok (P,) being the
+    caller's.
   """
   tiny = model_lib.model_config("tiny")
   cfg = tiny.replace(embed_dim=2, text=dataclasses.replace(tiny.text, width=2))

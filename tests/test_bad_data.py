@@ -275,7 +275,7 @@ def test_heldout_eval_counts_names_and_skips_unreadable_products(caplog):
                              "a.csv line 3 (product 8)",
                              "a.csv line 4 (product 9)"])
   with caplog.at_level(logging.WARNING):
-    out = stage2.evaluate(fns, params, data, mesh, table=(features, ok))
+    out = stage2.evaluate(fns, params, data, mesh, features=(features, ok))
   # Without product 1, q0 finds its other label 2 first; q1 is not ranked.
   assert out["eval/recall@1"] == 1.0 and out["eval/mrr"] == 1.0
   assert out["eval/products_ranked"] == 2

@@ -51,7 +51,7 @@ def test_heldout_eval_ranks_judged_products_by_hand():
   labels = np.array([[2, -1, 1], [2, 0, -1]], np.int32)
   fns, params, data, mesh = helpers.two_query_heldout_eval(labels)
   out = stage2.evaluate(fns, params, data, mesh,
-                        table=(features, np.ones(3, bool)))
+                        features=(features, np.ones(3, bool)))
   # q0 ranks [0, 2, 1]: DCG = 3 + 1/log2(3); ideal the same -> 1.
   # q1 ranks [1, 0] among judged (2 unjudged last): DCG = 3/log2(3),
   # ideal 3 -> 1/log2(3).
@@ -79,3 +79,29 @@ def test_stage2_eval_holds_queries_out_of_training():
   assert set(data.query_ids) <= set(held.query_ids)
   # Every label-2 pair of an evaluated query is in the label table.
   assert data.labels.has_relevant().all()
+
+
+def test_heldout_eval_queries_caps_the_evaluation_at_the_lowest_hashes():
+  cfg = ml_collections.ConfigDict(dict(
+      source="synthetic", synthetic=dict(num_products=96,
+                                         num_train_queries=40,
+                                         num_test_queries=8, image_size=32,
+                                         seed=0),
+      max_bad_fraction=0.01, test_fraction=0.1, heldout_query_fraction=0.5,
+      heldout_eval_queries=0, text_max_length=16, query_max_length=12,
+      image_size=0))
+  _, held = inputs.train_relevance(cfg)
+  whole = inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
+  assert len(whole.query_ids) > 5
+  cfg.heldout_eval_queries = 5
+  capped = inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
+  # The 5 lowest text hashes among the held-out queries (those with a label
+  # 2: the synthetic ones all have one), in the split's order.
+  hashes = dict(zip(held.query_ids, held.query_hashes()))
+  want = sorted(held.query_ids, key=hashes.get)[:5]
+  assert sorted(capped.query_ids) == sorted(want)
+  assert set(capped.query_ids) < set(whole.query_ids)
+  # Only the products judged for them are embedded.
+  judged = {int(p) for q, p in zip(held.query, held.product)
+            if held.query_ids[q] in want}
+  assert set(capped.product_rows.tolist()) == judged

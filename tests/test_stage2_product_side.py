@@ -280,3 +280,25 @@ def test_feature_table_is_built_only_when_it_pays():
   assert stage2.use_feature_table("False", 10, 10_000) is False
   with pytest.raises(config_lib.ConfigError, match="cache_product_features"):
     stage2.use_feature_table("sometimes", 10, 10)
+
+
+def test_frozen_heldout_features_give_the_per_batch_forwards_metrics():
+  """With a frozen tower and no table, the held-out products' features are
+  computed once and projected each evaluation: the same metrics as running
+  the product forward over them."""
+  from dashclip_jax import sharding  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
+  config = _stage2_config()
+  mesh = sharding.make_mesh([("data", -1), ("fsdp", 1), ("tensor", 1)])
+  params = model_lib.unbox(model_lib.init_params(CFG, jax.random.key(1)))
+  data = inputs.stage2_eval(config.data, CFG, 8)
+  fns = stage2.make_eval_fns(CFG, mesh)
+  rows = stage2.eval_feature_rows(config, CFG, params, mesh, data)
+  assert rows[0].shape == (len(data.product_rows), CFG.text.width)
+  forward = stage2.evaluate(fns, params, data, mesh)
+  cached = stage2.evaluate(fns, params, data, mesh, features=rows)
+  assert forward["eval/products_ranked"] == len(data.product_rows)
+  for k in stage2.EVAL_METRICS:
+    assert cached[f"eval/{k}"] == pytest.approx(forward[f"eval/{k}"],
+                                                abs=1e-6), k

@@ -79,7 +79,8 @@ def test_stage2_evaluate_equals_the_dense_formula(seed):
   embed_queries = jax.jit(lambda p, b: (b["query_emb"], b["query_index"],
                                         b["valid"]))
   fns = (None, embed_queries, lambda params, f: f)
-  got = stage2.evaluate(fns, {}, data, mesh, table=(features, table_ok))
+  got = stage2.evaluate(fns, {}, data, mesh,
+                        features=(features[rows], table_ok[rows]))
   with np.errstate(invalid="ignore"):
     want, n_ranked = dense_stage2_metrics(dense, order, queries[order],
                                           features[rows], table_ok[rows])

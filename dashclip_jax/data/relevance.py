@@ -102,12 +102,18 @@ class Relevance:
     choice is the same on every machine (model selection never sees a
     training query, nor tunes on the test set).
     """
-    def held(text: str) -> bool:
-      digest = hashlib.sha256(" ".join(text.lower().split()).encode())
-      return int.from_bytes(digest.digest()[:8], "big") / 2**64 < fraction
-    out = np.array([held(t) for t in self.queries], bool)
+    out = self.query_hashes() < fraction
     return (self.take_queries(np.flatnonzero(~out), "kept"),
             self.take_queries(np.flatnonzero(out), "held out"))
+
+  def query_hashes(self) -> np.ndarray:
+    """float64 (Q,) in [0, 1): a hash of each query's normalised text (lower
+    case, single spaces), the same on every machine; `split_queries` holds
+    out those below its fraction."""
+    def value(text: str) -> float:
+      digest = hashlib.sha256(" ".join(text.lower().split()).encode())
+      return int.from_bytes(digest.digest()[:8], "big") / 2**64
+    return np.array([value(t) for t in self.queries], np.float64)
 
   def take_queries(self, indices: Sequence[int], what: str) -> "Relevance":
     """The pairs of queries `indices` (renumbered 0..), same catalog."""

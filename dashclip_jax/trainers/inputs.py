@@ -273,6 +273,11 @@ def stage2_eval(cfg: ml_collections.ConfigDict,
   _, held = train_relevance(cfg)
   if not held.num_queries or not (held.label == 2).any():
     return None
+  cap = cfg.get("heldout_eval_queries", 0)
+  if cap and held.num_queries > cap:
+    # The lowest hashes: a fixed, machine-independent sample of the split.
+    first = np.sort(np.argsort(held.query_hashes(), kind="stable")[:cap])
+    held = held.take_queries(first, f"data.heldout_eval_queries={cap}")
   rows, cols = np.unique(held.product, return_inverse=True)
   labels = eval_metrics.SparseQrels.from_pairs(
       held.query, cols, held.label, held.num_queries, len(rows),

@@ -72,6 +72,34 @@ def make_eval_fns(model_config: model_lib.ModelConfig, mesh):
           jax.jit(embed_queries, out_shardings=rep), jax.jit(project))
 
 
+def _features_fn(model_config: model_lib.ModelConfig, mesh):
+  """jitted (params, batch) -> (frozen tower's pooled features, id, valid),
+  replicated."""
+  module = model_lib.DashClip(model_config)
+
+  def features(params, batch):
+    out, _ = module.apply({"params": params}, batch["image"],
+                          batch["title_ids"], batch["title_mask"],
+                          method=model_lib.DashClip.product_features)
+    return out, batch["product_id"], batch["valid"]
+  return jax.jit(features, out_shardings=shard_lib.replicated(mesh))
+
+
+def _feature_rows(fn, params, batches, n: int, threads: int, mesh
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """-> (features float32 (n, D), ok bool (n,)) of products 0..n-1 of the
+  eval-transform `batches` (a grain MapDataset)."""
+  # Decoding and resizing dominate (about 1 ms a product on one core, the
+  # jitted forward a fraction of it): read batches on threads, in order.
+  batches = batches.to_iter_dataset(grain.ReadOptions(
+      num_threads=threads, prefetch_buffer_size=2 * threads))
+  feats, ids = embed_batches.embed_all(fn, params, batches, mesh)
+  table = np.zeros((n, feats.shape[1]), np.float32)
+  ok = np.zeros((n,), bool)
+  table[ids], ok[ids] = feats, True
+  return table, ok
+
+
 def product_feature_table(config: ml_collections.ConfigDict,
                           model_config: model_lib.ModelConfig, params, mesh
                           ) -> tuple[np.ndarray, np.ndarray]:
@@ -82,29 +110,34 @@ def product_feature_table(config: ml_collections.ConfigDict,
   `product_proj`. Products whose image fails are not ok (their pairs skip).
   """
   t0 = time.time()
-  module = model_lib.DashClip(model_config)
-
-  def features(params, batch):
-    out, _ = module.apply({"params": params}, batch["image"],
-                          batch["title_ids"], batch["title_mask"],
-                          method=model_lib.DashClip.product_features)
-    return out, batch["product_id"], batch["valid"]
-  fn = jax.jit(features, out_shardings=shard_lib.replicated(mesh))
   n, batches = inputs.train_products(config.data, model_config,
                                      config.train.table_batch_size)
-  # Decoding and resizing dominate (about 1 ms a product on one core, the
-  # jitted forward a fraction of it): read batches on threads, in order.
-  threads = config.data.read_threads or os.cpu_count() or 1
-  batches = batches.to_iter_dataset(grain.ReadOptions(
-      num_threads=threads, prefetch_buffer_size=2 * threads))
-  feats, ids = embed_batches.embed_all(fn, params, batches, mesh)
-  table = np.zeros((n, feats.shape[1]), np.float32)
-  ok = np.zeros((n,), bool)
-  table[ids], ok[ids] = feats, True
+  table, ok = _feature_rows(_features_fn(model_config, mesh), params,
+                            batches, n, _read_threads(config), mesh)
   log.info("stage 2: product feature table %s of %d products (%d without "
            "image) in %.1f s", table.shape, n, n - int(ok.sum()),
            time.time() - t0)
   return table, ok
+
+
+def eval_feature_rows(config: ml_collections.ConfigDict,
+                      model_config: model_lib.ModelConfig, params, mesh,
+                      data: inputs.Stage2Eval
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """A frozen tower's features of the held-out products, (P, D) and ok (P,)
+  in `data.product_rows` order: computed once, each evaluation then only
+  projects them (as from the whole table, when there is none)."""
+  t0 = time.time()
+  rows = _feature_rows(_features_fn(model_config, mesh), params,
+                       data.product_batches, len(data.product_rows),
+                       _read_threads(config), mesh)
+  log.info("stage 2: held-out product features of %d products in %.1f s",
+           len(data.product_rows), time.time() - t0)
+  return rows
+
+
+def _read_threads(config: ml_collections.ConfigDict) -> int:
+  return config.data.read_threads or os.cpu_count() or 1
 
 
 def use_feature_table(setting: str | bool, num_products: int,
@@ -130,12 +163,12 @@ def use_feature_table(setting: str | bool, num_products: int,
 
 
 def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
-             table: tuple[np.ndarray, np.ndarray] | None = None
+             features: tuple[np.ndarray, np.ndarray] | None = None
              ) -> dict[str, float]:
   """Held-out queries ranking their judged train products (EVAL_METRICS of
-  evaluation/metrics.py: graded NDCG@10, recall@1, MRR). With the frozen
-  tower's `table`, product embeddings are its rows projected, exactly what
-  the forward would give.
+  evaluation/metrics.py: graded NDCG@10, recall@1, MRR). With a frozen
+  tower's `features` of `data.product_rows` ((P, D), ok (P,)), product
+  embeddings are those rows projected, exactly what the forward would give.
 
   Products whose image cannot be read are skipped (not ranked), and so are
   queries left without a readable label-2 product; the metrics count them
@@ -146,10 +179,9 @@ def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
     return {}
   embed_products, embed_queries, project = fns
   n = len(data.product_rows)
-  if table is not None:
-    features, ok = table
-    ok = ok[data.product_rows]
-    products = np.array(project(params, features[data.product_rows]))
+  if features is not None:
+    rows, ok = features
+    products = np.array(project(params, rows))
   else:
     emb, cols = embed_batches.embed_all(embed_products, params,
                                         data.product_batches, mesh)
@@ -269,8 +301,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
       train_steps.make_stage2_step(model_config, step_cfg, tx, mesh))
   eval_fns = make_eval_fns(model_config, mesh)
   writer = metric_writer.MetricWriter(workdir, tc.total_steps)
+  frozen_eval = None  # A frozen tower's held-out product features.
+  if eval_data is not None and not step_cfg.train_product_tower:
+    frozen_eval = ((table[0][eval_data.product_rows],
+                    table[1][eval_data.product_rows]) if table is not None
+                   else eval_feature_rows(config, model_config, state.params,
+                                          mesh, eval_data))
   evaluate_now = lambda params: evaluate(eval_fns, params, eval_data, mesh,
-                                        table)
+                                        frozen_eval)
   if not resumed:
     before = evaluate_now(state.params)
     log.info("before stage 2: %s", before)

@@ -102,10 +102,7 @@ class Relevance:
     choice is the same on every machine (model selection never sees a
     training query, nor tunes on the test set).
     """
-    def held(text: str) -> bool:
-      digest = hashlib.sha256(" ".join(text.lower().split()).encode())
-      return int.from_bytes(digest.digest()[:8], "big") / 2**64 < fraction
-    out = np.array([held(t) for t in self.queries], bool)
+    out = heldout_queries(self.queries, fraction)
     return (self.take_queries(np.flatnonzero(~out), "kept"),
             self.take_queries(np.flatnonzero(out), "held out"))
 
@@ -490,6 +487,15 @@ def load_relevance(
   return rel.take_queries(
       np.flatnonzero(query_shards(rel.query_ids, count) == index),
       f"shard {index} of {count}")
+
+
+def heldout_queries(queries: Sequence[str], fraction: float) -> np.ndarray:
+  """bool (Q,): the query texts `Relevance.split_queries` holds out (a hash
+  of the normalised text below `fraction`; Python per query)."""
+  def held(text: str) -> bool:
+    digest = hashlib.sha256(" ".join(text.lower().split()).encode())
+    return int.from_bytes(digest.digest()[:8], "big") / 2**64 < fraction
+  return np.array([held(t) for t in queries], bool).reshape(-1)
 
 
 def query_shards(query_ids: Sequence[str], num_shards: int) -> np.ndarray:

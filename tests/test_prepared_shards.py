@@ -199,6 +199,31 @@ def test_one_process_two_shards_equals_the_whole_table_eval(tables):
   assert m_got == m_want and 0 < m_got["eval/ndcg@10"] < 1
 
 
+def test_one_shard_trains_exactly_as_the_csv(tables):
+  """num_shards=1 reads every shard file: the batches of today's CSV path."""
+  root, prepared = tables
+  got, want = train_batches(data_config(prepared, 1)), train_batches(
+      csv_config(root))
+  for a, b in zip(got, want):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_relevance_path_naming_a_prepared_table_is_read_by_shard(tables):
+  root, prepared = tables
+  cfg = csv_config(root)
+  cfg.update(dict(num_shards=2,
+                  relevance_train_path=str(prepared / "relevance_train")))
+  src = inputs.load_sources(cfg)
+  assert src.train_relevance is None
+  assert src.train_table == str(prepared / "relevance_train")
+  got = inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
+  want = inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
+  assert got.query_ids == want.query_ids
+  np.testing.assert_array_equal(got.labels.product, want.labels.product)
+
+
 def test_shard_count_must_divide_the_prepared_files(tables):
   _, prepared = tables
   with pytest.raises(config_lib.ConfigError,
@@ -228,9 +253,15 @@ def test_two_processes_read_their_shards_and_match_one_process(tables,
        str(prepared), str(tmp_path / f"p{i}"), "2", f"localhost:{port}",
        "2", str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
-  for i, p in enumerate(procs):
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, f"process {i}: {err[-3000:]}"
+  try:
+    for i, p in enumerate(procs):
+      _, err = p.communicate(timeout=300)
+      assert p.returncode == 0, f"process {i}: {err[-3000:]}"
+  finally:  # One failed: the other would wait for it in a collective.
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
 
   cfg = data_config(prepared, 2)
   want_batches = train_batches(cfg)

@@ -24,7 +24,8 @@ wherever a file path did: `catalog.load_catalog(out)`,
   out/<table>/manifest.json  the table's part of the manifest
 
 A query's pairs all live in one shard (`relevance.query_shards` of its id),
-so stage 2 splits by query: process i of n reads shards i, i + n, ... only.
+so stage 2 splits by query: its data shard i of n (`data.num_shards`, n
+dividing --num_shards; trainers/inputs.py) reads files i, i + n, ... only.
 Read back against the catalog it was prepared with, a table equals loading
 its source directly (same queries in the same order, same pairs, labels);
 against a subset catalog (one split) the pairs of other products are

@@ -11,9 +11,12 @@ A prepared train relevance (`python -m dashclip_jax.data.prepare
 is never read whole by a trainer: shard s of n reads only its files f with
 f % n == s (n must divide F, so its queries are those with
 `query_shards(id, n) == s`, as for a CSV) and trains on every row of them.
-Stage 2's held-out queries (a hash of their text) are split per shard and
-gathered from every process back into table order: the same held-out set,
-hence the same metrics, as reading the table whole.
+Each shard cycles through its own rows (shards differ in size by the hash's
+chance, so a row of a smaller shard comes a little more often) and mines
+negative queries among its own queries. Stage 2's held-out queries (a hash
+of their text) are split per shard and gathered from every process back
+into table order: the same held-out set, hence the same metrics, as
+reading the table whole.
 
 Eval data: every item once, padded so every process runs the same number of
 batches (rows with valid=0); ids travel with the rows, so the metrics do not
@@ -327,9 +330,10 @@ def stage2_train(cfg: ml_collections.ConfigDict,
 
 
 def _shard_seed(seed: int, shard: int) -> int:
-  """The data seed of one shard of a prepared table (its records are all
-  its own, so the shard index must enter the seed here)."""
-  return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0])
+  """The data seed of one shard of a prepared table: its records are all
+  its own (read as shard (0, 1)), so the shard enters the seed here; shard
+  0 keeps `seed`, so one shard trains exactly as the CSV table would."""
+  return seed + shard
 
 
 def train_relevance(cfg: ml_collections.ConfigDict
@@ -337,7 +341,8 @@ def train_relevance(cfg: ml_collections.ConfigDict
   """-> (training queries, held-out queries) of the train relevance data.
 
   `heldout_query_fraction` of the queries (by a hash of their text) never
-  train: stage 2 selects its model on them, never on the test set.
+  train: stage 2 selects its model on them, never on the test set. A
+  prepared table is read whole here; the trainers read their shards.
   """
   _require_relevance(cfg)
   return _split(_frozen(cfg), float(cfg.heldout_query_fraction))

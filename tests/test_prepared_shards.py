@@ -48,6 +48,10 @@ def make_prepared(root: pathlib.Path) -> pathlib.Path:
   rows = ["query_id,query,product_id,label"]
   pairs = [(q, p, l) for q in range(48) for p, l in zip(
       rng.choice(NUM_PRODUCTS, 6, replace=False), (2, 2, 1, 0, 0, 1))]
+  # q7 has more relevant products than any other query: its shard's
+  # `relevant_product_ids` are wider than the other's.
+  pairs += [(7, p, 2) for p in range(NUM_PRODUCTS) if p % 6 and not any(
+      q == 7 and p == x for q, x, _ in pairs)][:10]
   for k in rng.permutation(len(pairs)):  # Queries interleave in the table.
     q, p, l = pairs[k]
     rows.append(f"q{q},red shirt {q},{p},{l}")

@@ -216,8 +216,12 @@ class ShardedBatches:
   """
 
   def __init__(self, make_dataset, global_batch: int, num_shards: int,
-               product_features: np.ndarray | None = None):
+               product_features: np.ndarray | None = None,
+               relevant_width: int | None = None):
     self.product_features = product_features
+    # Shards of a prepared table each size `relevant_product_ids` (B, R) by
+    # their own queries: padded with -1 to one R, agreed by all processes.
+    self.relevant_width = relevant_width
     self.shards, num_shards = local_shards(num_shards)
     if global_batch % num_shards:
       raise ConfigError(f"global batch {global_batch} is not divisible by "
@@ -230,6 +234,12 @@ class ShardedBatches:
 
   def __next__(self) -> dict[str, np.ndarray]:
     parts = [next(it) for it in self._iters]
+    if self.relevant_width is not None:
+      for p in parts:
+        ids = p["relevant_product_ids"]
+        p["relevant_product_ids"] = np.pad(
+            ids, ((0, 0), (0, self.relevant_width - ids.shape[1])),
+            constant_values=-1)
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if self.product_features is not None:
       batch["product_features"] = self.product_features[batch["product_id"]]
@@ -316,17 +326,29 @@ def stage2_train(cfg: ml_collections.ConfigDict,
         label1_policy=cfg.label1_policy, label1_weight=cfg.label1_weight,
         max_relevant=cfg.max_relevant, shard=shard, product_ok=ok, **kw)
 
-  if src.train_table:
-    # Shard s holds its own queries whole; negatives come from them too.
-    shards = _shards_of(cfg)
-    make = lambda b, shard: dataset(
-        shards[shard[0]].kept, b, (0, 1),
-        **kwargs | {"seed": _shard_seed(seed, shard[0])})
-  else:
+  if not src.train_table:
     kept, _ = train_relevance(cfg)
-    make = lambda b, shard: dataset(kept, b, shard, **kwargs)
-  return ShardedBatches(make, global_batch, cfg.num_shards,
-                        product_features=features)
+    return ShardedBatches(lambda b, shard: dataset(kept, b, shard, **kwargs),
+                          global_batch, cfg.num_shards,
+                          product_features=features)
+  # Shard s holds its own queries whole; negatives come from them too.
+  shards = _shards_of(cfg)
+  return ShardedBatches(
+      lambda b, shard: dataset(shards[shard[0]].kept, b, (0, 1),
+                               **kwargs | {"seed": _shard_seed(seed,
+                                                               shard[0])}),
+      global_batch, cfg.num_shards, product_features=features,
+      relevant_width=_relevant_width([s.kept for s in shards.values()]))
+
+
+def _relevant_width(shards: list[relevance_lib.Relevance]) -> int:
+  """R of `relevance.relevant_table` over the queries of every shard of
+  every process (a collective): the width the whole table would have."""
+  width = max(max(1, int(np.bincount(rel.query[rel.label >= 1]).max(
+      initial=0))) for rel in shards)
+  if jax.process_count() > 1:
+    width = int(np.max(multihost_utils.process_allgather(np.int32(width))))
+  return width
 
 
 def _shard_seed(seed: int, shard: int) -> int:

@@ -3,6 +3,8 @@
   python bench/scale.py --out=/tmp/scale                      # S, M, L levels
   python bench/scale.py --out=/tmp/scale --levels=S,M,L,XL    # + 32M pairs
   python bench/scale.py --out=/tmp/scale --before=/tmp/old_checkout
+  python bench/scale.py --out=/tmp/scale --levels=XL \
+      --steps=relevance,stage2 --prepared_shards=8 --processes=8
 
 Levels (products, judged train pairs): S (4K, 32K), M (40K, 320K),
 L (400K, 3.2M), XL (400K, 32M); each has 1,000 test queries. The tables are
@@ -31,6 +33,11 @@ measuring) is its own:
               whole process, start to exit;
   main        the README main job at CI geometry end to end (tiny, 2 + 2
               steps, every eval product): the whole process.
+With --prepared_shards=F the tables are also prepared once per level
+(`python -m dashclip_jax.data.prepare --num_shards=F`, its time printed) and
+read from there: `relevance` reads the shard files of one of --processes P
+processes (F/P files, what each process of a P-process run reads), stage2,
+evaluate and main run with data.source=prepared (one process).
 With --before=DIR (a checkout of older code) every step also runs on that
 code, side by side. The last line is the growth of each step's time and
 peak RSS per 10x of data (from level M to L: products and pairs both 10x).
@@ -211,20 +218,41 @@ def _worker_catalog(tables: str) -> dict:
       os.path.join(tables, "styles.csv")))})
 
 
-def _worker_relevance(tables: str) -> dict:
+def _worker_relevance(tables: str, prepared: str = "",
+                      processes: int = 1) -> dict:
+  """The train pairs of one process: all of the CSV, or from a prepared
+  directory the shard files of process 0 of `processes`."""
   # pylint: disable=g-import-not-at-top
   from dashclip_jax.data import catalog as catalog_lib
   from dashclip_jax.data import relevance as relevance_lib
   # pylint: enable=g-import-not-at-top
   train = catalog_lib.load_catalog(
       os.path.join(tables, "styles.csv")).subset("train")
+  path = (os.path.join(prepared, "relevance_train") if prepared
+          else os.path.join(tables, "relevance_train.csv"))
 
   def run():
-    rel = relevance_lib.load_relevance(
-        os.path.join(tables, "relevance_train.csv"), train)
+    rel = relevance_lib.load_relevance(path, train, shard=(0, processes))
     q, _, _, _ = relevance_lib.stage2_pairs(rel, "weighted", 0.5)
     return {"pairs": len(rel), "stage2_pairs": len(q)}
   return _measure(run)
+
+
+def prepare_tables(tables: str, num_shards: int) -> str:
+  """`tables` prepared with `num_shards` shard files (once) -> the dir."""
+  out = os.path.join(tables, f"prepared_{num_shards}")
+  if not os.path.exists(os.path.join(out, "DONE")):
+    t = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "dashclip_jax.data.prepare",
+         f"--catalog={tables}/styles.csv",
+         f"--relevance={tables}/relevance_train.csv",
+         f"--relevance={tables}/qrels_test.csv", f"--out={out}",
+         f"--num_shards={num_shards}"], cwd=REPO, check=True,
+        env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"))
+    print(f"# prepared {out} in {time.perf_counter() - t:.0f} s", flush=True)
+    open(os.path.join(out, "DONE"), "w").close()
+  return out
 
 
 def _random_unit(rng, n: int, dim: int) -> np.ndarray:
@@ -347,7 +375,9 @@ def _run_job(args: list[str], cwd: str, env: dict, log_path: str) -> dict:
               peak_gb=usage.ru_maxrss / 2**20, rc=rc, log=log_path)
 
 
-def _data_flags(tables: str) -> list[str]:
+def _data_flags(tables: str, prepared: str = "") -> list[str]:
+  if prepared:
+    return ["--config.data.source=prepared", f"--config.data.path={prepared}"]
   return ["--config.data.source=fashion", f"--config.data.path={tables}"]
 
 
@@ -365,23 +395,26 @@ def _stage1_model(tree: str, env: dict, work: str) -> str:
   return model
 
 
-def _job_step(step: str, tables: str, tree: str, work: str) -> dict:
+def _job_step(step: str, tables: str, tree: str, work: str,
+              prepared: str = "") -> dict:
   env = dict(os.environ, PYTHONPATH=tree)
   os.makedirs(work, exist_ok=True)
-  run_dir = os.path.join(work, f"{step}_{os.path.basename(tables)}")
+  run_dir = os.path.join(work, f"{step}_{os.path.basename(tables)}"
+                         + (f"_{os.path.basename(prepared)}" if prepared
+                            else ""))
   subprocess.run(["rm", "-rf", run_dir], check=True)
   if step == "stage2":
     args = ["-m", "dashclip_jax.main", "--config=configs/stage2.py:tiny",
             f"--config.init.checkpoint={_stage1_model(tree, env, work)}",
             "--config.train.total_steps=1", "--config.train.eval_every=1",
             "--config.final_eval.enabled=False", f"--workdir={run_dir}",
-            *_data_flags(tables)]
+            *_data_flags(tables, prepared)]
   elif step == "evaluate":
     with open(os.path.join(tree, "configs", "eval.py")) as f:
       old_keys = "catalog_dir" in f.read()  # Before issue 28's one schema.
     data = ([f"--config.data.catalog_dir={tables}", "--config.data.split=all"]
             if old_keys else
-            [f"--config.data.path={tables}", "--config.data.split=all"])
+            [*_data_flags(tables, prepared), "--config.data.split=all"])
     args = ["-m", "dashclip_jax.evaluation.run",
             "--config=configs/eval.py:fashion",
             f"--config.checkpoint={_stage1_model(tree, env, work)}",
@@ -391,7 +424,7 @@ def _job_step(step: str, tables: str, tree: str, work: str) -> dict:
             "--config.stage1.train.total_steps=2",
             "--config.train.total_steps=2", "--config.train.eval_every=2",
             "--config.data.eval_max_products=0", f"--workdir={run_dir}",
-            *_data_flags(tables)]
+            *_data_flags(tables, prepared)]
   return _run_job(args, tree, env, run_dir + ".log")
 
 
@@ -400,16 +433,19 @@ WORKERS = {"catalog": _worker_catalog, "relevance": _worker_relevance,
            "mining_ann": _worker_mining_ann}
 
 
-def run_step(step: str, tables: str, tree: str, work: str) -> dict:
+def run_step(step: str, tables: str, tree: str, work: str,
+             prepared: str = "", processes: int = 1) -> dict:
   """One step on the code in `tree`, in a fresh process."""
   if step not in WORKERS:
-    return _job_step(step, tables, tree, work)
+    return _job_step(step, tables, tree, work, prepared)
   env = dict(os.environ, PYTHONPATH=tree, JAX_PLATFORMS="cpu")
   t = time.perf_counter()
+  extra = ([f"--prepared={prepared}", f"--processes={processes}"]
+           if step == "relevance" and prepared else [])
   proc = subprocess.run(
       [sys.executable, os.path.abspath(__file__), f"--worker={step}",
-       f"--tables={tables}"], cwd=tree, env=env, capture_output=True,
-      text=True, check=False)
+       f"--tables={tables}", *extra], cwd=tree, env=env,
+      capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode or not lines:
     return dict(rc=proc.returncode or 1, seconds=time.perf_counter() - t,
@@ -451,12 +487,25 @@ def main() -> None:
                  help="a checkout of older code to measure side by side")
   p.add_argument("--after", default=REPO,
                  help="the code measured as 'after' ('': none)")
+  p.add_argument("--prepared_shards", type=int, default=0,
+                 help="read prepared tables with this many shard files "
+                 "(0: the CSV tables)")
+  p.add_argument("--processes", type=int, default=1,
+                 help="with --prepared_shards: `relevance` reads the shard "
+                 "files of one of this many processes")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   p.add_argument("--tables", default="", help=argparse.SUPPRESS)
+  p.add_argument("--prepared", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.worker:
-    print("RESULT " + json.dumps(WORKERS[a.worker](a.tables)), flush=True)
+    kw = ({"prepared": a.prepared, "processes": a.processes}
+          if a.prepared else {})
+    print("RESULT " + json.dumps(WORKERS[a.worker](a.tables, **kw)),
+          flush=True)
     return
+  if a.prepared_shards and a.prepared_shards % a.processes:
+    p.error(f"--processes={a.processes} must divide --prepared_shards="
+            f"{a.prepared_shards}")
   levels, steps = a.levels.split(","), a.steps.split(",")
   unknown = [x for x in levels if x not in LEVELS] + [
       s for s in steps if s not in STEPS]
@@ -473,9 +522,12 @@ def main() -> None:
                          pairs)
     print(f"# level {level}: {products} products, {pairs} pairs "
           f"(tables ready in {time.perf_counter() - t:.0f} s)", flush=True)
+    prepared = (prepare_tables(tables, a.prepared_shards)
+                if a.prepared_shards else "")
     for step in steps:
       for name, tree in trees.items():
-        r = run_step(step, tables, tree, os.path.join(a.out, f"jobs_{name}"))
+        r = run_step(step, tables, tree, os.path.join(a.out, f"jobs_{name}"),
+                     prepared, a.processes)
         results[(name, step, level)] = r
         print(f"{level:>2} {step:<10} {name:<6} {_cell(r)}"
               + (f"  [{r['error']}]" if r.get("error") else ""), flush=True)

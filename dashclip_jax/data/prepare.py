@@ -24,7 +24,8 @@ wherever a file path did: `catalog.load_catalog(out)`,
   out/<table>/manifest.json  the table's part of the manifest
 
 A query's pairs all live in one shard (`relevance.query_shards` of its id),
-so stage 2 splits by query: process i of n reads shards i, i + n, ... only.
+so stage 2 splits by query: its data shard i of n (`data.num_shards`, n
+dividing --num_shards; trainers/inputs.py) reads files i, i + n, ... only.
 Read back against the catalog it was prepared with, a table equals loading
 its source directly (same queries in the same order, same pairs, labels);
 against a subset catalog (one split) the pairs of other products are
@@ -216,6 +217,11 @@ def write_relevance(rel: relevance_lib.Relevance, out: str,
           **_skips(rel.bad)}
 
 
+def shard_count(directory: str) -> int:
+  """How many shard files a prepared table has (prepare's --num_shards)."""
+  return int(_read_manifest(directory)["num_shards"])
+
+
 def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
                    shard: tuple[int, int] = (0, 1),
                    max_bad_fraction: float = 0.01
@@ -226,6 +232,17 @@ def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
   reading every shard equals loading the source; products not in `catalog`
   are skipped as "unknown product" (culprits named by shard file and row).
   """
+  return read_shard(directory, catalog, shard=shard,
+                    max_bad_fraction=max_bad_fraction, with_pairs=False)[0]
+
+
+def read_shard(directory: str, catalog: catalog_lib.Catalog, *,
+               shard: tuple[int, int], max_bad_fraction: float = 0.01,
+               with_pairs: bool = True
+               ) -> tuple[relevance_lib.Relevance, np.ndarray | None]:
+  """-> (`read_relevance`, int64 (M,) each pair's place in the whole table
+  or None without `with_pairs`). The places order the pairs of several
+  shards (e.g. every process's held-out queries) back into table order."""
   index, count = shard
   manifest = _read_manifest(directory)
   # Rows of the prepared catalog -> rows of `catalog` (-1: not in it).
@@ -248,8 +265,8 @@ def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
   # (and one file needs none).
   order = (None if np.all(pair[1:] > pair[:-1])
            else np.argsort(pair, kind="stable"))
-  del pair
   in_order = lambda a: a if order is None else a[order]
+  pair = in_order(pair) if with_pairs else None
   q = in_order(column("query", np.int32))
   label = in_order(column("label", np.int8))
   prepared = in_order(column("product", np.int32))
@@ -274,6 +291,7 @@ def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
   bad.check()
   if not keep.all():
     q, p, label = q[keep], p[keep], label[keep]
+    pair = None if pair is None else pair[keep]
   # Renumber this shard's queries in order of first appearance. The table
   # numbers queries so, hence with no pair dropped that is ascending order.
   first = np.full(manifest["queries"], len(q), np.int64)
@@ -292,7 +310,7 @@ def read_relevance(directory: str, catalog: catalog_lib.Catalog, *,
       name=name, query_ids=queries.column("query_id").take(sel).to_pylist(),
       queries=queries.column("query").take(sel).to_pylist(),
       query=new[q], product=p, label=label, num_products=len(catalog),
-      bad=bad)
+      bad=bad), pair
 
 
 # ---------------------------------------------------------------------------

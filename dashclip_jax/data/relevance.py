@@ -102,18 +102,13 @@ class Relevance:
     choice is the same on every machine (model selection never sees a
     training query, nor tunes on the test set).
     """
-    out = self.query_hashes() < fraction
+    out = heldout_queries(self.queries, fraction)
     return (self.take_queries(np.flatnonzero(~out), "kept"),
             self.take_queries(np.flatnonzero(out), "held out"))
 
   def query_hashes(self) -> np.ndarray:
-    """float64 (Q,) in [0, 1): a hash of each query's normalised text (lower
-    case, single spaces), the same on every machine; `split_queries` holds
-    out those below its fraction."""
-    def value(text: str) -> float:
-      digest = hashlib.sha256(" ".join(text.lower().split()).encode())
-      return int.from_bytes(digest.digest()[:8], "big") / 2**64
-    return np.array([value(t) for t in self.queries], np.float64)
+    """float64 (Q,) in [0, 1): `query_hashes` of this table's query texts."""
+    return query_hashes(self.queries)
 
   def take_queries(self, indices: Sequence[int], what: str) -> "Relevance":
     """The pairs of queries `indices` (renumbered 0..), same catalog."""
@@ -496,6 +491,21 @@ def load_relevance(
   return rel.take_queries(
       np.flatnonzero(query_shards(rel.query_ids, count) == index),
       f"shard {index} of {count}")
+
+
+def query_hashes(queries: Sequence[str]) -> np.ndarray:
+  """float64 (Q,) in [0, 1): a hash of each query's normalised text (lower
+  case, single spaces), the same on every machine (Python per query)."""
+  def value(text: str) -> float:
+    digest = hashlib.sha256(" ".join(text.lower().split()).encode())
+    return int.from_bytes(digest.digest()[:8], "big") / 2**64
+  return np.array([value(t) for t in queries], np.float64).reshape(-1)
+
+
+def heldout_queries(queries: Sequence[str], fraction: float) -> np.ndarray:
+  """bool (Q,): the query texts `Relevance.split_queries` holds out (their
+  `query_hashes` below `fraction`)."""
+  return query_hashes(queries) < fraction
 
 
 def query_shards(query_ids: Sequence[str], num_shards: int) -> np.ndarray:

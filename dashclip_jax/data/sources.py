@@ -43,12 +43,19 @@ SPLITS = ("test", "train", "all")
 @dataclasses.dataclass
 class Sources:
   """Train/test catalogs, the relevance data over each, and the whole
-  catalog (both splits, `catalog.split` says which)."""
+  catalog (both splits, `catalog.split` says which).
+
+  train_table: the prepared table directory the train relevance is (None:
+  it is no prepared table); with `load_sources(..., whole_train_relevance=
+  False)` it is left unread (train_relevance None) for the trainers, whose
+  every process reads its own shard files of it.
+  """
   train_catalog: catalog_lib.Catalog
   test_catalog: catalog_lib.Catalog
   train_relevance: relevance_lib.Relevance | None
   test_relevance: relevance_lib.Relevance | None
   catalog: catalog_lib.Catalog
+  train_table: str | None = None
 
   def of_split(self, split: str) -> tuple[catalog_lib.Catalog,
                                           relevance_lib.Relevance | None]:
@@ -90,7 +97,8 @@ def _check_keys(cfg: Any) -> None:
         "data.path=<the folder>)")
 
 
-def load_sources(cfg: Any = None) -> Sources:
+def load_sources(cfg: Any = None, *,
+                 whole_train_relevance: bool = True) -> Sources:
   """Loads the data a config names.
 
   Args:
@@ -112,6 +120,8 @@ def load_sources(cfg: Any = None) -> Sources:
       (< 0, the default: max_bad_fraction), `test_fraction` (0.1, hash
       split when the catalog has no split column), `max_image_pixels`
       (50M: larger images are bad images, never decoded).
+    whole_train_relevance: False: a train relevance that is a prepared
+      table is not read here, only named (`Sources.train_table`).
 
   Returns:
     Sources; relevance entries are None where the data has none.
@@ -165,9 +175,18 @@ def load_sources(cfg: Any = None) -> Sources:
     train_rel = (given("relevance_train_path", "relevance_train.csv")
                  or train_rel)
     test_rel = given("relevance_test_path", "qrels_test.csv") or test_rel
+    return of_catalog(cat, train_rel, test_rel)
+
+  def of_catalog(cat, train_rel, test_rel):
+    """The sources over `cat`'s two splits; a prepared train table is left
+    unread without `whole_train_relevance`."""
     train, test = cat.subset("train"), cat.subset("test")
+    table = (train_rel if train_rel and os.path.isdir(train_rel)
+             and prepare.is_prepared(train_rel) else None)
+    if table and not whole_train_relevance:
+      train_rel = None
     return Sources(train, test, rel(train_rel, train, cat),
-                   rel(test_rel, test, cat, test=True), cat)
+                   rel(test_rel, test, cat, test=True), cat, table)
 
   if source == "prepared":
     root = _get(cfg, "path")
@@ -201,9 +220,7 @@ def load_sources(cfg: Any = None) -> Sources:
     test_rel = given("relevance_test_path", "qrels_test.csv")
     cat = catalog_lib.load_catalog(
         path, columns, test_fraction=test_fraction, max_bad_fraction=max_bad)
-    train, test = cat.subset("train"), cat.subset("test")
-    return Sources(train, test, rel(train_rel, train, cat),
-                   rel(test_rel, test, cat, test=True), cat)
+    return of_catalog(cat, train_rel, test_rel)
   if source == "tfds":
     # Imported here only: tensorflow-datasets is an optional extra.
     # pylint: disable=g-import-not-at-top

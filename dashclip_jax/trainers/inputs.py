@@ -6,6 +6,18 @@ is shard 0's rows, then shard 1's, ... whatever the number of processes: a
 run with 1 process and num_shards=2 sees exactly the batches of a 2-process
 run (used to check multi-host runs against one host, bit for bit).
 
+A prepared train relevance (`python -m dashclip_jax.data.prepare
+--num_shards=F`: F files, a query's pairs all in file `query_shards(id, F)`)
+is never read whole by a trainer: shard s of n reads only its files f with
+f % n == s (n must divide F, so its queries are those with
+`query_shards(id, n) == s`, as for a CSV) and trains on every row of them.
+Each shard cycles through its own rows (shards differ in size by the hash's
+chance, so a row of a smaller shard comes a little more often) and mines
+negative queries among its own queries. Stage 2's held-out queries (a hash
+of their text) are split per shard and gathered from every process back
+into table order: the same held-out set, hence the same metrics, as
+reading the table whole.
+
 Eval data: every item once, padded so every process runs the same number of
 batches (rows with valid=0); ids travel with the rows, so the metrics do not
 depend on how items were spread over processes.
@@ -23,10 +35,12 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+import pyarrow as pa
 
 from dashclip_jax import model as model_lib
 from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.data import eval_datasets
+from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources as sources_lib
 from dashclip_jax.data import train_datasets
@@ -41,7 +55,9 @@ SOURCE_KEYS = sources_lib.SOURCE_KEYS + sources_lib.RETIRED_KEYS
 
 @functools.lru_cache(maxsize=4)
 def _sources(frozen_cfg: str) -> sources_lib.Sources:
-  return sources_lib.load_sources(json.loads(frozen_cfg))
+  # A prepared train relevance is read shard by shard (`_prepared_shards`).
+  return sources_lib.load_sources(json.loads(frozen_cfg),
+                                  whole_train_relevance=False)
 
 
 def _frozen(cfg: ml_collections.ConfigDict) -> str:
@@ -51,8 +67,13 @@ def _frozen(cfg: ml_collections.ConfigDict) -> str:
 
 
 def load_sources(cfg: ml_collections.ConfigDict) -> sources_lib.Sources:
-  """Train/test catalogs and relevance named by `cfg` (cached per config)."""
+  """Train/test catalogs and relevance named by `cfg` (cached per config).
+  A prepared train relevance is only named (`train_table`), not read."""
   return _sources(_frozen(cfg))
+
+
+def _max_bad(frozen_cfg: str) -> float:
+  return float(json.loads(frozen_cfg).get("max_bad_fraction", 0.01))
 
 
 @functools.lru_cache(maxsize=4)
@@ -60,7 +81,125 @@ def _split(frozen_cfg: str, fraction: float
            ) -> tuple[relevance_lib.Relevance, relevance_lib.Relevance]:
   # Once per config: the training pairs and the held-out evaluation both
   # ask for it, and at 32M pairs a split is seconds and two copies.
-  return _sources(frozen_cfg).train_relevance.split_queries(fraction)
+  src = _sources(frozen_cfg)
+  rel = src.train_relevance
+  if src.train_table:  # Whole, for callers other than the trainers.
+    rel = relevance_lib.load_relevance(src.train_table, src.train_catalog,
+                                       max_bad_fraction=_max_bad(frozen_cfg))
+  return rel.split_queries(fraction)
+
+
+def local_shards(num_shards: int) -> tuple[list[int], int]:
+  """-> (this process's train data shards, the shard count): `num_shards`
+  (0: one per process), process i taking the i-th run of equal length."""
+  n_proc, proc = jax.process_count(), jax.process_index()
+  num_shards = num_shards or n_proc
+  if num_shards % n_proc:
+    raise ConfigError(f"data.num_shards={num_shards} is not a multiple of "
+                      f"the {n_proc} processes")
+  per_proc = num_shards // n_proc
+  return list(range(proc * per_proc, (proc + 1) * per_proc)), num_shards
+
+
+@dataclasses.dataclass
+class _Shard:
+  """One shard's queries of a prepared train relevance, split."""
+  kept: relevance_lib.Relevance
+  held: relevance_lib.Relevance
+  held_pair: np.ndarray  # int64 (len(held),): each pair's place in the table
+
+
+@functools.lru_cache(maxsize=2)
+def _prepared_shards(frozen_cfg: str, fraction: float, num_shards: int
+                     ) -> dict[int, _Shard]:
+  """This process's shards of the prepared train relevance: only their
+  files are read, once for the training pairs and the held-out eval."""
+  src = _sources(frozen_cfg)
+  files = prepare.shard_count(src.train_table)
+  shards, num_shards = local_shards(num_shards)
+  if files % num_shards:
+    # A query's pairs stay in one file: shards would get unequal shares.
+    raise ConfigError(
+        f"data.num_shards={num_shards} does not divide the {files} shard "
+        f"files of {src.train_table}; prepare it with --num_shards a "
+        f"multiple of {num_shards}, or set data.num_shards to a divisor of "
+        f"{files} (and a multiple of the {jax.process_count()} processes)")
+  out = {}
+  for s in shards:
+    rel, pair = prepare.read_shard(src.train_table, src.train_catalog,
+                                   shard=(s, num_shards),
+                                   max_bad_fraction=_max_bad(frozen_cfg))
+    held = relevance_lib.heldout_queries(rel.queries, fraction)
+    out[s] = _Shard(rel.take_queries(np.flatnonzero(~held), "kept"),
+                    rel.take_queries(np.flatnonzero(held), "held out"),
+                    pair[held[rel.query]])
+  return out
+
+
+def _shards_of(cfg: ml_collections.ConfigDict) -> dict[int, _Shard]:
+  return _prepared_shards(_frozen(cfg), float(cfg.heldout_query_fraction),
+                          int(cfg.num_shards))
+
+
+def _allgather_table(table: pa.Table) -> list[pa.Table]:
+  """Every process's `table`, in process order (a collective: every process
+  calls it). Sent as Arrow IPC bytes padded to the longest."""
+  sink = pa.BufferOutputStream()
+  with pa.ipc.new_stream(sink, table.schema) as writer:
+    writer.write_table(table)
+  blob = np.frombuffer(sink.getvalue(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(
+      np.int32(blob.size))).reshape(-1)
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:blob.size] = blob
+  blobs = np.asarray(multihost_utils.process_allgather(padded))
+  return [pa.ipc.open_stream(blobs[i, :sizes[i]].tobytes()).read_all()
+          for i in range(len(sizes))]
+
+
+def _concat(parts: list[tuple[pa.Table, pa.Table]]
+            ) -> tuple[pa.Table, pa.Table]:
+  """(queries, pairs) tables of several parts -> one: pair `query` indices
+  are shifted past the queries of the parts before."""
+  offsets = np.cumsum([0] + [len(q) for q, _ in parts])
+  pairs = [p.set_column(0, "query", pa.array(
+      p.column("query").to_numpy() + np.int32(o), pa.int32()))
+           for (_, p), o in zip(parts, offsets)]
+  return (pa.concat_tables([q for q, _ in parts]),
+          pa.concat_tables(pairs))
+
+
+def _prepared_heldout(cfg: ml_collections.ConfigDict, num_products: int
+                      ) -> relevance_lib.Relevance:
+  """The held-out queries of every shard of every process, in table order:
+  equal to splitting the whole table (Memory O(held-out pairs))."""
+  parts = [(pa.table({"query_id": pa.array(s.held.query_ids, pa.string()),
+                      "query": pa.array(s.held.queries, pa.string())}),
+            pa.table({"query": pa.array(s.held.query, pa.int32()),
+                      "product": pa.array(s.held.product, pa.int32()),
+                      "label": pa.array(s.held.label, pa.int8()),
+                      "pair": pa.array(s.held_pair, pa.int64())}))
+           for _, s in sorted(_shards_of(cfg).items())]
+  queries, pairs = _concat(parts)
+  if jax.process_count() > 1:
+    queries, pairs = _concat(list(zip(_allgather_table(queries),
+                                      _allgather_table(pairs))))
+  order = np.argsort(pairs.column("pair").to_numpy(), kind="stable")
+  q = pairs.column("query").to_numpy()[order]
+  # Queries in order of first appearance, as the whole table's split keeps
+  # them (Python per query).
+  seen, first = np.unique(q, return_index=True)
+  seen = seen[np.argsort(first)]
+  new = np.full(len(queries), -1, np.int32)
+  new[seen] = np.arange(len(seen), dtype=np.int32)
+  sel = pa.array(seen)
+  return relevance_lib.Relevance(
+      name=f"{load_sources(cfg).train_table} [held out: {len(seen)} queries]",
+      query_ids=queries.column("query_id").take(sel).to_pylist(),
+      queries=queries.column("query").take(sel).to_pylist(),
+      query=new[q], product=pairs.column("product").to_numpy()[order],
+      label=pairs.column("label").to_numpy()[order],
+      num_products=num_products)
 
 
 def image_size(cfg: ml_collections.ConfigDict,
@@ -77,18 +216,16 @@ class ShardedBatches:
   """
 
   def __init__(self, make_dataset, global_batch: int, num_shards: int,
-               product_features: np.ndarray | None = None):
+               product_features: np.ndarray | None = None,
+               relevant_width: int | None = None):
     self.product_features = product_features
-    n_proc, proc = jax.process_count(), jax.process_index()
-    num_shards = num_shards or n_proc
-    if num_shards % n_proc:
-      raise ConfigError(f"data.num_shards={num_shards} is not a multiple of "
-                        f"the {n_proc} processes")
+    # Shards of a prepared table each size `relevant_product_ids` (B, R) by
+    # their own queries: padded with -1 to one R, agreed by all processes.
+    self.relevant_width = relevant_width
+    self.shards, num_shards = local_shards(num_shards)
     if global_batch % num_shards:
       raise ConfigError(f"global batch {global_batch} is not divisible by "
                         f"data.num_shards={num_shards}")
-    per_proc = num_shards // n_proc
-    self.shards = list(range(proc * per_proc, (proc + 1) * per_proc))
     self._iters = [iter(make_dataset(global_batch // num_shards,
                                      (s, num_shards))) for s in self.shards]
 
@@ -97,6 +234,12 @@ class ShardedBatches:
 
   def __next__(self) -> dict[str, np.ndarray]:
     parts = [next(it) for it in self._iters]
+    if self.relevant_width is not None:
+      for p in parts:
+        ids = p["relevant_product_ids"]
+        p["relevant_product_ids"] = np.pad(
+            ids, ((0, 0), (0, self.relevant_width - ids.shape[1])),
+            constant_values=-1)
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     if self.product_features is not None:
       batch["product_features"] = self.product_features[batch["product_id"]]
@@ -170,20 +313,49 @@ def stage2_train(cfg: ml_collections.ConfigDict,
     carry `product_features` instead of images (`ok` False: skipped).
   """
   src = load_sources(cfg)
-  kept, _ = train_relevance(cfg)
   kwargs = _common_kwargs(cfg, model_config, seed)
   if frozen_tower:
     kwargs["augment"] = False
   features, ok = product_table if product_table is not None else (None, None)
+
+  def dataset(rel, batch_size, shard, **kw):
+    return train_datasets.stage2_dataset(
+        src.train_catalog, rel, batch_size=batch_size,
+        query_length=cfg.query_max_length,
+        title_length=cfg.text_max_length, num_negatives=cfg.num_negatives,
+        label1_policy=cfg.label1_policy, label1_weight=cfg.label1_weight,
+        max_relevant=cfg.max_relevant, shard=shard, product_ok=ok, **kw)
+
+  if not src.train_table:
+    kept, _ = train_relevance(cfg)
+    return ShardedBatches(lambda b, shard: dataset(kept, b, shard, **kwargs),
+                          global_batch, cfg.num_shards,
+                          product_features=features)
+  # Shard s holds its own queries whole; negatives come from them too.
+  shards = _shards_of(cfg)
   return ShardedBatches(
-      lambda b, shard: train_datasets.stage2_dataset(
-          src.train_catalog, kept, batch_size=b,
-          query_length=cfg.query_max_length,
-          title_length=cfg.text_max_length, num_negatives=cfg.num_negatives,
-          label1_policy=cfg.label1_policy, label1_weight=cfg.label1_weight,
-          max_relevant=cfg.max_relevant, shard=shard, product_ok=ok,
-          **kwargs),
-      global_batch, cfg.num_shards, product_features=features)
+      lambda b, shard: dataset(shards[shard[0]].kept, b, (0, 1),
+                               **kwargs | {"seed": _shard_seed(seed,
+                                                               shard[0])}),
+      global_batch, cfg.num_shards, product_features=features,
+      relevant_width=_relevant_width([s.kept for s in shards.values()]))
+
+
+def _relevant_width(shards: list[relevance_lib.Relevance]) -> int:
+  """R of `relevance.relevant_table` over the queries of every shard of
+  every process (a collective): the width the whole table would have."""
+  width = max(max(1, int(np.bincount(rel.query[rel.label >= 1]).max(
+      initial=0))) for rel in shards)
+  if jax.process_count() > 1:
+    width = int(np.max(multihost_utils.process_allgather(np.int32(width))))
+  return width
+
+
+def _shard_seed(seed: int, shard: int) -> int:
+  """The data seed of one shard of a prepared table: its records are all
+  its own (read as shard (0, 1)), so the shard enters the seed here; shard
+  0 keeps `seed`, so one shard trains exactly as the CSV table would."""
+  return seed + shard
 
 
 def train_relevance(cfg: ml_collections.ConfigDict
@@ -191,13 +363,19 @@ def train_relevance(cfg: ml_collections.ConfigDict
   """-> (training queries, held-out queries) of the train relevance data.
 
   `heldout_query_fraction` of the queries (by a hash of their text) never
-  train: stage 2 selects its model on them, never on the test set.
+  train: stage 2 selects its model on them, never on the test set. A
+  prepared table is read whole here; the trainers read their shards.
   """
-  if load_sources(cfg).train_relevance is None:
+  _require_relevance(cfg)
+  return _split(_frozen(cfg), float(cfg.heldout_query_fraction))
+
+
+def _require_relevance(cfg: ml_collections.ConfigDict) -> None:
+  src = load_sources(cfg)
+  if src.train_relevance is None and src.train_table is None:
     raise ConfigError("stage 2 needs graded relevance data for the train "
                       f"catalog; data source {cfg.source!r} "
                       "has none (e.g. relevance_train.csv)")
-  return _split(_frozen(cfg), float(cfg.heldout_query_fraction))
 
 
 def train_products(cfg: ml_collections.ConfigDict,
@@ -269,8 +447,16 @@ def stage2_eval(cfg: ml_collections.ConfigDict,
                 model_config: model_lib.ModelConfig, global_batch: int
                 ) -> Stage2Eval | None:
   """Model selection data: held-out queries over their judged products
-  (None when no query is held out). Memory O(judged pairs)."""
-  _, held = train_relevance(cfg)
+  (None when no query is held out). Memory O(judged pairs).
+
+  With a prepared train relevance each process reads only its shards and
+  all of them gather the held-out queries (a collective)."""
+  _require_relevance(cfg)
+  src = load_sources(cfg)
+  if src.train_table:
+    held = _prepared_heldout(cfg, len(src.train_catalog))
+  else:
+    _, held = train_relevance(cfg)
   if not held.num_queries or not (held.label == 2).any():
     return None
   cap = cfg.get("heldout_eval_queries", 0)

@@ -117,7 +117,9 @@ def heldout_metrics(data, features, ok, mesh) -> dict[str, float]:
   fns = (None, jax.jit(embed_queries,
                        out_shardings=sharding.replicated(mesh)),
          lambda params, f: f)
-  return stage2.evaluate(fns, {}, data, mesh, table=(features, ok))
+  rows = data.product_rows
+  return stage2.evaluate(fns, {}, data, mesh,
+                         features=(features[rows], ok[rows]))
 
 
 def one_device_mesh():

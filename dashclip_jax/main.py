@@ -92,8 +92,9 @@ def use_compilation_cache(workdir: str) -> str | None:
   it again (on 2 CPU cores a train step takes about a minute). The cache
   key is the program, the compile options, the devices and the jax
   version, so a stale entry is never used; an unreadable one is compiled
-  afresh (jax warns). A JAX_COMPILATION_CACHE_DIR the user set wins; a
-  cache dir that cannot be written turns the cache off with one warning.
+  afresh (jax warns). A JAX_COMPILATION_CACHE_DIR (and a
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS) the user set wins; a cache
+  dir that cannot be written turns the cache off with one warning.
   Call it before the first compile.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -110,9 +111,10 @@ def use_compilation_cache(workdir: str) -> str | None:
     log.warning("compilation cache off: %s is not writable (%s)", path, e)
     return None
   jax.config.update("jax_compilation_cache_dir", path)
-  # Evaluation encoders compile in well under jax's default 1 s threshold
-  # on a fast host, yet add up across the stages and systems.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    # Evaluation encoders compile in well under jax's default 1 s threshold
+    # on a fast host, yet add up across the stages and systems.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
   return path
 
 

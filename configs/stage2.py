@@ -89,7 +89,7 @@ def get_config(arg=None):
     # 96 queries a step instead of 160 (a stage-2 step 28% fewer FLOPs),
     # which keeps the README job within its minutes on 2 cores.
     c.data.num_negatives = 2
-  # demo: 60 steps (100 cost 3 more minutes on 2 cores); evaluated before
+  # demo: 60 steps (was 100, see configs/stage1.py's 40), evaluated before
   # training and at the end only.
   c.train.total_steps = config_lib.by_variant(
       v, tiny=6, demo=60, fashion=500, base=10000)

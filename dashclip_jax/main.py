@@ -89,7 +89,8 @@ def use_compilation_cache(workdir: str) -> str | None:
 
   A rerun (resume after a kill, the evaluation redone) and every later
   stage that compiles a program seen before load it instead of compiling
-  it again (on 2 CPU cores a train step takes about a minute). The cache
+  it again (a train step of the demo compiles for about a minute on 2 CPU
+  cores). The cache
   key is the program, the compile options, the devices and the jax
   version, so a stale entry is never used; an unreadable one is compiled
   afresh (jax warns). A JAX_COMPILATION_CACHE_DIR (and a

@@ -90,10 +90,9 @@ def use_compilation_cache(workdir: str) -> str | None:
   A rerun (resume after a kill, the evaluation redone) and every later
   stage that compiles a program seen before load it instead of compiling
   it again (a train step of the demo compiles for about a minute on 2 CPU
-  cores). The cache
-  key is the program, the compile options, the devices and the jax
-  version, so a stale entry is never used; an unreadable one is compiled
-  afresh (jax warns). A JAX_COMPILATION_CACHE_DIR (and a
+  cores). The cache key is the program, the compile options, the devices
+  and the jax version, so a stale entry is never used; an unreadable one
+  is compiled afresh (jax warns). A JAX_COMPILATION_CACHE_DIR (and a
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS) the user set wins; a cache
   dir that cannot be written turns the cache off with one warning.
   Call it before the first compile.

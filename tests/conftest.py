@@ -1,6 +1,7 @@
 """Test-wide setup: 8 fake CPU devices (mesh tests) and no hub access."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -10,6 +11,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One persistent XLA cache for the run, main jobs in subprocesses included:
+# dozens of tests compile the same tiny programs (a tiny train step takes
+# seconds to compile). The key is the program, options, devices and jax
+# version, so a shared entry never changes a result.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"dashclip_jax_test_xla_cache_{os.getuid()}"))
 
 
 @pytest.fixture(scope="session")

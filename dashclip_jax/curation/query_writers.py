@@ -45,9 +45,9 @@ TEMPLATES = (
 # Normalised word or phrase -> its replacements (longest phrase first).
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "for men": ("for him", "for guys", "for gents"),
-    "for women": ("for her", "for ladies", "for girls"),
-    "for boys": ("for kids", "for a boy"),
-    "for girls": ("for kids", "for a girl"),
+    "for women": ("for her", "for ladies", "for a woman"),
+    "for boys": ("for a boy", "for young boys"),
+    "for girls": ("for a girl", "for young girls"),
     "men": ("mens", "male", "gents"),
     "women": ("womens", "ladies", "female"),
     "tshirts": ("tees", "tee", "t shirt"),

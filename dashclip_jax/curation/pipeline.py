@@ -15,6 +15,7 @@ import ml_collections
 from dashclip_jax.curation import steps as steps_lib
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import expand
+from dashclip_jax.curation.steps import generate
 from dashclip_jax.curation.steps import label
 from dashclip_jax.curation.steps import mine
 from dashclip_jax.curation.steps import negatives
@@ -23,7 +24,8 @@ from dashclip_jax.curation.steps import teacher
 
 log = logging.getLogger("dashclip_jax")
 
-FUNCTIONS = {"teacher": teacher.teacher_step, "mine": mine.mine_step,
+FUNCTIONS = {"teacher": teacher.teacher_step,
+             "generate": generate.generate_step, "mine": mine.mine_step,
              "label": label.label_step, "negatives": negatives.negatives_step,
              "expand": expand.expand_step, "report": report.report_step}
 
@@ -36,6 +38,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   ctx = context_lib.context(config, workdir)
+  if "generate" not in steps and ({"mine", "negatives"} & set(steps)):
+    generate.add_generated(ctx)  # An earlier run's (generate.writer set).
   out = {}
   for step in steps:
     log.info("=== curation: %s ===", step)

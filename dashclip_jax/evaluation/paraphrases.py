@@ -14,10 +14,20 @@ thousands of label-1 TRAIN products, more than a 2,000-product sample holds;
 so each query keeps a few of its judged products and the rest is a seeded
 uniform draw (`sample_products`). Every sampled product is labelled by the
 rule for every query, so the (Q, N) labels are complete for the sample.
+
+Stage 2's model selection (issue 30): `rule_paraphrases` widens the
+hand-written list with queries written by hand rules -- rewording tables
+(type words, gender and colour phrases, a few sentence patterns) over the
+(type, gender, colour) combinations the TRAIN catalog has -- never by the
+query generator, so the set does not grade the generator's own wording;
+`paraphrase_relevance` is the judged pairs over TRAIN catalog rows and
+`paraphrase_stage2_eval` the `trainers.inputs.Stage2Eval` that stage 2's
+periodic evaluation (`stage2.evaluate`) scores like its held-out queries.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import sys
@@ -26,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import paraphrase_labels as labels_lib
@@ -125,6 +136,171 @@ def load_paraphrase_eval(
   keep = sample_products(labels, max_products, seed)
   products = train.take(keep, name=f"{train.name}[{len(keep)} sampled]")
   return ParaphraseEval(products, labels[:, keep], queries)
+
+
+# -- rule-written paraphrases for stage 2's model selection -----------------
+
+# How users name a type (styles.csv articleType -> user words), written by
+# hand for this set; only types whose words stay unambiguous.
+TYPE_WORDS: dict[str, tuple[str, ...]] = {
+    "Tshirts": ("t-shirt", "tee shirt", "tee"),
+    "Shirts": ("shirt", "collared shirt"),
+    "Tops": ("top", "blouse"),
+    "Sweatshirts": ("hoodie", "sweat shirt"),
+    "Sweaters": ("sweater", "knitwear"),
+    "Jackets": ("jacket", "coat"),
+    "Kurtas": ("kurta",),
+    "Dresses": ("dress", "frock"),
+    "Jeans": ("denims", "jeans"),
+    "Trousers": ("pants", "chinos"),
+    "Shorts": ("shorts", "bermudas"),
+    "Track Pants": ("joggers", "track pants"),
+    "Casual Shoes": ("sneakers", "casual shoes"),
+    "Sports Shoes": ("running shoes", "trainers"),
+    "Formal Shoes": ("office shoes", "leather shoes"),
+    "Heels": ("heels", "high heels"),
+    "Flats": ("flats", "ballet flats"),
+    "Sandals": ("sandals",),
+    "Flip Flops": ("flip flops", "slippers"),
+    "Handbags": ("purse", "handbag"),
+    "Watches": ("wrist watch", "watch"),
+    "Sunglasses": ("shades", "sunglasses"),
+    "Wallets": ("wallet",),
+    "Belts": ("belt",),
+    "Backpacks": ("backpack", "rucksack"),
+    "Caps": ("cap", "baseball cap"),
+    "Socks": ("socks",),
+    "Briefs": ("underwear", "briefs"),
+}
+GENDER_BEFORE = {"Men": ("mens", "men's"), "Women": ("womens", "ladies"),
+                 "Boys": ("boys",), "Girls": ("girls",)}
+GENDER_AFTER = {"Men": ("for him", "for men"), "Women": ("for her",
+                                                         "for women"),
+                "Boys": ("for a boy",), "Girls": ("for a girl",)}
+COLOUR_WORDS = {"Navy Blue": ("navy",), "Grey": ("gray", "grey"),
+                "Off White": ("cream", "off white"), "Black": ("black",),
+                "White": ("white",), "Blue": ("blue",), "Red": ("red",),
+                "Brown": ("brown",), "Green": ("green",), "Pink": ("pink",),
+                "Purple": ("purple",), "Yellow": ("yellow",),
+                "Maroon": ("maroon", "burgundy"), "Beige": ("beige",),
+                "Silver": ("silver",), "Gold": ("gold", "golden"),
+                "Olive": ("olive",), "Orange": ("orange",)}
+# Sentence patterns by which constraints a query has (gender, colour).
+PATTERNS = {
+    (True, True): ("{colour} {type} {after}", "{before} {colour} {type}",
+                   "{type} in {colour} {after}"),
+    (True, False): ("{type} {after}", "{before} {type}"),
+    (False, True): ("{colour} {type}", "{type} in {colour}"),
+}
+
+
+def rule_paraphrases(catalog: catalog_lib.Catalog, max_queries: int = 300,
+                     min_products: int = 3, seed: int = 0
+                     ) -> tuple[queries_lib.Paraphrase, ...]:
+  """Paraphrases written by the hand rules above for the (type, gender,
+  colour) combinations with at least `min_products` label-2 products in
+  `catalog` (its TRAIN products: the fashion columns), a seeded sample of
+  at most `max_queries`; each carries its constraints, so it is labelled
+  by `paraphrase_labels`. Texts of the hand-written list are left out.
+
+  Every combination is one of: type + gender + colour, type + gender,
+  type + colour (a type alone is the hand list's job).
+  """
+  rows = labels_lib.product_rows(catalog)
+  counts = collections.Counter()
+  for r in rows:  # Per product: its label-2 combinations.
+    if r["articleType"] not in TYPE_WORDS:
+      continue
+    genders = {r["gender"]} | ({"Men", "Women"} if r["gender"] == "Unisex"
+                               else set())
+    for g in genders & set(GENDER_AFTER):
+      counts[(r["articleType"], g, None)] += 1
+      if r["baseColour"] in COLOUR_WORDS:
+        counts[(r["articleType"], g, r["baseColour"])] += 1
+    if r["baseColour"] in COLOUR_WORDS:
+      counts[(r["articleType"], None, r["baseColour"])] += 1
+  combos = sorted((k for k, n in counts.items() if n >= min_products),
+                  key=lambda k: (k[0], k[1] or "", k[2] or ""))
+  rng = np.random.default_rng([seed, 30])
+  order = rng.permutation(len(combos))
+  hand = {p.text for p in queries_lib.PARAPHRASES}
+  out, texts = [], set()
+  for j in order.tolist():
+    if len(out) >= max_queries:
+      break
+    t, g, c = combos[j]
+    pick = lambda words: words[rng.integers(len(words))]
+    pattern = pick(PATTERNS[(g is not None, c is not None)])
+    text = pattern.format(
+        type=pick(TYPE_WORDS[t]), colour=pick(COLOUR_WORDS[c]) if c else "",
+        before=pick(GENDER_BEFORE[g]) if g else "",
+        after=pick(GENDER_AFTER[g]) if g else "")
+    if text in hand or text in texts:
+      continue
+    texts.add(text)
+    out.append(queries_lib.Paraphrase(text, t, gender=g, colour=c))
+  return tuple(out)
+
+
+def paraphrase_relevance(catalog: catalog_lib.Catalog,
+                         queries: Sequence[queries_lib.Paraphrase],
+                         max_products: int = 2000, seed: int = 0
+                         ) -> relevance_lib.Relevance:
+  """The paraphrases' judged pairs over `catalog`'s rows (TRAIN products):
+  every query labelled (0, 1, 2) for every product of a seeded sample
+  (`sample_products`), so each ranks the same products; query ids
+  "pr000", ... ("pp" is the CLI's)."""
+  rows = labels_lib.product_rows(catalog)
+  queries = tuple(queries)
+  labels_lib.check_paraphrases(queries, rows)
+  labels = labels_lib.label_matrix(queries, rows,
+                                   labels_lib.subcategory_of(rows))
+  keep = sample_products(labels, max_products, seed)
+  q, p = np.meshgrid(np.arange(len(queries)), keep, indexing="ij")
+  return relevance_lib.Relevance(
+      name=f"{len(queries)} paraphrases over {len(keep)} of {catalog.name}",
+      query_ids=[f"pr{i:03d}" for i in range(len(queries))],
+      queries=[x.text for x in queries], query=q.ravel().astype(np.int32),
+      product=p.ravel().astype(np.int32),
+      label=labels[:, keep].ravel().astype(np.int8),
+      num_products=len(catalog))
+
+
+def paraphrase_stage2_eval(cfg: Any, model_config: Any, global_batch: int,
+                           max_products: int = 2000, seed: int = 0,
+                           max_rule_queries: int = 300):
+  """The hand-written and rule-written paraphrases over stage 2's TRAIN
+  catalog as a `trainers.inputs.Stage2Eval` (what `stage2.evaluate`
+  scores; the held-out set's construction, `inputs.stage2_eval`, over
+  `paraphrase_relevance`'s pairs). `cfg` is stage 2's config.data."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from dashclip_jax.data import eval_datasets
+  from dashclip_jax.trainers import inputs
+  # pylint: enable=g-import-not-at-top
+  catalog = inputs.load_sources(cfg).train_catalog
+  queries = queries_lib.PARAPHRASES + rule_paraphrases(
+      catalog, max_rule_queries, seed=seed)
+  rel = paraphrase_relevance(catalog, queries, max_products, seed)
+  rows, cols = np.unique(rel.product, return_inverse=True)
+  labels = metrics_lib.SparseQrels.from_pairs(
+      rel.query, cols, rel.label, rel.num_queries, len(rows),
+      source=rel.name)
+  keep = np.flatnonzero(labels.has_relevant())  # Metrics need a label 2.
+  rel = rel.take_queries(keep, "with a label 2")
+  labels = labels.take_queries(keep)
+  local = global_batch // jax.process_count()
+  products = catalog.take(rows)
+  return inputs.Stage2Eval(
+      rows, eval_datasets.eval_products_dataset(
+          products, batch_size=local,
+          image_size=inputs.image_size(cfg, model_config),
+          max_length=cfg.text_max_length,
+          max_bad_fraction=cfg.max_bad_fraction),
+      list(eval_datasets.eval_queries_dataset(
+          rel, batch_size=local, max_length=cfg.query_max_length)),
+      labels, list(rel.query_ids),
+      [products.culprit(j) for j in range(len(products))])
 
 
 # -- systems ------------------------------------------------------------------

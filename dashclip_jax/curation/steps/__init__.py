@@ -3,6 +3,8 @@
   context    what every step shares: config, catalog, seed, workdir files
   teacher    train the teacher on the seed; calibrate and choose the
              confidence threshold on held-out seed queries
+  generate   new queries for train products (template or LLM writer),
+             test-query duplicates dropped; they join the unlabelled ones
   mine       candidate pairs for the unlabelled queries
   label      label the candidates (sharded, resumable)
   negatives  nearest queries per anchor product, labelled (mined 0s)
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 from dashclip_jax.config_lib import ConfigError
 
-STEPS = ("teacher", "mine", "label", "negatives", "expand", "report")
+STEPS = ("teacher", "generate", "mine", "label", "negatives", "expand",
+         "report")
 
 
 def parse(text: str) -> tuple[str, ...]:

@@ -1,0 +1,197 @@
+"""Writing new shopping queries for catalog products: the template writer,
+the filters every writer's drafts go through, and the test-query check.
+
+  template  hand-written templates over a product's attributes (its aisle,
+            colour, gender, usage, the title's first word as the brand),
+            then a synonym table ("tshirts" -> "tees", "for men" -> "for
+            him") replaces words at `synonym_rate`: the baseline the LLM
+            writer (`gpt.query_writer`) must beat.
+  filters   length in words and characters; language: the share of ASCII
+            letters among the non-space characters (SmolLM drifts into
+            other scripts and into code or numbers now and then).
+  test check  a draft that normalises to a `qrels_test.csv` query, or to
+            the same set of (plural-stripped, stop-word-free) tokens, is
+            dropped and counted: generated training queries must not leak
+            the test queries, even reordered ("shoes men black").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from dashclip_jax.data import catalog as catalog_lib
+
+_NON_WORD = re.compile(r"[^0-9a-z]+")
+STOP_WORDS = frozenset(("a", "an", "the", "for", "of", "and", "with", "in",
+                        "to", "my", "on"))
+
+# Templates over the attribute slots; a template whose slot a product lacks
+# is not used for it. Gender comes as "men" (before) or "for men" (after).
+TEMPLATES = (
+    "{gender} {colour} {type}",
+    "{colour} {type} {for_gender}",
+    "{brand} {type} {for_gender}",
+    "{type} {for_gender}",
+    "{colour} {type}",
+    "{usage} {type}",
+    "{brand} {colour} {type}",
+    "{usage} {type} {for_gender}",
+)
+
+# Normalised word or phrase -> its replacements (longest phrase first).
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "for men": ("for him", "for guys", "for gents"),
+    "for women": ("for her", "for ladies", "for a woman"),
+    "for boys": ("for a boy", "for young boys"),
+    "for girls": ("for a girl", "for young girls"),
+    "men": ("mens", "male", "gents"),
+    "women": ("womens", "ladies", "female"),
+    "tshirts": ("tees", "tee", "t shirt"),
+    "shirts": ("shirt", "button down"),
+    "sweatshirts": ("hoodie", "sweatshirt"),
+    "sweaters": ("jumper", "pullover"),
+    "trousers": ("pants", "slacks"),
+    "track pants": ("joggers", "trackies"),
+    "jeans": ("denims", "denim"),
+    "shorts": ("half pants", "short pants"),
+    "casual shoes": ("sneakers", "everyday shoes"),
+    "sports shoes": ("trainers", "running shoes"),
+    "formal shoes": ("office shoes", "dress shoes"),
+    "flip flops": ("slippers", "chappals"),
+    "handbags": ("purse", "bag"),
+    "watches": ("watch", "wrist watch"),
+    "sunglasses": ("shades", "sunnies"),
+    "kurtas": ("kurta", "ethnic top"),
+    "tops": ("top", "blouse"),
+    "heels": ("high heels", "pumps"),
+    "navy blue": ("navy", "dark blue"),
+    "grey": ("gray",),
+    "off white": ("cream",),
+    "multi": ("multicolour", "colourful"),
+    "sports": ("gym", "workout"),
+    "formal": ("office", "work"),
+    "casual": ("everyday", "daily wear"),
+    "ethnic": ("traditional", "festive"),
+}
+
+
+def normalise(text: str) -> str:
+  """Lower case, runs of non-alphanumerics -> one space, stripped."""
+  return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+def token_key(text: str) -> str:
+  """The near-duplicate key: sorted distinct tokens of the normalised text,
+  a trailing "s" stripped, stop words dropped ("Shoes for Men" and "men
+  shoe" share a key)."""
+  words = {w[:-1] if len(w) > 3 and w.endswith("s") else w
+           for w in normalise(text).split() if w not in STOP_WORDS}
+  return " ".join(sorted(words))
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+  """What a draft must be to be kept."""
+  min_words: int = 2
+  max_words: int = 8
+  max_chars: int = 60
+  min_ascii_letter_share: float = 0.85
+
+  def reason(self, text: str) -> str | None:
+    """None if `text` passes, else the failed filter's name."""
+    words = text.split()
+    if not self.min_words <= len(words) <= self.max_words:
+      return "words"
+    if len(text) > self.max_chars:
+      return "chars"
+    chars = [c for c in text if not c.isspace()]
+    ascii_letters = sum(c.isascii() and c.isalpha() for c in chars)
+    if ascii_letters < self.min_ascii_letter_share * len(chars):
+      return "language"
+    return None
+
+
+def clean(text: str) -> str:
+  """A draft as a query: its first line, quotes, list marks and final
+  punctuation dropped, spaces collapsed."""
+  line = text.strip().split("\n", 1)[0]
+  line = re.sub(r"^\s*(query\s*:|[-*\d.)]+\s)", "", line, flags=re.I)
+  line = line.strip().strip("\"'`").rstrip(".!?,;:").strip("\"'`")
+  return " ".join(line.split())
+
+
+class TestQueries:
+  """The test queries' exact and near (token-set) keys."""
+
+  def __init__(self, queries: Iterable[str]):
+    queries = list(queries)
+    self.exact = {normalise(q) for q in queries}
+    self.near = {token_key(q) for q in queries}
+
+  def match(self, text: str) -> str | None:
+    """"exact", "near" or None."""
+    if normalise(text) in self.exact:
+      return "exact"
+    if token_key(text) in self.near:
+      return "near"
+    return None
+
+
+def substitute(text: str, synonyms: Mapping[str, Sequence[str]],
+               rng: np.random.Generator, rate: float) -> str:
+  """Replaces words and two-word phrases of normalised `text` found in
+  `synonyms` (a phrase before its words), each with probability `rate`, by
+  one of its synonyms (a seeded choice)."""
+  words, out, i = normalise(text).split(), [], 0
+  while i < len(words):
+    for n in (2, 1):
+      key = " ".join(words[i:i + n])
+      if len(words[i:i + n]) == n and key in synonyms:
+        # Both draws always happen: the stream does not depend on `rate`.
+        use, pick = rng.random() < rate, rng.integers(len(synonyms[key]))
+        out.append(synonyms[key][pick] if use else key)
+        i += n
+        break
+    else:
+      out.append(words[i])
+      i += 1
+  return " ".join(out)
+
+
+def product_slots(catalog: catalog_lib.Catalog, i: int) -> dict[str, str]:
+  """A product's template slots, normalised ("" where it has none): type
+  (the aisle), colour (baseColour or colour), gender, usage, brand (the
+  title's first word)."""
+  a = catalog.attributes
+  get = lambda *names: next((a[n][i] for n in names if n in a and a[n][i]),
+                            "")
+  c = int(catalog.category[i])
+  gender = normalise(get("gender"))
+  title = normalise(catalog.titles[i]).split()
+  return {"type": normalise(catalog.category_names[c]) if c >= 0 else "",
+          "colour": normalise(get("baseColour", "colour")),
+          "gender": gender if gender != "unisex" else "",
+          "for_gender": f"for {gender}" if gender and gender != "unisex"
+                        else "",
+          "usage": normalise(get("usage")),
+          "brand": title[0] if title else ""}
+
+
+def template_drafts(catalog: catalog_lib.Catalog, i: int, count: int,
+                    seed: int, synonym_rate: float = 0.7,
+                    synonyms: Mapping[str, Sequence[str]] = SYNONYMS
+                    ) -> list[str]:
+  """`count` drafts for product i: distinct usable templates in a seeded
+  order, each filled and passed through `substitute` (seeded by (seed, i):
+  the same drafts however products are batched)."""
+  slots = product_slots(catalog, i)
+  usable = [t for t in TEMPLATES
+            if all(slots[s] for s in re.findall(r"{(\w+)}", t))]
+  rng = np.random.default_rng([seed, i])
+  order = rng.permutation(len(usable))[:count]
+  return [substitute(usable[j].format(**slots), synonyms, rng, synonym_rate)
+          for j in order.tolist()]

@@ -1,0 +1,77 @@
+"""WiSE-FT (Wortsman et al. 2022): weight-space ensembling of the trained
+and the initial query tower, one mixing coefficient chosen on held-out
+train queries.
+
+Stage 2 fine-tunes the query side (`query`, the BERT query tower, and
+`query_proj`, its projection) on few queries in catalog wording; mixing its
+weights back toward the start can keep the start's robustness to other
+wordings (paraphrases) at little cost in-distribution. Only those two
+subtrees are mixed: the product side (img, txt, product_proj, ...) and
+`temp` are the trained model's, so product embeddings (and a frozen
+tower's feature table) do not change with alpha.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+QUERY_SIDE = ("query", "query_proj")
+DEFAULT_ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
+
+
+def mix(trained: Mapping[str, Any], initial: Mapping[str, Any], alpha: float,
+        keys: Sequence[str] = QUERY_SIDE) -> dict[str, Any]:
+  """Params whose `keys` subtrees are (1 - alpha) * initial + alpha *
+  trained, leaf by leaf (in float32, cast back to the leaf's dtype); every
+  other top-level entry is `trained`'s. alpha=1 gives `trained` and alpha=0
+  `initial` exactly on those subtrees.
+
+  Raises ValueError for alpha outside [0, 1], a key missing from either
+  tree, or subtrees of different structure or leaf shapes.
+  """
+  if not 0.0 <= alpha <= 1.0:
+    raise ValueError(f"WiSE-FT alpha must be in [0, 1], got {alpha}")
+  out = dict(trained)
+  for key in keys:
+    if key not in trained or key not in initial:
+      raise ValueError(f"WiSE-FT: params {key!r} missing from the "
+                       f"{'trained' if key not in trained else 'initial'} "
+                       "tree")
+    a, b = trained[key], initial[key]
+    if jax.tree.structure(a) != jax.tree.structure(b):
+      raise ValueError(f"WiSE-FT: {key!r} differs in structure between the "
+                       "trained and initial params")
+
+    def blend(t, i, key=key):
+      if np.shape(t) != np.shape(i):
+        raise ValueError(f"WiSE-FT: a {key!r} leaf is {np.shape(t)} trained, "
+                         f"{np.shape(i)} initial")
+      t32, i32 = jnp.asarray(t, jnp.float32), jnp.asarray(i, jnp.float32)
+      return ((1.0 - alpha) * i32 + alpha * t32).astype(jnp.asarray(t).dtype)
+    out[key] = jax.tree.map(blend, a, b)
+  return out
+
+
+def choose_alpha(trained: Mapping[str, Any], initial: Mapping[str, Any],
+                 evaluate: Callable[[dict[str, Any]], float],
+                 alphas: Sequence[float] = DEFAULT_ALPHAS
+                 ) -> tuple[float, dict[float, float]]:
+  """-> (the alpha whose mixed params score highest under `evaluate`, every
+  alpha's score).
+
+  `evaluate(params)` scores params on held-out TRAIN queries (e.g. stage
+  2's held-out NDCG@10, or that and the train paraphrase set's); never the
+  test queries. Ties go to the larger alpha (closer to the trained model),
+  so mixing is kept only when it strictly helps; NaN scores never win.
+  """
+  if not alphas:
+    raise ValueError("WiSE-FT: no alphas to choose from")
+  scores = {float(a): float(evaluate(mix(trained, initial, float(a))))
+            for a in alphas}
+  best = max(scores, key=lambda a: (not np.isnan(scores[a]),
+                                    np.nan_to_num(scores[a], nan=-np.inf), a))
+  return best, scores

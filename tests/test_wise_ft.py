@@ -1,0 +1,71 @@
+"""WiSE-FT: mixing the query side of two param trees, choosing alpha."""
+
+import numpy as np
+import pytest
+
+from dashclip_jax.trainers import wise_ft
+
+
+def _trees():
+  rng = np.random.default_rng(0)
+  tree = lambda: {
+      "query": {"layer_0": {"kernel": rng.normal(size=(3, 4)).astype(
+          np.float32)}, "emb": rng.normal(size=(5,)).astype(np.float32)},
+      "query_proj": {"kernel": rng.normal(size=(4, 2)).astype(np.float32)},
+      "txt": {"kernel": rng.normal(size=(2, 2)).astype(np.float32)},
+      "temp": np.float32(rng.normal())}
+  return tree(), tree()
+
+
+def _leaves(tree, key):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves(tree[key])]
+
+
+def test_endpoints_are_exact_and_half_is_the_mean():
+  trained, initial = _trees()
+  for alpha, want in ((1.0, trained), (0.0, initial)):
+    mixed = wise_ft.mix(trained, initial, alpha)
+    for key in wise_ft.QUERY_SIDE:
+      for a, b in zip(_leaves(mixed, key), _leaves(want, key)):
+        np.testing.assert_array_equal(a, b)
+  half = wise_ft.mix(trained, initial, 0.5)
+  for key in wise_ft.QUERY_SIDE:
+    for m, t, i in zip(_leaves(half, key), _leaves(trained, key),
+                       _leaves(initial, key)):
+      np.testing.assert_allclose(m, (t + i) / 2, rtol=1e-6)
+  # The product side and temp are always the trained model's.
+  for alpha in (0.0, 0.5):
+    mixed = wise_ft.mix(trained, initial, alpha)
+    assert mixed["txt"] is trained["txt"] and mixed["temp"] is trained["temp"]
+
+
+def test_bad_inputs_raise():
+  trained, initial = _trees()
+  with pytest.raises(ValueError, match="alpha"):
+    wise_ft.mix(trained, initial, 1.5)
+  with pytest.raises(ValueError, match="missing"):
+    wise_ft.mix(trained, {k: v for k, v in initial.items()
+                          if k != "query_proj"}, 0.5)
+  initial["query_proj"]["kernel"] = np.zeros((2, 4), np.float32)
+  with pytest.raises(ValueError, match="leaf"):
+    wise_ft.mix(trained, initial, 0.5)
+
+
+def test_choose_alpha_picks_the_best_score_and_ties_go_to_trained():
+  trained, initial = _trees()
+  target = wise_ft.mix(trained, initial, 0.3)["query_proj"]["kernel"]
+  # Score: closeness of query_proj to the alpha=0.3 mix.
+  score = lambda p: -float(np.abs(np.asarray(p["query_proj"]["kernel"]) -
+                                  np.asarray(target)).sum())
+  best, scores = wise_ft.choose_alpha(trained, initial, score)
+  assert best == 0.3 and len(scores) == 11
+  best, _ = wise_ft.choose_alpha(trained, initial, lambda p: 1.0,
+                                 alphas=(0.0, 0.5, 1.0))
+  assert best == 1.0
+  best, _ = wise_ft.choose_alpha(
+      trained, initial,
+      lambda p: float("nan") if np.array_equal(
+          p["query_proj"]["kernel"], trained["query_proj"]["kernel"]) else 0.0,
+      alphas=(0.0, 1.0))
+  assert best == 0.0

@@ -114,6 +114,10 @@ def main(argv: list[str]) -> None:
   f = flags.FLAGS
   if not f.model:
     sys.exit("serve: --model is required (a model dir or training workdir)")
+  for flag in ("model", "index", "image_root"):  # Before jax is loaded.
+    if getattr(f, flag) and not os.path.exists(getattr(f, flag)):
+      sys.exit(f"serve: --{flag}={getattr(f, flag)}: no such file or "
+               "directory")
   limits = app_lib.Limits(
       max_request_bytes=f.max_request_bytes, max_inputs=f.max_inputs,
       max_input_chars=f.max_input_chars, max_products=f.max_products,

@@ -59,6 +59,7 @@ class Browser:
     os.close(write_out)
     self._w, self._r = os.fdopen(write_in, "wb"), os.fdopen(read_out, "rb")
     self._next, self._buf, self.session = 0, b"", None
+    self.width, self.height = width, height
 
   def _read(self) -> dict:
     while b"\0" not in self._buf:
@@ -87,6 +88,9 @@ class Browser:
     target = self.call("Target.createTarget", url=url)["targetId"]
     self.session = self.call("Target.attachToTarget", targetId=target,
                              flatten=True)["sessionId"]
+    # The viewport itself (--window-size counts the window's frame too).
+    self.page_call("Emulation.setDeviceMetricsOverride", width=self.width,
+                   height=self.height, deviceScaleFactor=1, mobile=False)
 
   def page_call(self, method: str, **params):
     return self.call(method, self.session, **params)

@@ -29,7 +29,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pydantic
@@ -40,8 +40,10 @@ from dashclip_jax.serving import engine as engine_lib
 from dashclip_jax.serving import metrics as metrics_lib
 from dashclip_jax.serving import openai_http
 from dashclip_jax.serving import page
-from dashclip_jax.serving import search as search_lib
 from dashclip_jax.serving.openai_http import RequestError
+
+if TYPE_CHECKING:  # It loads faiss and jax: `serve` checks its flags first.
+  from dashclip_jax.serving import search as search_lib
 
 # Served model ids -> towers.
 TEXT_MODELS = {"dashclip-query": "query", "dashclip-text": "text"}

@@ -12,12 +12,14 @@ the Python API's own for the same input.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from dashclip_jax import inference
 from dashclip_jax.serving import batching
+
+if TYPE_CHECKING:  # Not imported at run time: `serve` loads jax only once
+  from dashclip_jax import inference  # its flags and paths are checked.
 
 TOWERS = ("query", "text", "product")
 
@@ -29,7 +31,7 @@ class EmbeddingEngine:
   (the server's batch-size metric).
   """
 
-  def __init__(self, encoder: inference.DashClipEncoder, *,
+  def __init__(self, encoder: "inference.DashClipEncoder", *,
                max_batch: int = 64, wait_s: float = 0.005,
                observe: Callable[[str, int], None] | None = None):
     self.encoder = encoder

@@ -59,15 +59,11 @@ def build(model_dir: str, index: str = "", *, image_root: str = "",
   warmup compiles every query batch bucket before the first request;
   `encoder`: the model dir already loaded (`dashclip_jax.load`)."""
   import dashclip_jax  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.serving import batching  # pylint: disable=g-import-not-at-top
   from dashclip_jax.serving import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.serving import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax.serving import search as search_lib  # pylint: disable=g-import-not-at-top
   encoder = encoder or dashclip_jax.load(model_dir)
-  metrics = metrics_lib.Metrics(batching.batch_buckets(1, max_batch))
   engine = engine_lib.EmbeddingEngine(
-      encoder, max_batch=max_batch, wait_s=batch_wait_ms / 1000,
-      observe=metrics.observe_batch)
+      encoder, max_batch=max_batch, wait_s=batch_wait_ms / 1000)
   if warmup:
     for size in engine.buckets:
       encoder.encode_query(["warm up"] * size, batch_size=size)
@@ -75,8 +71,7 @@ def build(model_dir: str, index: str = "", *, image_root: str = "",
   images = (search_lib.ImageRoot(image_root, image_template)
             if image_root else None)
   return app_lib.make_app(engine, products, images=images, limits=limits,
-                          api_key=api_key, metrics=metrics,
-                          model_info=model_info(model_dir))
+                          api_key=api_key, model_info=model_info(model_dir))
 
 
 def define_flags() -> None:

@@ -172,14 +172,14 @@ def make_app(engine: engine_lib.EmbeddingEngine,
              products: search_lib.ProductSearch | None = None, *,
              images: search_lib.ImageRoot | None = None,
              limits: Limits = Limits(), api_key: str = "",
-             metrics: metrics_lib.Metrics | None = None,
              model_info: dict[str, Any] | None = None) -> Any:
-  """The app; `engine`'s batchers start and stop with it. `metrics` must
-  be the one `engine` reports its batches to (`serve.build`)."""
+  """The app; `engine`'s batchers start and stop with it, and report
+  their batches to its metrics."""
   import fastapi  # pylint: disable=g-import-not-at-top
   from fastapi import responses  # pylint: disable=g-import-not-at-top
   encoder, dim = engine.encoder, engine.dim
-  metrics = metrics or metrics_lib.Metrics(engine.buckets)
+  metrics = metrics_lib.Metrics(engine.buckets)
+  engine.observe = metrics.observe_batch
   if products is not None and products.dim != dim:
     raise ValueError(f"the export holds {products.dim}-d embeddings but the "
                      f"model's are {dim}-d; export the catalog with it")

@@ -28,16 +28,15 @@ class EmbeddingEngine:
   """Batched embeddings from a loaded `DashClipEncoder`.
 
   observe(tower, rows) is called once per forward with its real row count
-  (the server's batch-size metric).
+  (the app sets it to its batch-size metric).
   """
 
   def __init__(self, encoder: "inference.DashClipEncoder", *,
-               max_batch: int = 64, wait_s: float = 0.005,
-               observe: Callable[[str, int], None] | None = None):
+               max_batch: int = 64, wait_s: float = 0.005):
     self.encoder = encoder
     self.dim = encoder.config.embed_dim
     self.buckets = batching.batch_buckets(1, max_batch)
-    self.observe = observe or (lambda tower, rows: None)
+    self.observe: Callable[[str, int], None] = lambda tower, rows: None
     self.shapes: set[tuple[str, int]] = set()
     fns = {"query": encoder.encode_query, "text": encoder.encode_text,
            "product": lambda rows, **kw: encoder.encode_product(

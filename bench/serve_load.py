@@ -155,30 +155,31 @@ def main():
   parser.add_argument("--batch_wait_ms", type=float, default=5.0)
   parser.add_argument("--no_st", action="store_true")
   args = parser.parse_args()
-  with tempfile.TemporaryDirectory() as tmp:
-    model = args.model or _write_model(args.size, os.path.join(tmp, "model"))
-    rows = {}
-    rows[f"batched (max_batch={args.max_batch})"] = run_server(
-        model, args.max_batch, args.batch_wait_ms, args.requests,
-        args.clients)
-    rows["batch=1"] = run_server(model, 1, 0.0, args.requests, args.clients)
-    if not args.no_st:
-      rows["st loop (1 at a time)"] = (*run_st(
-          model, args.requests, os.path.join(tmp, "hf")), None)
   print(f"{args.requests} single-query requests, {args.clients} clients, "
         f"model {args.model or args.size + ' (random init)'}, "
         f"{os.cpu_count()} CPUs")
   print(f"{'':26s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} "
-        f"{'forwards':>9s}")
-  for name, (rps, p50, p99, forwards) in rows.items():
+        f"{'forwards':>9s}", flush=True)
+  rows = {}
+
+  def row(name, rps, p50, p99, forwards=None):
+    rows[name] = rps
     fw = "" if forwards is None else f"{forwards:9.0f}"
-    print(f"{name:26s} {rps:8.1f} {p50:8.1f} {p99:8.1f} {fw}")
-  names = list(rows)
-  print(f"serve_batched_over_batch1_ratio: "
-        f"{rows[names[0]][0] / rows[names[1]][0]:.2f}")
+    print(f"{name:26s} {rps:8.1f} {p50:8.1f} {p99:8.1f} {fw}", flush=True)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    model = args.model or _write_model(args.size, os.path.join(tmp, "model"))
+    row(f"batched (max_batch={args.max_batch})", *run_server(
+        model, args.max_batch, args.batch_wait_ms, args.requests,
+        args.clients))
+    row("batch=1", *run_server(model, 1, 0.0, args.requests, args.clients))
+    if not args.no_st:
+      row("st loop (1 at a time)", *run_st(
+          model, args.requests, os.path.join(tmp, "hf")))
+  rps = list(rows.values())
+  print(f"serve_batched_over_batch1_ratio: {rps[0] / rps[1]:.2f}")
   if not args.no_st:
-    print(f"serve_batched_over_st_ratio: "
-          f"{rows[names[0]][0] / rows[names[2]][0]:.2f}")
+    print(f"serve_batched_over_st_ratio: {rps[0] / rps[2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ GPT = ["gguf>=0.19", "jinja2>=3.1"]
 # endpoint; its tests serve a fake endpoint on loopback (fastapi, uvicorn).
 OPENAI = ["openai>=3.0"]
 LOOPBACK_SERVER = ["fastapi>=0.100", "uvicorn>=0.30"]
+# The embeddings server (python -m dashclip_jax.serve): its /metrics.
+EMBEDDINGS_SERVER = LOOPBACK_SERVER + ["prometheus-client>=0.20"]
 
 setuptools.setup(
     name="dashclip_jax",
@@ -57,6 +59,8 @@ setuptools.setup(
         "openai": OPENAI,
         # The OpenAI-compatible labeling server (curation/serve).
         "serve": GPT + LOOPBACK_SERVER,
+        # The embeddings and search server (dashclip_jax.serve).
+        "serve-embeddings": EMBEDDINGS_SERVER,
         # pytrec_eval: trec_eval's metrics, which ours are cross-checked
         # against (tests/test_eval_metrics.py).
         # accelerate: transformers needs it to load a GGUF into torch (the
@@ -64,6 +68,6 @@ setuptools.setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5",
                  "pytrec-eval-terrier>=0.5", "accelerate>=1.0"]
                 + TORCH + TFDS + GPT
-                + OPENAI + LOOPBACK_SERVER,
+                + OPENAI + EMBEDDINGS_SERVER,
     },
 )

@@ -23,7 +23,7 @@ reproducible with `seed`), top_p, and logprobs (chat: logprobs=true plus
 top_logprobs <= 20; completions: logprobs=k <= 20) in OpenAI's response
 schemas, and usage counts. Generation stops at max_tokens or the end-of-
 text token (not in the text). Concurrent requests are batched
-(`serve_batching`); each generated token is one full forward (no KV
+(`serve_batching`, `serving.batching`); each generated token is one full forward (no KV
 cache), so long generations are slow: this server is for labelling, whose
 answer is one token. Not supported, answered 400: stream, n > 1, stop,
 echo. Bad requests get HTTP 400 with an OpenAI-style error body; another
@@ -50,6 +50,9 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import pydantic
+
+from dashclip_jax.serving import openai_http
+from dashclip_jax.serving.openai_http import RequestError
 
 MAX_TOP_LOGPROBS = 20
 DEFAULT_MAX_TOKENS = 16
@@ -94,22 +97,6 @@ def load_model(spec: str) -> tuple[str, Any, dict, Any]:
 # ---------------------------------------------------------------------------
 # Requests.
 # ---------------------------------------------------------------------------
-
-
-class RequestError(ValueError):
-  """A request this server cannot answer: HTTP `status`, OpenAI-style."""
-
-  def __init__(self, message: str, param: str | None = None,
-               status: int = 400, code: str | None = None):
-    super().__init__(message)
-    self.param, self.status, self.code = param, status, code
-
-
-def error_body(message: str, param: str | None = None,
-               code: str | None = None,
-               kind: str = "invalid_request_error") -> dict[str, Any]:
-  return {"error": {"message": message, "type": kind, "param": param,
-                    "code": code}}
 
 
 class _Base(pydantic.BaseModel):
@@ -206,41 +193,6 @@ def check_fits_untokenized(prompt: str, max_tokens: int, max_length: int,
         "tokens", "max_tokens", code="context_length_exceeded")
 
 
-class BodyLimit:
-  """ASGI middleware: 413 for a request body over `limit` bytes.
-
-  Judged from Content-Length before any byte is read; without one (chunked
-  uploads) the bytes are counted as the app reads them.
-  """
-
-  def __init__(self, app: Any, limit: int):
-    self.app, self.limit = app, limit
-    self.message = (f"the request body is over this server's limit of "
-                    f"{limit} bytes (--max_request_bytes)")
-
-  async def __call__(self, scope, receive, send) -> None:
-    from starlette import exceptions  # pylint: disable=g-import-not-at-top
-    if scope["type"] != "http":
-      return await self.app(scope, receive, send)
-    length = dict(scope["headers"]).get(b"content-length", b"")
-    if length.isdigit() and int(length) > self.limit:
-      from starlette import responses  # pylint: disable=g-import-not-at-top
-      return await responses.JSONResponse(error_body(self.message),
-                                          status_code=413)(
-                                              scope, receive, send)
-    seen = 0
-
-    async def counted():
-      nonlocal seen
-      message = await receive()
-      seen += len(message.get("body", b""))
-      if seen > self.limit:  # FastAPI passes an HTTPException through.
-        raise exceptions.HTTPException(413, self.message)
-      return message
-
-    return await self.app(scope, counted, send)
-
-
 # ---------------------------------------------------------------------------
 # Generation.
 # ---------------------------------------------------------------------------
@@ -331,15 +283,13 @@ def completion_logprobs(tokenizer: Any, gen: dict[str, Any]
 # ---------------------------------------------------------------------------
 
 
-def make_app(name: str, tokenizer: Any, batcher: Any,
+def make_app(name: str, tokenizer: Any, engine: Any, batcher: Any,
              max_request_bytes: int = MAX_REQUEST_BYTES) -> Any:
   """The FastAPI app serving `name` through `batcher` (started and
-  stopped with the app); bodies over `max_request_bytes` get 413."""
+  stopped with the app) of `engine`'s forwards; bodies over
+  `max_request_bytes` get 413."""
   import fastapi  # pylint: disable=g-import-not-at-top
-  from fastapi import exceptions as fastapi_exceptions  # pylint: disable=g-import-not-at-top
-  from fastapi import responses  # pylint: disable=g-import-not-at-top
-  from starlette import exceptions as starlette_exceptions  # pylint: disable=g-import-not-at-top
-  max_length = batcher.engine.max_length
+  max_length = engine.max_length
   longest = longest_token_bytes(tokenizer)
   counts = {"requests": {}, "status": {}, "prompt_tokens": 0,
             "completion_tokens": 0}
@@ -351,30 +301,7 @@ def make_app(name: str, tokenizer: Any, batcher: Any,
     await batcher.stop()
 
   api = fastapi.FastAPI(title="dashclip_jax serve", lifespan=lifespan)
-  api.add_middleware(BodyLimit, limit=max_request_bytes)
-
-  def failure(status: int, message: str, param=None, code=None):
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return responses.JSONResponse(error_body(message, param, code, kind),
-                                  status_code=status)
-
-  @api.exception_handler(fastapi_exceptions.RequestValidationError)
-  async def invalid(_, exc):
-    first = exc.errors()[0]
-    if first.get("type") == "json_invalid":
-      return failure(400, "the request body is not valid JSON: "
-                     f"{first.get('ctx', {}).get('error', first['msg'])}")
-    where = ".".join(str(x) for x in first.get("loc", ())[1:])
-    return failure(400, f"{where + ': ' if where else ''}{first['msg']}",
-                   where or None)
-
-  @api.exception_handler(RequestError)
-  async def refused(_, exc):
-    return failure(exc.status, str(exc), exc.param, exc.code)
-
-  @api.exception_handler(starlette_exceptions.HTTPException)
-  async def http_error(_, exc):
-    return failure(exc.status_code, str(exc.detail))
+  openai_http.install(api, max_request_bytes)
 
   @api.middleware("http")
   async def count(request, call_next):
@@ -428,7 +355,7 @@ def make_app(name: str, tokenizer: Any, batcher: Any,
   async def stats():
     served = sum(counts["requests"].get(p, 0) for p in COMPLETION_PATHS)
     return {"model": name, "completion_requests": served, **counts,
-            **batcher.stats()}
+            **engine.stats(), **batcher.stats()}
 
   @api.post("/v1/chat/completions")
   async def chat(body: ChatRequest):
@@ -516,17 +443,20 @@ def main(argv: list[str]) -> None:
     sys.exit(f"serve: {type(e).__name__}: {e}".splitlines()[0])
   import uvicorn  # pylint: disable=g-import-not-at-top
   from dashclip_jax.curation import serve_batching  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.serving import batching  # pylint: disable=g-import-not-at-top
   try:
     engine = serve_batching.Engine(config, params, tokenizer.pad_id,
                                    max_batch=f.max_batch,
                                    max_length=f.max_length)
   except ValueError as e:
     sys.exit(f"serve: {e}")
-  batcher = serve_batching.Batcher(engine, f.batch_wait_ms / 1000)
+  batcher = batching.Batcher(engine.next_logprobs, engine.max_batch,
+                             f.batch_wait_ms / 1000)
   name = f.served_model_name or name
   print(f"serving {name} on http://{f.host}:{f.port}/v1 (batch buckets "
         f"{engine.batch_sizes}, length buckets {engine.lengths})", flush=True)
-  uvicorn.run(make_app(name, tokenizer, batcher, f.max_request_bytes),
+  uvicorn.run(make_app(name, tokenizer, engine, batcher,
+                       f.max_request_bytes),
               host=f.host, port=f.port, log_level=f.log_level)
 
 

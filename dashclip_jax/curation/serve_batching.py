@@ -1,5 +1,4 @@
-"""Next-token scoring for the server: bucketed jitted forwards, and an
-asyncio batcher that gathers concurrent requests into one of them.
+"""Next-token scoring for the labeling server: bucketed jitted forwards.
 
 `Engine.next_logprobs(rows)` scores token-id rows in one jitted forward:
 rows are left-padded (every row's next token is the last column) to a
@@ -10,19 +9,15 @@ len(batch buckets) x len(length buckets) shapes are ever compiled. Params
 are laid out by their logical axes on this process's mesh, the batch split
 over its devices, as `GptLabeler` does.
 
-`Batcher.submit(ids)` is awaited by each request for each token it wants:
-the batcher takes the first waiting row, keeps collecting for up to
-`wait_s` or until `max_batch` rows, and runs one forward for all of them on
-its own thread (the event loop keeps accepting requests meanwhile). There
-is no KV cache: a request generating n tokens is n full forwards of its
-growing row, each batched with whatever else is waiting then.
+The shared `serving.batching.Batcher(engine.next_logprobs,
+engine.max_batch)` gathers concurrent requests' rows into these forwards:
+each request awaits `submit(ids)` for each token it wants. There is no KV
+cache: a request generating n tokens is n full forwards of its growing row,
+each batched with whatever else is waiting then.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import concurrent.futures as futures_lib
 from typing import Any, Sequence
 
 import jax
@@ -31,33 +26,7 @@ import numpy as np
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.curation.gpt import model as model_lib
-
-
-def bucket(n: int, sizes: Sequence[int]) -> int:
-  """The smallest size >= n, else ValueError."""
-  for size in sizes:
-    if size >= n:
-      return size
-  raise ValueError(f"{n} exceeds the largest bucket {max(sizes)}")
-
-
-def batch_buckets(devices: int, max_batch: int) -> tuple[int, ...]:
-  """devices x 1, 2, 4, ... up to max_batch rounded up to the devices."""
-  top = -(-max_batch // devices) * devices
-  sizes, size = [], devices
-  while size < top:
-    sizes.append(size)
-    size *= 2
-  return tuple(sizes + [top])
-
-
-def length_buckets(min_length: int, max_length: int) -> tuple[int, ...]:
-  """min_length x 1, 2, 4, ... then max_length itself."""
-  sizes, size = [], min_length
-  while size < max_length:
-    sizes.append(size)
-    size *= 2
-  return tuple(sizes + [max_length])
+from dashclip_jax.serving import batching
 
 
 class Engine:
@@ -73,8 +42,8 @@ class Engine:
     self.config, self.pad_id = config, pad_id
     self.mesh = mesh or teacher_lib.local_mesh()
     devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    self.batch_sizes = batch_buckets(devices, max_batch)
-    self.lengths = length_buckets(min_length, max_length)
+    self.batch_sizes = batching.batch_buckets(devices, max_batch)
+    self.lengths = batching.length_buckets(min_length, max_length)
     self.max_length = max_length
     self.params = jax.device_put(params, shard_lib.param_shardings(
         model_lib.abstract_boxed(config), self.mesh))
@@ -96,8 +65,8 @@ class Engine:
     """Left-padded int32 (ids, mask) of bucketed shape."""
     if not rows or any(not r for r in rows):
       raise ValueError("every row needs at least one token")
-    length = bucket(max(map(len, rows)), self.lengths)
-    batch = bucket(len(rows), self.batch_sizes)
+    length = batching.bucket(max(map(len, rows)), self.lengths)
+    batch = batching.bucket(len(rows), self.batch_sizes)
     ids = np.full((batch, length), self.pad_id, np.int32)
     mask = np.zeros((batch, length), np.int32)
     for i in range(batch):
@@ -123,75 +92,3 @@ class Engine:
             "compiled_shapes": sorted(map(list, self.shapes)),
             "batch_buckets": list(self.batch_sizes),
             "length_buckets": list(self.lengths)}
-
-
-class Batcher:
-  """Gathers concurrent `submit`s into `Engine.next_logprobs` calls."""
-
-  def __init__(self, engine: Engine, wait_s: float = 0.005):
-    self.engine, self.wait_s = engine, wait_s
-    self._queue: asyncio.Queue | None = None
-    self._task: asyncio.Task | None = None
-    # One thread: every forward runs on it, one at a time.
-    self._thread = futures_lib.ThreadPoolExecutor(1, "serve-forward")
-    self.batch_sizes: collections.Counter = collections.Counter()
-
-  def start(self) -> None:
-    self._queue = asyncio.Queue()
-    self._task = asyncio.get_running_loop().create_task(self._run())
-
-  async def stop(self) -> None:
-    if self._task is not None:
-      self._task.cancel()
-      await asyncio.gather(self._task, return_exceptions=True)
-    self._thread.shutdown(wait=False, cancel_futures=True)
-
-  async def submit(self, ids: Sequence[int]) -> np.ndarray:
-    """float32 (V,) log-probabilities of the token after `ids`."""
-    if self._queue is None:
-      raise RuntimeError("Batcher.start() was not called")
-    future = asyncio.get_running_loop().create_future()
-    await self._queue.put((list(ids), future))
-    return await future
-
-  async def _gather(self) -> list[tuple[list[int], asyncio.Future]]:
-    batch = [await self._queue.get()]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + self.wait_s
-    while len(batch) < self.engine.max_batch:
-      if not self._queue.empty():
-        batch.append(self._queue.get_nowait())
-        continue
-      left = deadline - loop.time()
-      if left <= 0:
-        break
-      try:
-        batch.append(await asyncio.wait_for(self._queue.get(), left))
-      except asyncio.TimeoutError:
-        break
-    return batch
-
-  async def _run(self) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-      batch = [(ids, f) for ids, f in await self._gather() if not f.done()]
-      if not batch:
-        continue
-      self.batch_sizes[len(batch)] += 1
-      try:
-        out = await loop.run_in_executor(
-            self._thread, self.engine.next_logprobs, [ids for ids, _ in batch])
-      except Exception as e:  # pylint: disable=broad-except
-        for _, future in batch:
-          if not future.done():
-            future.set_exception(e)
-        continue
-      for (_, future), row in zip(batch, out):
-        if not future.done():  # Its client may have gone.
-          future.set_result(row)
-
-  def stats(self) -> dict[str, Any]:
-    return {**self.engine.stats(),
-            "batch_sizes": {str(k): v for k, v in
-                            sorted(self.batch_sizes.items())},
-            "largest_batch": max(self.batch_sizes, default=0)}

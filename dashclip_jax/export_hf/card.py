@@ -2,73 +2,23 @@
 evaluation, and how to load each part).
 
 Training data and evaluation come from the run that trained the model, when
-its files are still there: `<workdir>/config.json` (written by the main
-job; the workdir is the model's provenance, or the directory above
-`models/<step>`) and the evaluation's `metrics.json` in `<workdir>/eval` or,
-for a main job's stage 2, `<workdir>/../eval`, taken only when the report
-beside it names this model as its checkpoint.
+its files are still there (`run_info`: the run's or its main job's
+`config.json`, and the evaluation's `metrics.json` that names this model).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 
-from dashclip_jax import inference
 from dashclip_jax import model as model_lib
+from dashclip_jax import run_info
 from dashclip_jax.evaluation import report as eval_report
 
 _DATA_KEYS = ("source", "path", "catalog_path", "relevance_train_path",
               "relevance_test_path", "tfds_dir", "text_max_length",
               "query_max_length", "label1_policy", "num_negatives")
-
-
-def run_workdir(model_dir: str, meta: dict[str, Any]) -> str | None:
-  """The training workdir of a model dir, if it is on disk."""
-  candidates = [meta.get("provenance", {}).get("workdir")]
-  parent = os.path.dirname(os.path.abspath(model_dir))
-  if os.path.basename(parent) == "models":
-    candidates.append(os.path.dirname(parent))
-  for path in candidates:
-    if path and os.path.isfile(os.path.join(path, "config.json")):
-      return path
-  return None
-
-
-def training_config(workdir: str | None) -> dict[str, Any] | None:
-  if workdir is None:
-    return None
-  with open(os.path.join(workdir, "config.json")) as f:
-    return json.load(f)
-
-
-def _same_model(checkpoint: str, model_dir: str) -> bool:
-  try:
-    checkpoint = inference.resolve_model_dir(checkpoint)
-  except FileNotFoundError:
-    pass
-  return os.path.realpath(checkpoint) == os.path.realpath(model_dir)
-
-
-def evaluation(workdir: str | None, model_dir: str
-               ) -> tuple[str, dict[str, dict]] | None:
-  """(metrics.json path, {system: {metric: value}}) of this model, if any."""
-  if workdir is None:
-    return None
-  for eval_dir in (os.path.join(workdir, "eval"),
-                   os.path.join(os.path.dirname(workdir), "eval")):
-    metrics, report = (os.path.join(eval_dir, f)
-                       for f in ("metrics.json", "report.md"))
-    if not (os.path.isfile(metrics) and os.path.isfile(report)):
-      continue
-    with open(report) as f:
-      named = re.search(r"^- Checkpoint: `([^`]*)`", f.read(), re.M)
-    if named and _same_model(named.group(1), model_dir):
-      with open(metrics) as f:
-        return metrics, json.load(f)
-  return None
 
 
 def _metrics_table(results: dict[str, dict]) -> list[str]:
@@ -95,7 +45,8 @@ def _training_lines(train_cfg: dict[str, Any] | None, workdir: str | None,
   if data.get("source") == "synthetic":
     shown["synthetic"] = data.get("synthetic")
   train = train_cfg.get("train", {})
-  lines += [f"- Run: `{workdir}` (stage {train_cfg.get('stage')}, "
+  lines += [f"- Config: `{os.path.join(workdir, run_info.CONFIG_FILE)}`",
+            f"- Run: `{workdir}` (stage {train_cfg.get('stage')}, "
             f"{train.get('total_steps')} steps at batch "
             f"{train.get('batch_size')}; init "
             f"`{json.dumps(train_cfg.get('init'))}`)",
@@ -177,8 +128,8 @@ def model_card(model_dir: str, meta: dict[str, Any],
                config: model_lib.ModelConfig, report: dict[str, Any]
                ) -> str:
   """The README.md text."""
-  workdir = run_workdir(model_dir, meta)
-  evaluated = evaluation(workdir, model_dir)
+  workdir = run_info.run_workdir(model_dir, meta)
+  evaluated = run_info.evaluation(workdir, model_dir)
   lines = [
       "---", "library_name: transformers",
       "tags: [dashclip, blip, image-text-retrieval, sentence-transformers, "
@@ -197,7 +148,7 @@ def model_card(model_dir: str, meta: dict[str, Any],
       f"projection (pooling {config.product_pooling}) and the torch code "
       "that runs it on `blip/` | `product_embedding.ProductEmbedding` |",
       "", "## Training data", ""]
-  lines += _training_lines(training_config(workdir), workdir, meta)
+  lines += _training_lines(run_info.training_config(workdir), workdir, meta)
   lines += ["", "## Evaluation", ""]
   if evaluated:
     lines += [f"From `{evaluated[0]}` (dashclip_jax.evaluation):", ""]

@@ -1,0 +1,12 @@
+"""Serving the model to other programs over HTTP (`python -m
+dashclip_jax.serve`; the labeling server `curation/serve` shares the first
+two).
+
+  batching     dynamic batching: concurrent requests' rows -> one call
+  openai_http  OpenAI-style errors, the body limit, bearer auth
+  engine       the query, text and product towers behind batchers
+  search       the attached export: search with filters; the image root
+  metrics      Prometheus counters and histograms
+  page         the search page (GET /)
+  app          the FastAPI app: the endpoints
+"""

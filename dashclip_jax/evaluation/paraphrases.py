@@ -273,34 +273,12 @@ def paraphrase_stage2_eval(cfg: Any, model_config: Any, global_batch: int,
   catalog as a `trainers.inputs.Stage2Eval` (what `stage2.evaluate`
   scores; the held-out set's construction, `inputs.stage2_eval`, over
   `paraphrase_relevance`'s pairs). `cfg` is stage 2's config.data."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from dashclip_jax.data import eval_datasets
-  from dashclip_jax.trainers import inputs
-  # pylint: enable=g-import-not-at-top
+  from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
   catalog = inputs.load_sources(cfg).train_catalog
   queries = queries_lib.PARAPHRASES + rule_paraphrases(
       catalog, max_rule_queries, seed=seed)
   rel = paraphrase_relevance(catalog, queries, max_products, seed)
-  rows, cols = np.unique(rel.product, return_inverse=True)
-  labels = metrics_lib.SparseQrels.from_pairs(
-      rel.query, cols, rel.label, rel.num_queries, len(rows),
-      source=rel.name)
-  keep = np.flatnonzero(labels.has_relevant())  # Metrics need a label 2.
-  rel = rel.take_queries(keep, "with a label 2")
-  labels = labels.take_queries(keep)
-  local = global_batch // jax.process_count()
-  products = catalog.take(rows)
-  return inputs.Stage2Eval(
-      rows, eval_datasets.eval_products_dataset(
-          products, batch_size=local,
-          image_size=inputs.image_size(cfg, model_config),
-          max_length=cfg.text_max_length,
-          max_bad_fraction=cfg.max_bad_fraction),
-      list(eval_datasets.eval_queries_dataset(
-          rel, batch_size=local, max_length=cfg.query_max_length)),
-      labels, list(rel.query_ids),
-      [products.culprit(j) for j in range(len(products))])
+  return inputs.stage2_eval_of(rel, catalog, cfg, model_config, global_batch)
 
 
 # -- systems ------------------------------------------------------------------

@@ -464,20 +464,31 @@ def stage2_eval(cfg: ml_collections.ConfigDict,
     # The lowest hashes: a fixed, machine-independent sample of the split.
     first = np.sort(np.argsort(held.query_hashes(), kind="stable")[:cap])
     held = held.take_queries(first, f"data.heldout_eval_queries={cap}")
-  rows, cols = np.unique(held.product, return_inverse=True)
+  return stage2_eval_of(held, load_sources(cfg).train_catalog, cfg,
+                        model_config, global_batch)
+
+
+def stage2_eval_of(relevance: relevance_lib.Relevance, catalog,
+                   cfg: ml_collections.ConfigDict,
+                   model_config: model_lib.ModelConfig, global_batch: int
+                   ) -> Stage2Eval:
+  """`relevance`'s queries (those with a label 2) over their judged products
+  of `catalog` (the train catalog its product indices name), as the eval
+  batches `stage2.evaluate` scores."""
+  rows, cols = np.unique(relevance.product, return_inverse=True)
   labels = eval_metrics.SparseQrels.from_pairs(
-      held.query, cols, held.label, held.num_queries, len(rows),
-      source=held.name)
+      relevance.query, cols, relevance.label, relevance.num_queries,
+      len(rows), source=relevance.name)
   keep = np.flatnonzero(labels.has_relevant())  # Metrics need a label 2.
-  held = held.take_queries(keep, "with a label 2")
+  relevance = relevance.take_queries(keep, "with a label 2")
   labels = labels.take_queries(keep)
   local = global_batch // jax.process_count()
-  catalog = load_sources(cfg).train_catalog.take(rows)
+  catalog = catalog.take(rows)
   products = eval_datasets.eval_products_dataset(
       catalog, batch_size=local, image_size=image_size(cfg, model_config),
       max_length=cfg.text_max_length, max_bad_fraction=cfg.max_bad_fraction)
   queries = eval_datasets.eval_queries_dataset(
-      held, batch_size=local, max_length=cfg.query_max_length)
+      relevance, batch_size=local, max_length=cfg.query_max_length)
   return Stage2Eval(rows, products, list(queries), labels,
-                    list(held.query_ids),
+                    list(relevance.query_ids),
                     [catalog.culprit(j) for j in range(len(catalog))])

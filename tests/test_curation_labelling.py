@@ -109,3 +109,21 @@ def test_expanded_csv_reads_back_with_commas_quotes_and_newlines(tmp_path):
     got = list(csv.reader(f))
   assert got[0] == ["query_id", "query", "product_id", "label"]
   assert got[1:] == [list(map(str, r)) for r in zip(*rows.values())]
+
+
+def test_check_manifest_writes_then_refuses_other_settings(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.curation import labelling  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "gen"
+  labelling.check_manifest(str(out), {"seed": 1, "writer": "template"},
+                           name="generate.json", what="queries generated")
+  assert json.loads((out / "generate.json").read_text()) == {
+      "seed": 1, "writer": "template"}
+  labelling.check_manifest(str(out), {"seed": 1, "writer": "template"},
+                           name="generate.json")  # Same settings: resumes.
+  with pytest.raises(ConfigError, match=r"queries generated with other seed "
+                     r"\(seed: 1\)"):
+    labelling.check_manifest(str(out), {"seed": 2, "writer": "template"},
+                             name="generate.json", what="queries generated")

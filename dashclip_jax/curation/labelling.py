@@ -67,19 +67,24 @@ def pairs_digest(query_ids: Sequence[str], product_ids: Sequence[str],
   return h.hexdigest()
 
 
-def _check_manifest(out_dir: str, want: dict) -> None:
-  path = os.path.join(out_dir, MANIFEST)
+def check_manifest(out_dir: str, want: dict, *, name: str = MANIFEST,
+                   what: str = "labels made") -> None:
+  """Stops when `out_dir/name` records other settings than `want`, so a
+  rerun never mixes its shards with another run's; writes it (process 0)
+  when absent."""
+  path = os.path.join(out_dir, name)
   if os.path.isfile(path):
     with open(path) as f:
       have = json.load(f)
     changed = sorted(k for k in want if have.get(k) != want[k])
     if changed:
       raise ConfigError(
-          f"{out_dir} holds labels made with other {', '.join(changed)} "
+          f"{out_dir} holds {what} with other {', '.join(changed)} "
           f"({', '.join(f'{k}: {have.get(k)!r}' for k in changed)}); use "
-          "another workdir or remove that directory to relabel")
+          "another workdir or remove that directory to redo them")
     return
   if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(want, f, indent=2)
@@ -117,7 +122,7 @@ def label_pairs(labeler: labeler_lib.Labeler, catalog: catalog_lib.Catalog,
   num_shards = max(1, -(-n // shard_size))
   product_ids = np.asarray(catalog.ids, object)[np.asarray(products, np.int64)]
   os.makedirs(out_dir, exist_ok=True)
-  _check_manifest(out_dir, {
+  check_manifest(out_dir, {
       "teacher_id": labeler.teacher_id, "pairs": n,
       "pairs_sha256": pairs_digest(query_ids, product_ids),
       "shard_size": shard_size, "num_shards": num_shards})

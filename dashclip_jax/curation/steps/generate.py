@@ -137,27 +137,6 @@ def test_queries(ctx: context_lib.Context) -> qw.TestQueries:
   return qw.TestQueries(rel.queries)
 
 
-def shard_name(index: int, count: int) -> str:
-  return f"part-{index:05d}-of-{count:05d}.parquet"
-
-
-def _check_manifest(out_dir: str, want: dict) -> None:
-  path = os.path.join(out_dir, MANIFEST)
-  if os.path.isfile(path):
-    with open(path) as f:
-      have = json.load(f)
-    changed = sorted(k for k in want if have.get(k) != want[k])
-    if changed:
-      raise ConfigError(
-          f"{out_dir} holds queries generated with other "
-          f"{', '.join(changed)}; use another workdir or remove it")
-    return
-  os.makedirs(out_dir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(want, f, indent=2)
-  os.replace(path + ".tmp", path)
-
-
 def _read_shard(path: str) -> tuple[pa.Table, dict]:
   table = pq.read_table(path, schema=SCHEMA)
   counts = json.loads(pq.read_schema(path).metadata[b"counts"])
@@ -211,8 +190,10 @@ def generate_queries(ctx: context_lib.Context,
   out_dir = ctx.path("generated")
   rows = product_rows(ctx)
   num_shards = max(1, -(-len(rows) // g.shard_size))
-  _check_manifest(out_dir, {**settings(ctx), "num_shards": num_shards})
-  paths = [os.path.join(out_dir, shard_name(s, num_shards))
+  labelling.check_manifest(out_dir,
+                           {**settings(ctx), "num_shards": num_shards},
+                           name=MANIFEST, what="queries generated")
+  paths = [os.path.join(out_dir, labelling.shard_name(s, num_shards))
            for s in range(num_shards)]
   for tmp in glob.glob(os.path.join(out_dir, "*.tmp*")):
     if not tmp.endswith(MANIFEST + ".tmp"):
@@ -292,7 +273,8 @@ def generated(ctx: context_lib.Context) -> pa.Table | None:
                             "first (config.run), or set generate.writer=''")
   with open(path) as f:
     num = json.load(f)["num_shards"]
-  paths = [ctx.path("generated", shard_name(s, num)) for s in range(num)]
+  paths = [ctx.path("generated", labelling.shard_name(s, num))
+           for s in range(num)]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f"{len(missing)} generated shards not written "

@@ -130,6 +130,10 @@ def get_config(arg=None):
       hard_k=0,                    # >0: only the k hardest in-batch negatives.
       deterministic=False,
   ))
+  # True: each evaluation also scores the hand- and rule-written paraphrases
+  # over the train catalog (evaluation/paraphrases.py; needs the fashion
+  # catalog's columns), logged as para/* beside the held-out eval/*.
+  c.eval.paraphrases = False
   c.checkpoint.every_steps = config_lib.by_variant(
       v, tiny=2, demo=30, fashion=100, base=1000)
   # True: start over (the previous run is moved aside). Stage 1 of a

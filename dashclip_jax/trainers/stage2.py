@@ -307,8 +307,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
                     table[1][eval_data.product_rows]) if table is not None
                    else eval_feature_rows(config, model_config, state.params,
                                           mesh, eval_data))
-  evaluate_now = lambda params: evaluate(eval_fns, params, eval_data, mesh,
-                                        frozen_eval)
+  paraphrase_data = None
+  if config.eval.get("paraphrases"):
+    # Hand- and rule-written rewordings over train products, reported as
+    # para/* beside the held-out metrics; model selection stays on eval/*.
+    from dashclip_jax.evaluation import paraphrases  # pylint: disable=g-import-not-at-top
+    paraphrase_data = paraphrases.paraphrase_stage2_eval(
+        config.data, model_config, config.eval.batch_size)
+
+  def evaluate_now(params) -> dict[str, float]:
+    out = evaluate(eval_fns, params, eval_data, mesh, frozen_eval)
+    if paraphrase_data is not None:
+      para = evaluate(eval_fns, params, paraphrase_data, mesh)
+      out |= {"para/" + k[len("eval/"):]: v for k, v in para.items()}
+    return out
   if not resumed:
     before = evaluate_now(state.params)
     log.info("before stage 2: %s", before)

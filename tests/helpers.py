@@ -20,6 +20,16 @@ def one_layer_tiny_config() -> model_lib.ModelConfig:
                    query=dataclasses.replace(c.query, depth=1))
 
 
+def save_one_layer_tiny_model(path) -> str:
+  """Writes `one_layer_tiny_config` with params from key 3 as a model dir at
+  `path` (what `dashclip_jax.load` reads); -> the path."""
+  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  config = one_layer_tiny_config()
+  checkpoint_io.save_model_dir(
+      str(path), model_lib.init_params(config, jax.random.key(3)), config)
+  return str(path)
+
+
 def padded_title_ids(rng: np.random.Generator, b: int, length: int
                      ) -> tuple[np.ndarray, np.ndarray]:
   """ids int32 (b, length) in [1000, 2000) with [CLS] first, and their mask,

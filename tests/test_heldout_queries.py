@@ -64,14 +64,19 @@ def test_heldout_eval_ranks_judged_products_by_hand():
       "eval/ndcg@10", "eval/recall@1", "eval/mrr"}
 
 
-def test_stage2_eval_holds_queries_out_of_training():
-  cfg = ml_collections.ConfigDict(dict(
+def _synthetic_data(**overrides) -> ml_collections.ConfigDict:
+  """A small synthetic config.data (96 products, 40 train queries)."""
+  return ml_collections.ConfigDict(dict(
       source="synthetic", synthetic=dict(num_products=96,
                                          num_train_queries=40,
                                          num_test_queries=8, image_size=32,
                                          seed=0),
-      max_bad_fraction=0.01, test_fraction=0.1, heldout_query_fraction=0.25,
-      text_max_length=16, query_max_length=12, image_size=0))
+      max_bad_fraction=0.01, test_fraction=0.1, text_max_length=16,
+      query_max_length=12, image_size=0, **overrides))
+
+
+def test_stage2_eval_holds_queries_out_of_training():
+  cfg = _synthetic_data(heldout_query_fraction=0.25)
   kept, held = inputs.train_relevance(cfg)
   assert held.num_queries > 0 and kept.num_queries > 0
   assert not set(kept.queries) & set(held.queries)
@@ -82,14 +87,7 @@ def test_stage2_eval_holds_queries_out_of_training():
 
 
 def test_heldout_eval_queries_caps_the_evaluation_at_the_lowest_hashes():
-  cfg = ml_collections.ConfigDict(dict(
-      source="synthetic", synthetic=dict(num_products=96,
-                                         num_train_queries=40,
-                                         num_test_queries=8, image_size=32,
-                                         seed=0),
-      max_bad_fraction=0.01, test_fraction=0.1, heldout_query_fraction=0.5,
-      heldout_eval_queries=0, text_max_length=16, query_max_length=12,
-      image_size=0))
+  cfg = _synthetic_data(heldout_query_fraction=0.5, heldout_eval_queries=0)
   _, held = inputs.train_relevance(cfg)
   whole = inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
   assert len(whole.query_ids) > 5

@@ -13,8 +13,6 @@ import pytest
 
 import dashclip_jax
 import helpers
-from dashclip_jax import checkpoint_io
-from dashclip_jax import model as model_lib
 from dashclip_jax.evaluation import export as export_lib
 
 TITLES = ["red cotton shirt", "blue jeans for men", "steel watch",
@@ -24,11 +22,8 @@ QUERIES = ["shirt for men", "watch", "sandals", "belt", "warm scarf"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("ckpt") / "model"
-  config = helpers.one_layer_tiny_config()
-  checkpoint_io.save_model_dir(
-      str(path), model_lib.init_params(config, jax.random.key(3)), config)
-  return str(path)
+  return helpers.save_one_layer_tiny_model(
+      tmp_path_factory.mktemp("ckpt") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import time
 import urllib.error
 import urllib.request
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,8 +26,6 @@ from PIL import Image
 import dashclip_jax
 import helpers
 import serve_helpers
-from dashclip_jax import checkpoint_io
-from dashclip_jax import model as model_lib
 from dashclip_jax import serve
 from dashclip_jax.evaluation import export as export_lib
 
@@ -56,11 +53,8 @@ def _image(i: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("ckpt") / "model"
-  config = helpers.one_layer_tiny_config()
-  checkpoint_io.save_model_dir(
-      str(path), model_lib.init_params(config, jax.random.key(3)), config)
-  return str(path)
+  return helpers.save_one_layer_tiny_model(
+      tmp_path_factory.mktemp("ckpt") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,16 @@ def _seed(*parts: int) -> int:
                                     ).generate_state(1)[0])
 
 
+def default_read_threads(worker_count: int, read_threads: int | None) -> int:
+  """`read_threads`, or when None (or 0) the threads per process that decode
+  and transform examples."""
+  if read_threads:
+    return read_threads
+  # Decode/augment release the GIL: in-process, threads use the cores;
+  # with workers, one thread each (more only oversubscribes the cores).
+  return 1 if worker_count else min(os.cpu_count() or 1, 8)
+
+
 def _train_pipeline(num_records: int, example_fn: grain.transforms.RandomMap,
                     *, name: str, batch_size: int, seed: int,
                     num_epochs: int | None, shard: Any, worker_count: int,
@@ -49,10 +59,7 @@ def _train_pipeline(num_records: int, example_fn: grain.transforms.RandomMap,
                     min_seen_for_bad_fraction: int
                     ) -> batching.BatchSkippingBad:
   index, count = shards.resolve_shard(shard)
-  if read_threads is None:
-    # Decode/augment release the GIL: in-process, threads use the cores;
-    # with workers, one thread each (more only oversubscribes the cores).
-    read_threads = 1 if worker_count else min(os.cpu_count() or 1, 8)
+  read_threads = default_read_threads(worker_count, read_threads)
   start, stop = shards.shard_range(num_records, index, count)
   ds = grain.MapDataset.range(start, stop)
   ds = ds.shuffle(seed=_seed(seed, index, 0)).repeat(num_epochs)

@@ -25,6 +25,7 @@ from dashclip_jax import optim
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax import config_lib
 from dashclip_jax import train_steps
+from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import metrics as eval_metrics
 from dashclip_jax.trainers import embed_batches
 from dashclip_jax.trainers import export
@@ -137,7 +138,8 @@ def eval_feature_rows(config: ml_collections.ConfigDict,
 
 
 def _read_threads(config: ml_collections.ConfigDict) -> int:
-  return config.data.read_threads or os.cpu_count() or 1
+  # In this process, no grain workers: the train pipeline's thread rule.
+  return train_datasets.default_read_threads(0, config.data.read_threads)
 
 
 def use_feature_table(setting: str | bool, num_products: int,

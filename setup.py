@@ -65,8 +65,10 @@ setuptools.setup(
         # against (tests/test_eval_metrics.py).
         # accelerate: transformers needs it to load a GGUF into torch (the
         # GPT parity tests' and benchmark's reference).
+        # mkdocs-material: CI builds the docs site (`mkdocs build --strict`).
         "test": ["pytest>=8", "pytest-xdist>=3.5",
-                 "pytrec-eval-terrier>=0.5", "accelerate>=1.0"]
+                 "pytrec-eval-terrier>=0.5", "accelerate>=1.0",
+                 "mkdocs-material>=9.5"]
                 + TORCH + TFDS + GPT
                 + OPENAI + EMBEDDINGS_SERVER,
     },

@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Callable
 
@@ -113,8 +114,9 @@ def bash_blocks(path: pathlib.Path) -> list[Block]:
     if fence.group(3) == "bash":
       above = lines[i - 1].strip() if i else ""
       marked = NOT_RUN.match(above)
+      # Dedented: a block inside a tab or list item is indented.
       blocks.append(Block(str(path.relative_to(ROOT)), i + 1,
-                          "\n".join(lines[i + 1:end]),
+                          textwrap.dedent("\n".join(lines[i + 1:end])),
                           marked.group(1).strip() if marked else None))
     i = end + 1
   return blocks

@@ -313,7 +313,10 @@ def children_cpu_s() -> float:
 
 
 def test_documented_commands_run(tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(ROOT),
+  # `python` in a block is this interpreter; `dashclip_jax` this checkout.
+  path = os.pathsep.join([os.path.dirname(sys.executable),
+                          os.environ.get("PATH", "")])
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PATH=path,
              XLA_FLAGS="--xla_force_host_platform_device_count=1",
              HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
   done, timings = set(), []

@@ -286,6 +286,12 @@ def test_readme_stays_a_front_door():
       assert (ROOT / link).is_file(), link
 
 
+def test_quickstart_sets_up_as_the_readme_does():
+  readme = [b.text for b in bash_blocks(ROOT / "README.md")][:2]
+  quickstart = [b.text for b in bash_blocks(DOCS / "quickstart.md")][:2]
+  assert quickstart == readme
+
+
 def test_ci_runs_exactly_the_readme_test_command():
   ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
   assert ci[-1] == readme_test_command()

@@ -22,7 +22,7 @@ import numpy as np
 
 from dashclip_jax import config_lib
 from dashclip_jax.curation import query_writers as qw
-from dashclip_jax.curation.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import gguf_loader
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import generate
 

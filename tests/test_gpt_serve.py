@@ -28,15 +28,15 @@ import pytest
 
 import gpt_helpers
 
-from dashclip_jax.curation import labelling
-from dashclip_jax.curation import openai_labeler as ol
-from dashclip_jax.curation import prompts as client_prompts
+from dashclip_jax.curation import label_shards
+from dashclip_jax.curation.labelers.openai_client import labeler as ol
+from dashclip_jax.curation.labelers import wording as client_prompts
 from dashclip_jax.curation import serve
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import labeler as gpt_labeler
-from dashclip_jax.curation.gpt import lora as lora_lib
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation.gpt import prompts as prompts_lib
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
+from dashclip_jax.curation.labelers.gpt import lora as lora_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
 from dashclip_jax.data import catalog as catalog_lib
 
 pytest.importorskip("gguf")
@@ -348,7 +348,7 @@ def small_catalog(n):
 def label_job(labeler, out_dir, n_pairs):
   """(query q{i % 5}, product i % 6) pairs: all distinct for n <= 30."""
   queries = [f"q{i % 5}" for i in range(n_pairs)]
-  return labelling.label_pairs(
+  return label_shards.label_pairs(
       labeler, small_catalog(6), [f"id-{q}" for q in queries], queries,
       np.arange(n_pairs) % 6, str(out_dir), shard_size=4, batch_size=4,
       progress=False)
@@ -393,7 +393,7 @@ def test_server_killed_mid_run_then_restarted(gguf_path, tmp_path):
   # Every pair answered once over both servers, and written once.
   assert answered + asked == n
   assert labeler.summary()["cache_hits"] == answered - 4 * len(committed)
-  rows = labelling.read_shards(paths)
+  rows = label_shards.read_shards(paths)
   pairs = list(zip(rows["query"].to_pylist(), rows["product_id"].to_pylist()))
   assert len(pairs) == len(set(pairs)) == n
   for p, mtime in mtimes.items():

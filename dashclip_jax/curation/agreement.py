@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 
 LABELS = tuple(range(labeler_lib.NUM_LABELS))
 

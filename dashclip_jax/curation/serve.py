@@ -71,8 +71,8 @@ def load_model(spec: str) -> tuple[str, Any, dict, Any]:
   if spec not in ("", "default") and not os.path.exists(spec):
     raise ValueError(f"--model={spec}: no such file or directory")
   import jax  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.curation.gpt import gguf_loader  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.curation.gpt import labeler as gpt_labeler  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.curation.labelers.gpt import gguf_loader  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler  # pylint: disable=g-import-not-at-top
   if os.path.isdir(spec) and gpt_labeler.is_gpt_teacher(spec):
     teacher = gpt_labeler.load_gpt_teacher(spec)
     return (teacher.teacher_id, teacher.config,

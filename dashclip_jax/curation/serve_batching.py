@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from dashclip_jax import sharding as shard_lib
-from dashclip_jax.curation import teacher as teacher_lib
-from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.serving import batching
 
 

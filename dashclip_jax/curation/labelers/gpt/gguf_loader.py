@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from dashclip_jax.convert.errors import ConversionError
-from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
 
 log = logging.getLogger("dashclip_jax")
 

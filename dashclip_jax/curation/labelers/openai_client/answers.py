@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dashclip_jax.curation import prompts
+from dashclip_jax.curation.labelers import wording
 
 LOGPROBS, TEXT = "logprobs", "text"
 _LABEL_RE = re.compile(r"(?<![0-9])[012](?![0-9])")
@@ -98,12 +98,12 @@ def probs_from_logprobs(answer: Answer) -> np.ndarray | None:
   """float32 (3,) softmax over the label logprobs at the first label
   token, or None when no generated token is a label."""
   for token, alts in answer.tokens:
-    if token.strip() not in prompts.LABEL_TOKENS:
+    if token.strip() not in wording.LABEL_TOKENS:
       continue
-    logprobs = np.full(len(prompts.LABEL_TOKENS), -np.inf)
+    logprobs = np.full(len(wording.LABEL_TOKENS), -np.inf)
     for alt, logprob in alts.items():
-      if alt.strip() in prompts.LABEL_TOKENS and math.isfinite(logprob):
-        i = prompts.LABEL_TOKENS.index(alt.strip())
+      if alt.strip() in wording.LABEL_TOKENS and math.isfinite(logprob):
+        i = wording.LABEL_TOKENS.index(alt.strip())
         logprobs[i] = np.logaddexp(logprobs[i], logprob)
     if not np.isfinite(logprobs.max()):
       return None  # Only non-finite logprobs reported: read the text.
@@ -121,4 +121,4 @@ def label_probs(answer: Answer) -> tuple[np.ndarray | None, str]:
   label = label_from_text(answer.text)
   if label is None:
     return None, ""
-  return np.eye(len(prompts.LABEL_TOKENS), dtype=np.float32)[label], TEXT
+  return np.eye(len(wording.LABEL_TOKENS), dtype=np.float32)[label], TEXT

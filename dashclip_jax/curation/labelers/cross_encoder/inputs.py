@@ -15,11 +15,11 @@ import numpy as np
 
 from dashclip_jax import preprocess
 from dashclip_jax import tokenizer as tok
-from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import images as images_lib
 
 if TYPE_CHECKING:  # teacher.py imports this module.
-  from dashclip_jax.curation import teacher as teacher_lib
+  from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 
 
 @functools.lru_cache(maxsize=1)

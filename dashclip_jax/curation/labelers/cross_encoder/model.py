@@ -8,7 +8,7 @@
                 the product image's ViT tokens), position 0 -> the same head.
 
 The inputs (the pair's tokens over the configured catalog fields; the
-product image) are `teacher_inputs`'s. Params are a plain pytree
+product image) are `inputs`'s. Params are a plain pytree
 `{"txt", ["img"], "pooler", "classifier"}` with the project's logical axis
 names, so `sharding.param_shardings` lays them on any mesh. A trained
 teacher is a directory: `teacher.json` (config, provenance) +
@@ -34,8 +34,8 @@ from dashclip_jax import checkpoint_io
 from dashclip_jax import model as model_lib
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax import tokenizer as tok
-from dashclip_jax.curation import labeler as labeler_lib
-from dashclip_jax.curation import teacher_inputs
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
 
 log = logging.getLogger("dashclip_jax")
 

@@ -7,7 +7,7 @@ position (the last column of a left-padded prompt). Two ways to train:
   LoRA  (`lora_rank` > 0) a low-rank tree on the attention and MLP
         projections (`lora.merge`), the base params frozen: passed to the
         step as a sharded argument, not differentiated, not donated.
-As in `curation.teacher_train` (whose batch order and optimizer this
+As in `cross_encoder.train` (whose batch order and optimizer this
 shares) the state is born sharded, the batch is split over ("data",
 "fsdp") and the loss is a global-batch mean, so every mesh takes the same
 step (tested).
@@ -28,9 +28,9 @@ import optax
 
 from dashclip_jax import optim
 from dashclip_jax import sharding as shard_lib
-from dashclip_jax.curation import teacher_train
-from dashclip_jax.curation.gpt import lora as lora_lib
-from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
+from dashclip_jax.curation.labelers.gpt import lora as lora_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
 
 log = logging.getLogger("dashclip_jax")
 

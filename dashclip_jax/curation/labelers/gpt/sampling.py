@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
 
 
 def top_p_logits(logits: jax.Array, top_p: float) -> jax.Array:

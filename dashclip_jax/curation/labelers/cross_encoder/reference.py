@@ -1,6 +1,6 @@
 """The text teacher's function in transformers (torch, CPU): the reference
 that the parity test and bench/teacher_throughput.py compare
-`teacher.CrossEncoder` with.
+`model.CrossEncoder` with.
 
 A "text" teacher started from MiniLM-L6 ("minilm") is a BERT encoder, a
 [CLS] tanh pooler and a 3-way head: `BertForSequenceClassification` with
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 
 
 def torch_cross_encoder(params: dict[str, Any], model_dir: str | None = None
@@ -40,7 +40,7 @@ def torch_cross_encoder(params: dict[str, Any], model_dir: str | None = None
 
 def torch_logits(model: Any, ids: np.ndarray, mask: np.ndarray
                  ) -> np.ndarray:
-  """ids, mask int (B, L) (`teacher_inputs.pair_tokens`) -> float32 logits
+  """ids, mask int (B, L) (`inputs.pair_tokens`) -> float32 logits
   (B, 3) of `torch_cross_encoder`'s model; segment ids all 0, as the
   teacher has no segments."""
   import torch  # pylint: disable=g-import-not-at-top

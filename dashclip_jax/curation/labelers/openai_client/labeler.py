@@ -3,9 +3,9 @@ server, a hosted API), built on the `openai` package.
 
 `OpenAICompatibleLabeler(base_url, model, **settings)` is a curation
 `Labeler`. Each (query, product) pair is one request: the chat messages of
-`prompts.chat_messages` (api="chat"), or the bare prompt plus
+`wording.chat_messages` (api="chat"), or the bare prompt plus
 `completion_suffix` (api="completions"), asking for `max_tokens` tokens and
-the top `top_logprobs` alternatives of each. `llm_answers` turns the answer
+the top `top_logprobs` alternatives of each. `answers` turns the answer
 into probabilities: from the logprobs where the server gives them, from the
 text otherwise.
 
@@ -27,7 +27,7 @@ Around each request:
                the cache keep everything answered.
 
 A malformed answer (no label token in its logprobs, no 0/1/2 in its text)
-is never guessed. Its row is NaN, which `labelling.label_pairs` skips from
+is never guessed. Its row is NaN, which `label_shards.label_pairs` skips from
 the shard (counted); it is not cached, so a later run asks again; and
 `summary()` names it (query, product_id, the answer text, truncated).
 `predict` sees no query ids, so the query is named by its text.
@@ -54,11 +54,11 @@ from typing import Any, Sequence
 import numpy as np
 import openai
 
-from dashclip_jax.curation import labeler as labeler_lib
-from dashclip_jax.curation import llm_answers
-from dashclip_jax.curation import llm_cache
-from dashclip_jax.curation import prompts
-from dashclip_jax.curation import rate_limit
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers.openai_client import answers as llm_answers
+from dashclip_jax.curation.labelers.openai_client import cache as llm_cache
+from dashclip_jax.curation.labelers import wording
+from dashclip_jax.curation.labelers.openai_client import rate_limit
 
 log = logging.getLogger("dashclip_jax")
 
@@ -84,8 +84,8 @@ class ClientSettings:
   api: str = "chat"
   api_key_env: str = "OPENAI_API_KEY"  # "": the endpoint needs no key.
   fields: tuple[str, ...] = ("title",)
-  template: str = prompts.DEFAULT_PROMPT
-  system: str = prompts.DEFAULT_SYSTEM  # "": no system turn.
+  template: str = wording.DEFAULT_PROMPT
+  system: str = wording.DEFAULT_SYSTEM  # "": no system turn.
   completion_suffix: str = "\nAnswer:"  # After the prompt (completions).
   max_tokens: int = 1
   temperature: float = 0.0
@@ -102,7 +102,7 @@ class ClientSettings:
   max_named: int = 100                  # Malformed answers named.
 
   def __post_init__(self):
-    prompts.check_template(self.template)
+    wording.check_template(self.template)
     object.__setattr__(self, "fields", tuple(self.fields))
     if self.api not in APIS:
       raise ValueError(f"api {self.api!r} not in {APIS}")
@@ -174,12 +174,12 @@ class OpenAICompatibleLabeler:
     if s.seed is not None:
       body["seed"] = s.seed
     if s.api == "chat":
-      body["messages"] = prompts.chat_messages(query, product, s.fields,
+      body["messages"] = wording.chat_messages(query, product, s.fields,
                                                s.template, s.system)
       if s.top_logprobs:
         body.update(logprobs=True, top_logprobs=s.top_logprobs)
     else:
-      body["prompt"] = prompts.relevance_prompt(
+      body["prompt"] = wording.relevance_prompt(
           query, product, s.fields, s.template) + s.completion_suffix
       if s.top_logprobs:
         body["logprobs"] = s.top_logprobs

@@ -1,5 +1,5 @@
 """The labelling prompt for one tokenizer: (query, product) -> chat text ->
-left-padded ids (the wording itself is `curation.prompts`'s).
+left-padded ids (the wording itself is `curation.labelers.wording`'s).
 
 A template with `{query}` and `{product}` (the product as one "field:
 value" line per configured field) becomes the user turn of the model's
@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dashclip_jax.curation.gpt import tokenizer as tokenizer_lib
-from dashclip_jax.curation import prompts as wording
+from dashclip_jax.curation.labelers.gpt import tokenizer as tokenizer_lib
+from dashclip_jax.curation.labelers import wording
 
 
 class Prompts:

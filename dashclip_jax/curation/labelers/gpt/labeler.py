@@ -26,13 +26,13 @@ import jax
 import numpy as np
 
 from dashclip_jax import sharding as shard_lib
-from dashclip_jax.curation import teacher as teacher_lib
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import lora as lora_lib
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation import prompts as wording
-from dashclip_jax.curation.gpt import prompts as prompts_lib
-from dashclip_jax.curation.gpt import tokenizer as tokenizer_lib
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import lora as lora_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers import wording
+from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
+from dashclip_jax.curation.labelers.gpt import tokenizer as tokenizer_lib
 
 KIND = "gpt"
 TUNINGS = ("none", "lora", "full")
@@ -139,7 +139,7 @@ class GptLabeler:
 
   def predict(self, queries: Sequence[str],
               products: Sequence[dict[str, Any]]) -> np.ndarray:
-    """float32 (B, 3) label probabilities (see curation.labeler)."""
+    """float32 (B, 3) label probabilities (see curation.labelers.interface)."""
     return self.label_probs(self.prompts.texts(queries, products))
 
 
@@ -175,7 +175,7 @@ def tuned_params(config: GptTeacherConfig, base: dict, trained: dict) -> dict:
 def save_gpt_teacher(directory: str, config: GptTeacherConfig,
                      trained: dict, provenance: dict[str, Any]) -> str:
   """Writes a GPT teacher directory (params first, teacher.json last and
-  atomically, as `teacher.save_teacher`) -> teacher_id."""
+  atomically, as `cross_encoder.model.save_teacher`) -> teacher_id."""
   os.makedirs(directory, exist_ok=True)
   data = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray,
                                                            trained))

@@ -17,9 +17,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import sampling
-from dashclip_jax.curation.gpt import tokenizer as tokenizer_lib
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import sampling
+from dashclip_jax.curation.labelers.gpt import tokenizer as tokenizer_lib
 
 log = logging.getLogger("dashclip_jax")
 

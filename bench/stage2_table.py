@@ -22,7 +22,7 @@ import dataclasses
 import statistics
 import time
 
-from dashclip_jax import host_memory
+from dashclip_jax.runtime import host_memory
 
 host_memory.reuse_freed_memory_unless_disabled()
 

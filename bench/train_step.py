@@ -18,7 +18,7 @@ Steps of the two sides are interleaved and timed one by one (medians), so
 background load hits both alike. Prints examples/s per stage and side; the
 last line is the geometric mean of the two stage speedups (ours / torch).
 As the main job does, the process has glibc keep freed memory for reuse
-(dashclip_jax.host_memory; DASHCLIP_KEEP_FREED_MEMORY=0 for glibc's defaults).
+(dashclip_jax.runtime.host_memory; DASHCLIP_KEEP_FREED_MEMORY=0 for glibc's defaults).
 """
 
 import argparse
@@ -29,7 +29,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from dashclip_jax import host_memory  # noqa: E402
+from dashclip_jax.runtime import host_memory  # noqa: E402
 
 # As the main job does, and before numpy/jax/torch start threads. It holds
 # for both sides: PyTorch's allocations come from the same malloc.

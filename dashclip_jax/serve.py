@@ -38,7 +38,7 @@ def model_info(model_dir: str) -> dict[str, Any]:
   (found as the model card finds them: `run_info`)."""
   from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
   from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import run_info  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime import run_info  # pylint: disable=g-import-not-at-top
   resolved = inference.resolve_model_dir(model_dir)
   meta = checkpoint_io.read_metadata(resolved)
   workdir = run_info.run_workdir(resolved, meta)

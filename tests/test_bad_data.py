@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import model as model_lib
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
@@ -33,7 +33,7 @@ TINY = model_lib.model_config("tiny")
 
 
 def _config(name, arg):
-  return config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"),
+  return config_files.load_config(os.path.join(REPO, "configs", f"{name}.py"),
                                 arg)
 
 

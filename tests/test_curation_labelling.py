@@ -114,7 +114,7 @@ def test_expanded_csv_reads_back_with_commas_quotes_and_newlines(tmp_path):
 def test_check_manifest_writes_then_refuses_other_settings(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime.config_files import ConfigError  # pylint: disable=g-import-not-at-top
   out = tmp_path / "gen"
   label_shards.check_manifest(str(out), {"seed": 1, "writer": "template"},
                            name="generate.json", what="queries generated")

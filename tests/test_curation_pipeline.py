@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import steps
 from dashclip_jax.curation.steps import context as context_lib
@@ -31,7 +31,7 @@ def _shards(directory):
 
 
 def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
-  config = config_lib.load_config("configs/curate.py", "tiny",
+  config = config_files.load_config("configs/curate.py", "tiny",
                                   {"label.progress": False,
                                    "run": "teacher,mine,label"})
   pipeline.run(config, str(tmp_path))
@@ -133,7 +133,7 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
   # expanded/ directory itself, no data.source=csv.
   data, work = tmp_path / "fashion", tmp_path / "curate"
   _mini_fashion(data, num_queries=30)
-  config = config_lib.load_config("configs/curate.py", "tiny", {
+  config = config_files.load_config("configs/curate.py", "tiny", {
       "data.source": "fashion", "data.path": str(data),
       "teacher.fields": "title,category,baseColour,gender",
       "seed_data.fraction": 0.5, "teacher.val_fraction": 0.3,
@@ -149,7 +149,7 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
   assert overrides.pop("init.checkpoint") == "S1"
   assert overrides == {"data.path": str(data),
                        "data.relevance_train_path": str(work / "expanded")}
-  stage2 = config_lib.load_config("configs/stage2.py", "fashion", overrides)
+  stage2 = config_files.load_config("configs/stage2.py", "fashion", overrides)
   kept, held = inputs.train_relevance(stage2.data)
   assert len(kept) + len(held) == out["expand"]["rows"]
   assert kept.name.startswith(str(work / "expanded" / "relevance_train.csv"))
@@ -160,7 +160,7 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
 
 def test_labelling_budget_keeps_a_sample_of_queries_with_their_candidates(
     tmp_path):
-  config = config_lib.load_config("configs/curate.py", "tiny",
+  config = config_files.load_config("configs/curate.py", "tiny",
                                   {"run": "teacher,mine"})
   pipeline.run(config, str(tmp_path))
   full = pq.read_table(tmp_path / "candidates.parquet").to_pylist()

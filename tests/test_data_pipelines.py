@@ -320,7 +320,7 @@ def test_config_pipeline_knobs_reach_the_datasets(monkeypatch):
   """data.worker_buffer_size / read_threads / max_relevant are the config's:
   the trainers' inputs pass them on (read_threads 0: the dataset's own)."""
   # pylint: disable=g-import-not-at-top
-  from dashclip_jax import config_lib
+  from dashclip_jax.runtime import config_files
   from dashclip_jax import model as model_lib
   from dashclip_jax.trainers import inputs
   # pylint: enable=g-import-not-at-top
@@ -336,11 +336,11 @@ def test_config_pipeline_knobs_reach_the_datasets(monkeypatch):
                         recording(getattr(train_datasets, name)))
   path = os.path.join(os.path.dirname(__file__), "..", "configs", "stage2.py")
   tiny = model_lib.model_config("tiny")
-  default = config_lib.load_config(path, "tiny").data
+  default = config_files.load_config(path, "tiny").data
   inputs.stage1_train(default, tiny, 8, seed=0)
   assert (seen[-1]["worker_buffer_size"], seen[-1]["read_threads"]) == (2,
                                                                         None)
-  data = config_lib.load_config(path, "tiny", {
+  data = config_files.load_config(path, "tiny", {
       "data.worker_buffer_size": 3, "data.read_threads": 2,
       "data.max_relevant": 300}).data
   next(inputs.stage2_train(data, tiny, 8, seed=0))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import report as report_lib
@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _stage2_config(arg):
-  return config_lib.load_config(os.path.join(REPO, "configs", "stage2.py"),
+  return config_files.load_config(os.path.join(REPO, "configs", "stage2.py"),
                                 arg)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dashclip_jax import checkpoint_io
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
 from dashclip_jax import tokenizer as tok
@@ -122,7 +122,7 @@ def retrieval_queues(tmp_path_factory):
 
 
 def _stage1_config(variant="tiny", **overrides):
-  return config_lib.load_config(ROOT / "configs" / "stage1.py", variant,
+  return config_files.load_config(ROOT / "configs" / "stage1.py", variant,
                                 overrides)
 
 

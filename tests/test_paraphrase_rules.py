@@ -61,9 +61,9 @@ def test_paraphrase_relevance_is_every_query_by_every_sampled_product(train):
 @needs_fashion
 def test_paraphrase_stage2_eval_is_what_stage2_scores(train):
   import types  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime import config_files  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.load_config("configs/stage2.py", "fashion", {
+  cfg = config_files.load_config("configs/stage2.py", "fashion", {
       "data.path": FASHION}).data
   model_config = types.SimpleNamespace(
       vision=types.SimpleNamespace(image_size=32))

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import model as model_lib
 from dashclip_jax import sharding
 from dashclip_jax.data import prepare
@@ -64,7 +64,9 @@ def make_prepared(root: pathlib.Path) -> pathlib.Path:
 
 
 def data_config(path: str, num_shards: int, **kw) -> ml_collections.ConfigDict:
-  cfg = config_lib.data_block("tiny")
+  cfg = config_files.config_module(
+      pathlib.Path(__file__).parents[1] / "configs" / "common.py").data_block(
+          "tiny")
   cfg.update(dict(dict(source="prepared", path=str(path),
                        num_shards=num_shards, heldout_query_fraction=0.3,
                        max_bad_fraction=0.5, image_size=32), **kw))
@@ -232,7 +234,7 @@ def test_a_relevance_path_naming_a_prepared_table_is_read_by_shard(tables):
 
 def test_shard_count_must_divide_the_prepared_files(tables):
   _, prepared = tables
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match=r"num_shards=3 does not divide the 4 shard files"):
     train_batches(data_config(prepared, 3), 1)
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import embeddings
@@ -18,7 +18,7 @@ from dashclip_jax.ranking import pipeline
 
 @pytest.fixture(scope="module")
 def data():
-  config = config_lib.load_config("configs/ranking.py", "tiny")
+  config = config_files.load_config("configs/ranking.py", "tiny")
   return catalog_data.load(config)
 
 
@@ -73,14 +73,14 @@ def test_missing_product_id_is_a_clear_error(data, tmp_path):
 
 
 def test_tower_names_and_sources():
-  config = config_lib.load_config(
+  config = config_files.load_config(
       "configs/ranking.py", "tiny",
       {"embeddings": "/x", "alternatives": "minilm, init=model:/m,o=/e"})
   assert pipeline.towers(config) == {"dashclip": "/x", "minilm": "minilm",
                                      "init": "model:/m", "o": "/e"}
   assert [k for k, _, _ in pipeline.plan(config, ["dashclip", "minilm"])] == [
       "baseline", "tower:dashclip", "tower:minilm", "single:dashclip"]
-  with pytest.raises(config_lib.ConfigError, match="'bad'"):
+  with pytest.raises(config_files.ConfigError, match="'bad'"):
     embeddings.parse_tower("bad")
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import click_model
@@ -16,7 +16,7 @@ from dashclip_jax.ranking import simulator
 
 @pytest.fixture(scope="module")
 def tiny():
-  config = config_lib.load_config("configs/ranking.py", "tiny")
+  config = config_files.load_config("configs/ranking.py", "tiny")
   return catalog_data.load(config), simulator.SimConfig.of(config.sim)
 
 
@@ -117,8 +117,8 @@ def test_brand_from_title():
 
 
 def test_unknown_attribute_column_is_one_clear_error():
-  config = config_lib.load_config("configs/ranking.py", "tiny",
+  config = config_files.load_config("configs/ranking.py", "tiny",
                                   {"attributes.colour": "baseColour"})
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match=r"config.attributes.colour='baseColour'"):
     catalog_data.load(config)

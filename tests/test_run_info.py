@@ -5,7 +5,7 @@ card and the embeddings server's /v1/models report them."""
 import json
 
 from dashclip_jax import checkpoint_io
-from dashclip_jax import run_info
+from dashclip_jax.runtime import run_info
 
 
 def _model(path):

@@ -160,7 +160,7 @@ def _stage2_config(*overrides):
 
 
 def test_config_override_unfreezes_and_freezes_modules():
-  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime import config_files  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import step_options  # pylint: disable=g-import-not-at-top
   abstract = model_lib.abstract_params(CFG)
 
@@ -175,7 +175,7 @@ def test_config_override_unfreezes_and_freezes_modules():
   assert "product_proj" not in frozen
   whole = trained(_stage2_config("--config.optim.lr_mults=.*=1"))
   assert {"img", "txt", "product_proj"} <= set(whole)
-  with pytest.raises(config_lib.ConfigError, match="not 'regex=mult'"):
+  with pytest.raises(config_files.ConfigError, match="not 'regex=mult'"):
     step_options.parse_lr_mults("img/.*=0; .*")
   assert optim.trains_any(abstract, ((".*", 1.0),),
                           ts.PRODUCT_TOWER_BODY_REGEX)
@@ -269,7 +269,7 @@ def test_zero_mined_negatives_is_in_batch_only():
 def test_feature_table_is_built_only_when_it_pays():
   """'auto' weighs the table's one forward per product against the run's
   steps x batch product forwards; the explicit settings override it."""
-  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime import config_files  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
   assert stage2.use_feature_table("auto", 400_000, 2 * 8) is False
   assert stage2.use_feature_table("auto", 9_000, 500 * 32) is True
@@ -278,7 +278,7 @@ def test_feature_table_is_built_only_when_it_pays():
   assert stage2.use_feature_table(True, 400_000, 16) is True
   assert stage2.use_feature_table("never", 10, 10_000) is False
   assert stage2.use_feature_table("False", 10, 10_000) is False
-  with pytest.raises(config_lib.ConfigError, match="cache_product_features"):
+  with pytest.raises(config_files.ConfigError, match="cache_product_features"):
     stage2.use_feature_table("sometimes", 10, 10)
 
 

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from dashclip_jax.config_lib import ConfigError
+from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib

@@ -4,7 +4,8 @@ tfds.
 `load_sources(config.data)` returns train/test catalogs and relevance sets,
 ready for `train_datasets.stage1_dataset` / `stage2_dataset` and
 `eval_datasets`; every job (training, evaluation, curation, ranking) reads
-its data through it, from the one block `config_lib.data_block` builds.
+its data through it, from the one block `data_block` (configs/common.py)
+builds.
 Config fields are listed in `dashclip_jax/data/__init__.py`.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
@@ -32,7 +33,7 @@ SOURCE_KEYS = ("source", "path", "catalog_path", "columns",
                "synthetic", "max_bad_fraction",
                "relevance_test_max_bad_fraction", "test_fraction",
                "max_image_pixels")
-# Keys of the old per-job data blocks (config_lib.RETIRED_KEYS says what
+# Keys of the old per-job data blocks (config_files.RETIRED_KEYS says what
 # replaced each).
 RETIRED_KEYS = ("catalog_dir", "catalog_file", "qrels_path",
                 "qrels_max_bad_fraction")
@@ -66,7 +67,7 @@ class Sources:
     if split == "train":
       return self.train_catalog, self.train_relevance
     if split != "all":
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"config.data.split must be one of {', '.join(SPLITS)}, got "
           f"{split!r}")
     rel = self.test_relevance
@@ -88,10 +89,10 @@ def _check_keys(cfg: Any) -> None:
   code can still carry them; the flags are caught by flag_error)."""
   for key in RETIRED_KEYS:
     if _get(cfg, key) is not None:
-      raise config_lib.ConfigError(config_lib.retired_key_error(
+      raise config_files.ConfigError(config_files.retired_key_error(
           f"data.{key}"))
   if _get(cfg, "source") == "csv":
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         "config.data.source='csv' is retired: set source='table' with "
         "data.catalog_path=<the table> (or source='fashion' with "
         "data.path=<the folder>)")
@@ -244,4 +245,4 @@ def load_sources(cfg: Any = None, *,
                   test_bad if split == "test" and test_bad >= 0
                   else max_bad))
     return Sources(train, test, rels.get("train"), rels.get("test"), cat)
-  raise config_lib.ConfigError(f"data.source {source!r} not in {SOURCES}")
+  raise config_files.ConfigError(f"data.source {source!r} not in {SOURCES}")

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import metrics as metrics_lib
 
 
@@ -67,7 +67,7 @@ def load_data(cfg) -> EvalData:
   full = src.catalog
   catalog, rel = src.of_split(d.split)
   if not len(catalog):
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"{full.name}: no product has split {d.split!r} (splits: "
         f"{sorted(set(full.split))})")
   if rel is None:
@@ -95,7 +95,7 @@ def load_data(cfg) -> EvalData:
   query_ids = [q for q, r in zip(query_ids, ranked) if r]
   queries = [q for q, r in zip(queries, ranked) if r]
   if not query_ids:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"{where}: no query has a label-2 product among the ranked products "
         f"({'; '.join(notes)})")
   metrics_lib.check_labels(qrels, query_ids)

@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Protocol, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
-from ml_collections import config_flags
+import ml_collections
 import numpy as np
 
-from dashclip_jax import config_lib
-from dashclip_jax import workdir_lock
+from dashclip_jax import app
+from dashclip_jax.data import bad_records
+from dashclip_jax.data import tables
 from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
@@ -47,6 +45,7 @@ from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import plots
 from dashclip_jax.evaluation import probes
 from dashclip_jax.evaluation import report as report_lib
+from dashclip_jax.runtime.config_files import ConfigError
 
 # "dashclip_text": the trained model with its product side fed the title
 # alone (no image): what the image adds to the product embedding.
@@ -140,10 +139,10 @@ def check_config(cfg, models: dict[str, Encoder] | None = None) -> None:
   """ConfigError for what would fail later: baselines, model paths."""
   unknown = [b for b in cfg.baselines if b not in KNOWN_BASELINES]
   if unknown:
-    raise config_lib.ConfigError(f"config.baselines: unknown {unknown}; known "
+    raise ConfigError(f"config.baselines: unknown {unknown}; known "
                                  f"{list(KNOWN_BASELINES)}")
   if "init" in cfg.baselines and not cfg.init_checkpoint:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         "config.baselines has 'init' but config.init_checkpoint is empty")
   needed = {"checkpoint": "dashclip"}
   if "init" in cfg.baselines:
@@ -152,14 +151,14 @@ def check_config(cfg, models: dict[str, Encoder] | None = None) -> None:
     if system in (models or {}):
       continue
     if not cfg[key]:
-      raise config_lib.ConfigError(
+      raise ConfigError(
           f"config.{key} is empty: set --config.{key} to a model dir or "
           "training workdir")
     from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
     try:
       inference.resolve_model_dir(cfg[key])
     except FileNotFoundError as e:
-      raise config_lib.ConfigError(f"config.{key}: {e}") from None
+      raise ConfigError(f"config.{key}: {e}") from None
   gallery_lib.check_config(cfg.gallery)
 
 
@@ -301,46 +300,31 @@ def evaluate(cfg, workdir: str,
 
 
 # -- command line ------------------------------------------------------------
-# Flags are defined only when this module is the program, so that importing
-# it (the main job's final evaluation does) leaves the importer's flags alone.
 
 
 PROG = "evaluation.run"
 
 
 def one_line_errors() -> tuple[type[BaseException], ...]:
-  """The errors `main` prints as one line (each names its culprit)."""
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.data import bad_records
-  from dashclip_jax.data import tables
-  from dashclip_jax.evaluation import export
-  # pylint: enable=g-import-not-at-top
-  return (config_lib.ConfigError, bad_records.BadDataError, tables.TableError,
-          export.NonFiniteEmbeddingError, FileNotFoundError,
+  """The errors the job prints as one line (each names its culprit)."""
+  return (ConfigError, bad_records.BadDataError, tables.TableError,
+          export_lib.NonFiniteEmbeddingError, FileNotFoundError,
           NotADirectoryError)
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    sys.exit(f"{PROG}: error: unexpected arguments: {argv[1:]}")
+def check(config: ml_collections.ConfigDict) -> None:
+  if config.get("stage") in ("stage1", "stage2"):
+    raise ConfigError(
+        f"--config is a {config.stage} config: run it with python -m "
+        "dashclip_jax.main (an eval config is configs/eval.py)")
+
+
+def job(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  with config_lib.one_line_errors(PROG, one_line_errors()):
-    if cfg.get("stage") in ("stage1", "stage2"):
-      raise config_lib.ConfigError(
-          f"--config is a {cfg.stage} config: run it with python -m "
-          "dashclip_jax.main (an eval config is configs/eval.py)")
-    config_lib.check_workdir(workdir)
-    # One job per workdir, as main/curation/ranking (single process: the
-    # lock is taken before any work).
-    workdir_lock.hold(workdir)
-    results = evaluate(cfg, workdir)
-  print(json.dumps(results, indent=2, sort_keys=True))
+  print(json.dumps(evaluate(config, workdir), indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file(
-      "config", None, "configs/eval.py[:fashion|synthetic]", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Output directory.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=config_lib.flags_parser(PROG))
+  app.run_job(PROG, job, config_help="configs/eval.py[:fashion|synthetic]",
+              workdir_help="Output directory.", check=check,
+              errors=one_line_errors())

@@ -13,12 +13,13 @@ import os
 import re
 from typing import Sequence
 
-from absl import app
+from absl import app as absl_app
 from absl import flags
 
-from dashclip_jax import config_lib
+from dashclip_jax import app
 from dashclip_jax import tokenizer
 from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.runtime.config_files import ConfigError
 
 PROG = "search"
 
@@ -44,39 +45,39 @@ def format_results(queries: Sequence[str],
 def _reason(error: BaseException) -> str:
   """An error's message on one line, without faiss's C++ location prefix."""
   return re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "",
-                config_lib.one_line(str(error)))
+                app.one_line(str(error)))
 
 
 def load_index(export_dir: str) -> export_lib.ExportedIndex:
   """The export in `export_dir`; ConfigError if it is missing or unreadable."""
   if not os.path.isdir(export_dir):
-    raise config_lib.ConfigError(f"--export_dir={export_dir}: no such "
+    raise ConfigError(f"--export_dir={export_dir}: no such "
                                  "directory")
   try:
     return export_lib.ExportedIndex(export_dir)
   except FileNotFoundError as e:
-    raise config_lib.ConfigError(f"--export_dir: {_reason(e)}") from None
+    raise ConfigError(f"--export_dir: {_reason(e)}") from None
   except (RuntimeError, OSError, ValueError) as e:
     # faiss reads raise RuntimeError, a bad Parquet file ArrowInvalid (a
     # ValueError), a bad manifest JSONDecodeError (a ValueError).
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"--export_dir={export_dir}: unreadable export ({_reason(e)}); "
         "export it again (evaluation.run)") from None
 
 
 def main(argv) -> None:
   queries = list(_QUERY.value or []) + list(argv[1:])
-  with config_lib.one_line_errors(PROG, (config_lib.ConfigError,
+  with app.one_line_errors(PROG, (ConfigError,
                                          FileNotFoundError)):
     if not queries:
-      raise config_lib.ConfigError("give at least one --query")
+      raise ConfigError("give at least one --query")
     error = tokenizer.search_query_error(queries)
     if error:
-      raise config_lib.ConfigError(f"--query: {error}")
+      raise ConfigError(f"--query: {error}")
     index = load_index(_EXPORT_DIR.value)
     checkpoint = _CHECKPOINT.value or index.manifest.get("checkpoint", "")
     if not checkpoint:
-      raise config_lib.ConfigError(
+      raise ConfigError(
           f"{_EXPORT_DIR.value}/manifest.json names no checkpoint; pass "
           "--checkpoint")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,10 +86,10 @@ def main(argv) -> None:
     try:
       encoder.attach_index(index)
     except ValueError as e:  # The export's dim is not the model's.
-      raise config_lib.ConfigError(f"--checkpoint={checkpoint}: {e}") from None
+      raise ConfigError(f"--checkpoint={checkpoint}: {e}") from None
   print(format_results(queries, encoder.search(queries, _K.value)))
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("export_dir")
-  app.run(main, flags_parser=config_lib.flags_parser(PROG))
+  absl_app.run(main, flags_parser=app.flags_parser(PROG))

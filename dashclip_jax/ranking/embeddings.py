@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.ranking import catalog_data
 
@@ -149,7 +149,7 @@ def parse_tower(spec: str) -> tuple[str, str]:
     return "minilm", "minilm"
   name, sep, source = spec.partition("=")
   if not sep or not name.strip() or not source.strip():
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"config.alternatives: {spec!r} is not 'minilm', 'NAME=EXPORT_DIR' "
         "or 'NAME=model:MODEL_DIR'")
   return name.strip(), source.strip()

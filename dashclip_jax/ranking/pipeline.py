@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
@@ -50,7 +50,7 @@ def towers(config: ml_collections.ConfigDict) -> dict[str, str]:
   """name -> source (export dir, "minilm" or "model:DIR"), model under
   test first."""
   if not config.embeddings:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         "--config.embeddings is required: an embedding export directory "
         "(dashclip_jax/evaluation/export.py layout) or 'minilm'")
   out = {config.name: config.embeddings}
@@ -58,7 +58,7 @@ def towers(config: ml_collections.ConfigDict) -> dict[str, str]:
       ","))):
     name, source = embeddings_lib.parse_tower(spec)
     if name in out:
-      raise config_lib.ConfigError(f"config.alternatives: tower name "
+      raise config_files.ConfigError(f"config.alternatives: tower name "
                                    f"{name!r} is used twice")
     out[name] = source
   return out
@@ -152,9 +152,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tick = time.time()
   writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  if writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
   sources = towers(config)
   sim = simulator.SimConfig.of(config.sim)
   settings = train_lib.TrainSettings.of(config.train)

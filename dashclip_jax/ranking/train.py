@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax.ranking import models
 
@@ -136,7 +136,7 @@ def train(module: models.Ranker, inputs: dict[str, np.ndarray],
   shard_lib.check_batch_divisible(settings.batch_size, mesh)
   steps_per_epoch = len(click) // settings.batch_size
   if steps_per_epoch < 1:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"{len(click)} training rows are fewer than one batch "
         f"(config.train.batch_size={settings.batch_size})")
   total = steps_per_epoch * settings.epochs

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from dashclip_jax import checkpoint_io
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import inference
 from dashclip_jax import model as model_lib
 from dashclip_jax import pretrained
@@ -80,7 +80,7 @@ def model_config_from(cfg: ml_collections.ConfigDict,
     try:
       mc = model_lib.model_config(cfg.size)
     except ValueError as e:
-      raise config_lib.ConfigError(f"model.size: {e}") from None
+      raise config_files.ConfigError(f"model.size: {e}") from None
   mc = mc.replace(dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention,
                   scan_layers=cfg.scan_layers)
   if cfg.image_size:

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from dashclip_jax import model as model_lib
-from dashclip_jax.config_lib import ConfigError
+from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib

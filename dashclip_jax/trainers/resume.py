@@ -15,7 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from dashclip_jax import checkpointing
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 
 log = logging.getLogger("dashclip_jax")
 
@@ -44,7 +44,7 @@ def check_best_metric(best_metric: str, eval_metrics: dict[str, float]
   """`checkpoint.best_metric` must be one the evaluation logs: else no step
   would ever rank as the best."""
   if best_metric and eval_metrics and best_metric not in eval_metrics:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"checkpoint.best_metric={best_metric!r} is not an eval metric of "
         f"this stage; it logs {sorted(eval_metrics)}")
 
@@ -65,7 +65,7 @@ def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
   try:
     restored = ckpts.restore(state)
   except checkpointing.StateMismatchError as e:
-    raise config_lib.ConfigError(f"{e}. Rerun with the old values to resume, "
+    raise config_files.ConfigError(f"{e}. Rerun with the old values to resume, "
                                  f"or {restart}") from None
   if restored is None:
     return state, False
@@ -73,7 +73,7 @@ def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
   try:
     train_iter.set_state(data_state)
   except ValueError as e:  # E.g. data.num_shards changed.
-    raise config_lib.ConfigError(f"{ckpts.directory}/{meta['step']}: {e}; or "
+    raise config_files.ConfigError(f"{ckpts.directory}/{meta['step']}: {e}; or "
                                  f"{restart}") from None
   log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
   return state, True

@@ -23,7 +23,7 @@ from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import sharding as shard_lib
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import train_steps
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import metrics as eval_metrics
@@ -158,7 +158,7 @@ def use_feature_table(setting: str | bool, num_products: int,
   if choice in ("never", "false"):
     return False
   if choice != "auto":
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"train.cache_product_features={setting!r}: use 'auto', 'always' "
         "or 'never'")
   return product_forwards >= num_products
@@ -258,7 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # --- Optimizer and state. What trains is `optim.lr_mults` alone: the -----
   # product tower body is trained iff some param of it has a non-zero mult.
   if "train_product_tower" in config.loss:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         "loss.train_product_tower is gone: set optim.lr_mults (e.g. "
         "[('(vision_proj|text_proj|itm_head)/.*', 0.0), ('.*', 1.0)] trains "
         "the whole product tower)")

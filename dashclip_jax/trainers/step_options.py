@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
 from dashclip_jax import train_state
@@ -44,7 +44,7 @@ def parse_lr_mults(spec) -> tuple[tuple[str, float], ...]:
         raise ValueError
       out.append((regex.strip(), float(mult)))
     except ValueError:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"optim.lr_mults: {item!r} is not 'regex=mult' (rules are "
           "separated by ';')") from None
   return tuple(out)
@@ -57,7 +57,7 @@ def step_config(cfg: ml_collections.ConfigDict, accum_steps: int
   values = {k: v for k, v in cfg.to_dict().items() if k in fields}
   unknown = set(cfg.to_dict()) - fields
   if unknown:
-    raise config_lib.ConfigError(f"unknown loss options {sorted(unknown)}; "
+    raise config_files.ConfigError(f"unknown loss options {sorted(unknown)}; "
                                  f"known: {sorted(fields)}")
   if values.get("momentum") is not None and values["momentum"] <= 0:
     values["momentum"] = None

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dashclip_jax.config_lib import ConfigError
+from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.curation import seed as seed_lib
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib

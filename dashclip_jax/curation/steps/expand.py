@@ -15,7 +15,6 @@ import jax
 import ml_collections
 import pyarrow.parquet as pq
 
-from dashclip_jax import config_lib
 from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import seed as seed_lib
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
@@ -111,9 +110,7 @@ def stage2_command(config: ml_collections.ConfigDict, workdir: str) -> str:
   if config.data.source != "fashion":
     return ""
   path = os.path.join(workdir, "expanded")
-  default = config_lib.data_block("fashion").path
-  data_path = (f" --config.data.path={config.data.path}"
-               if config.data.path != default else "")
+  data_path = f" --config.data.path={config.data.path}"
   return ("stage 2 on the expanded set (S1: a stage-1 workdir or model):\n"
           "  python -m dashclip_jax.main --config=configs/stage2.py:fashion "
           f"--config.init.checkpoint=S1{data_path} "

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dashclip_jax.config_lib import ConfigError
+from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import query_writers as qw
 from dashclip_jax.curation.steps import context as context_lib

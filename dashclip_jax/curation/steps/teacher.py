@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from dashclip_jax import sharding as shard_lib
-from dashclip_jax.config_lib import ConfigError
+from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.curation import agreement as agreement_lib
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.curation import seed as seed_lib

@@ -20,7 +20,10 @@ import json
 import os
 import socket
 
-from dashclip_jax import config_lib
+import jax
+
+from dashclip_jax.runtime import distributed as distributed_lib
+from dashclip_jax.runtime.config_files import ConfigError
 
 LOCK_FILE = ".dashclip.lock"
 
@@ -29,7 +32,7 @@ LOCK_FILE = ".dashclip.lock"
 _HELD: dict[str, int] = {}
 
 
-class WorkdirBusyError(config_lib.ConfigError):
+class WorkdirBusyError(ConfigError):
   """Another live job holds the workdir's lock (printed as one line)."""
 
 
@@ -72,7 +75,7 @@ def hold(workdir: str, flag: str = "--workdir") -> None:
 
 
 def hold_before_start(workdir: str,
-                      distributed: config_lib.DistributedFlags,
+                      distributed: distributed_lib.DistributedFlags,
                       flag: str = "--workdir") -> None:
   """A single-process job locks at start, before JAX starts: a refused job
   must not claim accelerator memory. (Multi-process: hold_after_initialize.)
@@ -82,11 +85,10 @@ def hold_before_start(workdir: str,
 
 
 def hold_after_initialize(workdir: str,
-                          distributed: config_lib.DistributedFlags,
+                          distributed: distributed_lib.DistributedFlags,
                           flag: str = "--workdir") -> None:
   """Process 0 of a multi-process job locks, once jax.distributed is up:
   the job's processes share the workdir."""
   if distributed.several_processes():
-    import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
       hold(workdir, flag)

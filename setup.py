@@ -17,7 +17,7 @@ GPT = ["gguf>=0.19", "jinja2>=3.1"]
 # endpoint; its tests serve a fake endpoint on loopback (fastapi, uvicorn).
 OPENAI = ["openai>=3.0"]
 LOOPBACK_SERVER = ["fastapi>=0.100", "uvicorn>=0.30"]
-# The embeddings server (python -m dashclip_jax.serve): its /metrics.
+# The embeddings server (python -m dashclip_jax.serving): its /metrics.
 EMBEDDINGS_SERVER = LOOPBACK_SERVER + ["prometheus-client>=0.20"]
 
 setuptools.setup(
@@ -59,7 +59,7 @@ setuptools.setup(
         "openai": OPENAI,
         # The OpenAI-compatible labeling server (curation/serve).
         "serve": GPT + LOOPBACK_SERVER,
-        # The embeddings and search server (dashclip_jax.serve).
+        # The embeddings and search server (dashclip_jax.serving).
         "serve-embeddings": EMBEDDINGS_SERVER,
         # pytrec_eval: trec_eval's metrics, which ours are cross-checked
         # against (tests/test_eval_metrics.py).

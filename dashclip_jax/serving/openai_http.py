@@ -4,7 +4,7 @@ handlers that turn every client mistake into a 4xx (never a 500), and
 optional bearer-token auth.
 
 Used by the labeling server (`curation/serve`) and the embeddings server
-(`serving/app`).
+(`serving/endpoints`).
 """
 
 from __future__ import annotations

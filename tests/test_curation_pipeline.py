@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import steps
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import train_datasets
+from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import inputs
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -32,7 +32,7 @@ def _shards(directory):
 
 def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
   config = config_files.load_config("configs/curate.py", "tiny",
-                                  {"label.progress": False,
+                                    {"label.progress": False,
                                    "run": "teacher,mine,label"})
   pipeline.run(config, str(tmp_path))
   # The tiny teacher is barely trained: a threshold at its median
@@ -161,7 +161,7 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
 def test_labelling_budget_keeps_a_sample_of_queries_with_their_candidates(
     tmp_path):
   config = config_files.load_config("configs/curate.py", "tiny",
-                                  {"run": "teacher,mine"})
+                                    {"run": "teacher,mine"})
   pipeline.run(config, str(tmp_path))
   full = pq.read_table(tmp_path / "candidates.parquet").to_pylist()
   with config.unlocked():

@@ -35,7 +35,7 @@ TRAIN_QUERIES = [(f"r{i:02d}", f"query {i}", str(5 + i)) for i in range(12)]
 
 def _config(job, overrides=None):
   return config_files.load_config(ROOT / "configs" / f"{job}.py", JOBS[job],
-                                overrides)
+                                  overrides)
 
 
 @pytest.fixture(scope="module")

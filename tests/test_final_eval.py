@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import report as report_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import final_eval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _stage2_config(arg):
   return config_files.load_config(os.path.join(REPO, "configs", "stage2.py"),
-                                arg)
+                                  arg)
 
 
 @pytest.fixture(scope="module")

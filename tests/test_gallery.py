@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import gallery
+from dashclip_jax.runtime import config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 
 from dashclip_jax import checkpoint_io
-from dashclip_jax.runtime import config_files
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax import tokenizer as tok
 from dashclip_jax import train_state
 from dashclip_jax import train_steps
 from dashclip_jax.trainers import init_checkpoint
-from dashclip_jax.trainers import loop
 from dashclip_jax.trainers import inputs
+from dashclip_jax.trainers import loop
 from dashclip_jax.trainers import stage1
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _blip_state_dict(kind: str) -> dict[str, np.ndarray]:
                            ("attn.proj", w, w), ("norm2", w, None),
                            ("mlp.fc1", MLP, w), ("mlp.fc2", w, MLP)):
       vit[f"blocks.{n}.{name}.weight"] = r(out) if inp is None else r(out,
-                                                                     inp)
+                                                                      inp)
       vit[f"blocks.{n}.{name}.bias"] = r(out)
   bert = {"embeddings.word_embeddings.weight": r(tok.VOCAB_SIZE, w),
           "embeddings.position_embeddings.weight": r(64, w),
@@ -123,7 +123,7 @@ def retrieval_queues(tmp_path_factory):
 
 def _stage1_config(variant="tiny", **overrides):
   return config_files.load_config(ROOT / "configs" / "stage1.py", variant,
-                                overrides)
+                                  overrides)
 
 
 def _initial_state(monkeypatch, config, workdir):

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import embeddings
 from dashclip_jax.ranking import pipeline
+from dashclip_jax.runtime import config_files
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import click_model
 from dashclip_jax.ranking import features
 from dashclip_jax.ranking import simulator
+from dashclip_jax.runtime import config_files
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_brand_from_title():
 
 def test_unknown_attribute_column_is_one_clear_error():
   config = config_files.load_config("configs/ranking.py", "tiny",
-                                  {"attributes.colour": "baseColour"})
+                                    {"attributes.colour": "baseColour"})
   with pytest.raises(config_files.ConfigError,
                      match=r"config.attributes.colour='baseColour'"):
     catalog_data.load(config)

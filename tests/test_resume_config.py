@@ -19,15 +19,15 @@ import pytest
 from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import resume
-from dashclip_jax.trainers import step_options
 from dashclip_jax.trainers import stage1
+from dashclip_jax.trainers import step_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _stage1_config(**overrides):
   return config_files.load_config(ROOT / "configs" / "stage1.py", "tiny",
-                                overrides)
+                                  overrides)
 
 
 @functools.lru_cache(maxsize=None)

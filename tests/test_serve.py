@@ -26,8 +26,8 @@ from PIL import Image
 import dashclip_jax
 import helpers
 import serve_helpers
-from dashclip_jax.serving import server as serve
 from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.serving import server as serve
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -130,7 +130,7 @@ def test_cached_features_give_the_same_step_as_the_per_batch_forward():
 def test_cached_features_with_a_trained_tower_is_an_error():
   cfg = ts.StepConfig(deterministic=True, train_product_tower=True)
   cached = dict(BATCH, product_features=np.zeros((B, CFG.text.width),
-                                                  np.float32))
+                                                 np.float32))
   with pytest.raises(ValueError, match="product tower is trained"):
     _one_step(cfg, ((".*", 1.0),), batch=cached)
 

@@ -131,9 +131,9 @@ def test_stage1_eval_ranks_a_nan_score_last():
 
 def test_best_metric_is_an_eval_metric_of_its_stage():
   s1 = config_files.load_config(os.path.join(REPO, "configs", "stage1.py"),
-                              "tiny")
+                                "tiny")
   s2 = config_files.load_config(os.path.join(REPO, "configs", "stage2.py"),
-                              "tiny")
+                                "tiny")
   assert s1.checkpoint.best_metric == "eval/hit@1"
   assert s2.checkpoint.best_metric == "eval/ndcg@10"
   logged = _stage1_eval([[1, 0]], [[1, 0]], [1], [1])

@@ -18,9 +18,10 @@ import contextlib
 import logging
 import sys
 
-from dashclip_jax.convert import pipeline
+from dashclip_jax import app
 from dashclip_jax.convert.errors import ConversionError
 from dashclip_jax.convert.errors import UsageError
+from dashclip_jax.convert import pipeline
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -62,17 +63,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--vocab", default=None, help="vocab.txt to record")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  try:
-    with _log_to_stderr():
-      pipeline.convert(args.source, args.output, size=args.size,
-                       overrides=parse_overrides(args.set),
-                       bert_into=parse_bert_into(args.bert_into),
-                       vocab_file=args.vocab, seed=args.seed)
-  except (ConversionError, UsageError, FileNotFoundError, FileExistsError,
-          KeyError) as e:
-    # str(KeyError) quotes its message: print the message itself.
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    raise SystemExit(f"convert: error: {msg}") from None
+  with app.one_line_errors("convert", (ConversionError, UsageError,
+                                       FileNotFoundError, FileExistsError,
+                                       KeyError)), _log_to_stderr():
+    pipeline.convert(args.source, args.output, size=args.size,
+                     overrides=parse_overrides(args.set),
+                     bert_into=parse_bert_into(args.bert_into),
+                     vocab_file=args.vocab, seed=args.seed)
 
 
 @contextlib.contextmanager

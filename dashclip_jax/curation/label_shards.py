@@ -29,11 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+from tqdm import auto as tqdm
 
-from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.runtime.config_files import ConfigError
 
 log = logging.getLogger("dashclip_jax")
 
@@ -92,7 +93,6 @@ def check_manifest(out_dir: str, want: dict, *, name: str = MANIFEST,
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
   return tqdm.tqdm(total=total, initial=initial, unit="pair",
                    desc=desc, disable=not enabled,
                    smoothing=0.1, mininterval=2.0)

@@ -26,12 +26,13 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.evaluation import knn
+from dashclip_jax import inference
+from dashclip_jax import model as model_lib
+from dashclip_jax import tokenizer as tok
 
 log = logging.getLogger("dashclip_jax")
 
@@ -85,8 +86,7 @@ class ModelEmbedder:
   product embedding (a product whose image fails: its title alone)."""
 
   def __init__(self, model_dir: str, batch_size: int = 64):
-    import dashclip_jax  # pylint: disable=g-import-not-at-top
-    self.model = dashclip_jax.load(model_dir, batch_size=batch_size)
+    self.model = inference.load(model_dir, batch_size=batch_size)
 
   def queries(self, texts: Sequence[str]) -> np.ndarray:
     return self.model.encode_query(list(texts))

@@ -17,13 +17,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
+from dashclip_jax.runtime import config_files
 
 SOURCES = ("synthetic", "fashion", "table", "prepared", "tfds")
 # The config.data fields load_sources reads (trainers/inputs.py caches the

@@ -35,6 +35,10 @@ import re
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 Row = tuple[str, dict | None, str]  # (where, row or None, error)
 
@@ -177,7 +181,6 @@ def _swallows_rows(continuation: list[str], num_fields: int) -> bool:
 
 def read_parquet_rows(path: str) -> tuple[list[str], Iterator[Row]]:
   """Header and rows of a Parquet file, streamed by record batch."""
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   pf = pq.ParquetFile(path)
   header = list(pf.schema_arrow.names)
   base = os.path.basename(path)
@@ -205,7 +208,6 @@ def read_table_rows(path: str) -> tuple[list[str], Iterator[Row]]:
 def read_header(path: str) -> list[str]:
   """Column names of a CSV (stripped, as `read_csv_rows`) or Parquet file."""
   if is_parquet(path):
-    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
     return list(pq.ParquetFile(path).schema_arrow.names)
   header, rows = _csv_records(path)
   next(rows, None)  # Started, so that close() closes the file.
@@ -289,8 +291,6 @@ def text_column(array) -> Any:
   Text is trimmed by pyarrow; any other type (ints, floats, ...) is converted
   by `cell_text` once per distinct value.
   """
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
   if isinstance(array, pa.ChunkedArray):
     array = array.combine_chunks()
   if pa.types.is_dictionary(array.type):
@@ -309,7 +309,6 @@ def text_column(array) -> Any:
 def rows_to_batches(rows: Iterable[Row], names: Sequence[str],
                     batch_rows: int = 1 << 16) -> Iterator[ColumnBatch]:
   """(where, row, error) triples -> column batches (Python per row)."""
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
   start = 0
   cells, errors, where = {n: [] for n in names}, {}, []
 
@@ -404,8 +403,6 @@ def _line_stats(path: str) -> tuple[int, bool, bool]:
 def _arrow_csv_batches(path: str, names: Sequence[str],
                        batch_rows: int) -> Iterator[ColumnBatch]:
   """Column batches of a regular CSV; raises IrregularCSV otherwise."""
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  import pyarrow.csv as pcsv  # pylint: disable=g-import-not-at-top
   header, records = _csv_records(path)
   first = next(records, None)
   records.close()
@@ -466,7 +463,6 @@ def _python_csv_batches(path: str, names: Sequence[str],
 
 def _parquet_batches(path: str, names: Sequence[str],
                      batch_rows: int) -> Iterator[ColumnBatch]:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   base = os.path.basename(path)
   n = 0
   for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows,

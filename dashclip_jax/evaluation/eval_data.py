@@ -16,8 +16,8 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import metrics as metrics_lib
+from dashclip_jax.runtime import config_files
 
 
 @dataclasses.dataclass

@@ -26,8 +26,8 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import metrics as metrics_lib
+from dashclip_jax.runtime import config_files
 
 # query id -> product id -> listed label; one system's ranking: per query,
 # (product id, score) best first.

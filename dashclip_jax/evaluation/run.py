@@ -5,7 +5,7 @@ r"""The evaluation job: encode, retrieve, probe, plot, report, export.
 
 Writes into OUT:
   metrics.json         {system: {"ndcg@10", "recall@1|5|10|50", "mrr",
-                        "aisle_acc", "aisle_f1", "relevance_acc",
+                                 "aisle_acc", "aisle_f1", "relevance_acc",
                         "relevance_f1", "ann_recall@10", ...}}
   report.md            the same as tables, plus data and setup notes
   tsne_<system>.png    t-SNE of the ranked products, by aisle category
@@ -140,7 +140,7 @@ def check_config(cfg, models: dict[str, Encoder] | None = None) -> None:
   unknown = [b for b in cfg.baselines if b not in KNOWN_BASELINES]
   if unknown:
     raise ConfigError(f"config.baselines: unknown {unknown}; known "
-                                 f"{list(KNOWN_BASELINES)}")
+                      f"{list(KNOWN_BASELINES)}")
   if "init" in cfg.baselines and not cfg.init_checkpoint:
     raise ConfigError(
         "config.baselines has 'init' but config.init_checkpoint is empty")

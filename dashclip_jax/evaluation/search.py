@@ -17,9 +17,9 @@ from absl import app as absl_app
 from absl import flags
 
 from dashclip_jax import app
-from dashclip_jax import tokenizer
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.runtime.config_files import ConfigError
+from dashclip_jax import tokenizer
 
 PROG = "search"
 
@@ -52,7 +52,7 @@ def load_index(export_dir: str) -> export_lib.ExportedIndex:
   """The export in `export_dir`; ConfigError if it is missing or unreadable."""
   if not os.path.isdir(export_dir):
     raise ConfigError(f"--export_dir={export_dir}: no such "
-                                 "directory")
+                      "directory")
   try:
     return export_lib.ExportedIndex(export_dir)
   except FileNotFoundError as e:
@@ -68,7 +68,7 @@ def load_index(export_dir: str) -> export_lib.ExportedIndex:
 def main(argv) -> None:
   queries = list(_QUERY.value or []) + list(argv[1:])
   with app.one_line_errors(PROG, (ConfigError,
-                                         FileNotFoundError)):
+                                  FileNotFoundError)):
     if not queries:
       raise ConfigError("give at least one --query")
     error = tokenizer.search_query_error(queries)

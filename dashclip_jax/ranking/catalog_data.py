@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import sources as sources_lib
+from dashclip_jax.runtime import config_files
 
 ATTRIBUTES = ("type", "brand", "colour", "gender", "usage")
 # Words that end a fashion title's brand ("U.S. Polo Assn. Men Blue Shirt").

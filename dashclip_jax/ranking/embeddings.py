@@ -24,9 +24,9 @@ from typing import Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.ranking import catalog_data
+from dashclip_jax.runtime import config_files
 
 log = logging.getLogger("dashclip_jax")
 

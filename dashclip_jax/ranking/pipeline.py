@@ -20,8 +20,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax.runtime import config_files
-from dashclip_jax import sharding as shard_lib
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import embeddings as embeddings_lib
@@ -31,6 +29,8 @@ from dashclip_jax.ranking import models
 from dashclip_jax.ranking import report as report_lib
 from dashclip_jax.ranking import simulator
 from dashclip_jax.ranking import train as train_lib
+from dashclip_jax.runtime import config_files
+from dashclip_jax import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 
@@ -59,7 +59,7 @@ def towers(config: ml_collections.ConfigDict) -> dict[str, str]:
     name, source = embeddings_lib.parse_tower(spec)
     if name in out:
       raise config_files.ConfigError(f"config.alternatives: tower name "
-                                   f"{name!r} is used twice")
+                                     f"{name!r} is used twice")
     out[name] = source
   return out
 

@@ -55,7 +55,7 @@ def impressions(bm25: np.ndarray, popularity: np.ndarray, k: int,
   product indices, best first."""
   if k > bm25.shape[1]:
     raise config_files.ConfigError(f"config.sim.impressions={k} is more "
-                                 f"than the {bm25.shape[1]} products")
+                                   f"than the {bm25.shape[1]} products")
   score = (bm25 / retriever.temperature
            + retriever.popularity_weight * popularity[None]
            + retriever.noise * rng.gumbel(size=bm25.shape))

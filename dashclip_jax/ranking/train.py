@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dashclip_jax.ranking import models
 from dashclip_jax.runtime import config_files
 from dashclip_jax import sharding as shard_lib
-from dashclip_jax.ranking import models
 
 
 @flax.struct.dataclass

@@ -18,6 +18,8 @@ import os
 import re
 from typing import Any
 
+from dashclip_jax import inference
+
 CONFIG_FILE = "config.json"
 _MAIN_JOB_STAGES = ("stage1", "stage2")
 
@@ -48,7 +50,6 @@ def training_config(workdir: str | None) -> dict[str, Any] | None:
 
 
 def _same_model(checkpoint: str, model_dir: str) -> bool:
-  from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
   try:
     checkpoint = inference.resolve_model_dir(checkpoint)
   except FileNotFoundError:

@@ -62,9 +62,9 @@ def main(argv: list[str]) -> None:
   api_key = os.environ.get(f.api_key_env, "")
   try:
     api = server.build(f.model, f.index, image_root=f.image_root,
-                image_template=f.image_template, max_batch=f.max_batch,
-                batch_wait_ms=f.batch_wait_ms, limits=limits,
-                api_key=api_key, warmup=f.warmup)
+                       image_template=f.image_template, max_batch=f.max_batch,
+                       batch_wait_ms=f.batch_wait_ms, limits=limits,
+                       api_key=api_key, warmup=f.warmup)
   except Exception as e:  # pylint: disable=broad-except
     sys.exit(f"serve: {type(e).__name__}: {e}".splitlines()[0])
   print(f"serving on http://{f.host}:{f.port}/ (auth "

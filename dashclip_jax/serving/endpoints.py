@@ -29,21 +29,21 @@ import contextlib
 import dataclasses
 import json
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import fastapi
+from fastapi import responses
 import numpy as np
 import pydantic
 
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.serving import engine as engine_lib
 from dashclip_jax.serving import metrics as metrics_lib
 from dashclip_jax.serving import openai_http
-from dashclip_jax.serving import page
 from dashclip_jax.serving.openai_http import RequestError
-
-if TYPE_CHECKING:  # It loads faiss and jax: `serve` checks its flags first.
-  from dashclip_jax.serving import search as search_lib
+from dashclip_jax.serving import page
+from dashclip_jax.serving import search as search_lib
+from dashclip_jax import tokenizer as tok
 
 # Served model ids -> towers.
 TEXT_MODELS = {"dashclip-query": "query", "dashclip-text": "text"}
@@ -175,8 +175,6 @@ def make_app(engine: engine_lib.EmbeddingEngine,
              model_info: dict[str, Any] | None = None) -> Any:
   """The app; `engine`'s batchers start and stop with it, and report
   their batches to its metrics."""
-  import fastapi  # pylint: disable=g-import-not-at-top
-  from fastapi import responses  # pylint: disable=g-import-not-at-top
   encoder, dim = engine.encoder, engine.dim
   metrics = metrics_lib.Metrics(engine.buckets)
   engine.observe = metrics.observe_batch

@@ -12,9 +12,10 @@ product images (`images/{id}.jpg`, --image_template): /search links them
 and /v1/products/embeddings reads image paths under it, nowhere else.
 
 Endpoints (`serving/endpoints.py`): POST /v1/embeddings (OpenAI's: the
-`openai` client works unchanged), POST /v1/products/embeddings, POST /search, GET /
-(the search page), /healthz, /v1/models, /metrics (Prometheus). Concurrent
-requests are batched into one forward per tower (`serving/engine.py`).
+`openai` client works unchanged), POST /v1/products/embeddings, POST
+/search, GET / (the search page), /healthz, /v1/models, /metrics
+(Prometheus). Concurrent requests are batched into one forward per tower
+(`serving/engine.py`).
 
 It binds to loopback unless --host says otherwise. With the environment
 variable named by --api_key_env (DASHCLIP_API_KEY) set, every endpoint but
@@ -69,4 +70,4 @@ def build(model_dir: str, index: str = "", *, image_root: str = "",
   images = (search_lib.ImageRoot(image_root, image_template)
             if image_root else None)
   return endpoints.make_app(engine, products, images=images, limits=limits,
-                          api_key=api_key, model_info=model_info(model_dir))
+                            api_key=api_key, model_info=model_info(model_dir))

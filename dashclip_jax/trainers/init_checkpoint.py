@@ -16,10 +16,10 @@ import ml_collections
 import numpy as np
 
 from dashclip_jax import checkpoint_io
-from dashclip_jax.runtime import config_files
 from dashclip_jax import inference
 from dashclip_jax import model as model_lib
 from dashclip_jax import pretrained
+from dashclip_jax.runtime import config_files
 from dashclip_jax import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")

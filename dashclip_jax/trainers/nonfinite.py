@@ -22,7 +22,7 @@ class NonFiniteLossError(FloatingPointError):
 def check_policy(policy: str) -> None:
   if policy not in NAN_POLICIES:
     raise config_files.ConfigError(f"train.nan_policy={policy!r}: use one of "
-                                 f"{NAN_POLICIES}")
+                                   f"{NAN_POLICIES}")
 
 
 def guard_nonfinite(step_fn):

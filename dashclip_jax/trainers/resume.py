@@ -66,7 +66,7 @@ def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
     restored = ckpts.restore(state)
   except checkpointing.StateMismatchError as e:
     raise config_files.ConfigError(f"{e}. Rerun with the old values to resume, "
-                                 f"or {restart}") from None
+                                   f"or {restart}") from None
   if restored is None:
     return state, False
   state, data_state, meta = restored
@@ -74,7 +74,7 @@ def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
     train_iter.set_state(data_state)
   except ValueError as e:  # E.g. data.num_shards changed.
     raise config_files.ConfigError(f"{ckpts.directory}/{meta['step']}: {e}; or "
-                                 f"{restart}") from None
+                                   f"{restart}") from None
   log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
   return state, True
 

@@ -12,9 +12,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from dashclip_jax.runtime import config_files
 from dashclip_jax import model as model_lib
 from dashclip_jax import optim
+from dashclip_jax.runtime import config_files
 from dashclip_jax import train_state
 from dashclip_jax import train_steps
 
@@ -58,7 +58,7 @@ def step_config(cfg: ml_collections.ConfigDict, accum_steps: int
   unknown = set(cfg.to_dict()) - fields
   if unknown:
     raise config_files.ConfigError(f"unknown loss options {sorted(unknown)}; "
-                                 f"known: {sorted(fields)}")
+                                   f"known: {sorted(fields)}")
   if values.get("momentum") is not None and values["momentum"] <= 0:
     values["momentum"] = None
   if values.get("hard_k") is not None and values["hard_k"] <= 0:

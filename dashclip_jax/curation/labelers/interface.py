@@ -3,8 +3,8 @@
 A labeler sees what a human judge would: the query text and the product's
 catalog fields. `predict` returns float (B, 3) probabilities of labels 0
 (irrelevant), 1 (moderately relevant) and 2 (highly relevant), rows summing
-to 1. The cross-encoder teachers here (`cross_encoder.model.Teacher`) implement it; a
-generative (LLM) labeler plugs in the same way.
+to 1. The cross-encoder teachers (`cross_encoder.model.Teacher`), the GPT
+labeler and the OpenAI-compatible client implement it.
 """
 
 from __future__ import annotations

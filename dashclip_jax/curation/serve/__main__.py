@@ -45,8 +45,8 @@ from absl import app as absl_app
 from absl import flags
 import uvicorn
 
-from dashclip_jax.curation.serve import engine as engine_lib
 from dashclip_jax.curation.serve import endpoints
+from dashclip_jax.curation.serve import engine as engine_lib
 from dashclip_jax.curation.serve import loading
 from dashclip_jax.serving import batching
 

@@ -23,10 +23,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from dashclip_jax import sharding as shard_lib
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.serving import batching
+from dashclip_jax import sharding as shard_lib
 
 
 class Engine:

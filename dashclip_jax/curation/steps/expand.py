@@ -16,8 +16,8 @@ import ml_collections
 import pyarrow.parquet as pq
 
 from dashclip_jax.curation import label_shards
-from dashclip_jax.curation import seed as seed_lib
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax.curation import seed as seed_lib
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import label as label_step_lib
 from dashclip_jax.curation.steps import mine as mine_step_lib
@@ -80,11 +80,11 @@ def expand_step(ctx: context_lib.Context) -> dict:
   threshold = teacher_step_lib.calibration(ctx)["threshold"]["value"]
   seed = label_shards.seed_rows(ctx.data.seed, ctx.catalog)
   teacher = label_shards.confident(label_step_lib.labels(ctx, "labels"),
-                                threshold)
+                                   threshold)
   negatives = []
   if os.path.isfile(os.path.join(ctx.path("negatives"), label_shards.MANIFEST)):
     negatives = [label_shards.confident(label_step_lib.labels(ctx, "negatives"),
-                                     threshold, label=0)]
+                                        threshold, label=0)]
   out, shared = {}, manifest(ctx)
   for name, parts in (("expanded", [seed, teacher] + negatives),
                       ("expanded_no_negatives", [seed, teacher]),

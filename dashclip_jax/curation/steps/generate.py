@@ -36,14 +36,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import auto as tqdm
 
-from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.curation import label_shards
+from dashclip_jax.curation.labelers.gpt import query_writer
 from dashclip_jax.curation import query_writers as qw
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import label as label_step_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib
 from dashclip_jax.data import sources
+from dashclip_jax.runtime.config_files import ConfigError
 
 log = logging.getLogger("dashclip_jax")
 
@@ -109,8 +111,6 @@ def make_writer(ctx: context_lib.Context
   if g.writer == "template":
     return lambda rows: [qw.template_drafts(ctx.catalog, int(i), per, seed,
                                             g.synonym_rate) for i in rows]
-  # pylint: disable-next=g-import-not-at-top
-  from dashclip_jax.curation.labelers.gpt import query_writer
   l = g.llm
   writer = query_writer.LlmWriter(
       l.gguf, shots=seed_shots(ctx), num_shots=l.num_shots,
@@ -191,8 +191,8 @@ def generate_queries(ctx: context_lib.Context,
   rows = product_rows(ctx)
   num_shards = max(1, -(-len(rows) // g.shard_size))
   label_shards.check_manifest(out_dir,
-                           {**settings(ctx), "num_shards": num_shards},
-                           name=MANIFEST, what="queries generated")
+                              {**settings(ctx), "num_shards": num_shards},
+                              name=MANIFEST, what="queries generated")
   paths = [os.path.join(out_dir, label_shards.shard_name(s, num_shards))
            for s in range(num_shards)]
   for tmp in glob.glob(os.path.join(out_dir, "*.tmp*")):
@@ -210,7 +210,6 @@ def generate_queries(ctx: context_lib.Context,
              num_shards)
   if done < num_shards:
     write, test, flt = make_writer(ctx), test_queries(ctx), filters(ctx)
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=len(rows), initial=min(done * g.shard_size,
                                                  len(rows)),
                     unit="product", desc=f"generate ({g.writer})",

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.curation.labelers.cross_encoder import config as teacher_config
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import images as images_lib
-
-if TYPE_CHECKING:  # teacher.py imports this module.
-  from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax import preprocess
+from dashclip_jax import tokenizer as tok
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,7 +68,7 @@ def product_pixels(product: dict[str, Any], image_size: int) -> np.ndarray:
                                    image_size)
 
 
-def encode_pairs(config: teacher_lib.TeacherConfig,
+def encode_pairs(config: teacher_config.TeacherConfig,
                  tokenizer: tok.BlipTokenizer, queries: Sequence[str],
                  products: Sequence[dict[str, Any]]
                  ) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -31,50 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from dashclip_jax import checkpoint_io
+from dashclip_jax.curation.labelers.cross_encoder.config import TeacherConfig
+from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
+from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax import model as model_lib
+from dashclip_jax import pretrained
 from dashclip_jax import sharding as shard_lib
 from dashclip_jax import tokenizer as tok
-from dashclip_jax.curation.labelers import interface as labeler_lib
-from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
 
 log = logging.getLogger("dashclip_jax")
 
-KINDS = ("text", "multimodal")
 CONFIG_FILE, PARAMS_FILE = "teacher.json", "params.msgpack"
-
-
-@dataclasses.dataclass(frozen=True)
-class TeacherConfig:
-  """Geometry and inputs of a teacher (recorded in its directory)."""
-  kind: str = "text"
-  fields: tuple[str, ...] = ("title",)
-  max_length: int = 48        # Tokens of the pair, [CLS] and [SEP]s included.
-  query_max_length: int = 16  # The query's share, its [CLS] and [SEP] included.
-  text: model_lib.TextConfig = model_lib.TextConfig(cross_attention=False)
-  vision: model_lib.VisionConfig | None = None  # Multimodal only.
-  dtype: str = "float32"
-
-  def __post_init__(self):
-    if self.kind not in KINDS:
-      raise ValueError(f"teacher kind {self.kind!r} not in {KINDS}")
-    if self.kind == "multimodal" and (self.vision is None or
-                                      not self.text.cross_attention):
-      raise ValueError("a multimodal teacher needs a vision config and a "
-                       "text encoder with cross-attention")
-    if not 2 <= self.query_max_length < self.max_length:
-      raise ValueError(f"query_max_length {self.query_max_length} must be in "
-                       f"[2, max_length={self.max_length})")
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "TeacherConfig":
-    d = dict(d, fields=tuple(d["fields"]),
-             text=model_lib.TextConfig(**d["text"]))
-    if d.get("vision"):
-      d["vision"] = model_lib.VisionConfig(**d["vision"])
-    return cls(**d)
 
 
 class CrossEncoder(nn.Module):
@@ -148,7 +115,6 @@ def initial_params(kind: str, init: str, *, size: str, fields: Sequence[str],
     base = base.replace(text=dataclasses.replace(base.text, dropout=dropout))
   source, loaded = "random", {}
   if init == "minilm":
-    from dashclip_jax import pretrained  # pylint: disable=g-import-not-at-top
     base, params = pretrained.text_init("minilm", base, seed)
     loaded, source = {"txt": params["txt"], "img": params["img"]}, "minilm"
   elif init:

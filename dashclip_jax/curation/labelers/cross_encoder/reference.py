@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.evaluation import baselines
 
 
 def torch_cross_encoder(params: dict[str, Any], model_dir: str | None = None
@@ -23,9 +24,9 @@ def torch_cross_encoder(params: dict[str, Any], model_dir: str | None = None
   """-> transformers.BertForSequenceClassification (eval mode) from
   `model_dir` (default: the MiniLM-L6 wheel's, `baselines.minilm_dir`) with
   the teacher's `params["pooler"]` and `params["classifier"]` copied in."""
+  # torch, transformers: optional (the [torch] extra), the reference only.
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
   model = transformers.BertForSequenceClassification.from_pretrained(
       model_dir or baselines.minilm_dir(), num_labels=labeler_lib.NUM_LABELS,
       local_files_only=True).eval()
@@ -43,7 +44,7 @@ def torch_logits(model: Any, ids: np.ndarray, mask: np.ndarray
   """ids, mask int (B, L) (`inputs.pair_tokens`) -> float32 logits
   (B, 3) of `torch_cross_encoder`'s model; segment ids all 0, as the
   teacher has no segments."""
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top  # Optional: as above.
   with torch.inference_mode():
     logits = model(input_ids=torch.from_numpy(ids.astype(np.int64)),
                    attention_mask=torch.from_numpy(mask.astype(np.int64)),

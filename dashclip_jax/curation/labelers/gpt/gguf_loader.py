@@ -157,7 +157,7 @@ def config_from_metadata(meta: dict[str, Any], tensor_names=(), **numerics
 
 def read_tensors(reader) -> tuple[dict[str, np.ndarray], collections.Counter]:
   """-> (name -> float32 array in numpy (out, in) order, count per type)."""
-  import gguf  # pylint: disable=g-import-not-at-top
+  import gguf  # pylint: disable=g-import-not-at-top  # Optional: the [gpt] extra.
   out, types = {}, collections.Counter()
   for t in reader.tensors:
     try:
@@ -235,7 +235,7 @@ def params_from_tensors(tensors: dict[str, np.ndarray],
 def load_gguf(path: str = "", *, dtype: str = "float32",
               remat: bool = False, seed: int = 0) -> GgufModel:
   """Reads and maps a GGUF file ("" = the packaged SmolLM2)."""
-  import gguf  # pylint: disable=g-import-not-at-top
+  import gguf  # pylint: disable=g-import-not-at-top  # Optional: the [gpt] extra.
   path = resolve(path)
   reader = gguf.GGUFReader(path)
   meta = read_metadata(reader)

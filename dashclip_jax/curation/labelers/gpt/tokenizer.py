@@ -67,6 +67,7 @@ class GptTokenizer:
 def _compiled(template: str):
   """A chat template compiled once (labelling renders it per pair)."""
   try:
+    # jinja2: optional (the [gpt] extra), for chat templates only.
     from jinja2 import sandbox  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError("rendering a chat template needs jinja2: pip install "

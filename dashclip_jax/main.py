@@ -195,7 +195,7 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
   TableError: a table without a column the mapping names (which, where).
   """
   # pylint: disable=g-import-not-at-top
-  from dashclip_jax import checkpointing
+  from dashclip_jax.train import checkpoints
   from dashclip_jax.data import bad_records
   from dashclip_jax.data import tables
   from dashclip_jax.trainers import init_checkpoint
@@ -203,7 +203,7 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
   # pylint: enable=g-import-not-at-top
   return (config_lib.ConfigError,
           init_checkpoint.InitCheckpointError, nonfinite.NonFiniteLossError,
-          bad_records.BadDataError, checkpointing.DiskFullError,
+          bad_records.BadDataError, checkpoints.DiskFullError,
           tables.TableError, FileNotFoundError, NotADirectoryError)
 
 

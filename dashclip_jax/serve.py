@@ -36,11 +36,11 @@ def model_info(model_dir: str) -> dict[str, Any]:
   """/v1/models metadata: the model dir, and the training config and
   evaluation of the run that made it, each with the file it came from
   (found as the model card finds them: `run_info`)."""
-  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
   from dashclip_jax import run_info  # pylint: disable=g-import-not-at-top
   resolved = inference.resolve_model_dir(model_dir)
-  meta = checkpoint_io.read_metadata(resolved)
+  meta = model_dir_lib.read_metadata(resolved)
   workdir = run_info.run_workdir(resolved, meta)
   evaluated = run_info.evaluation(workdir, resolved)
   return {"model_dir": os.path.abspath(resolved),

@@ -5,13 +5,13 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import optim
-from dashclip_jax import sharding
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.curation import labeler
 from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.curation import teacher_inputs
 from dashclip_jax.curation import teacher_train
+from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding
 
 
 def _tiny(kind="text", seed=0, **kw):

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import sharding
-from dashclip_jax.curation import teacher_train
 from dashclip_jax.curation.gpt import lora as lora_lib
 from dashclip_jax.curation.gpt import model as model_lib
 from dashclip_jax.curation.gpt import train as gpt_train
+from dashclip_jax.curation import teacher_train
+from dashclip_jax.train import sharding
 
 CONFIG = model_lib.tiny_config(vocab_size=64)
 LABEL_IDS = np.array([10, 11, 12], np.int32)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import checkpoint_io
+from dashclip_jax.model import model_dir as model_dir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGE1_TINY = "--config=configs/stage1.py:tiny"
@@ -60,7 +60,7 @@ def _ok(out):
 
 
 def _params(model_dir):
-  _, trees, _ = checkpoint_io.load_model_dir(str(model_dir))
+  _, trees, _ = model_dir_lib.load_model_dir(str(model_dir))
   return trees["params"]
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from dashclip_jax import config_lib
-from dashclip_jax import model as model_lib
-from dashclip_jax import sharding
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax import model as model_lib
+from dashclip_jax.train import sharding
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
 

@@ -19,8 +19,8 @@ import pytest
 from dashclip_jax import config_lib
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import resume
-from dashclip_jax.trainers import step_options
 from dashclip_jax.trainers import stage1
+from dashclip_jax.trainers import step_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
   ckpts.close()
   # The new run resumes without `restart` (and does not list it as a change).
   again = resume.open_checkpoints(_stage1_config(**QUEUE), str(tmp_path))
-  with caplog.at_level("INFO", logger="dashclip_jax.checkpointing"):
+  with caplog.at_level("INFO", logger="dashclip_jax.train.checkpoints"):
     _, resumed = resume.restore(again, _state(_stage1_config(**QUEUE)),
                                 _Data())
   again.close()

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 def _log_to_stderr():
   """This package's INFO lines on stderr while the CLI runs.
 
-  Importing Orbax (checkpoint_io does) puts a handler on the root logger, so
+  Importing Orbax (model/model_dir does) puts a handler on the root logger, so
   `logging.basicConfig` would do nothing and the root's WARNING level would
   drop every INFO line. The package logger gets its own handler instead (not
   propagated: the root's handler would print each line again); other

@@ -23,10 +23,10 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation import teacher as teacher_lib
 from dashclip_jax.serving import batching
+from dashclip_jax.train import sharding as shard_lib
 
 
 class Engine:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.data import images as images_lib
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tok
 
 if TYPE_CHECKING:  # teacher.py imports this module.
   from dashclip_jax.curation import teacher as teacher_lib

@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 
 from dashclip_jax import config_lib
-from dashclip_jax import tokenizer
 from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.model import tokenizer
 
 PROG = "search"
 

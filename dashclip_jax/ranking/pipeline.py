@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 
 from dashclip_jax import config_lib
-from dashclip_jax import sharding as shard_lib
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import embeddings as embeddings_lib
@@ -31,6 +30,7 @@ from dashclip_jax.ranking import models
 from dashclip_jax.ranking import report as report_lib
 from dashclip_jax.ranking import simulator
 from dashclip_jax.ranking import train as train_lib
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

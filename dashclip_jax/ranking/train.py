@@ -22,8 +22,8 @@ import numpy as np
 import optax
 
 from dashclip_jax import config_lib
-from dashclip_jax import sharding as shard_lib
 from dashclip_jax.ranking import models
+from dashclip_jax.train import sharding as shard_lib
 
 
 @flax.struct.dataclass

@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dashclip_jax import optim
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax.curation import teacher_train
 from dashclip_jax.curation.gpt import lora as lora_lib
 from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation import teacher_train
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

@@ -23,8 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tok
 
 METADATA_FILE = "dashclip.json"
 VOCAB_FILE = "vocab.txt"

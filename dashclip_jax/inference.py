@@ -336,7 +336,7 @@ def load(checkpoint_dir: str, *, batch_size: int = 32) -> DashClipEncoder:
 
   A training workdir is accepted too: its latest exported model is used.
   """
-  model_dir = resolve_model_dir(checkpoint_dir)
+  model_dir = model_dir_lib.resolve_model_dir(checkpoint_dir)
   config, trees, meta = model_dir_lib.load_model_dir(model_dir)
   pre = meta.get("preprocessing", {})
   vocab = os.path.join(model_dir, meta.get("tokenizer", {}).get(
@@ -347,28 +347,3 @@ def load(checkpoint_dir: str, *, batch_size: int = 32) -> DashClipEncoder:
       text_max_length=pre.get("text_max_length", 35),
       caption_max_words=pre.get("caption_max_words", 30),
       batch_size=batch_size)
-
-
-def resolve_model_dir(path: str) -> str:
-  """A model dir itself, or the newest trained `<path>/models/<step>` (step
-  > 0) of a training workdir."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint directory not found: {path}")
-  if os.path.isfile(os.path.join(path, model_dir_lib.METADATA_FILE)):
-    return path
-  exported = os.path.join(path, "models")
-  if os.path.isdir(exported):
-    steps = sorted((int(d) for d in os.listdir(exported) if d.isdigit() and
-                    os.path.isfile(os.path.join(
-                        exported, d, model_dir_lib.METADATA_FILE))))
-    if steps and steps[-1] > 0:
-      return os.path.join(exported, str(steps[-1]))
-    if steps:
-      # models/0 is a run's untrained start (kept as the evaluation's "init"
-      # reference): never what a workdir stands for.
-      raise FileNotFoundError(
-          f"{path} holds only its untrained start ({exported}/0): its "
-          "training has not finished; rerun it, or name models/0 explicitly")
-  raise FileNotFoundError(
-      f"{path} holds no dashclip model ({model_dir_lib.METADATA_FILE} not "
-      "found, nor a training workdir with models/<step>/)")

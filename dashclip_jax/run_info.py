@@ -48,9 +48,9 @@ def training_config(workdir: str | None) -> dict[str, Any] | None:
 
 
 def _same_model(checkpoint: str, model_dir: str) -> bool:
-  from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   try:
-    checkpoint = inference.resolve_model_dir(checkpoint)
+    checkpoint = model_dir_lib.resolve_model_dir(checkpoint)
   except FileNotFoundError:
     pass
   return os.path.realpath(checkpoint) == os.path.realpath(model_dir)

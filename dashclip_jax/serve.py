@@ -37,9 +37,8 @@ def model_info(model_dir: str) -> dict[str, Any]:
   evaluation of the run that made it, each with the file it came from
   (found as the model card finds them: `run_info`)."""
   from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
   from dashclip_jax import run_info  # pylint: disable=g-import-not-at-top
-  resolved = inference.resolve_model_dir(model_dir)
+  resolved = model_dir_lib.resolve_model_dir(model_dir)
   meta = model_dir_lib.read_metadata(resolved)
   workdir = run_info.run_workdir(resolved, meta)
   evaluated = run_info.evaluation(workdir, resolved)

@@ -178,9 +178,9 @@ def test_sigterm_saves_and_rerun_resumes(xla_cache, tmp_path):
   assert "pre-empted at step" in err
   # Unfinished: the workdir is not a model (only its untrained models/0),
   # so stage 2 would refuse it as its init checkpoint.
-  from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match="untrained start"):
-    inference.resolve_model_dir(str(run))
+    model_dir_lib.resolve_model_dir(str(run))
   # The rerun resumes from the saved step and finishes.
   more = steps - saved[0]
   resumed = _ok(_main(xla_cache, run, *args[:-1], "--config.train.log_every=50",

@@ -24,7 +24,6 @@ from dashclip_jax.export_hf.errors import ExportError
 from dashclip_jax.export_hf import hf_tokenizer
 from dashclip_jax.export_hf import product
 from dashclip_jax.export_hf import query
-from dashclip_jax import inference
 from dashclip_jax import model as model_lib
 from dashclip_jax.model import model_dir as model_dir_lib
 
@@ -35,7 +34,7 @@ _VERSIONS = ("torch", "transformers", "sentence-transformers", "tokenizers")
 def _read_model_dir(model_dir: str
                     ) -> tuple[str, dict[str, Any], model_lib.ModelConfig]:
   try:
-    resolved = inference.resolve_model_dir(model_dir)
+    resolved = model_dir_lib.resolve_model_dir(model_dir)
     meta = model_dir_lib.read_metadata(resolved)
     config = model_lib.ModelConfig.from_dict(meta["model_config"])
   except (FileNotFoundError, ValueError, KeyError) as e:

@@ -17,7 +17,6 @@ import numpy as np
 
 from dashclip_jax import config_lib
 from dashclip_jax.convert import pretrained
-from dashclip_jax import inference
 from dashclip_jax import model as model_lib
 from dashclip_jax.model import model_dir as model_dir_lib
 from dashclip_jax.train import sharding as shard_lib
@@ -61,7 +60,7 @@ def mesh_and_init(config: ml_collections.ConfigDict, stage: str):
 def resolve_init_checkpoint(path: str) -> str:
   """A model dir (converted or exported) or a training workdir -> model dir."""
   try:
-    return inference.resolve_model_dir(path)
+    return model_dir_lib.resolve_model_dir(path)
   except FileNotFoundError as e:
     raise InitCheckpointError(f"init checkpoint {path!r}: {e}") from None
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import mfu  # noqa: E402  (the MFU bench's step setup and batches)
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import train_state  # noqa: E402
+from dashclip_jax.train import state as train_state  # noqa: E402
 
 
 def compile_seconds(cfg: model_lib.ModelConfig, stage: int, batch: int

@@ -34,10 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from dashclip_jax import model as model_lib  # noqa: E402
 from dashclip_jax.data import catalog as catalog_lib  # noqa: E402
 from dashclip_jax.data import synthetic  # noqa: E402
 from dashclip_jax.data import train_datasets  # noqa: E402
+from dashclip_jax import model as model_lib  # noqa: E402
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion", "styles.csv")
@@ -67,10 +67,10 @@ def bench_pipeline(cat, batch, image_size, workers, num_batches):
 
 def _step_with_train_steps(size, batch_np, steps):
   """Examples/s of the real stage-1 train step (ITC + ITM + AdamW)."""
-  from dashclip_jax import optim  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import sharding  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import train_state  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import train_steps as ts  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import state as train_state  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import steps as ts  # pylint: disable=g-import-not-at-top
   cfg = _model_config(size, batch_np)
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
   abstract = model_lib.abstract_params(cfg)
@@ -129,7 +129,7 @@ def _model_config(size, batch_np):
 
 
 def bench_step(size, batch_np, steps):
-  if importlib.util.find_spec("dashclip_jax.train_steps") is not None:
+  if importlib.util.find_spec("dashclip_jax.train.steps") is not None:
     return _step_with_train_steps(size, batch_np, steps), "train_steps"
   return _step_fallback(size, batch_np, steps), "fwd+bwd ITC fallback"
 

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from dashclip_jax.curation.labelers.gpt import gguf_loader
 from dashclip_jax.curation import query_writers as qw
+from dashclip_jax.curation.labelers.gpt import gguf_loader
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import generate
 from dashclip_jax.runtime import config_files

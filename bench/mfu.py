@@ -6,7 +6,7 @@
                       [--variants einsum,cudnn,cudnn+rbg] [--peak_tflops 989.4]
 
 MFU = model FLOPs per step / step time / peak. Model FLOPs are counted
-analytically (`dashclip_jax/flops.py`: matmuls and attention; forward x3
+analytically (`dashclip_jax/train/flops.py`: matmuls and attention; forward x3
 for trained towers, x1 for frozen ones), so rematerialisation or wasted
 work never raises the figure. XLA's own count of the compiled step is
 printed beside it (on GPU it misses the library matmuls: read it as a
@@ -54,13 +54,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dashclip_jax import flops as model_flops
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding
-from dashclip_jax import tokenizer as tok
-from dashclip_jax import train_state
-from dashclip_jax import train_steps as ts
+from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.train import flops as model_flops
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import steps as ts
 
 TITLE_LEN, QUERY_LEN, N_NEG = 32, 16, 3
 

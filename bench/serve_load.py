@@ -48,10 +48,10 @@ def _queries(n):
 
 def _write_model(size, out):
   import jax  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   config = model_lib.model_config(size)
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       out, model_lib.init_params(config, jax.random.key(0)), config)
   return out
 

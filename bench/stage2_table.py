@@ -30,10 +30,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import optim  # noqa: E402
-from dashclip_jax import tokenizer as tok  # noqa: E402
-from dashclip_jax import train_state  # noqa: E402
-from dashclip_jax import train_steps as ts  # noqa: E402
+from dashclip_jax.model import tokenizer as tok  # noqa: E402
+from dashclip_jax.train import optim  # noqa: E402
+from dashclip_jax.train import state as train_state  # noqa: E402
+from dashclip_jax.train import steps as ts  # noqa: E402
 
 
 def demo_geometry(image_size: int) -> model_lib.ModelConfig:

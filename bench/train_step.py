@@ -42,9 +42,9 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import sharding  # noqa: E402
-from dashclip_jax import tokenizer as tok  # noqa: E402
-from dashclip_jax import train_state  # noqa: E402
+from dashclip_jax.model import tokenizer as tok  # noqa: E402
+from dashclip_jax.train import sharding  # noqa: E402
+from dashclip_jax.train import state as train_state  # noqa: E402
 
 import mfu  # noqa: E402  (bench/: the step setup shared with the MFU bench)
 

@@ -33,8 +33,6 @@ stages (`--config.model.size=...` moves both; `--config.stage1.model.size`
 is an error that says so).
 """
 
-import os
-
 import ml_collections
 
 from dashclip_jax.runtime import config_files

@@ -39,10 +39,10 @@ import ml_collections
 
 from dashclip_jax.runtime import compilation_cache
 from dashclip_jax.runtime import config_files
-from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.runtime import distributed
 from dashclip_jax.runtime import run_info
 from dashclip_jax.runtime import workdir_lock
+from dashclip_jax.runtime.config_files import ConfigError
 
 Job = Callable[[ml_collections.ConfigDict, str], Any]
 

@@ -31,10 +31,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import auto as tqdm
 
-from dashclip_jax import checkpoint_io
 from dashclip_jax import model as model_lib
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tok
 
 if TYPE_CHECKING:
   from dashclip_jax.evaluation import export as export_lib
@@ -336,39 +336,14 @@ def load(checkpoint_dir: str, *, batch_size: int = 32) -> DashClipEncoder:
 
   A training workdir is accepted too: its latest exported model is used.
   """
-  model_dir = resolve_model_dir(checkpoint_dir)
-  config, trees, meta = checkpoint_io.load_model_dir(model_dir)
+  model_dir = model_dir_lib.resolve_model_dir(checkpoint_dir)
+  config, trees, meta = model_dir_lib.load_model_dir(model_dir)
   pre = meta.get("preprocessing", {})
   vocab = os.path.join(model_dir, meta.get("tokenizer", {}).get(
-      "vocab", checkpoint_io.VOCAB_FILE))
+      "vocab", model_dir_lib.VOCAB_FILE))
   return DashClipEncoder(
       config, trees["params"], tok.BlipTokenizer.from_vocab(vocab),
       image_size=pre.get("image_size"),
       text_max_length=pre.get("text_max_length", 35),
       caption_max_words=pre.get("caption_max_words", 30),
       batch_size=batch_size)
-
-
-def resolve_model_dir(path: str) -> str:
-  """A model dir itself, or the newest trained `<path>/models/<step>` (step
-  > 0) of a training workdir."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint directory not found: {path}")
-  if os.path.isfile(os.path.join(path, checkpoint_io.METADATA_FILE)):
-    return path
-  exported = os.path.join(path, "models")
-  if os.path.isdir(exported):
-    steps = sorted((int(d) for d in os.listdir(exported) if d.isdigit() and
-                    os.path.isfile(os.path.join(
-                        exported, d, checkpoint_io.METADATA_FILE))))
-    if steps and steps[-1] > 0:
-      return os.path.join(exported, str(steps[-1]))
-    if steps:
-      # models/0 is a run's untrained start (kept as the evaluation's "init"
-      # reference): never what a workdir stands for.
-      raise FileNotFoundError(
-          f"{path} holds only its untrained start ({exported}/0): its "
-          "training has not finished; rerun it, or name models/0 explicitly")
-  raise FileNotFoundError(
-      f"{path} holds no dashclip model ({checkpoint_io.METADATA_FILE} not "
-      "found, nor a training workdir with models/<step>/)")

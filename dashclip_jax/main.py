@@ -38,12 +38,12 @@ import time
 import ml_collections
 
 from dashclip_jax import app
-from dashclip_jax import checkpointing
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import tables
 from dashclip_jax.evaluation import run as eval_run
 from dashclip_jax.runtime import config_files
 from dashclip_jax.runtime.config_files import ConfigError
+from dashclip_jax.train import checkpoints
 from dashclip_jax.trainers import final_eval
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import nonfinite
@@ -158,7 +158,7 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
   """
   return (ConfigError, init_checkpoint.InitCheckpointError,
           nonfinite.NonFiniteLossError, bad_records.BadDataError,
-          checkpointing.DiskFullError, tables.TableError, FileNotFoundError,
+          checkpoints.DiskFullError, tables.TableError, FileNotFoundError,
           NotADirectoryError)
 
 

@@ -24,7 +24,7 @@ def main(argv):
                                process_id=int(process_id))
   # pylint: disable=g-import-not-at-top
   import numpy as np
-  from dashclip_jax import sharding
+  from dashclip_jax.train import sharding
   from dashclip_jax.data import prepare
   import test_prepared_shards as t
   # pylint: enable=g-import-not-at-top

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from dashclip_jax import model as model_lib
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import eval_datasets
@@ -20,7 +21,6 @@ from dashclip_jax.data import synthetic
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import run as run_lib
-from dashclip_jax import model as model_lib
 from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2

@@ -5,13 +5,13 @@ import jax
 import numpy as np
 import pytest
 
+from dashclip_jax.curation.labelers import interface as labeler
 from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
-from dashclip_jax.curation.labelers import interface as labeler
-from dashclip_jax import optim
-from dashclip_jax import sharding
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding
 
 
 def _tiny(kind="text", seed=0, **kw):

@@ -16,8 +16,8 @@ from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import synthetic
 from dashclip_jax.data import train_datasets
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tokenizer_lib
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tokenizer_lib
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion")

@@ -9,12 +9,12 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from dashclip_jax import tokenizer as tokenizer_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources
 from dashclip_jax.data import tfds_builders
 from dashclip_jax.data import train_datasets
+from dashclip_jax.model import tokenizer as tokenizer_lib
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion")

@@ -256,14 +256,14 @@ def test_cli_rejects_unknown_config_key(tmp_path):
 def tiny_checkpoints(tmp_path_factory):
   # pylint: disable=g-import-not-at-top
   import jax
-  from dashclip_jax import checkpoint_io
+  from dashclip_jax.model import model_dir as model_dir_lib
   from dashclip_jax import model as model_lib
   # pylint: enable=g-import-not-at-top
   root = tmp_path_factory.mktemp("ckpts")
   config = model_lib.model_config("tiny")
   dirs = []
   for seed in (0, 1):
-    dirs.append(checkpoint_io.save_model_dir(
+    dirs.append(model_dir_lib.save_model_dir(
         str(root / f"m{seed}"), model_lib.init_params(
             config, jax.random.key(seed)), config))
   return dirs

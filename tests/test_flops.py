@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import pytest
 from jax.extend import core as jex_core
 
-from dashclip_jax import flops
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import train_state
-from dashclip_jax import train_steps as ts
+from dashclip_jax.train import flops
+from dashclip_jax.train import optim
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import steps as ts
 
 
 def _matmul_flops(jaxpr) -> int:

@@ -9,13 +9,13 @@ import pytest
 
 import gpt_helpers
 
+from dashclip_jax.curation import pipeline
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers import wording
 from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
 from dashclip_jax.curation.labelers.gpt import lora as lora_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
-from dashclip_jax.curation.labelers import interface as labeler_lib
-from dashclip_jax.curation.labelers import wording
-from dashclip_jax.curation import pipeline
 from dashclip_jax.runtime import config_files
 
 pytest.importorskip("gguf")

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dashclip_jax.curation import query_writers as qw
 from dashclip_jax.curation.labelers.gpt import gguf_loader
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.curation.labelers.gpt import query_writer
 from dashclip_jax.curation.labelers.gpt import sampling
-from dashclip_jax.curation import query_writers as qw
 from dashclip_jax.curation.steps import generate
 
 CONFIG = model_lib.tiny_config(vocab_size=64)

@@ -29,13 +29,13 @@ import pytest
 import gpt_helpers
 
 from dashclip_jax.curation import label_shards
+from dashclip_jax.curation.labelers import wording as client_prompts
 from dashclip_jax.curation.labelers.gpt import gguf_loader
 from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
 from dashclip_jax.curation.labelers.gpt import lora as lora_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
 from dashclip_jax.curation.labelers.openai_client import labeler as ol
-from dashclip_jax.curation.labelers import wording as client_prompts
 from dashclip_jax.curation.serve import loading
 from dashclip_jax.data import catalog as catalog_lib
 

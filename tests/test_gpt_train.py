@@ -12,7 +12,7 @@ from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
 from dashclip_jax.curation.labelers.gpt import lora as lora_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.curation.labelers.gpt import train as gpt_train
-from dashclip_jax import sharding
+from dashclip_jax.train import sharding
 
 CONFIG = model_lib.tiny_config(vocab_size=64)
 LABEL_IDS = np.array([10, 11, 12], np.int32)

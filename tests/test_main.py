@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import checkpoint_io
+from dashclip_jax.model import model_dir as model_dir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGE1_TINY = "--config=configs/stage1.py:tiny"
@@ -60,7 +60,7 @@ def _ok(out):
 
 
 def _params(model_dir):
-  _, trees, _ = checkpoint_io.load_model_dir(str(model_dir))
+  _, trees, _ = model_dir_lib.load_model_dir(str(model_dir))
   return trees["params"]
 
 
@@ -178,9 +178,9 @@ def test_sigterm_saves_and_rerun_resumes(xla_cache, tmp_path):
   assert "pre-empted at step" in err
   # Unfinished: the workdir is not a model (only its untrained models/0),
   # so stage 2 would refuse it as its init checkpoint.
-  from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match="untrained start"):
-    inference.resolve_model_dir(str(run))
+    model_dir_lib.resolve_model_dir(str(run))
   # The rerun resumes from the saved step and finishes.
   more = steps - saved[0]
   resumed = _ok(_main(xla_cache, run, *args[:-1], "--config.train.log_every=50",

@@ -14,13 +14,13 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import checkpoint_io
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import tokenizer as tok
 from dashclip_jax.runtime import config_files
-from dashclip_jax import tokenizer as tok
-from dashclip_jax import train_state
-from dashclip_jax import train_steps
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import steps as train_steps
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import loop
@@ -115,7 +115,7 @@ def retrieval_queues(tmp_path_factory):
                                    overrides=HEADS)
   assert set(report.queues) == {"image_queue", "text_queue", "queue_ptr",
                                 "idx_queue"}
-  checkpoint_io.save_model_dir(str(d / "model"), report.params,
+  model_dir_lib.save_model_dir(str(d / "model"), report.params,
                                report.config, momentum=report.momentum,
                                queues=report.queues)
   return str(d / "model"), state
@@ -147,7 +147,7 @@ def test_stage1_starts_from_blip_momentum_encoders_and_queues(
       "loss.queue_size": QUEUE, "loss.alpha_ramp_epochs": 1.0})
   with caplog.at_level("INFO", logger="dashclip_jax"):
     state = _initial_state(monkeypatch, config, tmp_path)
-  _, trees, _ = checkpoint_io.load_model_dir(model_dir,
+  _, trees, _ = model_dir_lib.load_model_dir(model_dir,
                                              items=("params", "momentum"))
   # The momentum encoders are BLIP's *_m modules (online / 2), not copies.
   for module in train_state.MOMENTUM_MODULES:
@@ -175,7 +175,7 @@ def test_stage1_starts_from_blip_momentum_encoders_and_queues(
 
 def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   model_dir, blip = retrieval_queues
-  mc, _, _ = checkpoint_io.load_model_dir(model_dir)
+  mc, _, _ = model_dir_lib.load_model_dir(model_dir)
   params = init_checkpoint.load_init_params(model_dir, mc)
   on = train_steps.StepConfig(momentum=0.995, queue_size=QUEUE)
   # BLIP_Retrieval names: ptr_queue is the pointer; idx_queue's ids are

@@ -17,11 +17,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from dashclip_jax import model as model_lib
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
-from dashclip_jax import model as model_lib
 from dashclip_jax.runtime import config_files
-from dashclip_jax import sharding
+from dashclip_jax.train import sharding
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dashclip_jax import sharding
 from dashclip_jax.ranking import embeddings
 from dashclip_jax.ranking import models
 from dashclip_jax.ranking import train
+from dashclip_jax.train import sharding
 
 VOCAB = (12, 4, 5, 3, 8, 10)
 

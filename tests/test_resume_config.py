@@ -117,7 +117,7 @@ def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
   ckpts.close()
   # The new run resumes without `restart` (and does not list it as a change).
   again = resume.open_checkpoints(_stage1_config(**QUEUE), str(tmp_path))
-  with caplog.at_level("INFO", logger="dashclip_jax.checkpointing"):
+  with caplog.at_level("INFO", logger="dashclip_jax.train.checkpoints"):
     _, resumed = resume.restore(again, _state(_stage1_config(**QUEUE)),
                                 _Data())
   again.close()

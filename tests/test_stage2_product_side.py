@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import train_state
-from dashclip_jax import train_steps as ts
+from dashclip_jax.train import optim
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import steps as ts
 
 import helpers
 
@@ -204,7 +204,7 @@ def test_removed_train_product_tower_key_is_a_one_line_error(tmp_path):
 def test_product_table_equals_per_batch_features():
   """The trainer's table (eval pipeline over the train catalog) equals the
   step's own product forward on train batches (frozen: eval transform)."""
-  from dashclip_jax import sharding  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import sharding  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
   config = _stage2_config()
@@ -286,7 +286,7 @@ def test_frozen_heldout_features_give_the_per_batch_forwards_metrics():
   """With a frozen tower and no table, the held-out products' features are
   computed once and projected each evaluation: the same metrics as running
   the product forward over them."""
-  from dashclip_jax import sharding  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import sharding  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
   config = _stage2_config()

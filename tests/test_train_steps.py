@@ -15,15 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dashclip_jax import grad_cache
-from dashclip_jax import itm
+from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding
-from dashclip_jax import train_state
-from dashclip_jax import train_steps as ts
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.train import grad_cache
+from dashclip_jax.train import itm_pairs
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import steps as ts
 from dashclip_jax.trainers import step_options
 
 import helpers
@@ -430,10 +430,10 @@ def test_itm_pairs_line_up_with_their_weights_and_labels():
   ok_t = jnp.array([True, True, False])
   ok_i = jnp.array([True, False, True])
   valid = jnp.array([True, True, False])
-  pairs = itm.make_pairs(ids, mask, tokens, neg_txt, neg_img, ok_t, ok_i,
+  pairs = itm_pairs.make_pairs(ids, mask, tokens, neg_txt, neg_img, ok_t, ok_i,
                          valid)
-  logits, w = itm.pair_logits(pairs, _fake_itm_score, jax.random.key(0))
-  assert itm.PAIR_KINDS[0] == "positive"
+  logits, w = itm_pairs.pair_logits(pairs, _fake_itm_score, jax.random.key(0))
+  assert itm_pairs.PAIR_KINDS[0] == "positive"
   np.testing.assert_array_equal(logits, [
       [10, 100], [11.5, 101], [12, 102],   # positive: text b, image b
       [10, 101], [11.5, 102], [12, 100],   # text b, hard image neg_img[b]

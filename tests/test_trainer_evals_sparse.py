@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import sharding
+from dashclip_jax.train import sharding
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage1
 from dashclip_jax.trainers import stage2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dashclip_jax.runtime import config_files
-from dashclip_jax import sharding
+from dashclip_jax.train import sharding
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import loop
 from dashclip_jax.trainers import nonfinite

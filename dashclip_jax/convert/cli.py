@@ -19,9 +19,9 @@ import logging
 import sys
 
 from dashclip_jax import app
+from dashclip_jax.convert import pipeline
 from dashclip_jax.convert.errors import ConversionError
 from dashclip_jax.convert.errors import UsageError
-from dashclip_jax.convert import pipeline
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 def _log_to_stderr():
   """This package's INFO lines on stderr while the CLI runs.
 
-  Importing Orbax (checkpoint_io does) puts a handler on the root logger, so
+  Importing Orbax (model/model_dir does) puts a handler on the root logger, so
   `logging.basicConfig` would do nothing and the root's WARNING level would
   drop every INFO line. The package logger gets its own handler instead (not
   propagated: the root's handler would print each line again); other

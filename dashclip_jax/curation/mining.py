@@ -26,13 +26,13 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from dashclip_jax import inference
+from dashclip_jax import model as model_lib
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.evaluation import knn
-from dashclip_jax import inference
-from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import tokenizer as tok
 
 log = logging.getLogger("dashclip_jax")
 

@@ -17,12 +17,12 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tokenizer_lib
 from dashclip_jax.data import augment as augment_lib
 from dashclip_jax.data import batching
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tokenizer_lib
 
 
 class Text:

@@ -41,6 +41,7 @@ from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import paraphrase_labels as labels_lib
 from dashclip_jax.evaluation import paraphrase_queries as queries_lib
+from dashclip_jax.model import model_dir as model_dir_lib
 
 SYSTEMS = ("dashclip", "minilm", "bm25")
 TABLE_KEYS = ("ndcg@10", "recall@1", "recall@10", "mrr")
@@ -313,8 +314,7 @@ def check_systems(systems: Sequence[str], model_dir: str | None,
   if "dashclip" in systems and need_model:
     if not model_dir:
       raise ValueError("dashclip needs a model dir (--model)")
-    from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
-    inference.resolve_model_dir(model_dir)  # FileNotFoundError if none.
+    model_dir_lib.resolve_model_dir(model_dir)  # FileNotFoundError if none.
 
 
 def evaluate(model_dir: str | None, catalog_dir: str, *,

@@ -45,6 +45,7 @@ from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import plots
 from dashclip_jax.evaluation import probes
 from dashclip_jax.evaluation import report as report_lib
+from dashclip_jax.model import model_dir as model_dir_lib
 from dashclip_jax.runtime.config_files import ConfigError
 
 # "dashclip_text": the trained model with its product side fed the title
@@ -154,9 +155,8 @@ def check_config(cfg, models: dict[str, Encoder] | None = None) -> None:
       raise ConfigError(
           f"config.{key} is empty: set --config.{key} to a model dir or "
           "training workdir")
-    from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
     try:
-      inference.resolve_model_dir(cfg[key])
+      model_dir_lib.resolve_model_dir(cfg[key])
     except FileNotFoundError as e:
       raise ConfigError(f"config.{key}: {e}") from None
   gallery_lib.check_config(cfg.gallery)

@@ -18,8 +18,8 @@ from absl import flags
 
 from dashclip_jax import app
 from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.model import tokenizer
 from dashclip_jax.runtime.config_files import ConfigError
-from dashclip_jax import tokenizer
 
 PROG = "search"
 

@@ -16,8 +16,8 @@ import argparse
 import sys
 
 from dashclip_jax import app
-from dashclip_jax.export_hf.errors import ExportError
 from dashclip_jax.export_hf import pipeline
+from dashclip_jax.export_hf.errors import ExportError
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ from dashclip_jax.ranking import report as report_lib
 from dashclip_jax.ranking import simulator
 from dashclip_jax.ranking import train as train_lib
 from dashclip_jax.runtime import config_files
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

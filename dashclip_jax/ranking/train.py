@@ -23,7 +23,7 @@ import optax
 
 from dashclip_jax.ranking import models
 from dashclip_jax.runtime import config_files
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import sharding as shard_lib
 
 
 @flax.struct.dataclass

@@ -18,7 +18,7 @@ import os
 import re
 from typing import Any
 
-from dashclip_jax import inference
+from dashclip_jax.model import model_dir as model_dir_lib
 
 CONFIG_FILE = "config.json"
 _MAIN_JOB_STAGES = ("stage1", "stage2")
@@ -51,7 +51,7 @@ def training_config(workdir: str | None) -> dict[str, Any] | None:
 
 def _same_model(checkpoint: str, model_dir: str) -> bool:
   try:
-    checkpoint = inference.resolve_model_dir(checkpoint)
+    checkpoint = model_dir_lib.resolve_model_dir(checkpoint)
   except FileNotFoundError:
     pass
   return os.path.realpath(checkpoint) == os.path.realpath(model_dir)

@@ -22,8 +22,8 @@ import socket
 
 import jax
 
-from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.runtime import distributed as distributed_lib
+from dashclip_jax.runtime.config_files import ConfigError
 
 LOCK_FILE = ".dashclip.lock"
 

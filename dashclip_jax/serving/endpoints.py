@@ -37,13 +37,13 @@ import numpy as np
 import pydantic
 
 from dashclip_jax.data import images as images_lib
+from dashclip_jax.model import tokenizer as tok
 from dashclip_jax.serving import engine as engine_lib
 from dashclip_jax.serving import metrics as metrics_lib
 from dashclip_jax.serving import openai_http
-from dashclip_jax.serving.openai_http import RequestError
 from dashclip_jax.serving import page
 from dashclip_jax.serving import search as search_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.serving.openai_http import RequestError
 
 # Served model ids -> towers.
 TEXT_MODELS = {"dashclip-query": "query", "dashclip-text": "text"}

@@ -27,8 +27,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dashclip_jax import checkpoint_io
 from dashclip_jax import inference
+from dashclip_jax.model import model_dir as model_dir_lib
 from dashclip_jax.runtime import run_info
 from dashclip_jax.serving import endpoints
 from dashclip_jax.serving import engine as engine_lib
@@ -41,8 +41,8 @@ def model_info(model_dir: str) -> dict[str, Any]:
   """/v1/models metadata: the model dir, and the training config and
   evaluation of the run that made it, each with the file it came from
   (found as the model card finds them: `run_info`)."""
-  resolved = inference.resolve_model_dir(model_dir)
-  meta = checkpoint_io.read_metadata(resolved)
+  resolved = model_dir_lib.resolve_model_dir(model_dir)
+  meta = model_dir_lib.read_metadata(resolved)
   workdir = run_info.run_workdir(resolved, meta)
   evaluated = run_info.evaluation(workdir, resolved)
   return {"model_dir": os.path.abspath(resolved),

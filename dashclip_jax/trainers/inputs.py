@@ -37,13 +37,13 @@ import ml_collections
 import numpy as np
 import pyarrow as pa
 
+from dashclip_jax import model as model_lib
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources as sources_lib
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import metrics as eval_metrics
-from dashclip_jax import model as model_lib
 from dashclip_jax.runtime.config_files import ConfigError
 
 log = logging.getLogger("dashclip_jax")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import train_state
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as train_state
 from dashclip_jax.trainers import nonfinite
 from dashclip_jax.trainers import preemption
 from dashclip_jax.trainers import resume
@@ -25,7 +25,7 @@ def train_loop(config: ml_collections.ConfigDict, stage: str, state,
   """Steps `state` from its step to `config.train.total_steps`.
 
   `step_fn` is the stage's step wrapped by `nonfinite.guard_nonfinite`;
-  `evaluate(params)` -> eval metrics; `ckpts` a `checkpointing.
+  `evaluate(params)` -> eval metrics; `ckpts` a `train.checkpoints.
   TrainCheckpoints`; `lr_at(step)` the learning rate, for the logs.
   """
   tc = config.train

@@ -22,14 +22,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax import metric_writer
-from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import train_state
-from dashclip_jax import train_steps
 from dashclip_jax.evaluation import knn
+from dashclip_jax import model as model_lib
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.train import metric_writer
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import steps as train_steps
 from dashclip_jax.trainers import embed_batches
 from dashclip_jax.trainers import export
 from dashclip_jax.trainers import init_checkpoint
@@ -110,7 +110,7 @@ def momentum_init(init_dir: str | None, step_cfg: train_steps.StepConfig,
   """
   if step_cfg.momentum is None or not init_dir:
     return None, None
-  _, trees, _ = checkpoint_io.load_model_dir(init_dir,
+  _, trees, _ = model_dir_lib.load_model_dir(init_dir,
                                              items=("momentum", "queues"))
   return (_momentum_params(init_dir, trees.get("momentum"), init_params),
           _queues(init_dir, trees.get("queues"), step_cfg.queue_size,

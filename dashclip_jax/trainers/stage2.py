@@ -19,14 +19,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from dashclip_jax import model as model_lib
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import metrics as eval_metrics
-from dashclip_jax import metric_writer
-from dashclip_jax import model as model_lib
-from dashclip_jax import optim
 from dashclip_jax.runtime import config_files
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import train_steps
+from dashclip_jax.train import metric_writer
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import steps as train_steps
 from dashclip_jax.trainers import embed_batches
 from dashclip_jax.trainers import export
 from dashclip_jax.trainers import init_checkpoint

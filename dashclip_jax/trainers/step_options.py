@@ -13,10 +13,10 @@ import jax
 import ml_collections
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
 from dashclip_jax.runtime import config_files
-from dashclip_jax import train_state
-from dashclip_jax import train_steps
+from dashclip_jax.train import optim
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import steps as train_steps
 
 
 def optim_config(cfg: ml_collections.ConfigDict, total_steps: int

@@ -26,7 +26,7 @@ import numpy as np
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.serving import batching
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import sharding as shard_lib
 
 
 class Engine:

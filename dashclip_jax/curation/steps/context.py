@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dashclip_jax.curation import seed as seed_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
-from dashclip_jax.curation.labelers import interface as labeler_lib
-from dashclip_jax.curation import seed as seed_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources

@@ -16,8 +16,8 @@ import ml_collections
 import pyarrow.parquet as pq
 
 from dashclip_jax.curation import label_shards
-from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation import seed as seed_lib
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import label as label_step_lib
 from dashclip_jax.curation.steps import mine as mine_step_lib

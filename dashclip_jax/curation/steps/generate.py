@@ -39,8 +39,8 @@ import pyarrow.parquet as pq
 from tqdm import auto as tqdm
 
 from dashclip_jax.curation import label_shards
-from dashclip_jax.curation.labelers.gpt import query_writer
 from dashclip_jax.curation import query_writers as qw
+from dashclip_jax.curation.labelers.gpt import query_writer
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import label as label_step_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib

@@ -13,11 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dashclip_jax.curation.labelers.cross_encoder import config as teacher_config
 from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers.cross_encoder import config as teacher_config
 from dashclip_jax.data import images as images_lib
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tok
 
 
 @functools.lru_cache(maxsize=1)

@@ -30,14 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax.curation.labelers.cross_encoder.config import TeacherConfig
-from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
-from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax import model as model_lib
-from dashclip_jax import pretrained
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.convert import pretrained
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
+from dashclip_jax.curation.labelers.cross_encoder.config import TeacherConfig
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 
@@ -102,7 +102,7 @@ def initial_params(kind: str, init: str, *, size: str, fields: Sequence[str],
                    ) -> tuple[TeacherConfig, dict, str]:
   """-> (config, numpy params, where the weights came from).
 
-  init: "minilm" (MiniLM-L6 text encoder, the project's pretrained.py
+  init: "minilm" (MiniLM-L6 text encoder, the project's convert/pretrained.py
   path; ViT and cross-attention random), "" (all random at `size`), or a
   dashclip model directory (e.g. a stage-1 model: its `txt` and `img`).
   The pooler and the 3-way head always start random.
@@ -119,7 +119,7 @@ def initial_params(kind: str, init: str, *, size: str, fields: Sequence[str],
     loaded, source = {"txt": params["txt"], "img": params["img"]}, "minilm"
   elif init:
     model_dir = os.path.abspath(init)
-    base, trees, _ = checkpoint_io.load_model_dir(model_dir)
+    base, trees, _ = model_dir_lib.load_model_dir(model_dir)
     if image_size:
       base = base.replace(vision=dataclasses.replace(base.vision,
                                                      image_size=image_size))

@@ -22,8 +22,8 @@ import numpy as np
 import optax
 
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

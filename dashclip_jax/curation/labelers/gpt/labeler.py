@@ -25,14 +25,14 @@ import flax
 import jax
 import numpy as np
 
+from dashclip_jax.curation.labelers import wording
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.labelers.gpt import gguf_loader
 from dashclip_jax.curation.labelers.gpt import lora as lora_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
 from dashclip_jax.curation.labelers.gpt import tokenizer as tokenizer_lib
-from dashclip_jax.curation.labelers import wording
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import sharding as shard_lib
 
 KIND = "gpt"
 TUNINGS = ("none", "lora", "full")

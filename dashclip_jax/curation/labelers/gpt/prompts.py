@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dashclip_jax.curation.labelers.gpt import tokenizer as tokenizer_lib
 from dashclip_jax.curation.labelers import wording
+from dashclip_jax.curation.labelers.gpt import tokenizer as tokenizer_lib
 
 
 class Prompts:

@@ -29,8 +29,8 @@ import optax
 from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
 from dashclip_jax.curation.labelers.gpt import lora as lora_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

@@ -55,10 +55,10 @@ import numpy as np
 import openai
 
 from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers import wording
 from dashclip_jax.curation.labelers.openai_client import answers as llm_answers
 from dashclip_jax.curation.labelers.openai_client import cache as llm_cache
 from dashclip_jax.curation.labelers.openai_client import rate_limit
-from dashclip_jax.curation.labelers import wording
 
 log = logging.getLogger("dashclip_jax")
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import tokenizer as tok
 
 log = logging.getLogger("dashclip_jax")
 

@@ -67,12 +67,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from dashclip_jax import grad_cache
-from dashclip_jax import itm
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import train_state as state_lib
+from dashclip_jax.train import grad_cache
+from dashclip_jax.train import itm_pairs
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as state_lib
 
 Array = jax.Array
 Batch = dict[str, Array]
@@ -167,7 +167,7 @@ def _itm_loss(model: model_lib.DashClip, det: bool, params: Any,
 
   def sums(chunk, r):
     """(weighted NLL sum, weighted hit sum) over a chunk of images."""
-    logits, w = itm.pair_logits(chunk, score, r)
+    logits, w = itm_pairs.pair_logits(chunk, score, r)
     l, mets = losses.itm_loss(logits, w)  # Weighted means; sums below.
     w_sum = jnp.sum(w)
     return jnp.stack([l * w_sum, mets["itm_acc"] * w_sum])
@@ -194,8 +194,8 @@ def _stage1_loss(model: model_lib.DashClip, cfg: StepConfig, batch: Batch,
   sim = reps["img"] @ reps["txt"].T / losses.clamp_temp(temp)
   neg_txt, neg_img, ok_t, ok_i = losses.sample_hard_negatives(
       r_neg, sim, ids, valid)
-  pairs = itm.make_pairs(batch["ids"], batch["mask"], reps["tokens"],
-                         neg_txt, neg_img, ok_t, ok_i, valid)
+  pairs = itm_pairs.make_pairs(batch["ids"], batch["mask"], reps["tokens"],
+                               neg_txt, neg_img, ok_t, ok_i, valid)
   l_itm, itm_mets = _itm_loss(model, cfg.deterministic, params, pairs, r_itm,
                               cfg.accum_steps)
   loss = cfg.itc_weight * l_itc + cfg.itm_weight * l_itm

@@ -18,10 +18,10 @@ from jax.sharding import Mesh
 
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import sharding as shard_lib
 
 if TYPE_CHECKING:  # train_steps builds on this module.
-  from dashclip_jax import train_steps
+  from dashclip_jax.train import steps as train_steps
 
 Array = jax.Array
 

@@ -23,8 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tok
 
 METADATA_FILE = "dashclip.json"
 VOCAB_FILE = "vocab.txt"
@@ -128,3 +128,28 @@ def load_model_dir(directory: str, items: tuple[str, ...] = ("params",)
   if "params" in items and "params" not in trees:
     raise FileNotFoundError(f"{directory} has no params/ item")
   return config, trees, meta
+
+
+def resolve_model_dir(path: str) -> str:
+  """A model dir itself, or the newest trained `<path>/models/<step>` (step
+  > 0) of a training workdir."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint directory not found: {path}")
+  if os.path.isfile(os.path.join(path, METADATA_FILE)):
+    return path
+  exported = os.path.join(path, "models")
+  if os.path.isdir(exported):
+    steps = sorted((int(d) for d in os.listdir(exported) if d.isdigit() and
+                    os.path.isfile(os.path.join(
+                        exported, d, METADATA_FILE))))
+    if steps and steps[-1] > 0:
+      return os.path.join(exported, str(steps[-1]))
+    if steps:
+      # models/0 is a run's untrained start (kept as the evaluation's "init"
+      # reference): never what a workdir stands for.
+      raise FileNotFoundError(
+          f"{path} holds only its untrained start ({exported}/0): its "
+          "training has not finished; rerun it, or name models/0 explicitly")
+  raise FileNotFoundError(
+      f"{path} holds no dashclip model ({METADATA_FILE} not "
+      "found, nor a training workdir with models/<step>/)")

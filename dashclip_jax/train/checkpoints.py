@@ -50,7 +50,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
 from jax.experimental import multihost_utils
 
-log = logging.getLogger("dashclip_jax.checkpointing")
+log = logging.getLogger("dashclip_jax.train.checkpoints")
 
 # What a training run writes into its workdir (set aside on a restart).
 RUN_OUTPUTS = ("checkpoints", "models", "metrics.jsonl", "tensorboard")

@@ -12,7 +12,7 @@ import pytest
 
 from dashclip_jax import model as model_lib
 from dashclip_jax.data import bad_records as br
-from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
@@ -300,8 +300,8 @@ def test_stage2_eval_names_its_products():
 def test_unclosed_quote_to_the_end_counts_every_lost_row(tmp_path):
   rows = [f"{100 + i},Shirts,Shirt {i},train" for i in range(14)]
   rows[3] = '103,Shirts,"Shirt 3 with a quote,train'  # File line 5.
-  cat = catalog_lib.load_catalog(_write_styles(tmp_path, rows),
-                                 max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(_write_styles(tmp_path, rows),
+                                    max_bad_fraction=1.0)
   assert cat.ids == ["100", "101", "102"]
   assert cat.bad.counts == {"malformed row": 11}
   assert cat.bad.culprits[0].startswith("styles.csv line 5: malformed row")
@@ -314,8 +314,8 @@ def test_unclosed_quote_closed_later_is_not_taken_for_a_title(tmp_path):
   rows[3] = '103,Shirts,"Shirt 3 with a quote'  # Opens at file line 5 ...
   rows[8] = '108,Shirts,Shirt 8",train'         # ... closes at line 10.
   rows[11] = '111,Shirts,"Shirt 11\nsecond line",train'  # A real line break.
-  cat = catalog_lib.load_catalog(_write_styles(tmp_path, rows),
-                                 max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(_write_styles(tmp_path, rows),
+                                    max_bad_fraction=1.0)
   assert cat.ids == [str(i) for i in (100, 101, 102, 109, 110, 111, 112,
                                       113)]
   assert cat.bad.counts == {"malformed row": 6}
@@ -332,7 +332,7 @@ def test_unclosed_quote_closed_later_is_not_taken_for_a_title(tmp_path):
 
 def test_bad_image_culprit_names_file_and_line_once(tmp_path):
   rows = [f"{100 + i},Shirts,Shirt {i},train" for i in range(6)]
-  cat = catalog_lib.load_catalog(
+  cat = catalog_tables.load_catalog(
       _write_styles(tmp_path, rows, bad_image_ids=("101",)))
   with pytest.raises(images_lib.ImageError) as e:
     cat.load_image(1)

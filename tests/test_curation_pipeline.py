@@ -13,7 +13,7 @@ import pytest
 from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import steps
 from dashclip_jax.curation.steps import context as context_lib
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import train_datasets
 from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import inputs
@@ -43,8 +43,8 @@ def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
   out = pipeline.run(config, str(tmp_path))  # Teacher and shards reused.
   ctx = context_lib.context(config, str(tmp_path))
   csv_path = tmp_path / "expanded" / "relevance_train.csv"
-  rel = relevance_lib.load_relevance(str(csv_path), ctx.catalog,
-                                     max_bad_fraction=0.0)
+  rel = relevance_tables.load_relevance(str(csv_path), ctx.catalog,
+                                        max_bad_fraction=0.0)
   rows = pq.read_table(tmp_path / "expanded" / "rows.parquet")
   assert len(rel) == rows.num_rows == out["expand"]["rows"]
   source = np.asarray(rows["label_source"].to_pylist())
@@ -67,7 +67,7 @@ def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
   sets = out["expand"]["sets"]
   assert sets["expanded_no_negatives"]["rows"] == len(rel) - neg_kept.sum()
   assert sets["seed_only"]["rows"] == len(ctx.data.seed)
-  assert len(relevance_lib.load_relevance(
+  assert len(relevance_tables.load_relevance(
       sets["seed_only"]["path"], ctx.catalog, max_bad_fraction=0.0)) == len(
           ctx.data.seed)
   # Mined negatives: label-0 rows of anchor products that stage 2's

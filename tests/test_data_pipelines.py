@@ -11,9 +11,10 @@ from PIL import Image
 import pytest
 
 from dashclip_jax.data import bad_records as br
-from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import synthetic
 from dashclip_jax.data import train_datasets
 from dashclip_jax.model import preprocess
@@ -252,7 +253,7 @@ def test_eval_batches_pad_so_every_process_runs_the_same_count(data, tok):
 def test_real_fashion_pipeline_when_present(tok):
   if not os.path.isfile(os.path.join(FASHION, "styles.csv")):
     pytest.skip("real fashion catalog not present")
-  cat = catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv"))
+  cat = catalog_tables.load_catalog(os.path.join(FASHION, "styles.csv"))
   train = cat.subset("train")
   ds = _stage1(train, tok, num_epochs=None, batch_size=8, augment=False)
   it = iter(ds)
@@ -269,7 +270,7 @@ def test_real_fashion_pipeline_when_present(tok):
   resumed = iter(ds)
   resumed.set_state(state)
   _equal(next(resumed), b)
-  rel = relevance_lib.load_relevance(
+  rel = relevance_tables.load_relevance(
       os.path.join(FASHION, "relevance_train.csv"), train)
   s2 = train_datasets.stage2_dataset(train, rel, batch_size=4, image_size=S,
                                      shard=(0, 1), tokenizer=tok)
@@ -301,8 +302,8 @@ def test_training_data_path_does_not_import_tensorflow():
 def test_real_fashion_two_process_sharding_covers_the_epoch_once(tok):
   if not os.path.isfile(os.path.join(FASHION, "styles.csv")):
     pytest.skip("real fashion catalog not present")
-  test = catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv")
-                                  ).subset("test")
+  test = catalog_tables.load_catalog(os.path.join(FASHION, "styles.csv")
+                                     ).subset("test")
   # 1,185 products: shards of 592 (the odd one out is documented as left
   # out so both processes run the same number of steps), 74 batches of 8.
   per_shard = len(test) // 2

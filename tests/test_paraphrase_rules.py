@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.evaluation import paraphrase_labels as labels_lib
 from dashclip_jax.evaluation import paraphrase_queries as queries_lib
 from dashclip_jax.evaluation import paraphrases
@@ -20,8 +21,9 @@ needs_fashion = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def train():
-  return catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv"),
-                                  catalog_lib.FASHION_COLUMNS).subset("train")
+  return catalog_tables.load_catalog(
+      os.path.join(FASHION, "styles.csv"),
+      catalog_lib.FASHION_COLUMNS).subset("train")
 
 
 @needs_fashion

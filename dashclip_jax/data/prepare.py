@@ -50,8 +50,11 @@ import pyarrow.parquet as pq
 
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
+from dashclip_jax.data import column_batches
 from dashclip_jax.data import relevance as relevance_lib
-from dashclip_jax.data import tables
+from dashclip_jax.data import relevance_tables
+
 
 FORMAT = "dashclip_jax.prepared/1"
 MANIFEST = "manifest.json"
@@ -282,8 +285,8 @@ def read_shard(directory: str, catalog: catalog_lib.Catalog, *,
     return f"product_id {prepared_ids[int(prepared[i])].as_py()!r}"
 
   bad = br.BadRecords(f"relevance {name}", max_bad_fraction=max_bad_fraction)
-  tables.report_bad(bad, [relevance_lib.UNKNOWN], (p < 0).astype(np.int8),
-                    detail, where)
+  column_batches.report_bad(bad, [relevance_lib.UNKNOWN],
+                            (p < 0).astype(np.int8), detail, where)
   keep = p >= 0
   if not keep.any():
     raise br.BadDataError(f"{name}: no usable relevance rows. "
@@ -335,14 +338,14 @@ def prepare(catalog_path: str, relevance_paths: Sequence[str], out: str,
   os.makedirs(out, exist_ok=True)
   root = (catalog_root if catalog_root is not None
           else os.path.dirname(os.path.abspath(catalog_path)))
-  catalog = catalog_lib.load_catalog(catalog_path, root=root,
-                                     max_bad_fraction=max_bad_fraction)
+  catalog = catalog_tables.load_catalog(catalog_path, root=root,
+                                        max_bad_fraction=max_bad_fraction)
   manifest = {"format": FORMAT, "catalog": {
       "source": source_info(catalog_path),
       **write_catalog(catalog, out, root)}, "relevance": {}}
   for table, path in tables_by_name.items():
-    rel = relevance_lib.load_relevance(path, catalog,
-                                       max_bad_fraction=max_bad_fraction)
+    rel = relevance_tables.load_relevance(path, catalog,
+                                          max_bad_fraction=max_bad_fraction)
     entry = {"format": FORMAT, "source": source_info(path),
              **write_relevance(rel, os.path.join(out, table), num_shards)}
     _write_json(os.path.join(out, table, MANIFEST), entry)

@@ -19,9 +19,11 @@ import numpy as np
 
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import synthetic
 from dashclip_jax.runtime import config_files
 
@@ -150,10 +152,10 @@ def load_sources(cfg: Any = None, *,
     if not path:
       return None
     if not test:
-      return relevance_lib.load_relevance(path, cat, whole=whole,
-                                          max_bad_fraction=max_bad)
+      return relevance_tables.load_relevance(path, cat, whole=whole,
+                                             max_bad_fraction=max_bad)
     try:
-      return relevance_lib.load_relevance(
+      return relevance_tables.load_relevance(
           path, cat, whole=whole,
           max_bad_fraction=test_bad if test_bad >= 0 else max_bad)
     except bad_records.BadDataError as e:
@@ -196,7 +198,7 @@ def load_sources(cfg: Any = None, *,
           f"data.path {root!r} is no prepared directory (no "
           f"{prepare.MANIFEST}; python -m dashclip_jax.data.prepare writes "
           "one)")
-    return folder(catalog_lib.load_catalog(root), *(
+    return folder(catalog_tables.load_catalog(root), *(
         os.path.join(root, n) if prepare.is_prepared(os.path.join(root, n))
         else None for n in ("relevance_train", "qrels_test")))
 
@@ -204,7 +206,7 @@ def load_sources(cfg: Any = None, *,
     root = _get(cfg, "path")
     if not root or not os.path.isdir(root):
       raise FileNotFoundError(f"data.path {root!r} is not a directory")
-    cat = catalog_lib.load_catalog(
+    cat = catalog_tables.load_catalog(
         os.path.join(root, "styles.csv"), catalog_lib.FASHION_COLUMNS,
         test_fraction=test_fraction, max_bad_fraction=max_bad)
     return folder(cat, *(
@@ -219,7 +221,7 @@ def load_sources(cfg: Any = None, *,
       raise FileNotFoundError(f"data.catalog_path {path!r} not found")
     train_rel = given("relevance_train_path", "relevance_train.csv")
     test_rel = given("relevance_test_path", "qrels_test.csv")
-    cat = catalog_lib.load_catalog(
+    cat = catalog_tables.load_catalog(
         path, columns, test_fraction=test_fraction, max_bad_fraction=max_bad)
     return of_catalog(cat, train_rel, test_rel)
   if source == "tfds":

@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.evaluation import baselines as baselines_lib
 from dashclip_jax.evaluation import metrics as metrics_lib
@@ -123,15 +124,15 @@ def load_paraphrase_eval(
   table = os.path.join(catalog_dir, "styles.csv")
   if not os.path.isfile(table):
     raise FileNotFoundError(f"catalog not found: {table}")
-  train = catalog_lib.load_catalog(table, catalog_lib.FASHION_COLUMNS).subset(
-      "train")
+  train = catalog_tables.load_catalog(
+      table, catalog_lib.FASHION_COLUMNS).subset("train")
   if not len(train):
     raise ValueError(f"{table}: no TRAIN products")
   rows = labels_lib.product_rows(train)
   queries = tuple(queries)
   labels_lib.check_paraphrases(queries, rows)
   labels = labels_lib.label_matrix(queries, rows,
-                                    labels_lib.subcategory_of(rows))
+                                   labels_lib.subcategory_of(rows))
   # Every query needs a label-2 product, or Recall/MRR are undefined.
   metrics_lib.check_labels(labels, query_ids(len(queries)))
   keep = sample_products(labels, max_products, seed)

@@ -41,6 +41,7 @@ from dashclip_jax import model as model_lib
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import sources as sources_lib
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import metrics as eval_metrics
@@ -84,8 +85,8 @@ def _split(frozen_cfg: str, fraction: float
   src = _sources(frozen_cfg)
   rel = src.train_relevance
   if src.train_table:  # Whole, for callers other than the trainers.
-    rel = relevance_lib.load_relevance(src.train_table, src.train_catalog,
-                                       max_bad_fraction=_max_bad(frozen_cfg))
+    rel = relevance_tables.load_relevance(src.train_table, src.train_catalog,
+                                          max_bad_fraction=_max_bad(frozen_cfg))
   return rel.split_queries(fraction)
 
 

@@ -152,8 +152,8 @@ def run(config, workdir: str) -> dict:
         f"stage2.py, eval.py), got {stage!r}")
   write_config(config, workdir)
   if stage == "eval":
-    from dashclip_jax.evaluation import run as eval_run  # pylint: disable=g-import-not-at-top
-    return {"metrics": eval_run.evaluate(config, workdir)}
+    from dashclip_jax.evaluation import pipeline as eval_pipeline  # pylint: disable=g-import-not-at-top
+    return {"metrics": eval_pipeline.evaluate(config, workdir)}
   from dashclip_jax.trainers import final_eval  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import stage1  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top

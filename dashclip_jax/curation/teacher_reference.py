@@ -21,13 +21,14 @@ from dashclip_jax.curation import labeler as labeler_lib
 def torch_cross_encoder(params: dict[str, Any], model_dir: str | None = None
                         ) -> Any:
   """-> transformers.BertForSequenceClassification (eval mode) from
-  `model_dir` (default: the MiniLM-L6 wheel's, `baselines.minilm_dir`) with
+  `model_dir` (default: the MiniLM-L6 wheel's,
+  `convert.pretrained.minilm_dir`) with
   the teacher's `params["pooler"]` and `params["classifier"]` copied in."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.convert import pretrained  # pylint: disable=g-import-not-at-top
   model = transformers.BertForSequenceClassification.from_pretrained(
-      model_dir or baselines.minilm_dir(), num_labels=labeler_lib.NUM_LABELS,
+      model_dir or pretrained.minilm_dir(), num_labels=labeler_lib.NUM_LABELS,
       local_files_only=True).eval()
   with torch.no_grad():
     for ours, theirs in ((params["pooler"], model.bert.pooler.dense),

@@ -17,7 +17,8 @@ from absl import app
 from absl import flags
 
 from dashclip_jax import config_lib
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
+from dashclip_jax import inference
 from dashclip_jax.model import tokenizer
 
 PROG = "search"
@@ -32,7 +33,7 @@ _CHECKPOINT = flags.DEFINE_string(
 
 
 def format_results(queries: Sequence[str],
-                   results: list[list[export_lib.SearchHit]]) -> str:
+                   results: list[list[index_lib.SearchHit]]) -> str:
   lines = []
   for q, hits in zip(queries, results):
     lines.append(f"query: {q}")
@@ -47,13 +48,13 @@ def _reason(error: BaseException) -> str:
                 config_lib.one_line(str(error)))
 
 
-def load_index(export_dir: str) -> export_lib.ExportedIndex:
+def load_index(export_dir: str) -> index_lib.ExportedIndex:
   """The export in `export_dir`; ConfigError if it is missing or unreadable."""
   if not os.path.isdir(export_dir):
     raise config_lib.ConfigError(f"--export_dir={export_dir}: no such "
                                  "directory")
   try:
-    return export_lib.ExportedIndex(export_dir)
+    return index_lib.ExportedIndex(export_dir)
   except FileNotFoundError as e:
     raise config_lib.ConfigError(f"--export_dir: {_reason(e)}") from None
   except (RuntimeError, OSError, ValueError) as e:
@@ -80,8 +81,7 @@ def main(argv) -> None:
           f"{_EXPORT_DIR.value}/manifest.json names no checkpoint; pass "
           "--checkpoint")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import dashclip_jax  # pylint: disable=g-import-not-at-top
-    encoder = dashclip_jax.load(checkpoint)
+    encoder = inference.load(checkpoint)
     try:
       encoder.attach_index(index)
     except ValueError as e:  # The export's dim is not the model's.

@@ -48,7 +48,7 @@ def main(argv) -> None:
     if not config.embeddings:
       raise config_lib.ConfigError(
           "--config.embeddings is required: an embedding export directory "
-          "(dashclip_jax/evaluation/export.py layout) or 'minilm'")
+          "(dashclip_jax/index.py layout) or 'minilm'")
     config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
     workdir_lock.hold_before_start(_WORKDIR.value, _DISTRIBUTED)
   # pylint: disable=g-import-not-at-top

@@ -1,4 +1,4 @@
-"""The trainers' data: config.data -> train iterators and eval batches.
+"""The trainers' train data: config.data -> train iterators.
 
 Train data is read in `num_shards` shards (default: one per process). Each
 process iterates its shards and concatenates their rows, so the global batch
@@ -18,9 +18,7 @@ of their text) are split per shard and gathered from every process back
 into table order: the same held-out set, hence the same metrics, as
 reading the table whole.
 
-Eval data: every item once, padded so every process runs the same number of
-batches (rows with valid=0); ids travel with the rows, so the metrics do not
-depend on how items were spread over processes.
+The eval data is `eval_inputs.py`'s.
 """
 
 from __future__ import annotations

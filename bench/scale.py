@@ -234,8 +234,8 @@ def _worker_relevance(tables: str, prepared: str = "",
 
   def run():
     rel = relevance_tables.load_relevance(path, train, shard=(0, processes))
-    q, _, _, _ = relevance_lib.stage2_pairs(rel, "weighted", 0.5)
-    return {"pairs": len(rel), "stage2_pairs": len(q)}
+    pairs = relevance_lib.stage2_pairs(rel, "weighted", 0.5)
+    return {"pairs": len(rel), "stage2_pairs": len(pairs)}
   return _measure(run)
 
 
@@ -268,6 +268,7 @@ def _worker_eval_topk(tables: str) -> dict:
   from dashclip_jax.data import relevance_tables
   from dashclip_jax.evaluation import knn
   from dashclip_jax.evaluation import metrics
+  from dashclip_jax.evaluation import qrels as qrels_lib
   # pylint: enable=g-import-not-at-top
   catalog = catalog_tables.load_catalog(os.path.join(tables, "styles.csv"))
   rel = relevance_tables.load_relevance(os.path.join(tables, "qrels_test.csv"),
@@ -283,8 +284,8 @@ def _worker_eval_topk(tables: str) -> dict:
     # Before issue 28: knn.depth=0, the whole catalog, and dense labels.
     depth = min(depth_default, n) if sparse else n
     _, ranking = knn.exact_topk(queries, products, depth)
-    labels = (metrics.qrels_from_relevance(rel) if sparse
-              else metrics.labels_from_relevance(rel))
+    labels = (qrels_lib.qrels_from_relevance(rel) if sparse
+              else qrels_lib.labels_from_relevance(rel))
     m = metrics.retrieval_metrics(ranking, labels, rel.query_ids)
     return {"depth": depth, "ndcg@10": m["ndcg@10"]}
   return _measure(run)

@@ -33,6 +33,7 @@ from dashclip_jax import model as model_lib  # noqa: E402
 from dashclip_jax.model import tokenizer as tok  # noqa: E402
 from dashclip_jax.train import optim  # noqa: E402
 from dashclip_jax.train import state as train_state  # noqa: E402
+from dashclip_jax.train import step_config
 from dashclip_jax.train import steps as ts  # noqa: E402
 
 
@@ -65,6 +66,12 @@ def make_batch(cfg, b: int, n_neg: int, lt: int = 24, lq: int = 16):
           "label_weight": np.ones((b,), np.float32)}
 
 
+# configs/stage2.py:tiny's freeze rules: the product tower body and the
+# stage-1 heads frozen, product_proj trained.
+STAGE2_FROZEN = (
+    (r"(img|txt|vision_proj|text_proj|itm_head)/.*", 0.0), (".*", 1.0))
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=32)
@@ -73,9 +80,9 @@ def main():
   parser.add_argument("--image_size", type=int, default=64)
   args = parser.parse_args()
   cfg = demo_geometry(args.image_size)
-  step_cfg = ts.StepConfig(train_product_tower=False)
+  step_cfg = step_config.StepConfig(train_product_tower=False)
   opt = optim.OptimConfig(lr=1e-4, total_steps=1000,
-                          lr_mults=ts.STAGE2_TRAIN_PRODUCT_PROJ)
+                          lr_mults=STAGE2_FROZEN)
   params = model_lib.unbox(jax.jit(
       lambda r: model_lib.init_params(cfg, r))(jax.random.key(0)))
   tx = optim.make_optimizer(opt, params)

@@ -91,7 +91,8 @@ def ours_runners(cfg, batches):
     mesh, tx, sc, step = mfu.step_setup(stage, cfg)
     state = train_state.init_state(cfg, sc, tx, jax.random.key(0), mesh)
     batch = sharding.global_batch(batch_np, mesh)
-    step = train_state.jit_step(step, state, batch, mesh)
+    step = train_state.jit_step(
+        step, train_state.state_shardings(state), batch, mesh)
     t0 = time.perf_counter()
     step = step.lower(state, batch, jax.random.key(0)).compile()
     compile_s[stage] = time.perf_counter() - t0

@@ -18,7 +18,7 @@ Variants:
 Arguments: `clicks=default|steep` picks the click-model parameters (below).
 
 `embeddings` (required) is the model under test: an embedding export
-(dashclip_jax/evaluation/export.py layout) or "minilm". `alternatives` adds
+(dashclip_jax/index.py layout) or "minilm". `alternatives` adds
 more towers: "minilm", "NAME=EXPORT_DIR" or "NAME=model:MODEL_DIR" (a
 dashclip model dir, e.g. a run's models/0, the untrained "init"; encoded once
 and cached). Every run trains: the baseline DCN, DCN + tower for the model

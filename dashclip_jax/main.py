@@ -40,7 +40,7 @@ import ml_collections
 from dashclip_jax import app
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import tables
-from dashclip_jax.evaluation import run as eval_run
+from dashclip_jax.evaluation import pipeline as eval_pipeline
 from dashclip_jax.runtime import config_files
 from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.train import checkpoints
@@ -117,7 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"config.stage must be stage1, stage2 or eval (configs/stage1.py, "
         f"stage2.py, eval.py), got {stage!r}")
   if stage == "eval":
-    return {"metrics": eval_run.evaluate(config, workdir)}
+    return {"metrics": eval_pipeline.evaluate(config, workdir)}
   if stage == "stage1":
     return {"model": stage1.train(config, workdir)}
   final = config.get("final_eval") is not None and config.final_eval.enabled

@@ -9,7 +9,7 @@ import optax
 
 from dashclip_jax import model as model_lib
 from dashclip_jax.train import sharding
-from dashclip_jax.trainers import inputs
+from dashclip_jax.trainers import eval_inputs
 
 
 def one_layer_tiny_config() -> model_lib.ModelConfig:
@@ -65,7 +65,7 @@ def two_query_heldout_eval(labels: np.ndarray,
     del params
     return (batch["query_emb"], batch["query_index"], batch["valid"])
 
-  data = inputs.Stage2Eval(
+  data = eval_inputs.Stage2Eval(
       product_rows=np.arange(labels.shape[1]), product_batches=None,
       query_batches=[{"query_emb": np.eye(2, dtype=np.float32),
                       "query_index": np.array([0, 1], np.int32),

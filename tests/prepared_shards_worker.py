@@ -33,7 +33,7 @@ def main(argv):
   cfg = t.data_config(prepared, int(num_shards))
   features, ok = t.product_table(prepared)
   batches = t.train_batches(cfg)
-  data = t.inputs.stage2_eval(cfg, t.model_config(), t.EVAL_BATCH)
+  data = t.eval_inputs.stage2_eval(cfg, t.model_config(), t.EVAL_BATCH)
   mesh = sharding.make_mesh([("data", -1), ("fsdp", 1), ("tensor", 1)])
   metrics = t.heldout_metrics(data, features, ok, mesh)
 

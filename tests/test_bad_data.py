@@ -20,8 +20,9 @@ from dashclip_jax.data import sources
 from dashclip_jax.data import synthetic
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import eval_data
-from dashclip_jax.evaluation import run as run_lib
+from dashclip_jax.evaluation import pipeline as eval_pipeline
 from dashclip_jax.runtime import config_files
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
 from dashclip_jax.trainers import train_logger
@@ -225,8 +226,8 @@ def _eval_cfg(catalog_dir):
 
 def test_eval_run_skips_undecodable_images_and_says_what_it_ranked(tmp_path):
   cfg = _eval_cfg(_eval_catalog(tmp_path / "cat"))
-  out = run_lib.evaluate(cfg, str(tmp_path / "out"),
-                         models={"dashclip": _TitleModel()})
+  out = eval_pipeline.evaluate(cfg, str(tmp_path / "out"),
+                               models={"dashclip": _TitleModel()})
   report = (tmp_path / "out" / "report.md").read_text()
   assert "4 products x 2 queries" in report
   assert "2 products skipped" in report and "styles.csv line 3" in report
@@ -257,11 +258,11 @@ def test_eval_qrels_limit_is_a_config_key(tmp_path):
   cfg = _eval_cfg(root)
   with pytest.raises(br.BadDataError,
                      match="relevance_test_max_bad_fraction"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"),
-                     models={"dashclip": _TitleModel()})
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"),
+                           models={"dashclip": _TitleModel()})
   cfg.data.relevance_test_max_bad_fraction = 0.2
-  out = run_lib.evaluate(cfg, str(tmp_path / "out"),
-                         models={"dashclip": _TitleModel()})
+  out = eval_pipeline.evaluate(cfg, str(tmp_path / "out"),
+                               models={"dashclip": _TitleModel()})
   assert out["dashclip"]["recall@1"] == 1.0
 
 
@@ -286,7 +287,7 @@ def test_heldout_eval_counts_names_and_skips_unreadable_products(caplog):
 
 def test_stage2_eval_names_its_products():
   d = _data_cfg(heldout_query_fraction=0.25)
-  data = inputs.stage2_eval(d, TINY, 8)
+  data = eval_inputs.stage2_eval(d, TINY, 8)
   cat = inputs.load_sources(d).train_catalog
   assert data.product_names == [f"{cat.where[r]} (product {cat.ids[r]})"
                                 for r in data.product_rows]
@@ -338,9 +339,10 @@ def test_bad_image_culprit_names_file_and_line_once(tmp_path):
     cat.load_image(1)
   assert str(e.value).count("styles.csv line 3") == 1
   assert "object at 0x" not in str(e.value)
-  it = iter(train_datasets.stage1_dataset(cat, batch_size=5, image_size=8,
-                                          shard=(0, 1), num_epochs=1,
-                                          max_bad_fraction=1.0))
+  it = iter(train_datasets.stage1_dataset(
+      cat, train_datasets.PipelineOptions(batch_size=5, shard=(0, 1),
+                                          num_epochs=1, max_bad_fraction=1.0),
+      image_size=8))
   list(it)
   products = eval_datasets.eval_products_dataset(cat, batch_size=6,
                                                  image_size=8, shard=(0, 1))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dashclip_jax.train import checkpoint_failures
 from dashclip_jax.train import checkpoints
 
 
@@ -336,7 +337,7 @@ def test_only_reports_raised_inside_orbax_are_dropped():
   record = lambda e: logging.LogRecord(
       "asyncio", logging.ERROR, __file__, 1, "Future exception was never "
       "retrieved", None, (type(e), e, e.__traceback__))
-  drop = checkpoints._DropOrbaxReads()  # pylint: disable=protected-access
+  drop = checkpoint_failures.DropOrbaxReads()
   assert not drop.filter(record(raised_in(orbax_file)))
   assert drop.filter(record(raised_in("/work/elsewhere.py")))
   assert drop.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
@@ -403,7 +404,7 @@ def test_orbax_disk_full_log_records_are_dropped():
     return logging.LogRecord("absl", logging.ERROR, path, 1, "save failed",
                              None, (type(exc), exc, None))
   orbax_file = f"{os.sep}site-packages{os.sep}orbax{os.sep}checkpoint.py"
-  keep = checkpoints._DISK_FULL_FILTER.filter
+  keep = checkpoint_failures.DISK_FULL_FILTER.filter
   assert not keep(record(orbax_file, DISK_FULL["tensorstore"]()))
   assert keep(record(orbax_file, ValueError("another failure")))
   assert keep(record("/elsewhere/x.py", DISK_FULL["tensorstore"]()))

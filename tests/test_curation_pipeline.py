@@ -78,10 +78,11 @@ def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
   mined = [k for k in zip(neg["query_id"].to_pylist(),
                           neg["product_id"].to_pylist()) if k in pairs]
   assert mined
-  ds = train_datasets.stage2_dataset(ctx.catalog, rel, batch_size=8,
-                                     image_size=32, query_length=10,
-                                     title_length=16, num_negatives=2,
-                                     augment=False, num_epochs=1)
+  ds = train_datasets.stage2_dataset(
+      ctx.catalog, rel, train_datasets.PipelineOptions(batch_size=8,
+                                                       num_epochs=1),
+      image_size=32, query_length=10, title_length=16, num_negatives=2,
+      augment=False)
   batch = next(iter(ds))
   assert batch["neg_valid"].any() and set(batch["label"]) <= {1, 2}
   # Report: both agreement sets, the manifest's provenance.

@@ -12,6 +12,7 @@ from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
 from dashclip_jax.model import tokenizer as tok
 from dashclip_jax.train import optim
 from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
 
 
 def _tiny(kind="text", seed=0, **kw):
@@ -43,8 +44,8 @@ def _two_steps(config, params, mesh_config, devices):
   jitted, losses = None, []
   for i in range(2):
     batch = sharding.global_batch(_batch(config, seed=i), mesh)
-    jitted = jitted or teacher_train.jit_train_step(
-        step, shardings, batch, mesh, fast_compile=True)
+    jitted = jitted or train_state.jit_step(step, shardings, batch, mesh,
+                                            fast_compile=True)
     state, metrics = jitted(state, batch, jax.random.key(i))
     losses.append(float(metrics["loss"]))
     grads = grads if i else jax.device_get(state.opt_state[0])

@@ -35,10 +35,12 @@ def tok():
   return tokenizer_lib.BlipTokenizer.from_vocab()
 
 
-def _stage1(cat, tok, **kw):
-  kw = {"batch_size": 4, "image_size": S, "shard": (0, 1), "seed": 3,
-        **kw}
-  return train_datasets.stage1_dataset(cat, tokenizer=tok, **kw)
+def _stage1(cat, tok, augment=True, **kw):
+  """Stage-1 batches of 4; `kw`: PipelineOptions fields."""
+  opts = train_datasets.PipelineOptions(**{
+      "batch_size": 4, "shard": (0, 1), "seed": 3, **kw})
+  return train_datasets.stage1_dataset(cat, opts, image_size=S,
+                                       augment=augment, tokenizer=tok)
 
 
 def _equal(a, b):
@@ -157,8 +159,9 @@ def test_corrupt_images_are_skipped_counted_and_named(data, tok):
 def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
   cat, rel = data.train_catalog, data.train
   ds = train_datasets.stage2_dataset(
-      cat, rel, batch_size=8, image_size=S, shard=(0, 1), num_negatives=3,
-      num_epochs=1, tokenizer=tok, augment=False)
+      cat, rel, train_datasets.PipelineOptions(batch_size=8, shard=(0, 1),
+                                               num_epochs=1),
+      image_size=S, num_negatives=3, tokenizer=tok, augment=False)
   labels = {(int(q), int(p)): int(l)
             for q, p, l in zip(rel.query, rel.product, rel.label)}
   relevant = rel.products_by_query([1, 2])
@@ -199,13 +202,14 @@ def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
 def test_label1_policies(data):
   rel = data.train
   n1, n2 = int((rel.label == 1).sum()), int((rel.label == 2).sum())
-  _, _, lab, w = relevance_lib.stage2_pairs(rel, "positive", 0.5)
-  assert len(lab) == n1 + n2 and (w == 1).all()
-  _, _, lab, w = relevance_lib.stage2_pairs(rel, "weighted", 0.3)
-  assert len(lab) == n1 + n2
-  np.testing.assert_allclose(w, np.where(lab == 1, 0.3, 1.0))
-  _, _, lab, w = relevance_lib.stage2_pairs(rel, "exclude", 0.5)
-  assert len(lab) == n2 and (lab == 2).all()
+  pairs = relevance_lib.stage2_pairs(rel, "positive", 0.5)
+  assert len(pairs) == n1 + n2 and (pairs.weight == 1).all()
+  pairs = relevance_lib.stage2_pairs(rel, "weighted", 0.3)
+  assert len(pairs) == n1 + n2
+  np.testing.assert_allclose(pairs.weight,
+                             np.where(pairs.label == 1, 0.3, 1.0))
+  pairs = relevance_lib.stage2_pairs(rel, "exclude", 0.5)
+  assert len(pairs) == n2 and (pairs.label == 2).all()
   with pytest.raises(ValueError, match="label1_policy"):
     relevance_lib.stage2_pairs(rel, "ignore", 0.5)
   with pytest.raises(ValueError, match="max_relevant"):
@@ -272,8 +276,9 @@ def test_real_fashion_pipeline_when_present(tok):
   _equal(next(resumed), b)
   rel = relevance_tables.load_relevance(
       os.path.join(FASHION, "relevance_train.csv"), train)
-  s2 = train_datasets.stage2_dataset(train, rel, batch_size=4, image_size=S,
-                                     shard=(0, 1), tokenizer=tok)
+  s2 = train_datasets.stage2_dataset(
+      train, rel, train_datasets.PipelineOptions(batch_size=4, shard=(0, 1)),
+      image_size=S, tokenizer=tok)
   b = next(iter(s2))
   labels = {(int(q), int(p)): int(l)
             for q, p, l in zip(rel.query, rel.product, rel.label)}
@@ -289,8 +294,8 @@ def test_training_data_path_does_not_import_tensorflow():
       "from dashclip_jax.data import sources, train_datasets\n"
       "s = sources.load_sources({'source': 'synthetic'})\n"
       "b = next(iter(train_datasets.stage1_dataset(s.train_catalog,"
-      " batch_size=2,"
-      " image_size=16, shard=(0, 1))))\n"
+      " train_datasets.PipelineOptions(batch_size=2, shard=(0, 1)),"
+      " image_size=16)))\n"
       "print(sorted(m for m in sys.modules if m.split('.')[0] in"
       " ('tensorflow', 'tensorflow_datasets')))\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
@@ -329,7 +334,9 @@ def test_config_pipeline_knobs_reach_the_datasets(monkeypatch):
 
   def recording(fn):
     def wrapped(*args, **kwargs):
-      seen.append(kwargs)
+      opts = next(a for a in args
+                  if isinstance(a, train_datasets.PipelineOptions))
+      seen.append({**vars(opts), **kwargs})
       return fn(*args, **kwargs)
     return wrapped
   for name in ("stage1_dataset", "stage2_dataset"):

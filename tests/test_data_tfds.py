@@ -75,13 +75,14 @@ def test_csv_and_arrayrecord_give_identical_examples(tmp_path, tok):
 
   # Same pipeline output, augmentation included (images come from disk in
   # the ArrayRecord case, lazily per record).
-  kw = dict(batch_size=4, image_size=24, shard=(0, 1), num_epochs=1,
-            tokenizer=tok)
-  for a, b in zip(train_datasets.stage1_dataset(ar_train, **kw),
-                  train_datasets.stage1_dataset(train, **kw)):
+  opts = train_datasets.PipelineOptions(batch_size=4, shard=(0, 1),
+                                        num_epochs=1)
+  kw = dict(image_size=24, tokenizer=tok)
+  for a, b in zip(train_datasets.stage1_dataset(ar_train, opts, **kw),
+                  train_datasets.stage1_dataset(train, opts, **kw)):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  s2 = lambda c, r: list(train_datasets.stage2_dataset(c, r, **kw))
+  s2 = lambda c, r: list(train_datasets.stage2_dataset(c, r, opts, **kw))
   for a, b in zip(s2(ar_train, ar_rel), s2(train, csv_rel)):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -201,14 +201,15 @@ def test_main_data_errors_are_one_line_errors(tmp_path, restore_sigterm):
 
 def test_main_runs_an_eval_config(tmp_path, monkeypatch):
   from dashclip_jax import main  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.evaluation import pipeline as eval_pipeline  # pylint: disable=g-import-not-at-top
   cfg = _config("eval", "synthetic")
   # Without a checkpoint: evaluation.run's own one-line error.
   with pytest.raises(main.one_line_errors(),
                      match="config.checkpoint is empty: set --config"):
     main.run(cfg, str(tmp_path / "no_checkpoint"))
   calls = []
-  monkeypatch.setattr(run_lib, "evaluate", lambda c, w: calls.append((c, w))
+  monkeypatch.setattr(eval_pipeline, "evaluate",
+                      lambda c, w: calls.append((c, w))
                       or {"dashclip": {"ndcg@10": 0.5}})
   out = main.run(cfg, str(tmp_path / "eval"))
   assert calls == [(cfg, str(tmp_path / "eval"))]
@@ -229,6 +230,7 @@ class _Model:
 
 
 def test_eval_errors_are_one_line_errors(tmp_path):
+  from dashclip_jax.evaluation import pipeline as eval_pipeline  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
   errors = run_lib.one_line_errors()
   cfg = _config("eval", "fashion")
@@ -236,28 +238,28 @@ def test_eval_errors_are_one_line_errors(tmp_path):
   models = {"dashclip": _Model()}
   with pytest.raises(errors, match=r"data.path .*no_catalog.* is not a "
                      "directory"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   cfg.baselines = ("bm52",)
   with pytest.raises(errors, match=r"config.baselines: unknown \['bm52'\]"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   cfg.baselines = ("init",)
   with pytest.raises(errors, match="has 'init' but config.init_checkpoint"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   # Model paths are checked before any data is read.
   cfg.init_checkpoint = str(tmp_path / "no_init")
   with pytest.raises(errors, match=r"config.init_checkpoint: .*no_init"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   cfg.baselines = ()
   cfg.checkpoint = str(tmp_path / "no_model")
   with pytest.raises(errors, match=r"config.checkpoint: .*no_model"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"))
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"))
 
 
 def test_search_rejects_missing_and_truncated_exports(tmp_path):
-  from dashclip_jax.evaluation import export as export_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import search  # pylint: disable=g-import-not-at-top
   emb = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
-  good = export_lib.export_embeddings(
+  good = index_lib.export_embeddings(
       str(tmp_path / "good"), [f"p{i}" for i in range(20)],
       [f"title {i}" for i in range(20)], emb, index_kind="flat")
   assert len(search.load_index(good).ids) == 20

@@ -10,6 +10,7 @@ from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import relevance_tables
 from dashclip_jax.evaluation import baselines
 from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import qrels as qrels_lib
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                        "fashion")
@@ -64,7 +65,7 @@ def test_calibration_on_real_catalog():
   rel = relevance_tables.load_relevance(os.path.join(FASHION, "qrels_test.csv"),
                                         cat, max_bad_fraction=0.0)
   assert (len(cat), rel.num_queries) == (1185, 600)
-  labels = metrics.labels_from_relevance(rel)
+  labels = qrels_lib.labels_from_relevance(rel)
   qids, texts = rel.query_ids, rel.queries
   bm25 = metrics.retrieval_metrics(
       metrics.rank_by_score(baselines.bm25_scores(texts, cat.titles)),

@@ -8,6 +8,7 @@ import pytest
 
 from dashclip_jax.evaluation import knn
 from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import qrels as qrels_lib
 
 L2 = math.log2
 
@@ -86,12 +87,12 @@ def test_bad_inputs_have_clear_errors():
   with pytest.raises(ValueError, match="labels must be 0, 1 or 2"):
     metrics.retrieval_metrics(np.array([[0, 1]]), np.array([[2, 3]]), ["q"])
   with pytest.raises(ValueError, match="row 1: product 'p9' of query 'q'"):
-    metrics.labels_from_qrels([("q", "p1", 2), ("q", "p9", 1)], ["q"],
+    qrels_lib.labels_from_qrels([("q", "p1", 2), ("q", "p9", 1)], ["q"],
                               ["p1", "p2"], source="x.csv")
 
 
 def test_labels_from_qrels_unlisted_pairs_are_zero():
-  lab = metrics.labels_from_qrels([("q2", "c", 2), ("q1", "a", 1)],
+  lab = qrels_lib.labels_from_qrels([("q2", "c", 2), ("q1", "a", 1)],
                                   ["q1", "q2"], ["a", "b", "c"])
   np.testing.assert_array_equal(lab, [[1, 0, 0], [0, 0, 2]])
 

@@ -65,9 +65,10 @@ def test_an_image_over_the_limit_is_skipped_counted_and_named(tmp_path,
     (tmp_path / "images" / f"{100 + i}.jpg").write_bytes(_jpeg(*size))
   pixel_limit(500)
   cat = catalog_tables.load_catalog(str(tmp_path / "styles.csv"))
-  it = iter(train_datasets.stage1_dataset(cat, batch_size=5, image_size=8,
-                                          shard=(0, 1), num_epochs=1,
-                                          max_bad_fraction=1.0))
+  it = iter(train_datasets.stage1_dataset(
+      cat, train_datasets.PipelineOptions(batch_size=5, shard=(0, 1),
+                                          num_epochs=1, max_bad_fraction=1.0),
+      image_size=8))
   assert sum(len(b["product_id"]) for b in it) == 5
   products = eval_datasets.eval_products_dataset(cat, batch_size=6,
                                                  image_size=8, shard=(0, 1))

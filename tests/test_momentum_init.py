@@ -20,7 +20,7 @@ from dashclip_jax.model import model_dir as model_dir_lib
 from dashclip_jax.model import tokenizer as tok
 from dashclip_jax.runtime import config_files
 from dashclip_jax.train import state as train_state
-from dashclip_jax.train import steps as train_steps
+from dashclip_jax.train import step_config
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import loop
@@ -177,7 +177,7 @@ def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   model_dir, blip = retrieval_queues
   mc, _, _ = model_dir_lib.load_model_dir(model_dir)
   params = init_checkpoint.load_init_params(model_dir, mc)
-  on = train_steps.StepConfig(momentum=0.995, queue_size=QUEUE)
+  on = step_config.StepConfig(momentum=0.995, queue_size=QUEUE)
   # BLIP_Retrieval names: ptr_queue is the pointer; idx_queue's ids are
   # BLIP's images, never this catalog's products.
   with caplog.at_level("INFO", logger="dashclip_jax"):
@@ -189,7 +189,7 @@ def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   caplog.clear()
   with caplog.at_level("INFO", logger="dashclip_jax"):
     params_m, queue = stage1.momentum_init(
-        model_dir, train_steps.StepConfig(momentum=0.995, queue_size=32),
+        model_dir, step_config.StepConfig(momentum=0.995, queue_size=32),
         params, EMBED)
   assert queue is None and params_m is not None
   lines = [r.getMessage() for r in caplog.records if "queue" in
@@ -197,7 +197,7 @@ def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   assert len(lines) == 1 and "start random" in lines[0] and \
       "loss.queue_size=16 loads them" in lines[0], lines
   # No momentum distillation: nothing is loaded.
-  assert stage1.momentum_init(model_dir, train_steps.StepConfig(), params,
+  assert stage1.momentum_init(model_dir, step_config.StepConfig(), params,
                               EMBED) == (None, None)
 
 

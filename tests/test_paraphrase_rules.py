@@ -64,15 +64,16 @@ def test_paraphrase_relevance_is_every_query_by_every_sampled_product(train):
 def test_paraphrase_stage2_eval_is_what_stage2_scores(train):
   import types  # pylint: disable=g-import-not-at-top
   from dashclip_jax.runtime import config_files  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import eval_inputs  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
   cfg = config_files.load_config("configs/stage2.py", "fashion", {
       "data.path": FASHION}).data
   model_config = types.SimpleNamespace(
       vision=types.SimpleNamespace(image_size=32))
-  data = paraphrases.paraphrase_stage2_eval(
+  data = eval_inputs.paraphrase_stage2_eval(
       cfg, model_config, global_batch=32, max_products=200,
       max_rule_queries=20)
-  assert isinstance(data, inputs.Stage2Eval)
+  assert isinstance(data, eval_inputs.Stage2Eval)
   want = len(queries_lib.PARAPHRASES) + 20
   assert len(data.query_ids) == want and data.labels.has_relevant().all()
   stage2_train = inputs.load_sources(cfg).train_catalog

@@ -22,6 +22,7 @@ from dashclip_jax.data import prepare
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.runtime import config_files
 from dashclip_jax.train import sharding
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
 
@@ -170,7 +171,7 @@ def test_each_shard_reads_its_own_files_and_each_row_once(tables,
   monkeypatch.setattr(prepare, "read_shard", read_shard)
   cfg = data_config(prepared, 2)
   train_batches(cfg, 1)
-  inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
+  eval_inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
   # Shard s opened its files f % 2 == s once: for training and held-out
   # eval alike (nothing read the table whole).
   assert sorted(opened) == [prepare.shard_name(f, NUM_FILES)
@@ -190,9 +191,9 @@ def test_one_process_two_shards_equals_the_whole_table_eval(tables):
   same tables (CSV): same queries, products, labels, metrics."""
   root, prepared = tables
   mesh, (features, ok) = one_device_mesh(), product_table(None)
-  got = inputs.stage2_eval(data_config(prepared, 2), model_config(),
-                           EVAL_BATCH)
-  want = inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
+  got = eval_inputs.stage2_eval(data_config(prepared, 2), model_config(),
+                                EVAL_BATCH)
+  want = eval_inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
   assert got.query_ids == want.query_ids and len(got.query_ids) >= 8
   np.testing.assert_array_equal(got.product_rows, want.product_rows)
   for f in ("indptr", "product", "label"):
@@ -226,8 +227,8 @@ def test_a_relevance_path_naming_a_prepared_table_is_read_by_shard(tables):
   src = inputs.load_sources(cfg)
   assert src.train_relevance is None
   assert src.train_table == str(prepared / "relevance_train")
-  got = inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
-  want = inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
+  got = eval_inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
+  want = eval_inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
   assert got.query_ids == want.query_ids
   np.testing.assert_array_equal(got.labels.product, want.labels.product)
 
@@ -273,7 +274,7 @@ def test_two_processes_read_their_shards_and_match_one_process(tables,
 
   cfg = data_config(prepared, 2)
   want_batches = train_batches(cfg)
-  want = inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
+  want = eval_inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
   want_metrics = heldout_metrics(want, *product_table(None), one_device_mesh())
   for i in range(2):
     out = json.loads((tmp_path / f"p{i}.json").read_text())

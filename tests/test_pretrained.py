@@ -38,13 +38,13 @@ def minilm_init():
 @pytest.fixture(scope="module")
 def hf_tokenizer():
   return transformers.BertTokenizerFast.from_pretrained(
-      baselines.minilm_dir(), local_files_only=True)
+      pretrained.minilm_dir(), local_files_only=True)
 
 
 @pytest.fixture(scope="module")
 def minilm_tensors():
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  return load_file(os.path.join(baselines.minilm_dir(), "model.safetensors"))
+  return load_file(os.path.join(pretrained.minilm_dir(), "model.safetensors"))
 
 
 def _stage2_tiny(**init):

@@ -26,7 +26,7 @@ from PIL import Image
 import dashclip_jax
 import helpers
 import serve_helpers
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
 from dashclip_jax.serving import server as serve
 
 pytest.importorskip("fastapi")
@@ -82,9 +82,9 @@ def catalog(tmp_path_factory):
 def export_dir(encoder, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("export"))
   encoder.encode_products_to_parquet(
-      os.path.join(out, export_lib.part_file(0, 1)), IDS,
+      os.path.join(out, index_lib.part_file(0, 1)), IDS,
       [_image(i) for i in range(len(IDS))], TITLES, categories=CATEGORIES)
-  return export_lib.finish_export(out, 1)
+  return index_lib.finish_export(out, 1)
 
 
 @pytest.fixture(scope="module")

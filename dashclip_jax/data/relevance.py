@@ -217,10 +217,22 @@ def query_shards(query_ids: Sequence[str], num_shards: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+  """Stage 2's P training pairs: rows of `Relevance` kept by a label-1
+  policy (`stage2_pairs`)."""
+  query: np.ndarray  # int32 (P,) index into Relevance.queries
+  product: np.ndarray  # int32 (P,) row in the catalog
+  label: np.ndarray  # int32 (P,) 2 or 1
+  weight: np.ndarray  # float32 (P,) the pair's loss weight
+
+  def __len__(self) -> int:
+    return len(self.query)
+
+
 def stage2_pairs(relevance: Relevance, label1_policy: str,
-                 label1_weight: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """Training pairs under a label-1 policy -> (query, product, label, weight).
+                 label1_weight: float) -> Pairs:
+  """Training pairs under a label-1 policy.
 
   "positive": label 1 and 2 pairs are positives with weight 1.
   "weighted": both are positives; label-1 pairs get weight `label1_weight`.
@@ -241,7 +253,7 @@ def stage2_pairs(relevance: Relevance, label1_policy: str,
   weight = np.ones(len(label), np.float32)
   if label1_policy == "weighted":
     weight[label == 1] = label1_weight
-  return relevance.query[keep], relevance.product[keep], label, weight
+  return Pairs(relevance.query[keep], relevance.product[keep], label, weight)
 
 
 def relevant_table(relevance: Relevance, max_relevant: int

@@ -27,6 +27,7 @@ from PIL import ImageDraw
 from PIL import ImageFont
 
 from dashclip_jax.evaluation import metrics as metrics_lib
+from dashclip_jax.evaluation import qrels as qrels_lib
 from dashclip_jax.runtime import config_files
 
 # query id -> product id -> listed label; one system's ranking: per query,
@@ -197,7 +198,7 @@ def render_html(queries: Sequence[tuple[str, str]],
     head.append(f'<th class="gap"></th><th colspan="{k}">{esc(name)}</th>')
   rows = ["".join(head) + "</tr>"]
   for row, (qid, text) in enumerate(queries):
-    relevant = sum(v == metrics_lib.RELEVANT
+    relevant = sum(v == qrels_lib.RELEVANT
                    for v in qrels.get(qid, {}).values())
     cells = [f'<tr><td class="query"><div class="qid">{esc(qid)}</div>'
              f'<div class="text">{esc(text)}</div><div class="qid">'

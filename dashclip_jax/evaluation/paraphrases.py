@@ -20,9 +20,10 @@ hand-written list with queries written by hand rules -- rewording tables
 (type words, gender and colour phrases, a few sentence patterns) over the
 (type, gender, colour) combinations the TRAIN catalog has -- never by the
 query generator, so the set does not grade the generator's own wording;
-`paraphrase_relevance` is the judged pairs over TRAIN catalog rows and
-`paraphrase_stage2_eval` the `trainers.inputs.Stage2Eval` that stage 2's
-periodic evaluation (`stage2.evaluate`) scores like its held-out queries.
+`paraphrase_relevance` is the judged pairs over TRAIN catalog rows, which
+`trainers.eval_inputs.paraphrase_stage2_eval` turns into the eval set that
+stage 2's periodic evaluation (`stage2.evaluate`) scores like its held-out
+queries.
 """
 
 from __future__ import annotations
@@ -33,15 +34,19 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.evaluation import baselines as baselines_lib
+from dashclip_jax.evaluation import encoders
 from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import paraphrase_labels as labels_lib
 from dashclip_jax.evaluation import paraphrase_queries as queries_lib
+from dashclip_jax import inference
 from dashclip_jax.model import model_dir as model_dir_lib
 
 SYSTEMS = ("dashclip", "minilm", "bm25")
@@ -268,21 +273,6 @@ def paraphrase_relevance(catalog: catalog_lib.Catalog,
       num_products=len(catalog))
 
 
-def paraphrase_stage2_eval(cfg: Any, model_config: Any, global_batch: int,
-                           max_products: int = 2000, seed: int = 0,
-                           max_rule_queries: int = 300):
-  """The hand-written and rule-written paraphrases over stage 2's TRAIN
-  catalog as a `trainers.inputs.Stage2Eval` (what `stage2.evaluate`
-  scores; the held-out set's construction, `inputs.stage2_eval`, over
-  `paraphrase_relevance`'s pairs). `cfg` is stage 2's config.data."""
-  from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
-  catalog = inputs.load_sources(cfg).train_catalog
-  queries = queries_lib.PARAPHRASES + rule_paraphrases(
-      catalog, max_rule_queries, seed=seed)
-  rel = paraphrase_relevance(catalog, queries, max_products, seed)
-  return inputs.stage2_eval_of(rel, catalog, cfg, model_config, global_batch)
-
-
 # -- systems ------------------------------------------------------------------
 
 
@@ -294,14 +284,10 @@ def _scores(system: str, data: ParaphraseEval, model_dir: str,
     return baselines_lib.bm25_scores(data.texts, titles)
   if system == "minilm":
     return baselines_lib.minilm_scores(data.texts, titles, model)
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.evaluation import run as run_lib
   if model is None:
-    import dashclip_jax
-    model = dashclip_jax.load(model_dir, batch_size=batch_size)
-  # pylint: enable=g-import-not-at-top
+    model = inference.load(model_dir, batch_size=batch_size)
   q = np.asarray(model.encode_query(data.texts), np.float32)
-  p = run_lib.encode_products(model, data.products)
+  p = encoders.encode_products(model, data.products)
   return q @ p.T
 
 
@@ -370,7 +356,6 @@ def format_table(results: Mapping[str, Mapping[str, float]],
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     sys.exit(f"paraphrases: error: unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
@@ -387,10 +372,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  # pylint: disable=g-import-not-at-top
-  from absl import app
-  from absl import flags
-  # pylint: enable=g-import-not-at-top
   flags.DEFINE_string("model", "", "Trained model dir or training workdir "
                       "(needed for the dashclip system).")
   flags.DEFINE_string("catalog_dir", os.path.join("..", "shared", "data",

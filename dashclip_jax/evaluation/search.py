@@ -17,7 +17,8 @@ from absl import app as absl_app
 from absl import flags
 
 from dashclip_jax import app
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
+from dashclip_jax import inference
 from dashclip_jax.model import tokenizer
 from dashclip_jax.runtime.config_files import ConfigError
 
@@ -33,7 +34,7 @@ _CHECKPOINT = flags.DEFINE_string(
 
 
 def format_results(queries: Sequence[str],
-                   results: list[list[export_lib.SearchHit]]) -> str:
+                   results: list[list[index_lib.SearchHit]]) -> str:
   lines = []
   for q, hits in zip(queries, results):
     lines.append(f"query: {q}")
@@ -48,13 +49,13 @@ def _reason(error: BaseException) -> str:
                 app.one_line(str(error)))
 
 
-def load_index(export_dir: str) -> export_lib.ExportedIndex:
+def load_index(export_dir: str) -> index_lib.ExportedIndex:
   """The export in `export_dir`; ConfigError if it is missing or unreadable."""
   if not os.path.isdir(export_dir):
     raise ConfigError(f"--export_dir={export_dir}: no such "
                       "directory")
   try:
-    return export_lib.ExportedIndex(export_dir)
+    return index_lib.ExportedIndex(export_dir)
   except FileNotFoundError as e:
     raise ConfigError(f"--export_dir: {_reason(e)}") from None
   except (RuntimeError, OSError, ValueError) as e:
@@ -81,8 +82,7 @@ def main(argv) -> None:
           f"{_EXPORT_DIR.value}/manifest.json names no checkpoint; pass "
           "--checkpoint")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import dashclip_jax  # pylint: disable=g-import-not-at-top
-    encoder = dashclip_jax.load(checkpoint)
+    encoder = inference.load(checkpoint)
     try:
       encoder.attach_index(index)
     except ValueError as e:  # The export's dim is not the model's.

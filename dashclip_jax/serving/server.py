@@ -7,7 +7,7 @@ HTTP (FastAPI + uvicorn).
 
 DIR is any model directory `dashclip_jax.load` takes (a training workdir
 means its latest model). EXPORT_DIR is an embedding export of the catalog
-(`evaluation/export.py`), made with this model. CATALOG_DIR holds the
+(`dashclip_jax/index.py`), made with this model. CATALOG_DIR holds the
 product images (`images/{id}.jpg`, --image_template): /search links them
 and /v1/products/embeddings reads image paths under it, nowhere else.
 

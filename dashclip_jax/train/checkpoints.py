@@ -32,7 +32,6 @@ job writes a workdir at a time (workdir_lock.py), so none is in use.
 
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import logging
@@ -50,6 +49,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 from etils import epath
 from jax.experimental import multihost_utils
 
+from dashclip_jax.train import checkpoint_failures as failures
+
 log = logging.getLogger("dashclip_jax.train.checkpoints")
 
 # What a training run writes into its workdir (set aside on a restart).
@@ -66,55 +67,6 @@ class StateMismatchError(ValueError):
 
 class DiskFullError(RuntimeError):
   """A save that ran out of disk; the message names where and how much."""
-
-
-def _chain(error: BaseException | None) -> list[BaseException]:
-  out = []
-  while error is not None and error not in out:
-    out.append(error)
-    error = error.__cause__ or error.__context__
-  return out
-
-
-# TensorStore reports ENOSPC as text: 'RESOURCE_EXHAUSTED: Error writing
-# ...: No space left on device [os_error_code='28']'. RESOURCE_EXHAUSTED
-# alone is no sign: XLA's out-of-memory says it too.
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded")
-
-
-def is_disk_full(error: BaseException | None) -> bool:
-  """ENOSPC/EDQUOT anywhere in the chain, or TensorStore's text for it."""
-  for e in _chain(error):
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-      return True
-    if any(t in str(e) for t in _DISK_FULL_TEXT):
-      return True
-  return False
-
-
-def _size(path: str) -> int:
-  """Bytes of the files under `path`."""
-  return sum(os.path.getsize(os.path.join(d, f))
-             for d, _, files in os.walk(path) for f in files)
-
-
-def _mb(n: int) -> str:
-  return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 2**10:,.0f} KB"
-
-
-class _DropDiskFullTracebacks(logging.Filter):
-  """Orbax's writer threads log each failed write of a full disk with its
-  traceback (hundreds of lines); DiskFullError says it once."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if f"{os.sep}orbax{os.sep}" not in record.pathname:
-      return True
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (is_disk_full(exc) or is_disk_full(
-        RuntimeError(record.getMessage())))
-
-
-_DISK_FULL_FILTER = _DropDiskFullTracebacks()
 
 
 def flatten_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -141,97 +93,12 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
                    for k in keys)
 
 
-def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(
-      k, "idx", k)))) for k in path)
-
-
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  """{"params/img/...": shape} of a state or of its Orbax tree metadata."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_path_name(p): tuple(x.shape) for p, x in leaves}
-
-
-def _shape_mismatch(saved: dict[str, tuple], here: dict[str, tuple]) -> str:
-  """What differs between two {path: shape} maps, briefly ("" if nothing)."""
-  def tops(paths):
-    return ", ".join(sorted({p.split("/")[0] for p in paths}))
-  only_here = [p for p in here if p not in saved]
-  only_saved = [p for p in saved if p not in here]
-  reshaped = sorted(p for p in here if p in saved and here[p] != saved[p])
-  parts = []
-  if only_here:
-    parts.append(f"{tops(only_here)}: {len(only_here)} arrays only in this "
-                 "config")
-  if only_saved:
-    parts.append(f"{tops(only_saved)}: {len(only_saved)} arrays only in the "
-                 "checkpoint")
-  if reshaped:
-    p = reshaped[0]
-    more = f" (+{len(reshaped) - 1} more)" if len(reshaped) > 1 else ""
-    parts.append(f"{p} {saved[p]} in the checkpoint, {here[p]} here{more}")
-  return "; ".join(parts)
-
-
 def _primary_then_sync(fn, name: str):
   """Runs `fn` on process 0 only; every process returns once it is done."""
   out = fn() if jax.process_index() == 0 else None
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
   return out
-
-
-def _through_orbax(tb) -> bool:
-  while tb is not None:
-    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
-      return True
-    tb = tb.tb_next
-  return False
-
-
-def _from_orbax_read(unraisable) -> bool:
-  """Whether an unraisable report is an aborted Orbax read of a restore."""
-  exc = unraisable.exc_value
-  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-    return True
-  return _through_orbax(unraisable.exc_traceback)
-
-
-class _DropOrbaxReads(logging.Filter):
-  """asyncio's "exception was never retrieved" records of aborted reads."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (exc is not None and _through_orbax(exc.__traceback__))
-
-
-_ASYNCIO_FILTER = _DropOrbaxReads()
-
-
-def _quiet_aborted_reads():
-  """Drops the reports of a failed restore's aborted reads; -> the previous
-  sys.unraisablehook (put it back if the restore worked).
-
-  Orbax stops its event loop at the first error; each read still in flight
-  then reports (to the closed loop, or as its own failed coroutine) as a
-  traceback, hundreds for a train state, through sys.unraisablehook during
-  and after the restore. The warning that the checkpoint is unreadable
-  already says what failed; every other report is kept.
-  """
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not _from_orbax_read(unraisable):
-      previous(unraisable)
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(_ASYNCIO_FILTER)  # Idempotent.
-  return previous
-
-
-def _first_line(error: BaseException) -> str:
-  """An Orbax read error without its TensorStore spec dump, briefly."""
-  text = (str(error).splitlines() or [""])[0]
-  return text.split(" See full TensorStore details")[0][:200]
 
 
 def _unused_name(path: str) -> str:
@@ -271,7 +138,8 @@ class TrainCheckpoints:
     resume can name the values that changed since."""
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self._clear_partial_saves()
-    logging.getLogger("absl").addFilter(_DISK_FULL_FILTER)  # Idempotent.
+    # Idempotent.
+    logging.getLogger("absl").addFilter(failures.DISK_FULL_FILTER)
     self._state_bytes = 0
     self.config = None if config is None else flatten_config(config)
     self.keep = keep
@@ -306,8 +174,8 @@ class TrainCheckpoints:
     """The one-line error of a save that ran out of disk."""
     done = [s for s in self.steps()
             if os.path.isdir(os.path.join(self.directory, str(s)))]
-    need = (_size(os.path.join(self.directory, str(done[-1]))) if done
-            else self._state_bytes)
+    need = (failures.dir_size(os.path.join(self.directory, str(done[-1])))
+            if done else self._state_bytes)
     try:
       free = shutil.disk_usage(self.directory).free
     except OSError:
@@ -315,16 +183,16 @@ class TrainCheckpoints:
     kept = f"; step {done[-1]} is the last good one" if done else ""
     return DiskFullError(
         f"the disk is full: saving a checkpoint in {self.directory} failed "
-        f"with {_mb(free)} free there, and a checkpoint takes about "
-        f"{_mb(need)} (free at least that, or use another --workdir; the "
-        f"partial save is removed on the next start{kept})")
+        f"with {failures.mb(free)} free there, and a checkpoint takes about "
+        f"{failures.mb(need)} (free at least that, or use another "
+        f"--workdir; the partial save is removed on the next start{kept})")
 
   def _through_orbax_calls(self, fn, *args, **kwargs):
     """fn(...), a full disk raised as DiskFullError."""
     try:
       return fn(*args, **kwargs)
     except Exception as e:  # pylint: disable=broad-except
-      if is_disk_full(e):
+      if failures.is_disk_full(e):
         raise self._disk_full() from None
       raise
 
@@ -402,10 +270,11 @@ class TrainCheckpoints:
     try:
       for s in candidates:
         saved = self._saved_shapes(s)
-        mismatch = saved and _shape_mismatch(saved, _shapes(abstract))
+        mismatch = saved and failures.shape_mismatch(
+            saved, failures.shapes(abstract))
         if mismatch:
           raise StateMismatchError(self._mismatch_message(s, mismatch))
-        hook = _quiet_aborted_reads()
+        hook = failures.quiet_aborted_reads()
         try:
           out = self._mngr.restore(s, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract),
@@ -414,12 +283,12 @@ class TrainCheckpoints:
           # Shapes fit (or are unreadable), so this is damage, not config.
           log.warning("checkpoint %s/%d is unreadable (%s: %s); trying the "
                       "previous one", self.directory, s, type(e).__name__,
-                      _first_line(e))
+                      failures.first_line(e))
           damaged.append(s)
           continue
         if not damaged:  # No read was aborted: nothing to quiet.
           sys.unraisablehook = hook
-          logging.getLogger("asyncio").removeFilter(_ASYNCIO_FILTER)
+          logging.getLogger("asyncio").removeFilter(failures.ASYNCIO_FILTER)
         meta = dict(out["meta"] or {})
         self._log_config_changes(s, meta.get("config"))
         return out["state"], dict(out["data"] or {}), meta
@@ -439,7 +308,7 @@ class TrainCheckpoints:
       # A handler of its own: given to the manager (item_handlers), one
       # breaks the manager's later saves once a restore has failed.
       meta = ocp.StandardCheckpointHandler().metadata(path)
-      return _shapes(getattr(meta, "tree", meta)) or None
+      return failures.shapes(getattr(meta, "tree", meta)) or None
     except Exception:  # pylint: disable=broad-except
       return None  # Damaged metadata: the restore below says more.
 

@@ -32,6 +32,7 @@ class MetricWriter:
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     if tensorboard:
       try:
+        # Only when events are asked for: a heavy import (protobuf, seconds).
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       except ImportError:

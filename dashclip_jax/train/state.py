@@ -3,12 +3,14 @@
 `init_state` builds a `TrainState` whose every leaf already lives where the
 step wants it (params from their logical axes, optimizer moments and
 momentum copies like their params, counts and queues replicated);
-`jit_step` then compiles a step (`train_steps.make_stage1/2_step`) with
-exactly that layout pinned in and out and the state donated, so the layout
-never drifts between steps and one executable serves the whole run.
+`init_param_state` does the same for the plain trainers' `ParamState`
+(teacher, GPT fine-tune, click model). `jit_step` then compiles any of
+their steps with exactly that layout pinned in and out and the state
+donated, so the layout never drifts between steps and one executable serves
+the whole run.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax
 import jax
@@ -19,9 +21,8 @@ from jax.sharding import Mesh
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib
 from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import step_config
 
-if TYPE_CHECKING:  # train_steps builds on this module.
-  from dashclip_jax.train import steps as train_steps
 
 Array = jax.Array
 
@@ -40,7 +41,7 @@ class TrainState:
 
 
 def init_state(model_config: model_lib.ModelConfig,
-               cfg: "train_steps.StepConfig",
+               cfg: step_config.StepConfig,
                tx: optax.GradientTransformation, rng: Array,
                mesh: Mesh | None = None, rules=shard_lib.DEFAULT_RULES,
                params: Any = None, params_m: Any = None,
@@ -107,18 +108,53 @@ def state_shardings(state: TrainState) -> Any:
   return jax.tree.map(lambda x: x.sharding, state)
 
 
-def jit_step(step_fn, state: TrainState, batch: dict[str, Array], mesh: Mesh,
-             compiler_options: dict[str, Any] | None = None):
-  """jax.jit with explicit in/out shardings and the state donated.
+@flax.struct.dataclass
+class ParamState:
+  """The state of the plain trainers (teacher, GPT fine-tune, click model):
+  a step count, the tree the optimizer moves and its optimizer state."""
+  step: Array  # () int32
+  params: Any  # The params, or under LoRA the LoRA tree.
+  opt_state: Any
 
-  `state`/`batch` are examples (concrete arrays) fixing the layout; metrics
-  come back replicated. `compiler_options` go to XLA (the tests use
-  {"xla_backend_optimization_level": 0} to halve CPU compile time).
+
+def init_param_state(params: Any, param_sh: Any,
+                     tx: optax.GradientTransformation, mesh: Mesh
+                     ) -> tuple[ParamState, ParamState]:
+  """-> (a ParamState born sharded on `mesh`, its shardings).
+
+  `params` go to `param_sh`; the optimizer's moments take their param's
+  sharding (`sharding.optimizer_shardings`), counts and the step are
+  replicated.
   """
-  st_sh = state_shardings(state)
+  params = jax.device_put(params, param_sh)
+  opt_sh = shard_lib.optimizer_shardings(
+      tx, jax.eval_shape(tx.init, params), param_sh, mesh)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   rep = shard_lib.replicated(mesh)
-  return jax.jit(step_fn,
-                 in_shardings=(st_sh, shard_lib.batch_shardings(batch, mesh),
-                               rep),
-                 out_shardings=(st_sh, rep), donate_argnums=(0,),
-                 compiler_options=compiler_options)
+  state = ParamState(jax.device_put(jnp.zeros((), jnp.int32), rep), params,
+                     opt_state)
+  return state, ParamState(rep, param_sh, opt_sh)
+
+
+# XLA opt level 0: compiles about twice as fast on CPU and runs slower; for
+# CI-scale runs (`train.fast_compile` and the trainers' settings).
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def jit_step(step_fn, state_sh: Any, batch: dict[str, Any], mesh: Mesh, *,
+             extra_sh: Any = None, fast_compile: bool = False):
+  """jax.jit of `step_fn(state, batch, extra) -> (state, metrics)` with
+  every layout pinned, so it never drifts between steps.
+
+  The state stays on `state_sh` in and out and is donated; `batch` (an
+  example, concrete or abstract) is split over the mesh's batch axes;
+  `extra` (the step's rng, frozen tables or frozen params) lies on
+  `extra_sh`, replicated by default; the metrics come back replicated.
+  """
+  rep = shard_lib.replicated(mesh)
+  return jax.jit(
+      step_fn,
+      in_shardings=(state_sh, shard_lib.batch_shardings(batch, mesh),
+                    rep if extra_sh is None else extra_sh),
+      out_shardings=(state_sh, rep), donate_argnums=(0,),
+      compiler_options=FAST_COMPILE_OPTIONS if fast_compile else None)

@@ -7,30 +7,14 @@ state donated (`train_state.init_state` builds the state). Losses are
 computed on the *global* batch (see losses/), so any mesh shape gives the
 same loss and the same update.
 
-Batches (global arrays, batch dim first, sharded over ("data", "fsdp")):
-  stage 1:
-    image       float32 (B, S, S, 3) normalised NHWC pixels
-    ids, mask   int32 (B, L) caption/title tokens ([CLS] first), mask 1/0
-    product_id  int32 (B,) instance ids: equal ids are all ITC positives and
-                never ITM hard negatives of each other
-    valid       optional bool (B,): False rows (padding of a ragged last
-                batch) are ignored by every loss and are not enqueued
-  stage 2:
-    query_ids, query_mask          int32 (B, Lq) the positive query of row i
-    image                          float32 (B, S, S, 3) product image
-    title_ids, title_mask          int32 (B, Lt) product title
-    product_id                     int32 (B,)
-    neg_query_ids, neg_query_mask  optional int32 (B, N, Lq) mined negatives
-    neg_valid                      optional bool (B, N)
-    relevant_product_ids           optional int32 (B, R), -1 padded: products
-                                   known relevant to query i (false negatives)
-    label_weight                   optional float32 (B,) pair weights (from
-                                   the data pipeline's label-1 policy)
-    label                          optional int32 (B,) graded label (2/1);
-                                   used instead of label_weight only when
-                                   `StepConfig.label_policy` is set
-  Extra keys (category, query_index, ...) are carried and ignored. Names and
-  shapes match `dashclip_jax.data` (train_datasets.stage1/2_dataset).
+Batches are the data pipelines' (their keys and shapes are documented once,
+in `dashclip_jax/data/__init__.py`), as global arrays sharded over ("data",
+"fsdp"). What the steps read beyond them: stage 1's optional `valid` bool
+(B,) (False rows, padding of a ragged last batch, are ignored by every loss
+and not enqueued); stage 2's optional `product_features` float32 (B, D)
+(the frozen tower's cached features, below), its `label_weight` pair
+weights, or its graded `label` when `StepConfig.label_policy` is set.
+Other keys are carried and ignored.
 
 Gradient accumulation (`accum_steps = k > 1`) is GradCache-style
 (grad_cache.py), so the contrastive terms still see the whole batch; ITM's
@@ -43,22 +27,21 @@ local one); negatives are sampled from online-vs-online similarities with
 every same-product pair masked (BLIP's retrieval variant), by
 `jax.random.categorical`, so the draw depends on the rng only, not on the
 mesh. The momentum update runs before the momentum forward, as in BLIP.
-Unused towers should be frozen in the optimizer: `STAGE1_LR_MULTS` (query
-tower in stage 1) and `STAGE2_FROZEN_TOWER` (product tower in stage 2); the
-trainers take these rules from the configs' `optim.lr_mults`, which any run
-can override.
+Unused towers should be frozen in the optimizer (the query tower in stage 1,
+the product tower body in stage 2): the configs' `optim.lr_mults` are the
+only freeze rules, and any run can override them.
 
 Stage 2's product side: the product tower body (ViT + image-grounded text
-encoder, `PRODUCT_TOWER_BODY_REGEX`) is either trained (`train_product_tower`)
-or frozen. Frozen, it runs in eval mode (no dropout, whatever
-`deterministic` says; the data side uses the eval image transform), so its
-pooled features are a function of the params alone; the trainer then computes
-them once per run as a table and feeds them as `product_features` (B, D),
-and the step runs only the query tower and `product_proj`. `product_proj`
-always gets gradients; `optim.lr_mults` decides whether it moves.
+encoder, `step_config.PRODUCT_TOWER_BODY_REGEX`) is either trained
+(`train_product_tower`) or frozen. Frozen, it runs in eval mode (no dropout,
+whatever `deterministic` says; the data side uses the eval image transform),
+so its pooled features are a function of the params alone; the trainer then
+computes them once per run as a table and feeds them as `product_features`
+(B, D), and the step runs only the query tower and `product_proj`.
+`product_proj` always gets gradients; `optim.lr_mults` decides whether it
+moves.
 """
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -73,53 +56,11 @@ from dashclip_jax.train import grad_cache
 from dashclip_jax.train import itm_pairs
 from dashclip_jax.train import sharding as shard_lib
 from dashclip_jax.train import state as state_lib
+from dashclip_jax.train import step_config
 
 Array = jax.Array
 Batch = dict[str, Array]
 Metrics = dict[str, Array]
-
-# Everything the stage-2 product tower (and stage-1 heads) consists of:
-# freeze it in stage 2 with `optim.OptimConfig(lr_mults=STAGE2_FROZEN_TOWER)`.
-PRODUCT_TOWER_REGEX = r"(img|txt|product_proj|vision_proj|text_proj|itm_head)/.*"
-STAGE2_FROZEN_TOWER = ((PRODUCT_TOWER_REGEX, 0.0), (".*", 1.0))
-# The product tower without its projection: what stage 2 may cache.
-PRODUCT_TOWER_BODY_REGEX = r"(img|txt)/.*"
-# Stage 2's default (configs/stage2.py): the tower body and the stage-1
-# heads frozen, `product_proj` trained with the query tower. A random
-# `product_proj` that never trains makes the product embedding a random
-# projection of the [ENC]/mean state.
-STAGE2_TRAIN_PRODUCT_PROJ = ((r"(img|txt|vision_proj|text_proj|itm_head)/.*",
-                              0.0), (".*", 1.0))
-# Stage 1 never uses the query tower or product_proj: freeze them, else
-# AdamW's weight decay alone would shrink a pretrained query tower (and
-# their optimizer state would cost memory and time for nothing).
-STAGE1_LR_MULTS = ((r"(query|query_proj|product_proj)/.*", 0.0), (".*", 1.0))
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  """Loss and step options (the model's dtype/remat live in ModelConfig)."""
-  accum_steps: int = 1
-  deterministic: bool = False  # True: dropout off (tests, parity).
-  # Stage 1.
-  itc_weight: float = 1.0
-  itm_weight: float = 1.0
-  momentum: float | None = None  # e.g. 0.995 enables BLIP distillation.
-  queue_size: int = 0  # Only with momentum; 0 = in-batch momentum targets.
-  alpha: float = 0.4
-  alpha_ramp_steps: int = 0  # BLIP: 1-2 epochs of steps.
-  # Stage 2. False: the product tower body is frozen and runs in eval mode.
-  train_product_tower: bool = False
-  # None: pair weights come from the batch's `label_weight` (the data
-  # pipeline's `label1_policy`, default "weighted" 0.5, one source of truth).
-  # Set to "positive"/"weighted"/"exclude" to recompute them from `label`;
-  # "exclude" then masks label-1 rows out entirely (not even negatives),
-  # the pipeline's meaning (see losses.LABEL_POLICIES).
-  label_policy: str | None = None
-  partial_weight: float = losses.DEFAULT_PARTIAL_WEIGHT
-  symmetric: bool = False
-  hard_k: int | None = None
-
 
 def _apply_update(tx: optax.GradientTransformation,
                   state: state_lib.TrainState,
@@ -157,29 +98,35 @@ def _constrain_batch(tree: Any, mesh: Mesh | None) -> Any:
 # ---------------------------------------------------------------------------
 
 
+def _itm_score(model: model_lib.DashClip, det: bool, params: Any, ids: Array,
+               mask: Array, tokens: Array, rng: Array) -> Array:
+  """ITM logits float32 (P, 2) of pairs (text ids/mask, image tokens)."""
+  return model.apply({"params": params}, ids, mask, tokens, det,
+                     method=model_lib.DashClip.itm_logits,
+                     rngs={"dropout": rng})[0]
+
+
+def _itm_sums(score, chunk: Batch, rng: Array) -> Array:
+  """(weighted NLL sum, weighted hit sum) over a chunk of images."""
+  logits, w = itm_pairs.pair_logits(chunk, score, rng)
+  l, mets = losses.itm_loss(logits, w)  # Weighted means; sums below.
+  w_sum = jnp.sum(w)
+  return jnp.stack([l * w_sum, mets["itm_acc"] * w_sum])
+
+
 def _itm_loss(model: model_lib.DashClip, det: bool, params: Any,
               pairs: Batch, rng: Array, k: int) -> tuple[Array, Metrics]:
   """Weighted mean ITM loss and accuracy over all pairs, in k chunks."""
-  def score(ids, mask, tokens, r):
-    return model.apply({"params": params}, ids, mask, tokens, det,
-                       method=model_lib.DashClip.itm_logits,
-                       rngs={"dropout": r})[0]
-
-  def sums(chunk, r):
-    """(weighted NLL sum, weighted hit sum) over a chunk of images."""
-    logits, w = itm_pairs.pair_logits(chunk, score, r)
-    l, mets = losses.itm_loss(logits, w)  # Weighted means; sums below.
-    w_sum = jnp.sum(w)
-    return jnp.stack([l * w_sum, mets["itm_acc"] * w_sum])
-
+  sums = functools.partial(
+      _itm_sums, functools.partial(_itm_score, model, det, params))
   total = grad_cache.chunked_sum(sums, pairs, rng, k)
   w_total = jnp.maximum(jnp.sum(pairs["w"]), 1e-12)
   loss = total[0] / w_total
   return loss, {"itm_loss": loss, "itm_acc": total[1] / w_total}
 
 
-def _stage1_loss(model: model_lib.DashClip, cfg: StepConfig, batch: Batch,
-                 valid: Array | None, distill: dict[str, Any],
+def _stage1_loss(model: model_lib.DashClip, cfg: step_config.StepConfig,
+                 batch: Batch, valid: Array | None, distill: dict[str, Any],
                  rngs: tuple[Array, Array], params: Any, reps: Batch
                  ) -> tuple[Array, Metrics]:
   """ITC + ITM of the full batch's reps; `distill`: itc_loss' momentum
@@ -202,38 +149,47 @@ def _stage1_loss(model: model_lib.DashClip, cfg: StepConfig, batch: Batch,
   return loss, {**mets, **itm_mets, "loss": loss}
 
 
-def _encode_stage1(model: model_lib.DashClip, det: bool, mesh: Mesh | None,
-                   params: Any, mb: Batch, rng: Array) -> Batch:
-  """Per-example reps with grad: image/text embeddings and image tokens."""
+def _image_text(model: model_lib.DashClip, det: bool, params: Any, mb: Batch,
+                rng: Array) -> tuple[Array, dict[str, Array], Array]:
+  """(image embeddings, the image tower's aux, text embeddings) of a
+  microbatch."""
   m = model_lib.DashClip
-  mb = _constrain_batch(mb, mesh)
   img, aux = model.apply({"params": params}, mb["image"],
                          method=m.encode_image)
   txt, _ = model.apply({"params": params}, mb["ids"], mb["mask"], det,
                        method=m.encode_text, rngs={"dropout": rng})
+  return img, aux, txt
+
+
+def _encode_stage1(model: model_lib.DashClip, det: bool, mesh: Mesh | None,
+                   params: Any, mb: Batch, rng: Array) -> Batch:
+  """Per-example reps with grad: image/text embeddings and image tokens."""
+  img, aux, txt = _image_text(model, det, params, _constrain_batch(mb, mesh),
+                              rng)
   return _constrain_batch({"img": img, "txt": txt, "tokens": aux["tokens"]},
                           mesh)
 
 
-def _momentum_targets(model: model_lib.DashClip, cfg: StepConfig,
-                      mesh: Mesh | None, state: state_lib.TrainState,
-                      batch: Batch, rng: Array) -> tuple[Any, dict[str, Any]]:
+def _encode_momentum(model: model_lib.DashClip, det: bool, mesh: Mesh | None,
+                     variables: Any, mb: Batch, rng: Array
+                     ) -> tuple[Array, Array]:
+  """The momentum encoders' image and text embeddings (no grad)."""
+  img, _, txt = _image_text(model, det, variables,
+                            _constrain_batch(mb, mesh), rng)
+  return jax.lax.stop_gradient(img), jax.lax.stop_gradient(txt)
+
+
+def _momentum_targets(model: model_lib.DashClip,
+                      cfg: step_config.StepConfig, mesh: Mesh | None,
+                      state: state_lib.TrainState, batch: Batch, rng: Array
+                      ) -> tuple[Any, dict[str, Any]]:
   """BLIP's order: EMA update of the momentum encoders, then their features
   (no grad; dropout on unless deterministic) -> (params_m, itc_loss kwargs)."""
-  m = model_lib.DashClip
-  det = cfg.deterministic
   params_m = losses.ema_update(
       state.params_m, {n: state.params[n] for n in state_lib.MOMENTUM_MODULES},
       cfg.momentum)
-
-  def encode(mb, r):
-    v = {**params_m, "temp": state.params["temp"]}
-    mb = _constrain_batch(mb, mesh)
-    img, _ = model.apply({"params": v}, mb["image"], method=m.encode_image)
-    txt, _ = model.apply({"params": v}, mb["ids"], mb["mask"], det,
-                         method=m.encode_text, rngs={"dropout": r})
-    return jax.lax.stop_gradient(img), jax.lax.stop_gradient(txt)
-
+  encode = functools.partial(_encode_momentum, model, cfg.deterministic, mesh,
+                             {**params_m, "temp": state.params["temp"]})
   img_m, txt_m = grad_cache.map_microbatches(encode, batch, rng,
                                              cfg.accum_steps)
   distill = dict(img_m=img_m, txt_m=txt_m, alpha=losses.alpha_ramp(
@@ -253,37 +209,41 @@ def _enqueue(queue: dict[str, Array], img_m: Array, txt_m: Array, ids: Array,
   return {"img": q_img, "txt": q_txt, "ids": q_ids, "ptr": ptr}
 
 
-def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
+def _stage1_step(model: model_lib.DashClip, cfg: step_config.StepConfig,
+                 tx: optax.GradientTransformation, mesh: Mesh | None,
+                 state: state_lib.TrainState, batch: Batch, rng: Array
+                 ) -> tuple[state_lib.TrainState, Metrics]:
+  """One stage-1 step (ITC + ITM, optional momentum distillation)."""
+  valid = batch.get("valid")
+  if valid is not None:
+    valid = valid.astype(bool)  # The eval pipelines use int32 0/1.
+  r_enc, r_neg, r_itm, r_m = jax.random.split(rng, 4)
+  params_m = queue = None
+  distill = {}
+  if cfg.momentum is not None:
+    params_m, distill = _momentum_targets(model, cfg, mesh, state, batch,
+                                          r_m)
+  encode = functools.partial(_encode_stage1, model, cfg.deterministic, mesh)
+  loss_on_reps = functools.partial(_stage1_loss, model, cfg, batch, valid,
+                                   distill, (r_neg, r_itm))
+  (_, mets), grads = grad_cache.value_and_grad(
+      encode, loss_on_reps, state.params, batch, r_enc, cfg.accum_steps)
+  params, opt_state, gnorm = _apply_update(tx, state, grads)
+  if cfg.momentum is not None and state.queue is not None:
+    queue = _enqueue(state.queue, distill["img_m"], distill["txt_m"],
+                     batch["product_id"], valid)
+  new = state.replace(step=state.step + 1, params=params,
+                      opt_state=opt_state, params_m=params_m, queue=queue)
+  return new, {**mets, "grad_norm": gnorm}
+
+
+def make_stage1_step(model_config: model_lib.ModelConfig,
+                     cfg: step_config.StepConfig,
                      tx: optax.GradientTransformation,
                      mesh: Mesh | None = None):
   """Builds `stage1_step(state, batch, rng) -> (state, metrics)` (unjitted)."""
-  model = model_lib.DashClip(model_config)
-  encode = functools.partial(_encode_stage1, model, cfg.deterministic, mesh)
-
-  def step(state: state_lib.TrainState, batch: Batch, rng: Array
-           ) -> tuple[state_lib.TrainState, Metrics]:
-    valid = batch.get("valid")
-    if valid is not None:
-      valid = valid.astype(bool)  # The eval pipelines use int32 0/1.
-    r_enc, r_neg, r_itm, r_m = jax.random.split(rng, 4)
-    params_m = queue = None
-    distill = {}
-    if cfg.momentum is not None:
-      params_m, distill = _momentum_targets(model, cfg, mesh, state, batch,
-                                            r_m)
-    loss_on_reps = functools.partial(_stage1_loss, model, cfg, batch, valid,
-                                     distill, (r_neg, r_itm))
-    (_, mets), grads = grad_cache.value_and_grad(
-        encode, loss_on_reps, state.params, batch, r_enc, cfg.accum_steps)
-    params, opt_state, gnorm = _apply_update(tx, state, grads)
-    if cfg.momentum is not None and state.queue is not None:
-      queue = _enqueue(state.queue, distill["img_m"], distill["txt_m"],
-                       batch["product_id"], valid)
-    new = state.replace(step=state.step + 1, params=params,
-                        opt_state=opt_state, params_m=params_m, queue=queue)
-    return new, {**mets, "grad_norm": gnorm}
-
-  return step
+  return functools.partial(_stage1_step, model_lib.DashClip(model_config), cfg,
+                           tx, mesh)
 
 
 # ---------------------------------------------------------------------------
@@ -291,7 +251,111 @@ def make_stage1_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
 # ---------------------------------------------------------------------------
 
 
-def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
+def _encode_queries(model: model_lib.DashClip, det: bool, mesh: Mesh | None,
+                    params: Any, mb: Batch, rng: Array) -> Batch:
+  """The query tower's embeddings of the positive queries (B, E) and of
+  the mined negatives (B, N, E) if the batch has any."""
+  m = model_lib.DashClip
+  _, r_q, r_n = jax.random.split(rng, 3)
+  mb = _constrain_batch(mb, mesh)
+  qry, _ = model.apply({"params": params}, mb["query_ids"],
+                       mb["query_mask"], det, method=m.encode_query,
+                       rngs={"dropout": r_q})
+  reps = {"query": qry}
+  # data.num_negatives=0 still ships (B, 0, Lq) arrays: nothing to encode.
+  if "neg_query_ids" in mb and mb["neg_query_ids"].shape[1]:
+    bb, n, lq = mb["neg_query_ids"].shape
+    neg, _ = model.apply(
+        {"params": params}, mb["neg_query_ids"].reshape(bb * n, lq),
+        mb["neg_query_mask"].reshape(bb * n, lq), det,
+        method=m.encode_query, rngs={"dropout": r_n})
+    reps["neg"] = neg.reshape(bb, n, -1)
+  return _constrain_batch(reps, mesh)
+
+
+def _encode_stage2(model: model_lib.DashClip, cfg: step_config.StepConfig,
+                   mesh: Mesh | None, params: Any, mb: Batch, rng: Array
+                   ) -> Batch:
+  """Per-example reps with grad: the queries, and the product features
+  when the tower trains."""
+  reps = _encode_queries(model, cfg.deterministic, mesh, params, mb, rng)
+  if cfg.train_product_tower:
+    reps["product_features"] = _product_features(model, cfg, mesh, params,
+                                                 mb, rng)
+  return reps
+
+
+def _frozen_features(model: model_lib.DashClip, cfg: step_config.StepConfig,
+                     mesh: Mesh | None, params: Any, batch: Batch, rng: Array
+                     ) -> Array:
+  """The frozen tower's features: from the batch's cached table rows, else
+  computed once without grad (never recomputed by the GradCache VJP)."""
+  if "product_features" in batch:
+    return batch["product_features"].astype(jnp.float32)
+  features = functools.partial(_product_features, model, cfg, mesh,
+                               jax.lax.stop_gradient(params))
+  return grad_cache.map_microbatches(features, batch, rng, cfg.accum_steps)
+
+
+def _pair_weights(cfg: step_config.StepConfig, batch: Batch
+                  ) -> tuple[Array | None, Array | None]:
+  """-> (pair weights float32 (B,), valid bool (B,)): the batch's
+  `label_weight`, or under `label_policy` recomputed from its `label`."""
+  if cfg.label_policy is None:
+    # Every row a training pair (the pipelines drop remainders).
+    return batch.get("label_weight"), None
+  if "label" not in batch:
+    raise KeyError("stage2: StepConfig.label_policy is set but the batch "
+                   f"has no 'label' (keys: {sorted(batch)}).")
+  weights = losses.label_weights(batch["label"], cfg.label_policy,
+                                 cfg.partial_weight)
+  # Pairs the policy excludes are no training pairs, not even negatives:
+  # the batch the pipeline's label1_policy would have built without them.
+  return weights, losses.label_valid(batch["label"], cfg.label_policy)
+
+
+def _stage2_loss(model: model_lib.DashClip, cfg: step_config.StepConfig,
+                 batch: Batch, weights: Array | None, valid: Array | None,
+                 features: Array | None, params: Any, reps: Batch
+                 ) -> tuple[Array, Metrics]:
+  """QCC of the full batch's reps; `features` the frozen tower's (None
+  when the tower trains: then they are among the reps)."""
+  feats = reps["product_features"] if cfg.train_product_tower else features
+  # product_proj runs here, with grad, on the full batch.
+  prod = model.apply({"params": params}, feats,
+                     method=model_lib.DashClip.project_product)
+  loss, mets = losses.qcc_loss(
+      prod, reps["query"], params["temp"], batch["product_id"],
+      neg_query=reps.get("neg"), neg_valid=batch.get("neg_valid"),
+      relevant_ids=batch.get("relevant_product_ids"), weights=weights,
+      valid=valid, symmetric=cfg.symmetric, hard_k=cfg.hard_k)
+  return loss, {**mets, "loss": loss}
+
+
+def _stage2_step(model: model_lib.DashClip, cfg: step_config.StepConfig,
+                 tx: optax.GradientTransformation, mesh: Mesh | None,
+                 state: state_lib.TrainState, batch: Batch, rng: Array
+                 ) -> tuple[state_lib.TrainState, Metrics]:
+  """One stage-2 step (QCC)."""
+  weights, valid = _pair_weights(cfg, batch)
+  if cfg.train_product_tower and "product_features" in batch:
+    raise ValueError("stage2: the batch carries cached product_features but "
+                     "the product tower is trained (train_product_tower)")
+  features = (None if cfg.train_product_tower else
+              _frozen_features(model, cfg, mesh, state.params, batch, rng))
+  encode = functools.partial(_encode_stage2, model, cfg, mesh)
+  loss_on_reps = functools.partial(_stage2_loss, model, cfg, batch, weights,
+                                   valid, features)
+  (_, mets), grads = grad_cache.value_and_grad(
+      encode, loss_on_reps, state.params, batch, rng, cfg.accum_steps)
+  params, opt_state, gnorm = _apply_update(tx, state, grads)
+  new = state.replace(step=state.step + 1, params=params,
+                      opt_state=opt_state)
+  return new, {**mets, "grad_norm": gnorm}
+
+
+def make_stage2_step(model_config: model_lib.ModelConfig,
+                     cfg: step_config.StepConfig,
                      tx: optax.GradientTransformation,
                      mesh: Mesh | None = None):
   """Builds `stage2_step(state, batch, rng) -> (state, metrics)` (unjitted).
@@ -299,105 +363,35 @@ def make_stage2_step(model_config: model_lib.ModelConfig, cfg: StepConfig,
   With `train_product_tower=False` no gradient reaches the product tower
   body, which runs in eval mode (or comes as the batch's cached
   `product_features`); freeze it in the optimizer too
-  (`STAGE2_TRAIN_PRODUCT_PROJ`, the stage-2 config's default) so weight
+  (configs/stage2.py's `optim.lr_mults` for tiny and base) so weight
   decay does not move it either. `product_proj` gets gradients either way.
   """
-  model = model_lib.DashClip(model_config)
-  m = model_lib.DashClip
-  det = cfg.deterministic
-  k = cfg.accum_steps
-  product_features = make_product_features_fn(model_config, cfg, mesh)
+  return functools.partial(_stage2_step, model_lib.DashClip(model_config), cfg,
+                           tx, mesh)
 
-  def encode_queries(params, mb, rng):
-    _, r_q, r_n = jax.random.split(rng, 3)
-    mb = _constrain_batch(mb, mesh)
-    qry, _ = model.apply({"params": params}, mb["query_ids"],
-                         mb["query_mask"], det, method=m.encode_query,
-                         rngs={"dropout": r_q})
-    reps = {"query": qry}
-    # data.num_negatives=0 still ships (B, 0, Lq) arrays: nothing to encode.
-    if "neg_query_ids" in mb and mb["neg_query_ids"].shape[1]:
-      bb, n, lq = mb["neg_query_ids"].shape
-      neg, _ = model.apply(
-          {"params": params}, mb["neg_query_ids"].reshape(bb * n, lq),
-          mb["neg_query_mask"].reshape(bb * n, lq), det,
-          method=m.encode_query, rngs={"dropout": r_n})
-      reps["neg"] = neg.reshape(bb, n, -1)
-    return _constrain_batch(reps, mesh)
 
-  def encode(params, mb, rng):
-    reps = encode_queries(params, mb, rng)
-    if cfg.train_product_tower:
-      reps["product_features"] = product_features(params, mb, rng)
-    return reps
-
-  def frozen_features(params, batch, rng):
-    """The frozen tower's features: from the batch's cached table rows, else
-    computed once without grad (never recomputed by the GradCache VJP)."""
-    if "product_features" in batch:
-      return batch["product_features"].astype(jnp.float32)
-    p = jax.lax.stop_gradient(params)
-    return grad_cache.map_microbatches(
-        lambda mb, r: product_features(p, mb, r), batch, rng, k)
-
-  def step(state: state_lib.TrainState, batch: Batch, rng: Array
-           ) -> tuple[state_lib.TrainState, Metrics]:
-    valid = None  # Every row a training pair (the pipelines drop remainders).
-    if cfg.label_policy is not None:
-      if "label" not in batch:
-        raise KeyError("stage2: StepConfig.label_policy is set but the batch "
-                       f"has no 'label' (keys: {sorted(batch)}).")
-      weights = losses.label_weights(batch["label"], cfg.label_policy,
-                                     cfg.partial_weight)
-      # Pairs the policy excludes are no training pairs, not even negatives:
-      # the batch the pipeline's label1_policy would have built without them.
-      valid = losses.label_valid(batch["label"], cfg.label_policy)
-    else:
-      weights = batch.get("label_weight")
-
-    if cfg.train_product_tower and "product_features" in batch:
-      raise ValueError("stage2: the batch carries cached product_features but "
-                       "the product tower is trained (train_product_tower)")
-    features = (None if cfg.train_product_tower else
-                frozen_features(state.params, batch, rng))
-
-    def loss_on_reps(params, reps):
-      feats = reps["product_features"] if cfg.train_product_tower else features
-      # product_proj runs here, with grad, on the full batch.
-      prod = model.apply({"params": params}, feats, method=m.project_product)
-      loss, mets = losses.qcc_loss(
-          prod, reps["query"], params["temp"], batch["product_id"],
-          neg_query=reps.get("neg"), neg_valid=batch.get("neg_valid"),
-          relevant_ids=batch.get("relevant_product_ids"), weights=weights,
-          valid=valid, symmetric=cfg.symmetric, hard_k=cfg.hard_k)
-      return loss, {**mets, "loss": loss}
-
-    (loss, mets), grads = grad_cache.value_and_grad(
-        encode, loss_on_reps, state.params, batch, rng, k)
-    params, opt_state, gnorm = _apply_update(tx, state, grads)
-    new = state.replace(step=state.step + 1, params=params,
-                        opt_state=opt_state)
-    return new, {**mets, "grad_norm": gnorm}
-
-  return step
+def _product_features(model: model_lib.DashClip, cfg: step_config.StepConfig,
+                      mesh: Mesh | None, params: Any, batch: Batch,
+                      rng: Array) -> Array:
+  """float32 (B, D) pooled product states of the batch's image + title; a
+  frozen tower runs in eval mode."""
+  det = cfg.deterministic or not cfg.train_product_tower
+  batch = _constrain_batch(batch, mesh)
+  feats, _ = model.apply({"params": params}, batch["image"],
+                         batch["title_ids"], batch["title_mask"], det,
+                         method=model_lib.DashClip.product_features,
+                         rngs={"dropout": jax.random.split(rng, 3)[0]})
+  return _constrain_batch(feats, mesh)
 
 
 def make_product_features_fn(model_config: model_lib.ModelConfig,
-                             cfg: StepConfig, mesh: Mesh | None = None):
+                             cfg: step_config.StepConfig,
+                             mesh: Mesh | None = None):
   """-> `features(params, batch, rng)`: float32 (B, D) pooled product states
   (`DashClip.product_features`) of the batch's image + title.
 
   A frozen tower (`train_product_tower=False`) runs in eval mode, so the
   result does not depend on `rng` and equals the cached table's rows.
   """
-  model = model_lib.DashClip(model_config)
-  det = cfg.deterministic or not cfg.train_product_tower
-
-  def features(params, batch, rng):
-    batch = _constrain_batch(batch, mesh)
-    feats, _ = model.apply({"params": params}, batch["image"],
-                           batch["title_ids"], batch["title_mask"], det,
-                           method=model_lib.DashClip.product_features,
-                           rngs={"dropout": jax.random.split(rng, 3)[0]})
-    return _constrain_batch(feats, mesh)
-  return features
+  return functools.partial(_product_features, model_lib.DashClip(model_config),
+                           cfg, mesh)

@@ -15,20 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from dashclip_jax.convert import pretrained
 from dashclip_jax.curation.labelers import interface as labeler_lib
-from dashclip_jax.evaluation import baselines
 
 
 def torch_cross_encoder(params: dict[str, Any], model_dir: str | None = None
                         ) -> Any:
   """-> transformers.BertForSequenceClassification (eval mode) from
-  `model_dir` (default: the MiniLM-L6 wheel's, `baselines.minilm_dir`) with
+  `model_dir` (default: the MiniLM-L6 wheel's,
+  `convert.pretrained.minilm_dir`) with
   the teacher's `params["pooler"]` and `params["classifier"]` copied in."""
   # torch, transformers: optional (the [torch] extra), the reference only.
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   model = transformers.BertForSequenceClassification.from_pretrained(
-      model_dir or baselines.minilm_dir(), num_labels=labeler_lib.NUM_LABELS,
+      model_dir or pretrained.minilm_dir(), num_labels=labeler_lib.NUM_LABELS,
       local_files_only=True).eval()
   with torch.no_grad():
     for ours, theirs in ((params["pooler"], model.bert.pooler.dense),

@@ -15,7 +15,6 @@ import logging
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,15 +23,9 @@ import optax
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.train import optim
 from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as train_state
 
 log = logging.getLogger("dashclip_jax")
-
-
-@flax.struct.dataclass
-class TeacherState:
-  step: jax.Array  # () int32
-  params: Any
-  opt_state: Any
 
 
 def label_loss(logits: jax.Array, label: jax.Array, weight: jax.Array
@@ -74,43 +67,22 @@ def make_train_step(config: teacher_lib.TeacherConfig,
         deterministic=deterministic, rngs={"dropout": rng})
     return label_loss(logits, batch["label"], batch["weight"])
 
-  def step(state: TeacherState, batch: dict, rng: jax.Array):
+  def step(state: train_state.ParamState, batch: dict, rng: jax.Array):
     params, opt_state, metrics = descend(loss_fn, tx, state.params,
                                          state.opt_state, batch, rng)
-    return TeacherState(state.step + 1, params, opt_state), metrics
+    return train_state.ParamState(state.step + 1, params, opt_state), metrics
 
   return step
 
 
 def init_state(config: teacher_lib.TeacherConfig, params: Any,
                tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
-               ) -> tuple[TeacherState, TeacherState]:
-  """-> (state born sharded on `mesh`, its shardings)."""
+               ) -> tuple[train_state.ParamState, train_state.ParamState]:
+  """-> (state born sharded on `mesh` by the params' logical axes, its
+  shardings)."""
   param_sh = shard_lib.param_shardings(teacher_lib.abstract_boxed(config),
                                        mesh)
-  params = jax.device_put(params, param_sh)
-  opt_abstract = jax.eval_shape(tx.init, params)
-  opt_sh = shard_lib.optimizer_shardings(tx, opt_abstract, param_sh, mesh)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-  rep = shard_lib.replicated(mesh)
-  shardings = TeacherState(rep, param_sh, opt_sh)
-  state = TeacherState(jax.device_put(jnp.zeros((), jnp.int32), rep), params,
-                       opt_state)
-  return state, shardings
-
-
-def jit_train_step(step, shardings: TeacherState, batch: dict,
-                   mesh: jax.sharding.Mesh, fast_compile: bool = False):
-  """The step compiled with explicit in/out shardings, the state donated.
-
-  fast_compile: XLA opt level 0 (compiles about twice as fast on CPU, runs
-  slower; CI-scale runs), as the trainers' `train.fast_compile`.
-  """
-  rep = shard_lib.replicated(mesh)
-  return jax.jit(step, in_shardings=(shardings, shard_lib.batch_shardings(
-      batch, mesh), rep), out_shardings=(shardings, rep), donate_argnums=0,
-                 compiler_options=({"xla_backend_optimization_level": 0}
-                                   if fast_compile else None))
+  return train_state.init_param_state(params, param_sh, tx, mesh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +144,8 @@ def train(config: teacher_lib.TeacherConfig, params: Any,
       batch["images"] = images_of(rows)
     batch = shard_lib.global_batch(batch, mesh)
     if jitted is None:
-      jitted = jit_train_step(step_fn, shardings, batch, mesh,
-                              settings.fast_compile)
+      jitted = train_state.jit_step(step_fn, shardings, batch, mesh,
+                                    fast_compile=settings.fast_compile)
     state, metrics = jitted(state, batch,
                             jax.random.fold_in(base_rng, step))
     if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:

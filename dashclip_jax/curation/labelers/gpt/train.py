@@ -19,7 +19,6 @@ import logging
 import time
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,15 +30,9 @@ from dashclip_jax.curation.labelers.gpt import lora as lora_lib
 from dashclip_jax.curation.labelers.gpt import model as model_lib
 from dashclip_jax.train import optim
 from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as train_state
 
 log = logging.getLogger("dashclip_jax")
-
-
-@flax.struct.dataclass
-class TuneState:
-  step: jax.Array  # () int32
-  trainable: Any   # The params (full) or the LoRA tree.
-  opt_state: Any
 
 
 def lora_scale(rank: int, alpha: float) -> float | None:
@@ -50,7 +43,7 @@ def lora_scale(rank: int, alpha: float) -> float | None:
 def make_train_step(config: model_lib.LlamaConfig, label_ids: Any,
                     tx: optax.GradientTransformation,
                     scale: float | None):
-  """-> step(state, frozen, batch) -> (state, metrics), a pure function.
+  """-> step(state, batch, frozen) -> (state, metrics), a pure function.
 
   batch: ids, mask int32 (B, L) left-padded, label int32 (B,), weight
   float32 (B,) (0 on padding rows). `frozen`: the base params under LoRA
@@ -66,10 +59,11 @@ def make_train_step(config: model_lib.LlamaConfig, label_ids: Any,
                           label_ids, method=model_lib.Llama.next_token)
     return teacher_train.label_loss(logits, batch["label"], batch["weight"])
 
-  def step(state: TuneState, frozen: Any, batch: dict):
+  def step(state: train_state.ParamState, batch: dict, frozen: Any):
     trainable, opt_state, metrics = teacher_train.descend(
-        loss_fn, tx, state.trainable, state.opt_state, frozen, batch)
-    return TuneState(state.step + 1, trainable, opt_state), metrics
+        loss_fn, tx, state.params, state.opt_state, frozen, batch)
+    return train_state.ParamState(state.step + 1, trainable,
+                                  opt_state), metrics
 
   return step
 
@@ -92,31 +86,6 @@ def shardings(config: model_lib.LlamaConfig, trainable: Any, lora: bool,
     return param_sh, {}
   specs = lora_lib.logical_specs(nn.get_partition_spec(boxed), trainable)
   return shard_lib.logical_to_sharding(specs, trainable, mesh), param_sh
-
-
-def init_state(trainable: Any, trainable_sh: Any,
-               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh
-               ) -> tuple[TuneState, TuneState]:
-  """-> (state born sharded on `mesh`, its shardings)."""
-  trainable = jax.device_put(trainable, trainable_sh)
-  opt_sh = shard_lib.optimizer_shardings(
-      tx, jax.eval_shape(tx.init, trainable), trainable_sh, mesh)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(trainable)
-  rep = shard_lib.replicated(mesh)
-  state = TuneState(jax.device_put(jnp.zeros((), jnp.int32), rep), trainable,
-                    opt_state)
-  return state, TuneState(rep, trainable_sh, opt_sh)
-
-
-def jit_train_step(step, state_sh: TuneState, frozen_sh: Any, batch: dict,
-                   mesh: jax.sharding.Mesh, fast_compile: bool = False):
-  """The step compiled with explicit in/out shardings, the state donated."""
-  rep = shard_lib.replicated(mesh)
-  return jax.jit(step, in_shardings=(state_sh, frozen_sh,
-                                     shard_lib.batch_shardings(batch, mesh)),
-                 out_shardings=(state_sh, rep), donate_argnums=0,
-                 compiler_options=({"xla_backend_optimization_level": 0}
-                                   if fast_compile else None))
 
 
 def decays(path, _) -> bool:
@@ -166,7 +135,8 @@ def train(config: model_lib.LlamaConfig, params: Any,
                                       mesh)
   frozen = jax.device_put(params, frozen_sh) if scale is not None else {}
   tx = make_optimizer(settings)
-  state, state_sh = init_state(trainable, trainable_sh, tx, mesh)
+  state, state_sh = train_state.init_param_state(trainable, trainable_sh, tx,
+                                                 mesh)
   step_fn, jitted, history = make_train_step(config, label_ids, tx,
                                              scale), None, []
   tick = time.time()
@@ -181,9 +151,10 @@ def train(config: model_lib.LlamaConfig, params: Any,
         "ids": ids, "mask": mask, "label": labels[rows].astype(np.int32),
         "weight": np.ones(len(rows), np.float32)}, mesh)
     if jitted is None:
-      jitted = jit_train_step(step_fn, state_sh, frozen_sh, batch, mesh,
-                              settings.fast_compile)
-    state, metrics = jitted(state, frozen, batch)
+      jitted = train_state.jit_step(step_fn, state_sh, batch, mesh,
+                                    extra_sh=frozen_sh,
+                                    fast_compile=settings.fast_compile)
+    state, metrics = jitted(state, batch, frozen)
     if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
       rate = settings.batch_size * (step + 1) / (time.time() - tick)
@@ -191,4 +162,4 @@ def train(config: model_lib.LlamaConfig, params: Any,
       log.info("GPT teacher step %d/%d: loss %.4f, accuracy %.3f, %.1f "
                "pairs/s", step + 1, settings.steps, m["loss"], m["accuracy"],
                rate)
-  return jax.tree.map(np.asarray, jax.device_get(state.trainable)), history
+  return jax.tree.map(np.asarray, jax.device_get(state.params)), history

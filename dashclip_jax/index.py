@@ -1,4 +1,4 @@
-"""Embedding export: Parquet + .npy tables keyed by id, and a faiss index.
+"""The exported index: Parquet + .npy embeddings keyed by id, a faiss index.
 
 Layout of an export directory:
   products-<i>-of-<n>.parquet   part i of n (one per process, catalog order):
@@ -21,16 +21,26 @@ refuse non-finite rows with a one-line `NonFiniteEmbeddingError` naming
 their ids.
 """
 
+from __future__ import annotations
+
 import json
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dashclip_jax.evaluation import knn
+if TYPE_CHECKING:
+  import faiss
+
+def _faiss():
+  """faiss, imported on first use: its import logs to stderr and costs time
+  that writing or reading the Parquet tables (`dashclip_jax.load`'s
+  writers) never needs."""
+  import faiss  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  return faiss
+
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "products.faiss"
@@ -138,7 +148,7 @@ def finish_export(out_dir: str, num_parts: int, *, index_kind: str = "hnsw",
         f not in parts):
       os.remove(os.path.join(out_dir, f))
   np.save(os.path.join(out_dir, "products.npy"), product_emb)
-  faiss.write_index(knn.build_index(product_emb, kind=index_kind),
+  _faiss().write_index(build_index(product_emb, kind=index_kind),
                     os.path.join(out_dir, INDEX_FILE))
   files = parts + ["products.npy", INDEX_FILE]
   num_queries = 0
@@ -214,7 +224,7 @@ class ExportedIndex:
     table = _read_table(export_dir, "products")
     self.ids = table.column("id").to_pylist()
     self.titles = table.column("title").to_pylist()
-    self.index = faiss.read_index(os.path.join(export_dir, INDEX_FILE))
+    self.index = _faiss().read_index(os.path.join(export_dir, INDEX_FILE))
     if self.index.ntotal != len(self.ids):
       raise ValueError(f"{export_dir}: index holds {self.index.ntotal} "
                        f"vectors, the product table {len(self.ids)} rows")
@@ -228,7 +238,7 @@ class ExportedIndex:
     if query_emb.ndim != 2 or query_emb.shape[1] != self.index.d:
       raise ValueError(f"query embeddings {query_emb.shape} do not match the "
                        f"index dimension {self.index.d}")
-    scores, idx = knn.ann_search(self.index, query_emb,
+    scores, idx = ann_search(self.index, query_emb,
                                  min(k, len(self.ids)))
     return [[SearchHit(self.ids[j], self.titles[j], float(s))
              for s, j in zip(srow, irow) if j >= 0]
@@ -240,3 +250,42 @@ def read_embeddings(export_dir: str, which: str = "products"
   """(ids, float32 (N, E)) from the `which` ("products", "queries") table."""
   table = _read_table(export_dir, which)
   return table.column("id").to_pylist(), table_embeddings(table)
+
+
+def build_index(products: np.ndarray, kind: str = "hnsw", hnsw_m: int = 32,
+                ef_construction: int = 200, ef_search: int = 128,
+                nlist: int = 0, nprobe: int = 8) -> faiss.Index:
+  """A faiss inner-product index over float (N, E) product embeddings.
+
+  Args:
+    products: float (N, E), L2-normalised for cosine search.
+    kind: "hnsw" (graph, no training), "ivf" (k-means cells) or "flat"
+      (exact, for tests and small catalogs).
+    hnsw_m, ef_construction, ef_search: HNSW graph degree and beam widths.
+    nlist, nprobe: IVF cells (0: about 4 * sqrt(N)) and cells visited.
+  """
+  faiss = _faiss()  # pylint: disable=redefined-outer-name
+  x = np.ascontiguousarray(products, np.float32)
+  d = x.shape[1]
+  if kind == "hnsw":
+    index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.hnsw.efSearch = ef_search
+  elif kind == "ivf":
+    nlist = nlist or max(1, min(len(x) // 39, int(4 * np.sqrt(len(x)))))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.nprobe = nprobe
+  elif kind == "flat":
+    index = faiss.IndexFlatIP(d)
+  else:
+    raise ValueError(f"unknown index kind {kind!r}; use hnsw, ivf or flat")
+  index.add(x)
+  return index
+
+
+def ann_search(index: faiss.Index, queries: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+  """(scores float32 (Q, k), indices int64 (Q, k)); -1 where fewer found."""
+  return index.search(np.ascontiguousarray(queries, np.float32), k)

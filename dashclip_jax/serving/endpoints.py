@@ -25,13 +25,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import dataclasses
 import json
 import time
 from typing import Any, Literal
 
-import fastapi
 from fastapi import responses
 import numpy as np
 import pydantic
@@ -182,14 +180,8 @@ def make_app(engine: engine_lib.EmbeddingEngine,
     raise ValueError(f"the export holds {products.dim}-d embeddings but the "
                      f"model's are {dim}-d; export the catalog with it")
 
-  @contextlib.asynccontextmanager
-  async def lifespan(_):
-    engine.start()
-    yield
-    await engine.stop()
-
-  api = fastapi.FastAPI(title="dashclip_jax embeddings", lifespan=lifespan)
-  openai_http.install(api, limits.max_request_bytes)
+  api = openai_http.app_serving("dashclip_jax embeddings", engine,
+                                limits.max_request_bytes)
 
   @api.middleware("http")
   async def measure(request, call_next):

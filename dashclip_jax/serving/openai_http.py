@@ -9,10 +9,12 @@ Used by the labeling server (`curation/serve`) and the embeddings server
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 from typing import Any, Iterable
 
+import fastapi
 from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses
 from starlette import exceptions as starlette_exceptions
@@ -97,6 +99,22 @@ class BearerAuth:
             "missing or wrong API key: send 'Authorization: Bearer <key>'",
             code="invalid_api_key"),
         [(b"www-authenticate", b"Bearer")])
+
+
+def app_serving(title: str, batcher: Any,
+                max_request_bytes: int) -> fastapi.FastAPI:
+  """A FastAPI app that starts `batcher` (start(), async stop()) with it
+  and stops it after, with `install`'s body limit and error handlers."""
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    batcher.start()
+    yield
+    await batcher.stop()
+
+  api = fastapi.FastAPI(title=title, lifespan=lifespan)
+  install(api, max_request_bytes)
+  return api
 
 
 def install(api: Any, max_request_bytes: int) -> None:

@@ -8,7 +8,6 @@ over `Served` (the model's name, tokenizer, forwards and request counts).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from typing import Any, Callable
@@ -147,14 +146,8 @@ def make_app(name: str, tokenizer: Any, engine: Any, batcher: Any,
   s = Served(name, tokenizer, engine, batcher,
              protocol.longest_token_bytes(tokenizer))
 
-  @contextlib.asynccontextmanager
-  async def lifespan(_):
-    batcher.start()
-    yield
-    await batcher.stop()
-
-  api = fastapi.FastAPI(title="dashclip_jax serve", lifespan=lifespan)
-  openai_http.install(api, max_request_bytes)
+  api = openai_http.app_serving("dashclip_jax serve", batcher,
+                                max_request_bytes)
 
   @api.middleware("http")
   async def count(request, call_next):

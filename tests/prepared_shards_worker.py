@@ -25,11 +25,11 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   import numpy as np
   from dashclip_jax.train import sharding
-  from dashclip_jax.data import prepare
+  from dashclip_jax.data import prepared as prepared_lib
   import test_prepared_shards as t
   # pylint: enable=g-import-not-at-top
 
-  opened = t.spy_on_shard_files(prepare)
+  opened = t.spy_on_shard_files(prepared_lib)
   cfg = t.data_config(prepared, int(num_shards))
   features, ok = t.product_table(prepared)
   batches = t.train_batches(cfg)

@@ -13,6 +13,7 @@ import pytest
 
 from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import prepare
+from dashclip_jax.data import prepared
 from dashclip_jax.data import relevance_tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def test_two_shard_readers_read_each_row_once(tmp_path, monkeypatch):
   for i in range(2):
     halves.append(relevance_tables.load_relevance(
         str(out / "relevance_train"), cat, shard=(i, 2)))
-    assert opened == [prepare.shard_name(k, 4) for k in range(i, 4, 2)]
+    assert opened == [prepared.shard_name(k, 4) for k in range(i, 4, 2)]
     opened.clear()
   assert not set(halves[0].query_ids) & set(halves[1].query_ids)
   assert (collections.Counter(_pairs(halves[0]) + _pairs(halves[1])) ==

@@ -19,6 +19,7 @@ import pytest
 
 from dashclip_jax import model as model_lib
 from dashclip_jax.data import prepare
+from dashclip_jax.data import prepared as prepared_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.runtime import config_files
 from dashclip_jax.train import sharding
@@ -160,21 +161,21 @@ def tables(tmp_path_factory):
 def test_each_shard_reads_its_own_files_and_each_row_once(tables,
                                                           monkeypatch):
   root, prepared = tables
-  opened = spy_on_shard_files(prepare, monkeypatch.setattr)
+  opened = spy_on_shard_files(prepared_lib, monkeypatch.setattr)
   reads = {}
-  real = prepare.read_shard
+  real = prepared_lib.read_shard
 
   def read_shard(*args, shard, **kwargs):
     rel, pair = real(*args, shard=shard, **kwargs)
     reads[shard] = rel
     return rel, pair
-  monkeypatch.setattr(prepare, "read_shard", read_shard)
+  monkeypatch.setattr(prepared_lib, "read_shard", read_shard)
   cfg = data_config(prepared, 2)
   train_batches(cfg, 1)
   eval_inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
   # Shard s opened its files f % 2 == s once: for training and held-out
   # eval alike (nothing read the table whole).
-  assert sorted(opened) == [prepare.shard_name(f, NUM_FILES)
+  assert sorted(opened) == [prepared_lib.shard_name(f, NUM_FILES)
                             for f in range(NUM_FILES)]
   assert set(reads) == {(0, 2), (1, 2)}
   whole = inputs.load_sources(csv_config(root)).train_relevance
@@ -278,7 +279,7 @@ def test_two_processes_read_their_shards_and_match_one_process(tables,
   want_metrics = heldout_metrics(want, *product_table(None), one_device_mesh())
   for i in range(2):
     out = json.loads((tmp_path / f"p{i}.json").read_text())
-    assert out["opened"] == [prepare.shard_name(f, NUM_FILES)
+    assert out["opened"] == [prepared_lib.shard_name(f, NUM_FILES)
                              for f in range(i, NUM_FILES, 2)]
     assert out["query_ids"] == want.query_ids
     assert out["metrics"] == pytest.approx(want_metrics, rel=0, abs=1e-12)

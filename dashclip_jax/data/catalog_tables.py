@@ -18,6 +18,7 @@ from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import column_batches
 from dashclip_jax.data import image_files
 from dashclip_jax.data import images as images_lib
+from dashclip_jax.data import prepared
 from dashclip_jax.data import tables
 from dashclip_jax.data.column_batches import to_numpy
 
@@ -299,9 +300,7 @@ def load_catalog(
     The Catalog (all splits; use `.subset("train")`).
   """
   if os.path.isdir(path):
-    # prepare reads its tables through this module: imported on use.
-    from dashclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
-    return prepare.read_catalog(path)
+    return prepared.read_catalog(path)
   if columns is None:
     columns = (catalog_lib.FASHION_COLUMNS
                if os.path.basename(path) == "styles.csv"

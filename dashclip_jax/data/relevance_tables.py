@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import column_batches
+from dashclip_jax.data import prepared
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import tables
 from dashclip_jax.data.column_batches import to_numpy
@@ -315,10 +316,8 @@ def load_relevance(
   if not 0 <= index < count:
     raise ValueError(f"shard={shard}: want 0 <= index < count")
   if os.path.isdir(path):
-    # prepare reads its tables through this module: imported on use.
-    from dashclip_jax.data import prepare  # pylint: disable=g-import-not-at-top
-    return prepare.read_relevance(path, catalog, shard=shard,
-                                  max_bad_fraction=max_bad_fraction)
+    return prepared.read_relevance(path, catalog, shard=shard,
+                                   max_bad_fraction=max_bad_fraction)
   names = dataclasses.astuple(columns)
   tables.require_columns(path, tables.read_header(path), names)
   rel = column_batches.with_column_batches(

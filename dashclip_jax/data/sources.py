@@ -21,7 +21,7 @@ from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import images as images_lib
-from dashclip_jax.data import prepare
+from dashclip_jax.data import prepared
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import synthetic
@@ -166,7 +166,7 @@ def load_sources(cfg: Any = None, *,
     """An explicit relevance path; a directory (e.g. a curation run's
     `expanded/`) means its `name` file, unless it is a prepared table."""
     path = _get(cfg, key)
-    if path and os.path.isdir(path) and not prepare.is_prepared(path):
+    if path and os.path.isdir(path) and not prepared.is_prepared(path):
       path = os.path.join(path, name)
     if path and not os.path.exists(path):
       raise FileNotFoundError(f"data.{key} {path!r} not found")
@@ -185,7 +185,7 @@ def load_sources(cfg: Any = None, *,
     unread without `whole_train_relevance`."""
     train, test = cat.subset("train"), cat.subset("test")
     table = (train_rel if train_rel and os.path.isdir(train_rel)
-             and prepare.is_prepared(train_rel) else None)
+             and prepared.is_prepared(train_rel) else None)
     if table and not whole_train_relevance:
       train_rel = None
     return Sources(train, test, rel(train_rel, train, cat),
@@ -193,13 +193,13 @@ def load_sources(cfg: Any = None, *,
 
   if source == "prepared":
     root = _get(cfg, "path")
-    if not root or not prepare.is_prepared(root):
+    if not root or not prepared.is_prepared(root):
       raise FileNotFoundError(
           f"data.path {root!r} is no prepared directory (no "
-          f"{prepare.MANIFEST}; python -m dashclip_jax.data.prepare writes "
+          f"{prepared.MANIFEST}; python -m dashclip_jax.data.prepare writes "
           "one)")
     return folder(catalog_tables.load_catalog(root), *(
-        os.path.join(root, n) if prepare.is_prepared(os.path.join(root, n))
+        os.path.join(root, n) if prepared.is_prepared(os.path.join(root, n))
         else None for n in ("relevance_train", "qrels_test")))
 
   if source == "fashion":

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from dashclip_jax import model as model_lib
 from dashclip_jax.data import eval_datasets
-from dashclip_jax.data import prepare
+from dashclip_jax.data import prepared
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import sources as sources_lib
@@ -111,7 +111,7 @@ def _prepared_shards(frozen_cfg: str, fraction: float, num_shards: int
   """This process's shards of the prepared train relevance: only their
   files are read, once for the training pairs and the held-out eval."""
   src = _sources(frozen_cfg)
-  files = prepare.shard_count(src.train_table)
+  files = prepared.shard_count(src.train_table)
   shards, num_shards = local_shards(num_shards)
   if files % num_shards:
     # A query's pairs stay in one file: shards would get unequal shares.
@@ -122,9 +122,9 @@ def _prepared_shards(frozen_cfg: str, fraction: float, num_shards: int
         f"{files} (and a multiple of the {jax.process_count()} processes)")
   out = {}
   for s in shards:
-    rel, pair = prepare.read_shard(src.train_table, src.train_catalog,
-                                   shard=(s, num_shards),
-                                   max_bad_fraction=_max_bad(frozen_cfg))
+    rel, pair = prepared.read_shard(src.train_table, src.train_catalog,
+                                    shard=(s, num_shards),
+                                    max_bad_fraction=_max_bad(frozen_cfg))
     held = relevance_lib.heldout_queries(rel.queries, fraction)
     out[s] = _Shard(rel.take_queries(np.flatnonzero(~held), "kept"),
                     rel.take_queries(np.flatnonzero(held), "held out"),

@@ -193,7 +193,7 @@ def _line_stats(path: str) -> tuple[int, bool, bool]:
 def _arrow_csv_batches(path: str, names: Sequence[str],
                        batch_rows: int) -> Iterator[ColumnBatch]:
   """Column batches of a regular CSV; raises IrregularCSV otherwise."""
-  header, records = tables._csv_records(path)
+  header, records = tables.csv_records(path)
   first = next(records, None)
   records.close()
   if first is not None and first[0] != 2 or len(set(header)) != len(header):
@@ -242,7 +242,7 @@ def _csv_batch(table, start: int, base: str,
 def _python_csv_batches(path: str, names: Sequence[str],
                         batch_rows: int) -> Iterator[ColumnBatch]:
   """Column batches through the python reader (any CSV; Python per row)."""
-  _, records = tables._csv_records(path, names)
+  _, records = tables.csv_records(path, names)
   base = os.path.basename(path)
   for batch in rows_to_batches(((n, row, e) for n, row, e in records), names,
                                min(batch_rows, 1 << 16)):

@@ -87,10 +87,11 @@ def prepare(catalog_path: str, relevance_paths: Sequence[str], out: str,
     rel = relevance_tables.load_relevance(path, catalog,
                                           max_bad_fraction=max_bad_fraction)
     entry = {"format": prepared.FORMAT, "source": prepared.source_info(path),
-             **prepared.write_relevance(rel, os.path.join(out, table), num_shards)}
-    prepared._write_json(os.path.join(out, table, prepared.MANIFEST), entry)
+             **prepared.write_relevance(rel, os.path.join(out, table),
+                                        num_shards)}
+    prepared.write_json(os.path.join(out, table, prepared.MANIFEST), entry)
     manifest["relevance"][table] = entry
-  prepared._write_json(os.path.join(out, prepared.MANIFEST), manifest)
+  prepared.write_json(os.path.join(out, prepared.MANIFEST), manifest)
   return manifest
 
 

@@ -51,7 +51,7 @@ def _skips(bad: br.BadRecords | None) -> dict[str, Any]:
           "first_culprits": list(bad.culprits)}
 
 
-def _write_json(path: str, obj: Any) -> None:
+def write_json(path: str, obj: Any) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=1)
@@ -117,7 +117,8 @@ def write_catalog(catalog: catalog_lib.Catalog, out: str,
 
 
 def read_catalog(directory: str) -> catalog_lib.Catalog:
-  """The catalog of a prepared directory (no validation: done at prepare.prepare)."""
+  """The catalog of a prepared directory (no validation: prepare.prepare
+  did it)."""
   manifest = _read_manifest(directory)["catalog"]
   path = os.path.join(directory, manifest["file"])
   table = pq.read_table(path)
@@ -185,7 +186,7 @@ def write_relevance(rel: relevance_lib.Relevance, out: str,
 
 
 def shard_count(directory: str) -> int:
-  """How many shard files a prepared table has (prepare.prepare's --num_shards)."""
+  """How many shard files a prepared table has (prepare's --num_shards)."""
   return int(_read_manifest(directory)["num_shards"])
 
 

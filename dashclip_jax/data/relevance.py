@@ -5,9 +5,9 @@ Layout: `query_id, query, product_id, label` in CSV or Parquet, labels
 `relevance_train.csv` / `qrels_test.csv` files of the fashion set. This
 module holds `Relevance` (the pairs as query, product and label arrays), the
 product index and the query splits; `relevance_tables.load_relevance` reads
-a table. Rows are validated against a Catalog; bad rows (malformed, not UTF-8, empty query,
-unknown product, label outside {0, 1, 2}, duplicate pair, one query id with
-two texts) are skipped and counted.
+a table. Rows are validated against a Catalog; bad rows (malformed, not
+UTF-8, empty query, unknown product, label outside {0, 1, 2}, duplicate
+pair, one query id with two texts) are skipped and counted.
 
 Tables reach millions of pairs (DashCLIP: 32M), so they are read in column
 batches (`column_batches.with_column_batches`: pyarrow, with the python CSV

@@ -79,13 +79,13 @@ def read_csv_rows(path: str) -> tuple[list[str], Iterator[Row]]:
   reported as a lost row, named after the line where the quote opened. Rows
   are named by the line they start on.
   """
-  header, records = _csv_records(path)
+  header, records = csv_records(path)
   base = os.path.basename(path)
   return header, ((f"{base} line {n}", row, error)
                   for n, row, error in records)
 
 
-def _csv_records(path: str, columns: Sequence[str] | None = None
+def csv_records(path: str, columns: Sequence[str] | None = None
                  ) -> tuple[list[str], Iterator[tuple[int, dict | None, str]]]:
   """`read_csv_rows` with each row named by its first line number; only
   undecodable bytes in `columns` (default: all) make a row an error."""
@@ -204,7 +204,7 @@ def read_header(path: str) -> list[str]:
   """Column names of a CSV (stripped, as `read_csv_rows`) or Parquet file."""
   if is_parquet(path):
     return list(pq.ParquetFile(path).schema_arrow.names)
-  header, rows = _csv_records(path)
+  header, rows = csv_records(path)
   next(rows, None)  # Started, so that close() closes the file.
   rows.close()
   return header

@@ -8,6 +8,7 @@ and step), saves (loss, metrics, new params) and compares them bit for bit.
 
   git worktree add /tmp/old31 19080d6
   python bench/step_identity.py --old=/tmp/old31 [--new=.] [--fast_compile]
+      [--out=DIR]
 
 Prints one row per (stage, mesh) and a last line "bit-identical: k/8".
 Each side runs on 8 fake CPU devices
@@ -108,6 +109,9 @@ def worker(out_dir: str, fast_compile: bool) -> None:
     make = (train_steps.make_stage1_step if stage == 1 else
             train_steps.make_stage2_step)
     for name, mesh_cfg in MESHES.items():
+      path = os.path.join(out_dir, f"{stage}_{name}.npz")
+      if os.path.isfile(path):  # Done by an earlier, interrupted run.
+        continue
       mesh = sharding.make_mesh(mesh_cfg)
       sc = step_cfgs[stage]
       state = train_state.init_state(cfg, sc, tx, jax.random.key(0), mesh,
@@ -129,19 +133,28 @@ def worker(out_dir: str, fast_compile: bool) -> None:
              for p, x in leaves}
       out.update({"metric/" + k: np.asarray(v) for k, v in
                   jax.device_get(metrics).items()})
-      np.savez(os.path.join(out_dir, f"{stage}_{name}.npz"), **out)
+      np.savez(path + ".tmp.npz", **out)
+      os.replace(path + ".tmp.npz", path)
       print(f"stage {stage} {name}: loss {float(metrics['loss']):.9g}",
             flush=True)
 
 
-def _run_side(checkout: str, out_dir: str, fast_compile: bool) -> None:
+def _start_side(checkout: str, out_dir: str, fast_compile: bool,
+                log_path: str) -> subprocess.Popen:
   env = dict(os.environ, PYTHONPATH=os.path.abspath(checkout),
              XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", out_dir]
   if fast_compile:
     cmd.append("--fast_compile")
-  subprocess.run(cmd, env=env, check=True, cwd=tempfile.gettempdir())
+  with open(log_path, "w") as log:
+    return subprocess.Popen(cmd, env=env, cwd=tempfile.gettempdir(),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def _done(out_dir: str) -> bool:
+  return all(os.path.isfile(os.path.join(out_dir, f"{stage}_{name}.npz"))
+             for stage in (1, 2) for name in MESHES)
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
@@ -183,6 +196,8 @@ def main():
       os.path.abspath(__file__))), help="checkout after (default: this one)")
   ap.add_argument("--fast_compile", action="store_true",
                   help="XLA opt level 0 on both sides (CI-scale compile)")
+  ap.add_argument("--out", help="where each side's outputs go (default: a "
+                  "new temporary directory); sides already there are reused")
   ap.add_argument("--worker", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
@@ -190,13 +205,24 @@ def main():
     return
   if not args.old:
     ap.error("--old is required (a checkout of the code before)")
-  with tempfile.TemporaryDirectory() as tmp:
-    dirs = {side: os.path.join(tmp, side) for side in ("old", "new")}
-    for side, checkout in (("old", args.old), ("new", args.new)):
-      os.makedirs(dirs[side])
-      print(f"== {side.upper()}: {os.path.abspath(checkout)}", flush=True)
-      _run_side(checkout, dirs[side], args.fast_compile)
-    same = compare(dirs["old"], dirs["new"])
+  out = args.out or tempfile.mkdtemp(prefix="step_identity_")
+  dirs = {side: os.path.join(out, side) for side in ("old", "new")}
+  # The two sides run at once (XLA compiles on one core each); a side whose
+  # outputs are already in --out is not run again.
+  procs = {}
+  for side, checkout in (("old", args.old), ("new", args.new)):
+    os.makedirs(dirs[side], exist_ok=True)
+    if _done(dirs[side]):
+      print(f"== {side.upper()}: outputs already in {dirs[side]}")
+      continue
+    print(f"== {side.upper()}: {os.path.abspath(checkout)} "
+          f"(log {dirs[side]}.log)", flush=True)
+    procs[side] = _start_side(checkout, dirs[side], args.fast_compile,
+                              dirs[side] + ".log")
+  for side, proc in procs.items():
+    if proc.wait():
+      sys.exit(f"the {side.upper()} side failed: see {dirs[side]}.log")
+  same = compare(dirs["old"], dirs["new"])
   print(f"bit-identical: {same}/{2 * len(MESHES)}")
   sys.exit(0 if same == 2 * len(MESHES) else 1)
 

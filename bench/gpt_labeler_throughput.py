@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import transformers
 
-from dashclip_jax.curation.gpt import labeler as gpt_labeler
-from dashclip_jax.curation.gpt import prompts as prompts_lib
+from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
+from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
 import labelled_pairs  # bench/, beside this script.
 # pylint: enable=g-import-not-at-top
 

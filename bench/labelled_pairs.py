@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import sources
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",

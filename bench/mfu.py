@@ -6,7 +6,7 @@
                       [--variants einsum,cudnn,cudnn+rbg] [--peak_tflops 989.4]
 
 MFU = model FLOPs per step / step time / peak. Model FLOPs are counted
-analytically (`dashclip_jax/flops.py`: matmuls and attention; forward x3
+analytically (`dashclip_jax/train/flops.py`: matmuls and attention; forward x3
 for trained towers, x1 for frozen ones), so rematerialisation or wasted
 work never raises the figure. XLA's own count of the compiled step is
 printed beside it (on GPU it misses the library matmuls: read it as a
@@ -54,13 +54,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dashclip_jax import flops as model_flops
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding
-from dashclip_jax import tokenizer as tok
-from dashclip_jax import train_state
-from dashclip_jax import train_steps as ts
+from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.train import flops as model_flops
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import step_config
+from dashclip_jax.train import steps as ts
 
 TITLE_LEN, QUERY_LEN, N_NEG = 32, 16, 3
 
@@ -209,6 +210,15 @@ def profile_summary(run_step, compiled, keep_as: str | None = None,
   return format_op_times(*op_times(read_trace(path), hlo_text), steps)
 
 
+# Freeze rules: configs/stage1.py's; stage 2 with the whole product tower
+# (and the stage-1 heads) frozen, as configs/stage2.py:tiny/base freeze it
+# but for product_proj.
+STAGE1_FROZEN = ((r"(query|query_proj|product_proj)/.*", 0.0), (".*", 1.0))
+STAGE2_FROZEN = (
+    (r"(img|txt|product_proj|vision_proj|text_proj|itm_head)/.*", 0.0),
+    (".*", 1.0))
+
+
 def step_setup(stage: int, cfg: model_lib.ModelConfig):
   """-> (1-device mesh, optimizer, StepConfig, unjitted step) of a stage.
 
@@ -216,11 +226,11 @@ def step_setup(stage: int, cfg: model_lib.ModelConfig):
   absl (config_lib), which the GPU image lacks; this needs jax/flax/optax.
   """
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
-  lr_mults = ts.STAGE1_LR_MULTS if stage == 1 else ts.STAGE2_FROZEN_TOWER
+  lr_mults = STAGE1_FROZEN if stage == 1 else STAGE2_FROZEN
   tx = optim.make_optimizer(optim.OptimConfig(
       lr=1e-5, warmup_steps=10, total_steps=1000, lr_mults=lr_mults),
       model_lib.abstract_params(cfg))
-  sc = ts.StepConfig()
+  sc = step_config.StepConfig()
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
   return mesh, tx, sc, make(cfg, sc, tx, mesh)
 
@@ -233,7 +243,8 @@ def time_step(stage: int, cfg: model_lib.ModelConfig, b: int, steps: int,
   batch = sharding.global_batch(random_batch(stage, b, cfg), mesh)
   key = lambda i: jax.random.key(i, impl=key_impl)
   t0 = time.perf_counter()
-  compiled = train_state.jit_step(step, state, batch, mesh).lower(
+  compiled = train_state.jit_step(
+      step, train_state.state_shardings(state), batch, mesh).lower(
       state, batch, key(0)).compile()
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()

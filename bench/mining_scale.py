@@ -65,6 +65,7 @@ def side(args) -> dict:
   """One side's timings in this process (seconds, CPU seconds, RSS)."""
   # pylint: disable=g-import-not-at-top
   from dashclip_jax.curation import mining
+  from dashclip_jax import index as index_lib
   from dashclip_jax.evaluation import knn
   # pylint: enable=g-import-not-at-top
   rng = np.random.default_rng(0)
@@ -84,7 +85,7 @@ def side(args) -> dict:
                                 search=args.search,
                                 faiss_index=args.faiss_index, **kw)
     if args.search == "faiss":
-      fixed = _timed(knn.build_index, products, kind=args.faiss_index)[1]
+      fixed = _timed(index_lib.build_index, products, kind=args.faiss_index)[1]
   out = dict(side=args.side, queries=args.queries, seconds=seconds, cpu=cpu,
              fixed=fixed, pairs=len(cand["query"]), peak_rss_mib=_rss_mib(),
              rss_before_mib=rss_before)

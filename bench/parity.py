@@ -21,11 +21,11 @@ import transformers
 import jax
 import jax.numpy as jnp
 
-from dashclip_jax import checkpoint_io
 from dashclip_jax import convert
 from dashclip_jax.convert import parity
 from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import tokenizer as tok
 
 
 def hf_blip_base(image_size: int) -> transformers.BlipForImageTextRetrieval:
@@ -68,7 +68,7 @@ def main():
   workdir = tempfile.mkdtemp()
   hf.save_pretrained(os.path.join(workdir, "hf"))
   convert.convert(os.path.join(workdir, "hf"), os.path.join(workdir, "ours"))
-  config, trees, _ = checkpoint_io.load_model_dir(
+  config, trees, _ = model_dir_lib.load_model_dir(
       os.path.join(workdir, "ours"))
   module, params = model_lib.DashClip(config), {"params": trees["params"]}
 

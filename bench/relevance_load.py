@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 table, catalog_path, shard = sys.argv[1:4]
 ids = [str(i) for i in pq.read_table(catalog_path, columns=["id"])
        .column("id").to_pylist()]
@@ -47,7 +48,7 @@ cat.index_of("")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 kw = {"shard": tuple(map(int, shard.split(",")))} if shard else {}
-rel = relevance_lib.load_relevance(table, cat, **kw)
+rel = relevance_tables.load_relevance(table, cat, **kw)
 seconds = time.perf_counter() - start
 status = dict(l.split(":", 1) for l in open("/proc/self/status"))
 print(json.dumps({

@@ -213,8 +213,8 @@ def _measure(fn):
 
 
 def _worker_catalog(tables: str) -> dict:
-  from dashclip_jax.data import catalog as catalog_lib  # pylint: disable=g-import-not-at-top
-  return _measure(lambda: {"products": len(catalog_lib.load_catalog(
+  from dashclip_jax.data import catalog_tables  # pylint: disable=g-import-not-at-top
+  return _measure(lambda: {"products": len(catalog_tables.load_catalog(
       os.path.join(tables, "styles.csv")))})
 
 
@@ -223,18 +223,19 @@ def _worker_relevance(tables: str, prepared: str = "",
   """The train pairs of one process: all of the CSV, or from a prepared
   directory the shard files of process 0 of `processes`."""
   # pylint: disable=g-import-not-at-top
-  from dashclip_jax.data import catalog as catalog_lib
+  from dashclip_jax.data import catalog_tables
   from dashclip_jax.data import relevance as relevance_lib
+  from dashclip_jax.data import relevance_tables
   # pylint: enable=g-import-not-at-top
-  train = catalog_lib.load_catalog(
+  train = catalog_tables.load_catalog(
       os.path.join(tables, "styles.csv")).subset("train")
   path = (os.path.join(prepared, "relevance_train") if prepared
           else os.path.join(tables, "relevance_train.csv"))
 
   def run():
-    rel = relevance_lib.load_relevance(path, train, shard=(0, processes))
-    q, _, _, _ = relevance_lib.stage2_pairs(rel, "weighted", 0.5)
-    return {"pairs": len(rel), "stage2_pairs": len(q)}
+    rel = relevance_tables.load_relevance(path, train, shard=(0, processes))
+    pairs = relevance_lib.stage2_pairs(rel, "weighted", 0.5)
+    return {"pairs": len(rel), "stage2_pairs": len(pairs)}
   return _measure(run)
 
 
@@ -263,14 +264,15 @@ def _random_unit(rng, n: int, dim: int) -> np.ndarray:
 def _worker_eval_topk(tables: str) -> dict:
   """Retrieval + metrics of the final evaluation over every product."""
   # pylint: disable=g-import-not-at-top
-  from dashclip_jax.data import catalog as catalog_lib
-  from dashclip_jax.data import relevance as relevance_lib
+  from dashclip_jax.data import catalog_tables
+  from dashclip_jax.data import relevance_tables
   from dashclip_jax.evaluation import knn
   from dashclip_jax.evaluation import metrics
+  from dashclip_jax.evaluation import qrels as qrels_lib
   # pylint: enable=g-import-not-at-top
-  catalog = catalog_lib.load_catalog(os.path.join(tables, "styles.csv"))
-  rel = relevance_lib.load_relevance(os.path.join(tables, "qrels_test.csv"),
-                                     catalog)
+  catalog = catalog_tables.load_catalog(os.path.join(tables, "styles.csv"))
+  rel = relevance_tables.load_relevance(os.path.join(tables, "qrels_test.csv"),
+                                        catalog)
   rng = np.random.default_rng(0)
   queries = _random_unit(rng, rel.num_queries, 256)
   products = _random_unit(rng, len(catalog), 256)
@@ -282,8 +284,8 @@ def _worker_eval_topk(tables: str) -> dict:
     # Before issue 28: knn.depth=0, the whole catalog, and dense labels.
     depth = min(depth_default, n) if sparse else n
     _, ranking = knn.exact_topk(queries, products, depth)
-    labels = (metrics.qrels_from_relevance(rel) if sparse
-              else metrics.labels_from_relevance(rel))
+    labels = (qrels_lib.qrels_from_relevance(rel) if sparse
+              else qrels_lib.labels_from_relevance(rel))
     m = metrics.retrieval_metrics(ranking, labels, rel.query_ids)
     return {"depth": depth, "ndcg@10": m["ndcg@10"]}
   return _measure(run)

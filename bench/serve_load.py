@@ -8,7 +8,7 @@ DIR: a model dir (e.g. the fashion job's WORKDIR/stage2); without it a
 randomly initialised model of --size geometry is written to a temporary
 directory (weights do not change the speed). One run, side by side:
 
-  batched     `python -m dashclip_jax.serve --max_batch=M` in its own process,
+  batched     `python -m dashclip_jax.serving --max_batch=M` in its own process,
               --clients threads each sending single-query POST /v1/embeddings
               on a kept-alive connection, --requests in all
   batch=1     the same server with --max_batch=1 (no merging)
@@ -48,10 +48,10 @@ def _queries(n):
 
 def _write_model(size, out):
   import jax  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   config = model_lib.model_config(size)
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       out, model_lib.init_params(config, jax.random.key(0)), config)
   return out
 
@@ -80,7 +80,7 @@ def run_server(model, max_batch, wait_ms, requests, clients):
   port = _port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen(
-      [sys.executable, "-m", "dashclip_jax.serve", f"--model={model}",
+      [sys.executable, "-m", "dashclip_jax.serving", f"--model={model}",
        f"--port={port}", f"--max_batch={max_batch}",
        f"--batch_wait_ms={wait_ms}"],
       env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL)

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 import dashclip_jax
-from dashclip_jax import serve
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
+from dashclip_jax.serving import server as serve
 import serve_helpers  # tests/: the server thread and the DevTools browser.
 # pylint: enable=g-import-not-at-top
 
@@ -50,11 +50,11 @@ def main():
     images = [np.asarray(Image.open(os.path.join(
         args.data, "images", f"{r['id']}.jpg")).convert("RGB")) for r in rows]
     encoder.encode_products_to_parquet(
-        os.path.join(tmp, export_lib.part_file(0, 1)),
+        os.path.join(tmp, index_lib.part_file(0, 1)),
         [r["id"] for r in rows], images,
         [r["productDisplayName"] for r in rows],
         categories=[r["articleType"] for r in rows])
-    export_lib.finish_export(tmp, 1, checkpoint=args.model)
+    index_lib.finish_export(tmp, 1, checkpoint=args.model)
     # Warmed up: the latency readout shows a served query, not a compile.
     api = serve.build(args.model, tmp, image_root=args.data, encoder=encoder,
                       warmup=True)

@@ -22,7 +22,7 @@ import dataclasses
 import statistics
 import time
 
-from dashclip_jax import host_memory
+from dashclip_jax.runtime import host_memory
 
 host_memory.reuse_freed_memory_unless_disabled()
 
@@ -30,10 +30,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import optim  # noqa: E402
-from dashclip_jax import tokenizer as tok  # noqa: E402
-from dashclip_jax import train_state  # noqa: E402
-from dashclip_jax import train_steps as ts  # noqa: E402
+from dashclip_jax.model import tokenizer as tok  # noqa: E402
+from dashclip_jax.train import optim  # noqa: E402
+from dashclip_jax.train import state as train_state  # noqa: E402
+from dashclip_jax.train import step_config
+from dashclip_jax.train import steps as ts  # noqa: E402
 
 
 def demo_geometry(image_size: int) -> model_lib.ModelConfig:
@@ -41,7 +42,7 @@ def demo_geometry(image_size: int) -> model_lib.ModelConfig:
   minilm = dataclasses.replace(c.text, width=384, depth=6, heads=12,
                                mlp_dim=1536, max_positions=512)
   return c.replace(vision=dataclasses.replace(c.vision,
-                                             image_size=image_size),
+                                              image_size=image_size),
                    text=minilm,
                    query=dataclasses.replace(minilm, cross_attention=False),
                    embed_dim=384, query_pooling="mean", product_pooling="mean")
@@ -65,6 +66,12 @@ def make_batch(cfg, b: int, n_neg: int, lt: int = 24, lq: int = 16):
           "label_weight": np.ones((b,), np.float32)}
 
 
+# configs/stage2.py:tiny's freeze rules: the product tower body and the
+# stage-1 heads frozen, product_proj trained.
+STAGE2_FROZEN = (
+    (r"(img|txt|vision_proj|text_proj|itm_head)/.*", 0.0), (".*", 1.0))
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--batch", type=int, default=32)
@@ -73,9 +80,9 @@ def main():
   parser.add_argument("--image_size", type=int, default=64)
   args = parser.parse_args()
   cfg = demo_geometry(args.image_size)
-  step_cfg = ts.StepConfig(train_product_tower=False)
+  step_cfg = step_config.StepConfig(train_product_tower=False)
   opt = optim.OptimConfig(lr=1e-4, total_steps=1000,
-                          lr_mults=ts.STAGE2_TRAIN_PRODUCT_PROJ)
+                          lr_mults=STAGE2_FROZEN)
   params = model_lib.unbox(jax.jit(
       lambda r: model_lib.init_params(cfg, r))(jax.random.key(0)))
   tx = optim.make_optimizer(opt, params)

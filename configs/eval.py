@@ -15,7 +15,7 @@ Variants:
   synthetic  the embedded synthetic catalog the demo main job trains on
              (dashclip_jax.data.synthetic).
 
-`config.data` is the block every job reads (config_lib.data_block): any
+`config.data` is the block every job reads (configs/common.py data_block): any
 graded query file in the `query_id, query, product_id, label` layout can be
 evaluated against any catalog: --config.data.source=table
 --config.data.catalog_path=... --config.data.relevance_test_path=...
@@ -26,11 +26,13 @@ Add the un-adapted start point as a baseline with
 
 import ml_collections
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
+
+common = config_files.sibling_config(__file__, "common")
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fashion")
+  arg = config_files.parse_arg(arg, variant="fashion")
   v = arg.variant
   if v not in ("fashion", "synthetic"):
     raise ValueError(f"unknown eval variant {v!r}: fashion or synthetic")
@@ -42,7 +44,7 @@ def get_config(arg=None):
   # The data every job reads: the fashion run's, or the demo's synthetic
   # catalog. Strict about qrels: a skipped row (e.g. a judged product
   # missing from the ranked split) changes what the metrics measure.
-  c.data = config_lib.data_block("fashion" if v == "fashion" else "demo")
+  c.data = common.data_block("fashion" if v == "fashion" else "demo")
   c.data.relevance_test_max_bad_fraction = 0.0
   # Systems besides "dashclip": "bm25", "minilm" (titles only) and "init".
   c.baselines = ("bm25", "minilm")

@@ -18,7 +18,7 @@ Variants:
 Arguments: `clicks=default|steep` picks the click-model parameters (below).
 
 `embeddings` (required) is the model under test: an embedding export
-(dashclip_jax/evaluation/export.py layout) or "minilm". `alternatives` adds
+(dashclip_jax/index.py layout) or "minilm". `alternatives` adds
 more towers: "minilm", "NAME=EXPORT_DIR" or "NAME=model:MODEL_DIR" (a
 dashclip model dir, e.g. a run's models/0, the untrained "init"; encoded once
 and cached). Every run trains: the baseline DCN, DCN + tower for the model
@@ -32,7 +32,9 @@ reuses it (and the MiniLM/model embeddings), whatever its models.
 
 import ml_collections
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
+
+common = config_files.sibling_config(__file__, "common")
 
 VARIANTS = ("tiny", "fashion")
 
@@ -55,7 +57,7 @@ CLICKS = {
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, variant="fashion", clicks="default")
+  arg = config_files.parse_arg(arg, variant="fashion", clicks="default")
   v = arg.variant
   if v not in VARIANTS:
     raise ValueError(f"unknown ranking variant {v!r}: {', '.join(VARIANTS)}")
@@ -67,18 +69,18 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.stage = "ranking"
   c.seed = 0               # Model init and batch order (not the simulation).
-  c.mesh = config_lib.mesh_config()
+  c.mesh = common.mesh_config()
   c.embeddings = ""        # Required: export dir of the model under test.
   c.name = "dashclip"      # Its name in the tables.
   c.alternatives = pick("", "minilm")  # Comma-separated further towers.
   c.ablation = True        # Also: its features in the single DCN tower.
   c.cache_dir = ""         # "": <workdir>/cache (simulations, embeddings).
-  # The data every job reads (config_lib.data_block). Sessions run over
+  # The data every job reads (configs/common.py data_block). Sessions run over
   # data.split's products and its relevance file's queries. "test": qrels
   # list every label > 0 pair, so every pair has a true label. "train":
   # relevance_train.csv judges a sample; its unjudged pairs take
   # sim.unjudged_label.
-  c.data = config_lib.data_block(pick("tiny", "fashion"))
+  c.data = common.data_block(pick("tiny", "fashion"))
   if tiny:
     c.data.synthetic.update(dict(num_products=160, num_train_queries=8,
                                  num_test_queries=24, image_size=16,

@@ -17,27 +17,29 @@ Variants:
 
 import ml_collections
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
+
+common = config_files.sibling_config(__file__, "common")
 
 
 def get_config(arg=None):
-  c, v = config_lib.stage_config("stage1", arg)
+  c, v = common.stage_config("stage1", arg)
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",
       # "minilm": text + query towers from MiniLM-L6 when no checkpoint.
       text_from="minilm" if v in ("demo", "fashion") else "",
   ))
-  c.data = config_lib.data_block(v)  # Shared with stage 2.
+  c.data = common.data_block(v)  # Shared with stage 2.
   # demo: 40 steps, one evaluation at the end. The earlier 80 (with stage
   # 2's 100) kept the README job over its 9 minutes on 2 cores; the final
   # table moved only in dashclip's NDCG@10, 0.9878 -> 0.9843 (README).
-  c.train.total_steps = config_lib.by_variant(
+  c.train.total_steps = common.by_variant(
       v, tiny=6, demo=40, fashion=300, base=20000)
-  c.train.eval_every = config_lib.by_variant(
+  c.train.eval_every = common.by_variant(
       v, tiny=3, demo=40, fashion=100, base=1000)
-  c.optim.lr = config_lib.by_variant(
+  c.optim.lr = common.by_variant(
       v, tiny=1e-3, demo=3e-4, fashion=3e-4, base=1e-5)
-  c.optim.warmup_steps = config_lib.by_variant(
+  c.optim.warmup_steps = common.by_variant(
       v, tiny=1, demo=10, fashion=20, base=1000)
   # Stage 1 never uses the query tower or product_proj: frozen (else AdamW's
   # weight decay alone would shrink a pretrained query tower).
@@ -59,7 +61,7 @@ def get_config(arg=None):
       alpha_ramp_epochs=1.0 if v == "base" else 0.0,
       deterministic=False,
   ))
-  c.checkpoint.every_steps = config_lib.by_variant(
+  c.checkpoint.every_steps = common.by_variant(
       v, tiny=2, demo=20, fashion=100, base=1000)
   # True: start over in a workdir that holds a run (its checkpoints, models
   # and metrics are moved aside, not deleted); else a rerun resumes.

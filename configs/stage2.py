@@ -33,22 +33,11 @@ stages (`--config.model.size=...` moves both; `--config.stage1.model.size`
 is an error that says so).
 """
 
-import os
-
 import ml_collections
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 
-
-def _sibling_config(name: str):
-  """configs/<name>.py as a module, loaded by path next to this file.
-
-  Not `from configs import stage1`: configs/ is no installed package, so
-  that import works only where the repo root is on sys.path (python -m from
-  the root), not for `--config=/path/to/configs/stage2.py` run elsewhere.
-  """
-  return config_lib.config_module(
-      os.path.join(os.path.dirname(__file__), f"{name}.py"))
+common = config_files.sibling_config(__file__, "common")
 
 
 def final_eval_block(enabled: bool, variant: str):
@@ -58,7 +47,7 @@ def final_eval_block(enabled: bool, variant: str):
   through (the block every job reads), so `--config.data.*` overrides move
   it too; the block keeps no data of its own.
   """
-  c = _sibling_config("eval").get_config("fashion")
+  c = config_files.sibling_config(__file__, "eval").get_config("fashion")
   c.enabled = enabled
   del c["data"]
   # "init": the model before any training (stage 1's start when the main
@@ -69,21 +58,21 @@ def final_eval_block(enabled: bool, variant: str):
 
 
 def get_config(arg=None):
-  c, v = config_lib.stage_config("stage2", arg)
+  c, v = common.stage_config("stage2", arg)
   c.init = ml_collections.ConfigDict(dict(
       checkpoint="",          # Stage-1 workdir/model or converted BLIP.
       query_from_text=True,   # Query tower <- (stage-1) text encoder.
       # "minilm": text + query towers from MiniLM-L6 when no checkpoint.
       text_from="minilm" if v in ("demo", "fashion") else "",
   ))
-  c.stage1 = (_sibling_config("stage1").get_config(v)
+  c.stage1 = (config_files.sibling_config(__file__, "stage1").get_config(v)
               if v in ("tiny", "demo", "fashion") else None)
   if c.stage1 is not None:
     # Stage 1 runs on this config's data, model, mesh and seed (one override
     # moves both stages): the block keeps no copies that would be ignored.
-    for key in config_lib.STAGE1_FROM_STAGE2:
+    for key in config_files.STAGE1_FROM_STAGE2:
       del c.stage1[key]
-  c.data = config_lib.data_block(v)  # Stage 1's too.
+  c.data = common.data_block(v)  # Stage 1's too.
   if v == "demo":
     # 2 mined negative queries per product, not 4: the query tower runs on
     # 96 queries a step instead of 160 (a stage-2 step 28% fewer FLOPs),
@@ -91,15 +80,15 @@ def get_config(arg=None):
     c.data.num_negatives = 2
   # demo: 60 steps (was 100, see configs/stage1.py's 40), evaluated before
   # training and at the end only.
-  c.train.total_steps = config_lib.by_variant(
+  c.train.total_steps = common.by_variant(
       v, tiny=6, demo=60, fashion=500, base=10000)
-  c.train.eval_every = config_lib.by_variant(
+  c.train.eval_every = common.by_variant(
       v, tiny=3, demo=60, fashion=100, base=1000)
   # 1e-4 for the demo and fashion runs: their query tower is pretrained
   # (MiniLM, through stage 1's text encoder); 1e-3 made the demo forget it.
-  c.optim.lr = config_lib.by_variant(
+  c.optim.lr = common.by_variant(
       v, tiny=1e-3, demo=1e-4, fashion=1e-4, base=1e-5)
-  c.optim.warmup_steps = config_lib.by_variant(
+  c.optim.warmup_steps = common.by_variant(
       v, tiny=1, demo=10, fashion=50, base=500)
   # What trains (first match wins). demo, fashion: the whole product tower
   # (ViT, image-grounded text encoder, product_proj) with the query tower,
@@ -134,7 +123,7 @@ def get_config(arg=None):
   # over the train catalog (evaluation/paraphrases.py; needs the fashion
   # catalog's columns), logged as para/* beside the held-out eval/*.
   c.eval.paraphrases = False
-  c.checkpoint.every_steps = config_lib.by_variant(
+  c.checkpoint.every_steps = common.by_variant(
       v, tiny=2, demo=30, fashion=100, base=1000)
   # True: start over (the previous run is moved aside). Stage 1 of a
   # main job has its own: --config.stage1.checkpoint.restart.

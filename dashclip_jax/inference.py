@@ -14,8 +14,8 @@ padded, so each function compiles once per batch size, not once per call.
 Images are preprocessed batch by batch: a large catalog is never held as
 pixels all at once. `show_progress=True` draws a tqdm bar over the batches.
 
-The Parquet writers use the evaluation export's row layout (id, title or
-text, embedding as fixed-size list<float32>; `evaluation/export.py`), one
+The Parquet writers use the exported index's row layout (id, title or
+text, embedding as fixed-size list<float32>; `dashclip_jax/index.py`), one
 row group per batch; `search` ranks an export's products for query texts.
 """
 
@@ -24,27 +24,18 @@ from __future__ import annotations
 import collections
 import functools
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 import pyarrow.parquet as pq
 from tqdm import auto as tqdm
 
-from dashclip_jax import checkpoint_io
+from dashclip_jax import index as index_lib
 from dashclip_jax import model as model_lib
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
-
-if TYPE_CHECKING:
-  from dashclip_jax.evaluation import export as export_lib
-
-
-def _export_lib():
-  # Imported on first use: it loads faiss, whose import logs to stderr and
-  # costs time that encoding alone never needs (`load` stays light).
-  from dashclip_jax.evaluation import export  # pylint: disable=g-import-not-at-top
-  return export
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tok
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -84,7 +75,7 @@ class DashClipEncoder:
                                config.query.max_positions)
     self.caption_max_words = caption_max_words
     self.batch_size = _check_batch_size(batch_size)
-    self.index: export_lib.ExportedIndex | None = None  # attach_index
+    self.index: index_lib.ExportedIndex | None = None  # attach_index
     self.module = model_lib.DashClip(config)
     apply = lambda method: jax.jit(functools.partial(
         self.module.apply, method=method))
@@ -225,7 +216,7 @@ class DashClipEncoder:
 
     Columns id, title, [category,] embedding: the layout of an export's
     product part, so `path` = `<dir>/products-00000-of-00001.parquet` then
-    `evaluation.export.finish_export(<dir>, 1)` makes a searchable export.
+    `index.finish_export(<dir>, 1)` makes a searchable export.
     images=None embeds the titles alone (`encode_product_text`).
     """
     kind = "encode_product_text" if images is None else "encode_product"
@@ -254,8 +245,7 @@ class DashClipEncoder:
       if len(values) != len(ids):
         raise ValueError(f"{len(values)} {name} values for {len(ids)} ids")
     empty = np.zeros((0, self.config.embed_dim), np.float32)
-    export_lib = _export_lib()
-    schema = export_lib.embedding_table(
+    schema = index_lib.embedding_table(
         [], [], text_name, empty, {k: [] for k in extra}).schema
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".partial"  # Renamed when complete: no torn files.
@@ -264,7 +254,7 @@ class DashClipEncoder:
         start = 0
         for emb in batches:
           rows = slice(start, start + len(emb))
-          writer.write_table(export_lib.embedding_table(
+          writer.write_table(index_lib.embedding_table(
               ids[rows], texts[rows], text_name, emb,
               {k: v[rows] for k, v in extra.items()}))
           start = rows.stop
@@ -276,7 +266,7 @@ class DashClipEncoder:
 
   # -- search over an embedding export -------------------------------------
 
-  def attach_index(self, export: str | export_lib.ExportedIndex
+  def attach_index(self, export: str | index_lib.ExportedIndex
                    ) -> DashClipEncoder:
     """Makes `export` (an export directory or a loaded one) the product
     index `search` uses by default -> self."""
@@ -284,9 +274,9 @@ class DashClipEncoder:
     return self
 
   def search(self, queries: Sequence[str], k: int = 10, *,
-             index: str | export_lib.ExportedIndex | None = None,
+             index: str | index_lib.ExportedIndex | None = None,
              batch_size: int | None = None, show_progress: bool = False
-             ) -> list[list[export_lib.SearchHit]]:
+             ) -> list[list[index_lib.SearchHit]]:
     """Per query, the k best products of the index (the attached one, or
     `index`, loaded anew per call) for its query-tower embedding:
     [SearchHit(product_id, title, score)], best first. A query with no
@@ -301,13 +291,12 @@ class DashClipEncoder:
     return target.search(self.encode_query(
         queries, batch_size=batch_size, show_progress=show_progress), k)
 
-  def _open_index(self, export: str | export_lib.ExportedIndex
-                  ) -> export_lib.ExportedIndex:
-    export_lib = _export_lib()
-    if not isinstance(export, export_lib.ExportedIndex):
+  def _open_index(self, export: str | index_lib.ExportedIndex
+                  ) -> index_lib.ExportedIndex:
+    if not isinstance(export, index_lib.ExportedIndex):
       if not os.path.isdir(export):
         raise FileNotFoundError(f"embedding export not found: {export}")
-      export = export_lib.ExportedIndex(os.fspath(export))
+      export = index_lib.ExportedIndex(os.fspath(export))
     if export.index.d != self.config.embed_dim:
       raise ValueError(
           f"embedding export {export.export_dir} holds {export.index.d}-d "
@@ -336,39 +325,14 @@ def load(checkpoint_dir: str, *, batch_size: int = 32) -> DashClipEncoder:
 
   A training workdir is accepted too: its latest exported model is used.
   """
-  model_dir = resolve_model_dir(checkpoint_dir)
-  config, trees, meta = checkpoint_io.load_model_dir(model_dir)
+  model_dir = model_dir_lib.resolve_model_dir(checkpoint_dir)
+  config, trees, meta = model_dir_lib.load_model_dir(model_dir)
   pre = meta.get("preprocessing", {})
   vocab = os.path.join(model_dir, meta.get("tokenizer", {}).get(
-      "vocab", checkpoint_io.VOCAB_FILE))
+      "vocab", model_dir_lib.VOCAB_FILE))
   return DashClipEncoder(
       config, trees["params"], tok.BlipTokenizer.from_vocab(vocab),
       image_size=pre.get("image_size"),
       text_max_length=pre.get("text_max_length", 35),
       caption_max_words=pre.get("caption_max_words", 30),
       batch_size=batch_size)
-
-
-def resolve_model_dir(path: str) -> str:
-  """A model dir itself, or the newest trained `<path>/models/<step>` (step
-  > 0) of a training workdir."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint directory not found: {path}")
-  if os.path.isfile(os.path.join(path, checkpoint_io.METADATA_FILE)):
-    return path
-  exported = os.path.join(path, "models")
-  if os.path.isdir(exported):
-    steps = sorted((int(d) for d in os.listdir(exported) if d.isdigit() and
-                    os.path.isfile(os.path.join(
-                        exported, d, checkpoint_io.METADATA_FILE))))
-    if steps and steps[-1] > 0:
-      return os.path.join(exported, str(steps[-1]))
-    if steps:
-      # models/0 is a run's untrained start (kept as the evaluation's "init"
-      # reference): never what a workdir stands for.
-      raise FileNotFoundError(
-          f"{path} holds only its untrained start ({exported}/0): its "
-          "training has not finished; rerun it, or name models/0 explicitly")
-  raise FileNotFoundError(
-      f"{path} holds no dashclip model ({checkpoint_io.METADATA_FILE} not "
-      "found, nor a training workdir with models/<step>/)")

@@ -19,6 +19,15 @@ error: <message>`, never a traceback.
 
 from __future__ import annotations
 
+from dashclip_jax.runtime import host_memory
+
+if __name__ == "__main__":
+  # glibc keeps XLA's freed CPU temporaries for the next step. Before the
+  # imports below: numpy and jax start threads, which would keep malloc
+  # arenas of their own.
+  host_memory.reuse_freed_memory_unless_disabled()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import contextlib
 import json
 import logging
@@ -26,31 +35,26 @@ import os
 import sys
 import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+import ml_collections
 
-from dashclip_jax import config_lib
-from dashclip_jax import host_memory
-from dashclip_jax import workdir_lock
+from dashclip_jax import app
+from dashclip_jax.data import bad_records
+from dashclip_jax.data import tables
+from dashclip_jax.evaluation import pipeline as eval_pipeline
+from dashclip_jax.runtime import config_files
+from dashclip_jax.runtime.config_files import ConfigError
+from dashclip_jax.train import checkpoints
+from dashclip_jax.trainers import final_eval
+from dashclip_jax.trainers import init_checkpoint
+from dashclip_jax.trainers import nonfinite
+from dashclip_jax.trainers import preemption
+from dashclip_jax.trainers import stage1
+from dashclip_jax.trainers import stage2
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 PROG = "dashclip_jax.main"
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file[:variant].", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes).")
-_DISTRIBUTED = config_lib.DistributedFlags()
-
 log = logging.getLogger("dashclip_jax")
-
-
-def write_config(config, workdir: str) -> None:
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
 
 
 _STAGE1_SHARES = ("stage 1 runs on the stage-2 config's data, model, mesh "
@@ -66,56 +70,18 @@ def stage1_config_of(config):
   A `stage1` block that sets data, model, mesh or seed itself is an error:
   they would be ignored.
   """
-  own = [k for k in config_lib.STAGE1_FROM_STAGE2 if k in config.stage1]
+  own = [k for k in config_files.STAGE1_FROM_STAGE2 if k in config.stage1]
   if own:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"config.stage1.{own[0]}: {_STAGE1_SHARES}; set config.{own[0]} "
         "instead (it moves both stages) and drop stage1's copy")
   s1 = config.stage1.copy_and_resolve_references()
   with s1.unlocked():
-    for key in config_lib.STAGE1_FROM_STAGE2:
+    for key in config_files.STAGE1_FROM_STAGE2:
       s1[key] = config[key]
     if config.init.text_from:
       s1.init.text_from = config.init.text_from
   return s1
-
-
-COMPILATION_CACHE = "jax_cache"
-
-
-def use_compilation_cache(workdir: str) -> str | None:
-  """Keeps compiled XLA programs in `<workdir>/jax_cache` (jax's persistent
-  cache); returns the directory, None when it is off.
-
-  A rerun (resume after a kill, the evaluation redone) and every later
-  stage that compiles a program seen before load it instead of compiling
-  it again (a train step of the demo compiles for about a minute on 2 CPU
-  cores). The cache key is the program, the compile options, the devices
-  and the jax version, so a stale entry is never used; an unreadable one
-  is compiled afresh (jax warns). A JAX_COMPILATION_CACHE_DIR (and a
-  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS) the user set wins; a cache
-  dir that cannot be written turns the cache off with one warning.
-  Call it before the first compile.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.config.jax_compilation_cache_dir:
-    return jax.config.jax_compilation_cache_dir
-  path = os.path.join(workdir, COMPILATION_CACHE)
-  try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_test.{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    log.warning("compilation cache off: %s is not writable (%s)", path, e)
-    return None
-  jax.config.update("jax_compilation_cache_dir", path)
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    # Evaluation encoders compile in well under jax's default 1 s threshold
-    # on a fast host, yet add up across the stages and systems.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-  return path
 
 
 @contextlib.contextmanager
@@ -140,23 +106,18 @@ def start_model_of(stage_config, stage_dir: str) -> str | None:
   return start if os.path.isdir(start) else None
 
 
-def run(config, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs what the config asks for; returns {"model": dir, "metrics": ...}.
 
   An eval config (configs/eval.py) runs evaluation.run's job in `workdir`.
   """
   stage = config.get("stage")
   if stage not in ("stage1", "stage2", "eval"):
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"config.stage must be stage1, stage2 or eval (configs/stage1.py, "
         f"stage2.py, eval.py), got {stage!r}")
-  write_config(config, workdir)
   if stage == "eval":
-    from dashclip_jax.evaluation import run as eval_run  # pylint: disable=g-import-not-at-top
-    return {"metrics": eval_run.evaluate(config, workdir)}
-  from dashclip_jax.trainers import final_eval  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.trainers import stage1  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.trainers import stage2  # pylint: disable=g-import-not-at-top
+    return {"metrics": eval_pipeline.evaluate(config, workdir)}
   if stage == "stage1":
     return {"model": stage1.train(config, workdir)}
   final = config.get("final_eval") is not None and config.final_eval.enabled
@@ -187,44 +148,29 @@ def run(config, workdir: str) -> dict:
 
 
 def one_line_errors() -> tuple[type[BaseException], ...]:
-  """The errors `main` prints as one line: each names its culprit.
+  """The errors `main` prints as one line (besides ConfigError): each names
+  its culprit.
 
   FileNotFoundError: a data path, catalog or model dir named by the config
   (the message names it); BadDataError: data above max_bad_fraction;
   DiskFullError: a checkpoint save out of disk (where, and how much);
   TableError: a table without a column the mapping names (which, where).
   """
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import checkpointing
-  from dashclip_jax.data import bad_records
-  from dashclip_jax.data import tables
-  from dashclip_jax.trainers import init_checkpoint
-  from dashclip_jax.trainers import nonfinite
-  # pylint: enable=g-import-not-at-top
-  return (config_lib.ConfigError,
-          init_checkpoint.InitCheckpointError, nonfinite.NonFiniteLossError,
-          bad_records.BadDataError, checkpointing.DiskFullError,
-          tables.TableError, FileNotFoundError, NotADirectoryError)
+  return (ConfigError, init_checkpoint.InitCheckpointError,
+          nonfinite.NonFiniteLossError, bad_records.BadDataError,
+          checkpoints.DiskFullError, tables.TableError, FileNotFoundError,
+          NotADirectoryError)
 
 
-def main(argv) -> None:
-  del argv
-  config_lib.start_logging()
-  config = config_lib.job_config(PROG, _CONFIG, _WORKDIR.value)
-  with config_lib.one_line_errors(PROG, (config_lib.ConfigError,)):
-    config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
-    workdir_lock.hold_before_start(_WORKDIR.value, _DISTRIBUTED)
-  from dashclip_jax.trainers import preemption  # pylint: disable=g-import-not-at-top
+def job(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The main job under app.run_job: runs it, prints the metrics; a
+  pre-empted run exits 143 (128 + SIGTERM: schedulers read it so)."""
   try:
-    with config_lib.one_line_errors(PROG, one_line_errors()):
-      _DISTRIBUTED.initialize()
-      workdir_lock.hold_after_initialize(_WORKDIR.value, _DISTRIBUTED)
-      use_compilation_cache(_WORKDIR.value)
-      with timed_phase("main job"):
-        out = run(config, _WORKDIR.value)
+    with timed_phase("main job"):
+      out = run(config, workdir)
   except preemption.Preempted as e:
     log.warning("%s", e)
-    sys.exit(143)  # 128 + SIGTERM: schedulers read it as pre-empted.
+    sys.exit(143)
   if out.get("metrics"):
     print(summary_table(out["metrics"]))
     print(json.dumps(out["metrics"], indent=2, sort_keys=True))
@@ -241,34 +187,19 @@ def summary_table(metrics: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-flag_error = config_lib.flag_error
-
-
 def stage1_override_error(argv: list[str]) -> str | None:
   """What to set instead of a `--config.stage1.<model|data|...>` override."""
   for arg in argv:
     parts = arg.split("=")[0].split(".")
     if parts[:2] == ["--config", "stage1"] and len(parts) > 2 and (
-        parts[2] in config_lib.STAGE1_FROM_STAGE2):
+        parts[2] in config_files.STAGE1_FROM_STAGE2):
       instead = ".".join(["--config"] + parts[2:])
       return (f"{arg.split('=')[0]}: {_STAGE1_SHARES}; set {instead} "
               "instead (it moves both stages)")
   return None
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a bad config or override as one clear line."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    sys.exit(f"{PROG}: error: "
-             f"{stage1_override_error(argv) or flag_error(e, argv)}")
-
-
 if __name__ == "__main__":
-  # glibc keeps XLA's freed CPU temporaries for the next step. Before the
-  # config is loaded: that imports numpy and jax, and threads they start
-  # would keep malloc arenas of their own.
-  host_memory.reuse_freed_memory_unless_disabled()
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=parse_flags)
+  app.run_job(PROG, job, config_help="Experiment config file[:variant].",
+              errors=one_line_errors(), compilation_cache_in_workdir=True,
+              flag_hint=stage1_override_error)

@@ -23,7 +23,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 def tiny_hf_blip_config():
   """HF BlipConfig at the tiny model's geometry (2 layers, width 32, 32 px)."""
   transformers = pytest.importorskip("transformers")
-  from dashclip_jax import tokenizer as tok  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import tokenizer as tok  # pylint: disable=g-import-not-at-top
   return transformers.BlipConfig(
       vision_config=dict(hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2,

@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import model as model_lib
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # ChatML as SmolLM2's GGUF carries it.

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import sharding
-from dashclip_jax.trainers import inputs
+from dashclip_jax.train import sharding
+from dashclip_jax.trainers import eval_inputs
 
 
 def one_layer_tiny_config() -> model_lib.ModelConfig:
@@ -23,9 +23,9 @@ def one_layer_tiny_config() -> model_lib.ModelConfig:
 def save_one_layer_tiny_model(path) -> str:
   """Writes `one_layer_tiny_config` with params from key 3 as a model dir at
   `path` (what `dashclip_jax.load` reads); -> the path."""
-  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   config = one_layer_tiny_config()
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       str(path), model_lib.init_params(config, jax.random.key(3)), config)
   return str(path)
 
@@ -65,7 +65,7 @@ def two_query_heldout_eval(labels: np.ndarray,
     del params
     return (batch["query_emb"], batch["query_index"], batch["valid"])
 
-  data = inputs.Stage2Eval(
+  data = eval_inputs.Stage2Eval(
       product_rows=np.arange(labels.shape[1]), product_batches=None,
       query_batches=[{"query_emb": np.eye(2, dtype=np.float32),
                       "query_index": np.array([0, 1], np.int32),

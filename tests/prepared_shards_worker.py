@@ -24,16 +24,16 @@ def main(argv):
                                process_id=int(process_id))
   # pylint: disable=g-import-not-at-top
   import numpy as np
-  from dashclip_jax import sharding
-  from dashclip_jax.data import prepare
+  from dashclip_jax.train import sharding
+  from dashclip_jax.data import prepared as prepared_lib
   import test_prepared_shards as t
   # pylint: enable=g-import-not-at-top
 
-  opened = t.spy_on_shard_files(prepare)
+  opened = t.spy_on_shard_files(prepared_lib)
   cfg = t.data_config(prepared, int(num_shards))
   features, ok = t.product_table(prepared)
   batches = t.train_batches(cfg)
-  data = t.inputs.stage2_eval(cfg, t.model_config(), t.EVAL_BATCH)
+  data = t.eval_inputs.stage2_eval(cfg, t.model_config(), t.EVAL_BATCH)
   mesh = sharding.make_mesh([("data", -1), ("fsdp", 1), ("tensor", 1)])
   metrics = t.heldout_metrics(data, features, ok, mesh)
 

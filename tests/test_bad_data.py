@@ -10,10 +10,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dashclip_jax import config_lib
 from dashclip_jax import model as model_lib
 from dashclip_jax.data import bad_records as br
-from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
@@ -21,10 +20,12 @@ from dashclip_jax.data import sources
 from dashclip_jax.data import synthetic
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import eval_data
-from dashclip_jax.evaluation import run as run_lib
-from dashclip_jax.trainers import train_logger
+from dashclip_jax.evaluation import pipeline as eval_pipeline
+from dashclip_jax.runtime import config_files
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
+from dashclip_jax.trainers import train_logger
 
 import helpers
 
@@ -33,8 +34,8 @@ TINY = model_lib.model_config("tiny")
 
 
 def _config(name, arg):
-  return config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"),
-                                arg)
+  return config_files.load_config(os.path.join(REPO, "configs", f"{name}.py"),
+                                  arg)
 
 
 def _data_cfg(**overrides):
@@ -225,8 +226,8 @@ def _eval_cfg(catalog_dir):
 
 def test_eval_run_skips_undecodable_images_and_says_what_it_ranked(tmp_path):
   cfg = _eval_cfg(_eval_catalog(tmp_path / "cat"))
-  out = run_lib.evaluate(cfg, str(tmp_path / "out"),
-                         models={"dashclip": _TitleModel()})
+  out = eval_pipeline.evaluate(cfg, str(tmp_path / "out"),
+                               models={"dashclip": _TitleModel()})
   report = (tmp_path / "out" / "report.md").read_text()
   assert "4 products x 2 queries" in report
   assert "2 products skipped" in report and "styles.csv line 3" in report
@@ -257,11 +258,11 @@ def test_eval_qrels_limit_is_a_config_key(tmp_path):
   cfg = _eval_cfg(root)
   with pytest.raises(br.BadDataError,
                      match="relevance_test_max_bad_fraction"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"),
-                     models={"dashclip": _TitleModel()})
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"),
+                           models={"dashclip": _TitleModel()})
   cfg.data.relevance_test_max_bad_fraction = 0.2
-  out = run_lib.evaluate(cfg, str(tmp_path / "out"),
-                         models={"dashclip": _TitleModel()})
+  out = eval_pipeline.evaluate(cfg, str(tmp_path / "out"),
+                               models={"dashclip": _TitleModel()})
   assert out["dashclip"]["recall@1"] == 1.0
 
 
@@ -286,7 +287,7 @@ def test_heldout_eval_counts_names_and_skips_unreadable_products(caplog):
 
 def test_stage2_eval_names_its_products():
   d = _data_cfg(heldout_query_fraction=0.25)
-  data = inputs.stage2_eval(d, TINY, 8)
+  data = eval_inputs.stage2_eval(d, TINY, 8)
   cat = inputs.load_sources(d).train_catalog
   assert data.product_names == [f"{cat.where[r]} (product {cat.ids[r]})"
                                 for r in data.product_rows]
@@ -300,8 +301,8 @@ def test_stage2_eval_names_its_products():
 def test_unclosed_quote_to_the_end_counts_every_lost_row(tmp_path):
   rows = [f"{100 + i},Shirts,Shirt {i},train" for i in range(14)]
   rows[3] = '103,Shirts,"Shirt 3 with a quote,train'  # File line 5.
-  cat = catalog_lib.load_catalog(_write_styles(tmp_path, rows),
-                                 max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(_write_styles(tmp_path, rows),
+                                    max_bad_fraction=1.0)
   assert cat.ids == ["100", "101", "102"]
   assert cat.bad.counts == {"malformed row": 11}
   assert cat.bad.culprits[0].startswith("styles.csv line 5: malformed row")
@@ -314,8 +315,8 @@ def test_unclosed_quote_closed_later_is_not_taken_for_a_title(tmp_path):
   rows[3] = '103,Shirts,"Shirt 3 with a quote'  # Opens at file line 5 ...
   rows[8] = '108,Shirts,Shirt 8",train'         # ... closes at line 10.
   rows[11] = '111,Shirts,"Shirt 11\nsecond line",train'  # A real line break.
-  cat = catalog_lib.load_catalog(_write_styles(tmp_path, rows),
-                                 max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(_write_styles(tmp_path, rows),
+                                    max_bad_fraction=1.0)
   assert cat.ids == [str(i) for i in (100, 101, 102, 109, 110, 111, 112,
                                       113)]
   assert cat.bad.counts == {"malformed row": 6}
@@ -332,15 +333,16 @@ def test_unclosed_quote_closed_later_is_not_taken_for_a_title(tmp_path):
 
 def test_bad_image_culprit_names_file_and_line_once(tmp_path):
   rows = [f"{100 + i},Shirts,Shirt {i},train" for i in range(6)]
-  cat = catalog_lib.load_catalog(
+  cat = catalog_tables.load_catalog(
       _write_styles(tmp_path, rows, bad_image_ids=("101",)))
   with pytest.raises(images_lib.ImageError) as e:
     cat.load_image(1)
   assert str(e.value).count("styles.csv line 3") == 1
   assert "object at 0x" not in str(e.value)
-  it = iter(train_datasets.stage1_dataset(cat, batch_size=5, image_size=8,
-                                          shard=(0, 1), num_epochs=1,
-                                          max_bad_fraction=1.0))
+  it = iter(train_datasets.stage1_dataset(
+      cat, train_datasets.PipelineOptions(batch_size=5, shard=(0, 1),
+                                          num_epochs=1, max_bad_fraction=1.0),
+      image_size=8))
   list(it)
   products = eval_datasets.eval_products_dataset(cat, batch_size=6,
                                                  image_size=8, shard=(0, 1))

@@ -9,6 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
+from dashclip_jax.data import column_batches
 from dashclip_jax.data import tables
 
 
@@ -24,7 +26,7 @@ def _assert_same(a, b):
 
 def _rows_catalog(path, columns, root):
   header, rows = tables.read_table_rows(str(path))
-  return catalog_lib.catalog_from_rows(
+  return catalog_tables.catalog_from_rows(
       rows, columns=columns, root=str(root), name=str(path), header=header,
       max_bad_fraction=1.0)
 
@@ -76,9 +78,9 @@ def test_csv_catalog_matches_the_row_loop(tmp_path, monkeypatch, regular):
   path.write_text("id,title,category,image,split,colour\n" + "\n".join(
       lines).format(root=root, outside=outside) + "\n")
   if regular:  # Read by pyarrow alone.
-    monkeypatch.setattr(tables, "_python_csv_batches", None)
+    monkeypatch.setattr(column_batches, "_python_csv_batches", None)
   columns = catalog_lib.CatalogColumns(extra=("colour",))
-  cat = catalog_lib.load_catalog(str(path), columns, max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(str(path), columns, max_bad_fraction=1.0)
   _assert_same(cat, _rows_catalog(path, columns, root))
   assert cat.ids == ["1", "2", "3", "4", "7", "9", "10", "15", "17"]
   assert cat.images[cat.ids.index("10")] == str(root / "images/sub/d.jpg")
@@ -98,7 +100,7 @@ def test_parquet_catalog_with_template_and_int_ids_matches(tmp_path):
   columns = catalog_lib.CatalogColumns(
       title="productDisplayName", category="articleType", image=None,
       split=None, image_template="images/{id}.jpg")
-  cat = catalog_lib.load_catalog(str(path), columns, max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(str(path), columns, max_bad_fraction=1.0)
   _assert_same(cat, _rows_catalog(path, columns, root))
   assert cat.ids == ["1", "2"] and cat.where == ["cat.parquet row 0",
                                                  "cat.parquet row 1"]
@@ -117,7 +119,7 @@ def test_latin1_titles_are_counted_and_named_not_replaced(tmp_path):
       b"2,Qu\xe9chua M\xe9n,shoe,images/b.jpg,test,\n"
       b"3,Three,hat,images/c.jpg,train,\n")
   columns = catalog_lib.CatalogColumns()
-  cat = catalog_lib.load_catalog(str(path), columns, max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(str(path), columns, max_bad_fraction=1.0)
   assert cat.ids == ["1", "3"] and cat.titles == ["One", "Three"]
   assert dict(cat.bad.counts) == {"undecodable text": 1}
   assert cat.bad.culprits == [
@@ -127,5 +129,5 @@ def test_latin1_titles_are_counted_and_named_not_replaced(tmp_path):
   # Read by pyarrow alone: the bad bytes are only in a column not read.
   path.write_bytes(path.read_bytes().replace(b"Qu\xe9chua M\xe9n", b"Two")
                    .replace(b"train,\n", b"train,cr\xe8me\n"))
-  cat = catalog_lib.load_catalog(str(path), columns, max_bad_fraction=1.0)
+  cat = catalog_tables.load_catalog(str(path), columns, max_bad_fraction=1.0)
   assert cat.ids == ["1", "2", "3"] and not cat.bad.counts

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dashclip_jax import checkpointing
+from dashclip_jax.train import checkpoint_failures
+from dashclip_jax.train import checkpoints
 
 
 def _state(step):
@@ -30,7 +31,7 @@ def _save_steps(ckpts, steps, metric=None):
 
 
 def test_round_trip_with_data_state(tmp_path):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   _save_steps(ckpts, [1, 2])
   state, data, meta = ckpts.restore(_state(0))
   np.testing.assert_array_equal(state["w"], np.full((4, 3), 2.0))
@@ -40,9 +41,9 @@ def test_round_trip_with_data_state(tmp_path):
 
 
 def _best_checkpoints(tmp_path, mode="max"):
-  return checkpointing.TrainCheckpoints(str(tmp_path), keep=2,
-                                        best_metric="eval/r@1",
-                                        best_mode=mode)
+  return checkpoints.TrainCheckpoints(str(tmp_path), keep=2,
+                                      best_metric="eval/r@1",
+                                      best_mode=mode)
 
 
 def test_keeps_last_k_and_best(tmp_path):
@@ -93,7 +94,7 @@ def test_steps_without_the_metric_are_never_best(tmp_path, caplog):
 
 
 def test_older_steps_without_a_metrics_item_are_not_kept_forever(tmp_path):
-  old = checkpointing.TrainCheckpoints(str(tmp_path), keep=5)  # No metric.
+  old = checkpoints.TrainCheckpoints(str(tmp_path), keep=5)  # No metric.
   _save_steps(old, [1, 2], {1: 0.9, 2: 0.8})
   old.close()
   ckpts = _best_checkpoints(tmp_path)
@@ -104,14 +105,14 @@ def test_older_steps_without_a_metrics_item_are_not_kept_forever(tmp_path):
 
 
 def test_without_best_metric_keeps_last_k_only(tmp_path):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=2)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=2)
   _save_steps(ckpts, [1, 2, 3], {1: 0.9, 2: 0.1, 3: 0.2})
   assert ckpts.steps() == [2, 3] and ckpts.best() is None
   ckpts.close()
 
 
 def test_damaged_latest_falls_back_with_warning(tmp_path, caplog):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   _save_steps(ckpts, [1, 2, 3])
   ckpts.close()
   # Damage step 3: remove the array data of its state item.
@@ -122,7 +123,7 @@ def test_damaged_latest_falls_back_with_warning(tmp_path, caplog):
       shutil.rmtree(path)
     elif not entry.startswith("_CHECKPOINT_METADATA"):
       os.remove(path)
-  reopened = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  reopened = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   with caplog.at_level("WARNING"):
     state, data, meta = reopened.restore(_state(0))
   assert meta["step"] == 2 and data == {"position": 2}
@@ -133,13 +134,13 @@ def test_damaged_latest_falls_back_with_warning(tmp_path, caplog):
 
 def test_interrupted_save_leaves_last_good(tmp_path):
   """A temporary (unfinished) checkpoint dir is never taken for a real one."""
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   _save_steps(ckpts, [1])
   ckpts.close()
   # What a kill -9 midway through an Orbax save leaves behind.
   tmp_dir = os.path.join(ckpts.directory, "2.orbax-checkpoint-tmp-123")
   os.makedirs(os.path.join(tmp_dir, "state"))
-  reopened = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  reopened = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   assert reopened.steps() == [1]
   _, _, meta = reopened.restore(_state(0))
   assert meta["step"] == 1
@@ -147,7 +148,7 @@ def test_interrupted_save_leaves_last_good(tmp_path):
 
 
 def test_no_checkpoint_returns_none(tmp_path):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path))
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path))
   assert ckpts.restore(_state(0)) is None
   ckpts.close()
 
@@ -178,21 +179,21 @@ CONFIG = {"loss": {"queue_size": 0, "alpha": 0.4}, "optim": {"lr": 1e-3},
 
 
 def _with(config, **changes):
-  out = checkpointing.flatten_config(config)
+  out = checkpoints.flatten_config(config)
   out.update(changes)
   return out
 
 
 def test_state_that_does_not_fit_names_the_changed_keys(tmp_path, caplog):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), config=CONFIG)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), config=CONFIG)
   _save_steps(ckpts, [1, 2])
   ckpts.close()
   # The new config adds a queue to the state: neither step fits it.
   bigger = {**_state(0), "queue": {"img": jnp.zeros((16, 3))}}
-  reopened = checkpointing.TrainCheckpoints(
+  reopened = checkpoints.TrainCheckpoints(
       str(tmp_path), config=_with(CONFIG, **{"loss.queue_size": 16}))
   with caplog.at_level("WARNING"), pytest.raises(
-      checkpointing.StateMismatchError) as e:
+      checkpoints.StateMismatchError) as e:
     reopened.restore(bigger)
   msg = str(e.value)
   assert "\n" not in msg and f"{ckpts.directory}/2" in msg
@@ -204,18 +205,18 @@ def test_state_that_does_not_fit_names_the_changed_keys(tmp_path, caplog):
   assert sorted(os.listdir(ckpts.directory)) == ["1", "2"]
   # A changed shape is a mismatch too.
   wider = {**_state(0), "w": jnp.zeros((4, 5))}
-  with pytest.raises(checkpointing.StateMismatchError, match=r"w \(4, 3\)"):
+  with pytest.raises(checkpoints.StateMismatchError, match=r"w \(4, 3\)"):
     reopened.restore(wider)
   reopened.close()
 
 
 def test_resume_with_changed_values_logs_them(tmp_path, caplog):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), config=CONFIG)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), config=CONFIG)
   _save_steps(ckpts, [1])
   ckpts.close()
   changed = _with(CONFIG, **{"optim.lr": 5e-4, "train.total_steps": 8})
-  reopened = checkpointing.TrainCheckpoints(str(tmp_path), config=changed)
-  with caplog.at_level("INFO", logger="dashclip_jax.checkpointing"):
+  reopened = checkpoints.TrainCheckpoints(str(tmp_path), config=changed)
+  with caplog.at_level("INFO", logger="dashclip_jax.train.checkpoints"):
     state, _, meta = reopened.restore(_state(0))
   assert meta["step"] == 1
   np.testing.assert_array_equal(state["w"], np.full((4, 3), 1.0))
@@ -228,13 +229,13 @@ def test_resume_with_changed_values_logs_them(tmp_path, caplog):
 
 
 def test_older_checkpoint_without_config(tmp_path):
-  old = checkpointing.TrainCheckpoints(str(tmp_path))  # Writes no config.
+  old = checkpoints.TrainCheckpoints(str(tmp_path))  # Writes no config.
   _save_steps(old, [1])
   old.close()
-  new = checkpointing.TrainCheckpoints(str(tmp_path), config=CONFIG)
+  new = checkpoints.TrainCheckpoints(str(tmp_path), config=CONFIG)
   _, _, meta = new.restore(_state(0))  # Fits: resumes.
   assert meta["step"] == 1
-  with pytest.raises(checkpointing.StateMismatchError,
+  with pytest.raises(checkpoints.StateMismatchError,
                      match="without its config"):
     new.restore({**_state(0), "queue": {"img": jnp.zeros((16, 3))}})
   new.close()
@@ -243,11 +244,11 @@ def test_older_checkpoint_without_config(tmp_path):
 @pytest.mark.parametrize("keep_tree_metadata", [False, True])
 def test_damaged_newest_is_moved_aside_and_its_step_saved_again(
     tmp_path, caplog, keep_tree_metadata):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   _save_steps(ckpts, [1, 2, 3])
   ckpts.close()
   _damage(ckpts, 3, keep_tree_metadata)
-  rerun = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  rerun = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   with caplog.at_level("WARNING"):
     _, _, meta = rerun.restore(_state(0))
   assert meta["step"] == 2
@@ -257,7 +258,7 @@ def test_damaged_newest_is_moved_aside_and_its_step_saved_again(
   _save_steps(rerun, [3, 4])
   rerun.close()
   # ... and a second rerun resumes from the newest.
-  again = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  again = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   state, _, meta = again.restore(_state(0))
   assert meta["step"] == 4 and again.steps() == [2, 3, 4]
   np.testing.assert_array_equal(state["w"], np.full((4, 3), 4.0))
@@ -267,19 +268,19 @@ def test_damaged_newest_is_moved_aside_and_its_step_saved_again(
 
 
 def test_set_aside_run_moves_the_previous_run(tmp_path):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path))
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path))
   _save_steps(ckpts, [1])
   ckpts.close()
   (tmp_path / "models" / "0").mkdir(parents=True)
   (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
   (tmp_path / "config.json").write_text("{}")
-  moved = checkpointing.set_aside_run(str(tmp_path))
+  moved = checkpoints.set_aside_run(str(tmp_path))
   assert moved and os.path.dirname(moved) == str(tmp_path)
   assert sorted(os.listdir(moved)) == ["checkpoints", "metrics.jsonl",
                                        "models"]
   assert (tmp_path / "config.json").exists()  # Not part of a run's output.
-  assert checkpointing.TrainCheckpoints(str(tmp_path)).steps() == []
-  assert checkpointing.set_aside_run(str(tmp_path / "empty")) is None
+  assert checkpoints.TrainCheckpoints(str(tmp_path)).steps() == []
+  assert checkpoints.set_aside_run(str(tmp_path / "empty")) is None
 
 
 def test_truncated_array_files_fall_back_without_orbax_tracebacks(
@@ -292,7 +293,7 @@ def test_truncated_array_files_fall_back_without_orbax_tracebacks(
   # their bytes live in d/.
   big = lambda step: {f"w{i}": jnp.asarray(np.random.default_rng(
       step * 8 + i).normal(size=(64, 64)), jnp.float32) for i in range(8)}
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   for step in (1, 2):
     ckpts.save(step, big(step), {}, {}, wait=True)
   ckpts.close()
@@ -304,7 +305,7 @@ def test_truncated_array_files_fall_back_without_orbax_tracebacks(
       head = f.read(10)
     with open(path, "wb") as f:
       f.write(head)
-  rerun = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  rerun = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   with caplog.at_level("WARNING"):
     state, _, meta = rerun.restore(big(0))
   rerun.close()
@@ -336,7 +337,7 @@ def test_only_reports_raised_inside_orbax_are_dropped():
   record = lambda e: logging.LogRecord(
       "asyncio", logging.ERROR, __file__, 1, "Future exception was never "
       "retrieved", None, (type(e), e, e.__traceback__))
-  drop = checkpointing._DropOrbaxReads()  # pylint: disable=protected-access
+  drop = checkpoint_failures.DropOrbaxReads()
   assert not drop.filter(record(raised_in(orbax_file)))
   assert drop.filter(record(raised_in("/work/elsewhere.py")))
   assert drop.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 1,
@@ -365,13 +366,13 @@ def _caused(error, cause):
 @pytest.mark.parametrize("kind", sorted(DISK_FULL))
 def test_a_full_disk_is_one_line_naming_where_and_how_much(tmp_path, kind,
                                                            monkeypatch):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   _save_steps(ckpts, [1])
 
   def full(*args, **kwargs):
     raise DISK_FULL[kind]()
   monkeypatch.setattr(ckpts._mngr, "save", full)
-  with pytest.raises(checkpointing.DiskFullError) as e:
+  with pytest.raises(checkpoints.DiskFullError) as e:
     ckpts.save(2, _state(2), {"position": 2})
   msg = str(e.value)
   assert "\n" not in msg and e.value.__cause__ is None
@@ -382,13 +383,13 @@ def test_a_full_disk_is_one_line_naming_where_and_how_much(tmp_path, kind,
   ckpts.close()
   # The main job prints it as its one line.
   from dashclip_jax import main  # pylint: disable=g-import-not-at-top
-  assert checkpointing.DiskFullError in main.one_line_errors()
+  assert checkpoints.DiskFullError in main.one_line_errors()
 
 
 @pytest.mark.parametrize("error", [
     "a bug", "RESOURCE_EXHAUSTED: Out of memory while trying to allocate"])
 def test_other_save_errors_keep_their_traceback(tmp_path, monkeypatch, error):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path))
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path))
 
   def broken(*args, **kwargs):
     raise ValueError(error)
@@ -403,14 +404,14 @@ def test_orbax_disk_full_log_records_are_dropped():
     return logging.LogRecord("absl", logging.ERROR, path, 1, "save failed",
                              None, (type(exc), exc, None))
   orbax_file = f"{os.sep}site-packages{os.sep}orbax{os.sep}checkpoint.py"
-  keep = checkpointing._DISK_FULL_FILTER.filter
+  keep = checkpoint_failures.DISK_FULL_FILTER.filter
   assert not keep(record(orbax_file, DISK_FULL["tensorstore"]()))
   assert keep(record(orbax_file, ValueError("another failure")))
   assert keep(record("/elsewhere/x.py", DISK_FULL["tensorstore"]()))
 
 
 def test_partial_saves_are_cleared_on_the_next_start(tmp_path):
-  ckpts = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  ckpts = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   _save_steps(ckpts, [1])
   ckpts.close()
   # What a full disk (or kill -9) mid-save leaves, in Orbax's two spellings;
@@ -421,7 +422,7 @@ def test_partial_saves_are_cleared_on_the_next_start(tmp_path):
     with open(os.path.join(ckpts.directory, name, "state", "d"), "wb") as f:
       f.write(b"partial")
   os.makedirs(os.path.join(ckpts.directory, "2.damaged"))
-  reopened = checkpointing.TrainCheckpoints(str(tmp_path), keep=3)
+  reopened = checkpoints.TrainCheckpoints(str(tmp_path), keep=3)
   assert sorted(os.listdir(reopened.directory)) == ["1", "2.damaged"]
   assert reopened.steps() == [1]
   _save_steps(reopened, [3])  # The step that failed saves again.

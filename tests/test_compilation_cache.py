@@ -1,4 +1,4 @@
-"""The main job's persistent XLA cache (`main.use_compilation_cache`): it
+"""The main job's persistent XLA cache (`runtime.compilation_cache`): it
 lives in the workdir, a damaged or unwritable cache never changes a result
 nor stops the job, and a JAX_COMPILATION_CACHE_DIR the user set wins.
 
@@ -20,9 +20,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 _SCRIPT = """
 import logging, sys
 import jax, jax.numpy as jnp, numpy as np
-from dashclip_jax import main
+from dashclip_jax.runtime import compilation_cache
 logging.basicConfig(level=logging.WARNING)
-print("cache", main.use_compilation_cache(sys.argv[1]))
+print("cache", compilation_cache.use_in_workdir(sys.argv[1]))
 f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(axis=1))
 x = np.arange(48 * 32, dtype=np.float32).reshape(48, 32) / 1000
 print("result", np.asarray(f(x)).tobytes().hex())

@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from dashclip_jax import convert
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import tokenizer as tok
 
 
 def _tiny_hf_blip_tensors():

@@ -12,11 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
 from dashclip_jax import convert
 from dashclip_jax.convert import parity
 from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
+from dashclip_jax.model import tokenizer as tok
 
 TOL = 1e-5
 HEADS = {"vision.heads": 2, "text.heads": 2, "query.heads": 2}
@@ -69,7 +69,7 @@ def _hf_outputs(model, images, ids, mask, enc_ids=None):
 
 
 def _ours(model_dir, images, ids, mask, use_enc_token):
-  config, trees, _ = checkpoint_io.load_model_dir(model_dir)
+  config, trees, _ = model_dir_lib.load_model_dir(model_dir)
   return parity.blip_outputs(model_lib.DashClip(config),
                              {"params": trees["params"]}, images, ids, mask,
                              use_enc_token=use_enc_token)
@@ -238,7 +238,7 @@ def test_original_blip_layout_parity(hf_model, inputs, tmp_path, capsys):
   ours = _ours(str(out), images, ids, mask, use_enc_token=False)
   _assert_parity(hf, ours, mask)
 
-  _, trees, _ = checkpoint_io.load_model_dir(
+  _, trees, _ = model_dir_lib.load_model_dir(
       str(out), items=("params", "momentum", "queues"))
   np.testing.assert_allclose(trees["params"]["temp"], 0.05)
   np.testing.assert_array_equal(trees["queues"]["image_queue"],
@@ -263,7 +263,7 @@ def test_original_blip_retrieval_queues(hf_model, tmp_path):
   report = convert.convert(str(path), str(tmp_path / "ours"), overrides=HEADS)
   assert report.layout == "blip_original" and report.unused == []
   assert report.unfilled == []
-  _, trees, _ = checkpoint_io.load_model_dir(str(tmp_path / "ours"),
+  _, trees, _ = model_dir_lib.load_model_dir(str(tmp_path / "ours"),
                                              items=("queues",))
   np.testing.assert_array_equal(trees["queues"]["idx_queue"],
                                 np.arange(40) * 3 - 100)
@@ -297,7 +297,7 @@ def test_minilm_bert_into_text_and_query(minilm_dir, tmp_path):
     ref = bert(input_ids=torch.from_numpy(ids.astype(np.int64)),
                attention_mask=torch.from_numpy(mask.astype(np.int64))
                ).last_hidden_state.numpy()
-  config, trees, _ = checkpoint_io.load_model_dir(str(tmp_path / "ours"))
+  config, trees, _ = model_dir_lib.load_model_dir(str(tmp_path / "ours"))
   model, params = model_lib.DashClip(config), {"params": trees["params"]}
   _, taux = model.apply(params, ids, mask,
                         method=model_lib.DashClip.encode_text)

@@ -9,15 +9,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dashclip_jax import config_lib
 from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import query_writers as qw
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import generate
+from dashclip_jax.runtime import config_files
 
 
 def _config(**overrides):
-  return config_lib.load_config("configs/curate.py", "tiny", {
+  return config_files.load_config("configs/curate.py", "tiny", {
       "label.progress": False, "generate.progress": False,
       "generate.writer": "template", **overrides})
 
@@ -71,12 +71,12 @@ def test_filters_test_queries_and_duplicates_are_counted():
 
 SCRIPT = r"""
 import os, signal, sys
-from dashclip_jax import config_lib
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import generate
+from dashclip_jax.runtime import config_files
 
 def run(workdir, kill_at, seed="0"):
-  config = config_lib.load_config("configs/curate.py", "tiny", {
+  config = config_files.load_config("configs/curate.py", "tiny", {
       "generate.progress": False, "generate.writer": "template",
       "seed": int(seed)})
   def kill(shard, tmp):

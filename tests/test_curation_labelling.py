@@ -4,7 +4,8 @@ import os
 import subprocess
 import sys
 
-from dashclip_jax.curation import teacher as teacher_lib
+from dashclip_jax.curation import label_shards
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 
 # Labels 72 pairs of the tiny synthetic catalog in shards of 16 (5 shards)
 # with a saved teacher; `kill_at` >= 0 kills the process with SIGKILL once
@@ -12,7 +13,8 @@ from dashclip_jax.curation import teacher as teacher_lib
 SCRIPT = r"""
 import os, signal, sys
 import numpy as np
-from dashclip_jax.curation import labelling, teacher as teacher_lib
+from dashclip_jax.curation import label_shards
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.data import synthetic
 
 def run(teacher_dir, out_dir, kill_at):
@@ -25,7 +27,7 @@ def run(teacher_dir, out_dir, kill_at):
   def kill(shard, tmp):
     if shard == int(kill_at):
       os.kill(os.getpid(), signal.SIGKILL)
-  labelling.label_pairs(
+  label_shards.label_pairs(
       teacher_lib.load_teacher(teacher_dir, batch_size=8), catalog,
       [rel.query_ids[q] for q in query], [rel.queries[q] for q in query],
       products, out_dir, shard_size=16, batch_size=8, progress=False,
@@ -83,28 +85,26 @@ def test_pairs_digest_is_the_sha256_of_the_pair_lines():
   (what manifests written before it hold), across chunk boundaries."""
   import hashlib  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.curation import labelling  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   queries = [f"q{i} é,\"x" for i in rng.integers(0, 50, 101)]
   products = np.array([f"p{i}" for i in rng.integers(0, 50, 101)], object)
   want = hashlib.sha256("".join(
       f"{q}\t{p}\n" for q, p in zip(queries, products)).encode()).hexdigest()
-  assert labelling.pairs_digest(queries, products) == want
-  assert labelling.pairs_digest(queries[:1], products[:1]) == hashlib.sha256(
+  assert label_shards.pairs_digest(queries, products) == want
+  assert label_shards.pairs_digest(queries[:1], products[:1]) == hashlib.sha256(
       f"{queries[0]}\t{products[0]}\n".encode()).hexdigest()
   for chunk in (1, 7, 100):
-    assert labelling.pairs_digest(queries, products, chunk=chunk) == want
+    assert label_shards.pairs_digest(queries, products, chunk=chunk) == want
 
 
 def test_expanded_csv_reads_back_with_commas_quotes_and_newlines(tmp_path):
   import csv  # pylint: disable=g-import-not-at-top
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.curation import labelling  # pylint: disable=g-import-not-at-top
   rows = {"query_id": ["a", "b,1", "c"],
           "query": ['red "slim" jeans', "navy, shirt", "two\nlines é"],
           "product_id": ["10", "11", "12"], "label": [2, 0, 1]}
   table = pa.table(dict(rows, p0=[0.0] * 3, extra=["x"] * 3))
-  path = labelling.write_expanded(table, str(tmp_path / "exp"), {"n": 3})
+  path = label_shards.write_expanded(table, str(tmp_path / "exp"), {"n": 3})
   with open(path, newline="", encoding="utf-8") as f:
     got = list(csv.reader(f))
   assert got[0] == ["query_id", "query", "product_id", "label"]
@@ -114,16 +114,15 @@ def test_expanded_csv_reads_back_with_commas_quotes_and_newlines(tmp_path):
 def test_check_manifest_writes_then_refuses_other_settings(tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.config_lib import ConfigError  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.curation import labelling  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime.config_files import ConfigError  # pylint: disable=g-import-not-at-top
   out = tmp_path / "gen"
-  labelling.check_manifest(str(out), {"seed": 1, "writer": "template"},
-                           name="generate.json", what="queries generated")
+  label_shards.check_manifest(str(out), {"seed": 1, "writer": "template"},
+                              name="generate.json", what="queries generated")
   assert json.loads((out / "generate.json").read_text()) == {
       "seed": 1, "writer": "template"}
-  labelling.check_manifest(str(out), {"seed": 1, "writer": "template"},
-                           name="generate.json")  # Same settings: resumes.
+  label_shards.check_manifest(str(out), {"seed": 1, "writer": "template"},
+                              name="generate.json")  # Same settings: resumes.
   with pytest.raises(ConfigError, match=r"queries generated with other seed "
                      r"\(seed: 1\)"):
-    labelling.check_manifest(str(out), {"seed": 2, "writer": "template"},
-                             name="generate.json", what="queries generated")
+    label_shards.check_manifest(str(out), {"seed": 2, "writer": "template"},
+                                name="generate.json", what="queries generated")

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from dashclip_jax.curation import labelling
+from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import mining
 from dashclip_jax.curation.steps import mine
 
@@ -150,17 +150,17 @@ def test_labelled_pairs_of_seed_query_ids_that_recur_unlabelled():
 
 def test_expanded_keeps_the_first_row_of_each_pair_in_order():
   probs = np.eye(3, dtype=np.float32)
-  seed = labelling._rows(["q1", "q1", "q2"], ["a", "a", "b"],
-                         ["p1", "p1", "p2"], probs, "seed", "")
-  teacher = labelling._rows(["q2", "q3", "q1"], ["b", "c", "a"],
-                            ["p2", "p1", "p3"], probs[::-1], "teacher", "t")
-  out = labelling.expanded([seed, teacher])
+  seed = label_shards._rows(["q1", "q1", "q2"], ["a", "a", "b"],
+                            ["p1", "p1", "p2"], probs, "seed", "")
+  teacher = label_shards._rows(["q2", "q3", "q1"], ["b", "c", "a"],
+                               ["p2", "p1", "p3"], probs[::-1], "teacher", "t")
+  out = label_shards.expanded([seed, teacher])
   assert [(r["query_id"], r["product_id"], r["label"], r["label_source"])
           for r in out.to_pylist()] == [
               ("q1", "p1", 0, "seed"), ("q2", "p2", 2, "seed"),
               ("q3", "p1", 1, "teacher"), ("q1", "p3", 0, "teacher")]
-  assert out.schema == labelling.SCHEMA
-  assert labelling.expanded([]).num_rows == 0
+  assert out.schema == label_shards.SCHEMA
+  assert label_shards.expanded([]).num_rows == 0
 
 
 class _CountingEmbedder:

@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dashclip_jax import config_lib
 from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import steps
 from dashclip_jax.curation.steps import context as context_lib
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import train_datasets
+from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import inputs
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -31,8 +31,8 @@ def _shards(directory):
 
 
 def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
-  config = config_lib.load_config("configs/curate.py", "tiny",
-                                  {"label.progress": False,
+  config = config_files.load_config("configs/curate.py", "tiny",
+                                    {"label.progress": False,
                                    "run": "teacher,mine,label"})
   pipeline.run(config, str(tmp_path))
   # The tiny teacher is barely trained: a threshold at its median
@@ -43,8 +43,8 @@ def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
   out = pipeline.run(config, str(tmp_path))  # Teacher and shards reused.
   ctx = context_lib.context(config, str(tmp_path))
   csv_path = tmp_path / "expanded" / "relevance_train.csv"
-  rel = relevance_lib.load_relevance(str(csv_path), ctx.catalog,
-                                     max_bad_fraction=0.0)
+  rel = relevance_tables.load_relevance(str(csv_path), ctx.catalog,
+                                        max_bad_fraction=0.0)
   rows = pq.read_table(tmp_path / "expanded" / "rows.parquet")
   assert len(rel) == rows.num_rows == out["expand"]["rows"]
   source = np.asarray(rows["label_source"].to_pylist())
@@ -67,7 +67,7 @@ def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
   sets = out["expand"]["sets"]
   assert sets["expanded_no_negatives"]["rows"] == len(rel) - neg_kept.sum()
   assert sets["seed_only"]["rows"] == len(ctx.data.seed)
-  assert len(relevance_lib.load_relevance(
+  assert len(relevance_tables.load_relevance(
       sets["seed_only"]["path"], ctx.catalog, max_bad_fraction=0.0)) == len(
           ctx.data.seed)
   # Mined negatives: label-0 rows of anchor products that stage 2's
@@ -78,10 +78,11 @@ def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
   mined = [k for k in zip(neg["query_id"].to_pylist(),
                           neg["product_id"].to_pylist()) if k in pairs]
   assert mined
-  ds = train_datasets.stage2_dataset(ctx.catalog, rel, batch_size=8,
-                                     image_size=32, query_length=10,
-                                     title_length=16, num_negatives=2,
-                                     augment=False, num_epochs=1)
+  ds = train_datasets.stage2_dataset(
+      ctx.catalog, rel, train_datasets.PipelineOptions(batch_size=8,
+                                                       num_epochs=1),
+      image_size=32, query_length=10, title_length=16, num_negatives=2,
+      augment=False)
   batch = next(iter(ds))
   assert batch["neg_valid"].any() and set(batch["label"]) <= {1, 2}
   # Report: both agreement sets, the manifest's provenance.
@@ -133,7 +134,7 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
   # expanded/ directory itself, no data.source=csv.
   data, work = tmp_path / "fashion", tmp_path / "curate"
   _mini_fashion(data, num_queries=30)
-  config = config_lib.load_config("configs/curate.py", "tiny", {
+  config = config_files.load_config("configs/curate.py", "tiny", {
       "data.source": "fashion", "data.path": str(data),
       "teacher.fields": "title,category,baseColour,gender",
       "seed_data.fraction": 0.5, "teacher.val_fraction": 0.3,
@@ -149,7 +150,7 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
   assert overrides.pop("init.checkpoint") == "S1"
   assert overrides == {"data.path": str(data),
                        "data.relevance_train_path": str(work / "expanded")}
-  stage2 = config_lib.load_config("configs/stage2.py", "fashion", overrides)
+  stage2 = config_files.load_config("configs/stage2.py", "fashion", overrides)
   kept, held = inputs.train_relevance(stage2.data)
   assert len(kept) + len(held) == out["expand"]["rows"]
   assert kept.name.startswith(str(work / "expanded" / "relevance_train.csv"))
@@ -160,8 +161,8 @@ def test_expanded_dir_is_stage2s_relevance_train_path(tmp_path):
 
 def test_labelling_budget_keeps_a_sample_of_queries_with_their_candidates(
     tmp_path):
-  config = config_lib.load_config("configs/curate.py", "tiny",
-                                  {"run": "teacher,mine"})
+  config = config_files.load_config("configs/curate.py", "tiny",
+                                    {"run": "teacher,mine"})
   pipeline.run(config, str(tmp_path))
   full = pq.read_table(tmp_path / "candidates.parquet").to_pylist()
   with config.unlocked():

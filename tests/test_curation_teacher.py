@@ -5,13 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import optim
-from dashclip_jax import sharding
-from dashclip_jax import tokenizer as tok
-from dashclip_jax.curation import labeler
-from dashclip_jax.curation import teacher as teacher_lib
-from dashclip_jax.curation import teacher_inputs
-from dashclip_jax.curation import teacher_train
+from dashclip_jax.curation.labelers import interface as labeler
+from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
+from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
 
 
 def _tiny(kind="text", seed=0, **kw):
@@ -43,8 +44,8 @@ def _two_steps(config, params, mesh_config, devices):
   jitted, losses = None, []
   for i in range(2):
     batch = sharding.global_batch(_batch(config, seed=i), mesh)
-    jitted = jitted or teacher_train.jit_train_step(
-        step, shardings, batch, mesh, fast_compile=True)
+    jitted = jitted or train_state.jit_step(step, shardings, batch, mesh,
+                                            fast_compile=True)
     state, metrics = jitted(state, batch, jax.random.key(i))
     losses.append(float(metrics["loss"]))
     grads = grads if i else jax.device_get(state.opt_state[0])
@@ -143,7 +144,7 @@ def test_text_teacher_is_bert_for_sequence_classification(tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
   from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.curation import teacher_reference  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.curation.labelers.cross_encoder import reference as teacher_reference  # pylint: disable=g-import-not-at-top
   from dashclip_jax.export_hf import query as export_query  # pylint: disable=g-import-not-at-top
   config, params, _ = _tiny()
   # Kernels 5x the init's (0.02 std: the [CLS] output hardly depends on the

@@ -10,8 +10,10 @@ import pytest
 from dashclip_jax.data import augment
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import sources
 from dashclip_jax.data import synthetic
 
@@ -42,7 +44,7 @@ def _good_lines(n):
 
 def test_catalog_reads_columns_and_aligns_images(tmp_path):
   root = _write_catalog(tmp_path, _good_lines(10))
-  cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  cat = catalog_tables.load_catalog(str(root / "catalog.csv"))
   assert cat.ids == [str(i) for i in range(10)]
   assert cat.titles[3] == "Product 3 title"
   assert cat.category_names == ["cat0", "cat1", "cat2"]
@@ -67,8 +69,8 @@ def test_every_planted_bad_catalog_row_is_counted_and_named(tmp_path):
       ",No id,cat0,images/3.jpg,train\n",                  # line 18
   ]
   root = _write_catalog(tmp_path, lines)
-  cat = catalog_lib.load_catalog(str(root / "catalog.csv"),
-                                 max_bad_fraction=0.5)
+  cat = catalog_tables.load_catalog(str(root / "catalog.csv"),
+                                    max_bad_fraction=0.5)
   assert len(cat) == 10
   bad = cat.bad
   assert dict(bad.counts) == {
@@ -89,14 +91,14 @@ def test_too_many_bad_rows_stop_with_a_clear_error(tmp_path):
   root = _write_catalog(tmp_path, lines)
   with pytest.raises(br.BadDataError, match=r"catalog.csv line 5: missing "
                      r"image.*max_bad_fraction=0.1"):
-    catalog_lib.load_catalog(str(root / "catalog.csv"), max_bad_fraction=0.1)
+    catalog_tables.load_catalog(str(root / "catalog.csv"), max_bad_fraction=0.1)
 
 
 def test_check_images_counts_corrupt_files(tmp_path):
   root = _write_catalog(tmp_path, _good_lines(10))
   (root / "images" / "4.jpg").write_bytes(b"not a jpeg at all")
-  cat = catalog_lib.load_catalog(str(root / "catalog.csv"), check_images=True,
-                                 max_bad_fraction=0.2)
+  cat = catalog_tables.load_catalog(str(root / "catalog.csv"),
+                                    check_images=True, max_bad_fraction=0.2)
   assert "4" not in cat.ids and len(cat) == 9
   assert cat.bad.counts == {"corrupt image": 1}
   assert cat.bad.culprits[0].startswith("catalog.csv line 6: corrupt image")
@@ -110,7 +112,7 @@ def test_missing_split_column_uses_deterministic_hash(tmp_path):
   (root / "styles.csv").write_text(
       "id,productDisplayName,articleType\n" +
       "".join(f"{i},Title {i},Shirts\n" for i in range(50)))
-  cat = catalog_lib.load_catalog(str(root / "styles.csv"), test_fraction=0.3)
+  cat = catalog_tables.load_catalog(str(root / "styles.csv"), test_fraction=0.3)
   assert cat.split == [catalog_lib.hash_split(str(i), 0.3) for i in range(50)]
   assert 5 < cat.split.count("test") < 25
   assert len(cat.subset("train")) + len(cat.subset("test")) == 50
@@ -153,7 +155,7 @@ def test_parquet_with_image_bytes_matches_csv_with_files(tmp_path):
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   root = _write_catalog(tmp_path, _good_lines(6))
-  csv_cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  csv_cat = catalog_tables.load_catalog(str(root / "catalog.csv"))
   table = pa.table({
       "sku": [f"{i}" for i in range(6)],
       "name": [f"Product {i} title" for i in range(6)],
@@ -163,7 +165,7 @@ def test_parquet_with_image_bytes_matches_csv_with_files(tmp_path):
   pq.write_table(table, tmp_path / "cat.parquet")
   cols = catalog_lib.CatalogColumns(id="sku", title="name", category="aisle",
                                     image=None, image_bytes="jpeg")
-  pq_cat = catalog_lib.load_catalog(str(tmp_path / "cat.parquet"), cols)
+  pq_cat = catalog_tables.load_catalog(str(tmp_path / "cat.parquet"), cols)
   assert pq_cat.ids == csv_cat.ids and pq_cat.titles == csv_cat.titles
   np.testing.assert_array_equal(pq_cat.category, csv_cat.category)
   for i in range(6):
@@ -175,23 +177,23 @@ def test_wrong_column_mapping_names_the_columns(tmp_path):
   root = _write_catalog(tmp_path, _good_lines(3))
   cols = catalog_lib.CatalogColumns(title="productDisplayName")
   with pytest.raises(ValueError, match="productDisplayName"):
-    catalog_lib.load_catalog(str(root / "catalog.csv"), cols)
+    catalog_tables.load_catalog(str(root / "catalog.csv"), cols)
 
 
 def test_wrong_relevance_column_mapping_names_the_columns(tmp_path):
   root = _write_catalog(tmp_path, _good_lines(3))
-  cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  cat = catalog_tables.load_catalog(str(root / "catalog.csv"))
   path = tmp_path / "rel.csv"
   path.write_text("query_id,query,product_id,label\nq1,red shirt,0,2\n")
   cols = relevance_lib.RelevanceColumns(query="search_term")
   with pytest.raises(ValueError, match=r"rel.csv: columns \['search_term'\] "
                      "not found"):
-    relevance_lib.load_relevance(str(path), cat, cols)
+    relevance_tables.load_relevance(str(path), cat, cols)
 
 
 def test_every_planted_bad_relevance_row_is_counted_and_named(tmp_path):
   root = _write_catalog(tmp_path, _good_lines(5))
-  cat = catalog_lib.load_catalog(str(root / "catalog.csv"))
+  cat = catalog_tables.load_catalog(str(root / "catalog.csv"))
   rows = [
       "q1,red shirt,0,2", "q1,red shirt,1,1", "q2,blue bag,2,0",
       "q2,blue bag,3,2",
@@ -205,7 +207,7 @@ def test_every_planted_bad_relevance_row_is_counted_and_named(tmp_path):
   ]
   path = tmp_path / "rel.csv"
   path.write_text("query_id,query,product_id,label\n" + "\n".join(rows) + "\n")
-  rel = relevance_lib.load_relevance(str(path), cat, max_bad_fraction=0.9)
+  rel = relevance_tables.load_relevance(str(path), cat, max_bad_fraction=0.9)
   assert len(rel) == 4 and rel.queries == ["red shirt", "blue bag"]
   np.testing.assert_array_equal(rel.label, [2, 1, 0, 2])
   np.testing.assert_array_equal(rel.product, [0, 1, 2, 3])
@@ -216,7 +218,7 @@ def test_every_planted_bad_relevance_row_is_counted_and_named(tmp_path):
       f"rel.csv line {n}" for n in range(6, 13)]
   assert rel.qrels() == [{0: 2, 1: 1}, {3: 2}]
   with pytest.raises(br.BadDataError, match="rel.csv line 6"):
-    relevance_lib.load_relevance(str(path), cat, max_bad_fraction=0.2)
+    relevance_tables.load_relevance(str(path), cat, max_bad_fraction=0.2)
 
 
 def test_synthetic_data_is_deterministic_and_follows_its_rules():
@@ -286,14 +288,14 @@ def test_synthetic_images_follow_attributes():
 def test_real_fashion_catalog_when_present():
   if not os.path.isfile(os.path.join(FASHION, "styles.csv")):
     pytest.skip("real fashion catalog not present")
-  cat = catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv"))
+  cat = catalog_tables.load_catalog(os.path.join(FASHION, "styles.csv"))
   assert len(cat) == 11882 and cat.bad.num_bad == 0
   assert len(cat.category_names) == 113
   assert cat.split.count("train") == 10697 and cat.split.count("test") == 1185
   train, test = cat.subset("train"), cat.subset("test")
-  rel = relevance_lib.load_relevance(
+  rel = relevance_tables.load_relevance(
       os.path.join(FASHION, "relevance_train.csv"), train)
-  qrels = relevance_lib.load_relevance(
+  qrels = relevance_tables.load_relevance(
       os.path.join(FASHION, "qrels_test.csv"), test)
   assert rel.bad.num_bad == 0 and qrels.bad.num_bad == 0
   assert rel.num_queries == 3452 and qrels.num_queries == 600
@@ -301,8 +303,8 @@ def test_real_fashion_catalog_when_present():
   # Train relevance names only train products: against the test split every
   # row is an unknown product, counted and refused.
   with pytest.raises(br.BadDataError, match="unknown product"):
-    relevance_lib.load_relevance(os.path.join(FASHION, "qrels_test.csv"),
-                                 train)
+    relevance_tables.load_relevance(os.path.join(FASHION, "qrels_test.csv"),
+                                    train)
   img = cat.load_image(0)
   assert img.shape == (128, 128, 3) and img.dtype == np.uint8
 

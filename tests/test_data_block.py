@@ -1,7 +1,7 @@
 """One config.data block for every job (issue 28, item 6).
 
 Training, the main job's final evaluation, evaluation.run, curation and
-ranking read `config.data` (config_lib.data_block) through one
+ranking read `config.data` (configs/common.py data_block) through one
 `data.sources.load_sources`: one override moves them all, and a key of the
 old per-job blocks stops with one line naming the key that replaced it.
 """
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMMON = config_files.config_module(ROOT / "configs" / "common.py")
 JOBS = {"stage1": "tiny", "stage2": "tiny", "eval": "fashion",
         "curate": "tiny", "ranking": "tiny"}
 
@@ -33,8 +34,8 @@ TRAIN_QUERIES = [(f"r{i:02d}", f"query {i}", str(5 + i)) for i in range(12)]
 
 
 def _config(job, overrides=None):
-  return config_lib.load_config(ROOT / "configs" / f"{job}.py", JOBS[job],
-                                overrides)
+  return config_files.load_config(ROOT / "configs" / f"{job}.py", JOBS[job],
+                                  overrides)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def fashion_dir(tmp_path_factory):
 
 
 def test_every_job_config_has_the_one_data_block():
-  want = config_lib.data_block("tiny").to_dict()
+  want = COMMON.data_block("tiny").to_dict()
   for job in JOBS:
     data = _config(job).data.to_dict()
     assert sorted(data) == sorted(want), job
@@ -69,8 +70,8 @@ def test_every_job_config_has_the_one_data_block():
   # The main job's final evaluation keeps no data block of its own, and
   # eval.py:synthetic reads the catalog the demo main job trains on.
   assert "data" not in _config("stage2").final_eval
-  demo = config_lib.load_config(ROOT / "configs" / "stage2.py", "demo").data
-  syn = config_lib.load_config(ROOT / "configs" / "eval.py", "synthetic").data
+  demo = config_files.load_config(ROOT / "configs" / "stage2.py", "demo").data
+  syn = config_files.load_config(ROOT / "configs" / "eval.py", "synthetic").data
   assert syn.synthetic.to_dict() == demo.synthetic.to_dict()
   assert syn.source == demo.source == "synthetic"
 
@@ -162,7 +163,7 @@ RETIRED = [
 
 @pytest.mark.parametrize("job,old,new", RETIRED)
 def test_retired_key_names_its_replacement(job, old, new):
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match=rf"^config.{old} is no longer a config key: set "
                      rf"{new} instead"):
     _config(job, {old: "1"})
@@ -170,7 +171,7 @@ def test_retired_key_names_its_replacement(job, old, new):
 
 # (entry module, its prog name, config, the retired override, the new key).
 # evaluation.run parses its flags as curation and ranking do
-# (config_lib.flags_parser), and imports jax first: 20 s more for no more.
+# (app.flags_parser), and imports jax first: 20 s more for no more.
 CLI = {
     "main": ("dashclip_jax.main", "dashclip_jax.main",
              "configs/stage2.py:tiny", "final_eval.data.qrels_path",

@@ -10,14 +10,15 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tokenizer_lib
 from dashclip_jax.data import bad_records as br
-from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import synthetic
 from dashclip_jax.data import train_datasets
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tokenizer_lib
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion")
@@ -34,10 +35,12 @@ def tok():
   return tokenizer_lib.BlipTokenizer.from_vocab()
 
 
-def _stage1(cat, tok, **kw):
-  kw = {"batch_size": 4, "image_size": S, "shard": (0, 1), "seed": 3,
-        **kw}
-  return train_datasets.stage1_dataset(cat, tokenizer=tok, **kw)
+def _stage1(cat, tok, augment=True, **kw):
+  """Stage-1 batches of 4; `kw`: PipelineOptions fields."""
+  opts = train_datasets.PipelineOptions(**{
+      "batch_size": 4, "shard": (0, 1), "seed": 3, **kw})
+  return train_datasets.stage1_dataset(cat, opts, image_size=S,
+                                       augment=augment, tokenizer=tok)
 
 
 def _equal(a, b):
@@ -156,8 +159,9 @@ def test_corrupt_images_are_skipped_counted_and_named(data, tok):
 def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
   cat, rel = data.train_catalog, data.train
   ds = train_datasets.stage2_dataset(
-      cat, rel, batch_size=8, image_size=S, shard=(0, 1), num_negatives=3,
-      num_epochs=1, tokenizer=tok, augment=False)
+      cat, rel, train_datasets.PipelineOptions(batch_size=8, shard=(0, 1),
+                                               num_epochs=1),
+      image_size=S, num_negatives=3, tokenizer=tok, augment=False)
   labels = {(int(q), int(p)): int(l)
             for q, p, l in zip(rel.query, rel.product, rel.label)}
   relevant = rel.products_by_query([1, 2])
@@ -198,13 +202,14 @@ def test_stage2_rows_are_aligned_and_masks_are_right(data, tok):
 def test_label1_policies(data):
   rel = data.train
   n1, n2 = int((rel.label == 1).sum()), int((rel.label == 2).sum())
-  _, _, lab, w = relevance_lib.stage2_pairs(rel, "positive", 0.5)
-  assert len(lab) == n1 + n2 and (w == 1).all()
-  _, _, lab, w = relevance_lib.stage2_pairs(rel, "weighted", 0.3)
-  assert len(lab) == n1 + n2
-  np.testing.assert_allclose(w, np.where(lab == 1, 0.3, 1.0))
-  _, _, lab, w = relevance_lib.stage2_pairs(rel, "exclude", 0.5)
-  assert len(lab) == n2 and (lab == 2).all()
+  pairs = relevance_lib.stage2_pairs(rel, "positive", 0.5)
+  assert len(pairs) == n1 + n2 and (pairs.weight == 1).all()
+  pairs = relevance_lib.stage2_pairs(rel, "weighted", 0.3)
+  assert len(pairs) == n1 + n2
+  np.testing.assert_allclose(pairs.weight,
+                             np.where(pairs.label == 1, 0.3, 1.0))
+  pairs = relevance_lib.stage2_pairs(rel, "exclude", 0.5)
+  assert len(pairs) == n2 and (pairs.label == 2).all()
   with pytest.raises(ValueError, match="label1_policy"):
     relevance_lib.stage2_pairs(rel, "ignore", 0.5)
   with pytest.raises(ValueError, match="max_relevant"):
@@ -252,7 +257,7 @@ def test_eval_batches_pad_so_every_process_runs_the_same_count(data, tok):
 def test_real_fashion_pipeline_when_present(tok):
   if not os.path.isfile(os.path.join(FASHION, "styles.csv")):
     pytest.skip("real fashion catalog not present")
-  cat = catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv"))
+  cat = catalog_tables.load_catalog(os.path.join(FASHION, "styles.csv"))
   train = cat.subset("train")
   ds = _stage1(train, tok, num_epochs=None, batch_size=8, augment=False)
   it = iter(ds)
@@ -269,10 +274,11 @@ def test_real_fashion_pipeline_when_present(tok):
   resumed = iter(ds)
   resumed.set_state(state)
   _equal(next(resumed), b)
-  rel = relevance_lib.load_relevance(
+  rel = relevance_tables.load_relevance(
       os.path.join(FASHION, "relevance_train.csv"), train)
-  s2 = train_datasets.stage2_dataset(train, rel, batch_size=4, image_size=S,
-                                     shard=(0, 1), tokenizer=tok)
+  s2 = train_datasets.stage2_dataset(
+      train, rel, train_datasets.PipelineOptions(batch_size=4, shard=(0, 1)),
+      image_size=S, tokenizer=tok)
   b = next(iter(s2))
   labels = {(int(q), int(p)): int(l)
             for q, p, l in zip(rel.query, rel.product, rel.label)}
@@ -288,8 +294,8 @@ def test_training_data_path_does_not_import_tensorflow():
       "from dashclip_jax.data import sources, train_datasets\n"
       "s = sources.load_sources({'source': 'synthetic'})\n"
       "b = next(iter(train_datasets.stage1_dataset(s.train_catalog,"
-      " batch_size=2,"
-      " image_size=16, shard=(0, 1))))\n"
+      " train_datasets.PipelineOptions(batch_size=2, shard=(0, 1)),"
+      " image_size=16)))\n"
       "print(sorted(m for m in sys.modules if m.split('.')[0] in"
       " ('tensorflow', 'tensorflow_datasets')))\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
@@ -301,8 +307,8 @@ def test_training_data_path_does_not_import_tensorflow():
 def test_real_fashion_two_process_sharding_covers_the_epoch_once(tok):
   if not os.path.isfile(os.path.join(FASHION, "styles.csv")):
     pytest.skip("real fashion catalog not present")
-  test = catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv")
-                                  ).subset("test")
+  test = catalog_tables.load_catalog(os.path.join(FASHION, "styles.csv")
+                                     ).subset("test")
   # 1,185 products: shards of 592 (the odd one out is documented as left
   # out so both processes run the same number of steps), 74 batches of 8.
   per_shard = len(test) // 2
@@ -320,7 +326,7 @@ def test_config_pipeline_knobs_reach_the_datasets(monkeypatch):
   """data.worker_buffer_size / read_threads / max_relevant are the config's:
   the trainers' inputs pass them on (read_threads 0: the dataset's own)."""
   # pylint: disable=g-import-not-at-top
-  from dashclip_jax import config_lib
+  from dashclip_jax.runtime import config_files
   from dashclip_jax import model as model_lib
   from dashclip_jax.trainers import inputs
   # pylint: enable=g-import-not-at-top
@@ -328,7 +334,9 @@ def test_config_pipeline_knobs_reach_the_datasets(monkeypatch):
 
   def recording(fn):
     def wrapped(*args, **kwargs):
-      seen.append(kwargs)
+      opts = next(a for a in args
+                  if isinstance(a, train_datasets.PipelineOptions))
+      seen.append({**vars(opts), **kwargs})
       return fn(*args, **kwargs)
     return wrapped
   for name in ("stage1_dataset", "stage2_dataset"):
@@ -336,11 +344,11 @@ def test_config_pipeline_knobs_reach_the_datasets(monkeypatch):
                         recording(getattr(train_datasets, name)))
   path = os.path.join(os.path.dirname(__file__), "..", "configs", "stage2.py")
   tiny = model_lib.model_config("tiny")
-  default = config_lib.load_config(path, "tiny").data
+  default = config_files.load_config(path, "tiny").data
   inputs.stage1_train(default, tiny, 8, seed=0)
   assert (seen[-1]["worker_buffer_size"], seen[-1]["read_threads"]) == (2,
                                                                         None)
-  data = config_lib.load_config(path, "tiny", {
+  data = config_files.load_config(path, "tiny", {
       "data.worker_buffer_size": 3, "data.read_threads": 2,
       "data.max_relevant": 300}).data
   next(inputs.stage2_train(data, tiny, 8, seed=0))

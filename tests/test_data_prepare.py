@@ -11,9 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import prepare
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import prepared
+from dashclip_jax.data import relevance_tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,17 +57,17 @@ def test_prepared_tables_read_back_equal_to_the_sources(tmp_path):
   manifest = prepare.prepare(str(src / "catalog.csv"),
                              [str(src / "relevance_train.csv")], str(out),
                              num_shards=3, max_bad_fraction=0.5)
-  cat = catalog_lib.load_catalog(str(src / "catalog.csv"),
-                                 max_bad_fraction=0.5)
-  back = catalog_lib.load_catalog(str(out))
+  cat = catalog_tables.load_catalog(str(src / "catalog.csv"),
+                                    max_bad_fraction=0.5)
+  back = catalog_tables.load_catalog(str(out))
   for field in ("ids", "titles", "category_names", "split", "images", "where",
                 "attributes"):
     assert getattr(back, field) == getattr(cat, field), field
   np.testing.assert_array_equal(back.category, cat.category)
   assert back.bad.counts == {"missing image": 1}
 
-  rel = relevance_lib.load_relevance(str(src / "relevance_train.csv"), cat,
-                                     max_bad_fraction=0.5)
+  rel = relevance_tables.load_relevance(str(src / "relevance_train.csv"), cat,
+                                        max_bad_fraction=0.5)
   table = manifest["relevance"]["relevance_train"]
   assert table["rows"] == len(rel) and sum(table["rows_per_shard"]) == len(rel)
   assert table["dropped"] == dict(rel.bad.counts)
@@ -74,15 +75,15 @@ def test_prepared_tables_read_back_equal_to_the_sources(tmp_path):
   assert "relevance_train.csv line " in table["first_culprits"][0]
   assert table["source"]["size"] == os.path.getsize(
       src / "relevance_train.csv")
-  _assert_same(relevance_lib.load_relevance(
+  _assert_same(relevance_tables.load_relevance(
       str(out / "relevance_train"), back), rel)
   # Against one split, as stage 2 reads it: the same skips as the source.
   train = back.subset("train")
-  from_csv = relevance_lib.load_relevance(
+  from_csv = relevance_tables.load_relevance(
       str(src / "relevance_train.csv"), cat.subset("train"),
       max_bad_fraction=0.5)
-  from_dir = relevance_lib.load_relevance(str(out / "relevance_train"),
-                                          train, max_bad_fraction=0.5)
+  from_dir = relevance_tables.load_relevance(str(out / "relevance_train"),
+                                             train, max_bad_fraction=0.5)
   assert _pairs(from_dir) == _pairs(from_csv)
   assert from_dir.query_ids == from_csv.query_ids
   # Kept pairs of test products are now the unknown ones.
@@ -96,24 +97,24 @@ def test_two_shard_readers_read_each_row_once(tmp_path, monkeypatch):
   out = tmp_path / "prepared"
   prepare.prepare(str(src / "catalog.csv"), [str(src / "relevance_train.csv")],
                   str(out), num_shards=4, max_bad_fraction=0.5)
-  cat = catalog_lib.load_catalog(str(out))
-  whole = relevance_lib.load_relevance(str(out / "relevance_train"), cat)
+  cat = catalog_tables.load_catalog(str(out))
+  whole = relevance_tables.load_relevance(str(out / "relevance_train"), cat)
   opened = []
   real_file = pq.ParquetFile
   monkeypatch.setattr(pq, "ParquetFile", lambda path, **kw: (
       opened.append(os.path.basename(path)), real_file(path, **kw))[1])
   halves = []
   for i in range(2):
-    halves.append(relevance_lib.load_relevance(
+    halves.append(relevance_tables.load_relevance(
         str(out / "relevance_train"), cat, shard=(i, 2)))
-    assert opened == [prepare.shard_name(k, 4) for k in range(i, 4, 2)]
+    assert opened == [prepared.shard_name(k, 4) for k in range(i, 4, 2)]
     opened.clear()
   assert not set(halves[0].query_ids) & set(halves[1].query_ids)
   assert (collections.Counter(_pairs(halves[0]) + _pairs(halves[1])) ==
           collections.Counter(_pairs(whole)))
   # A CSV read with the same shard keeps the same queries and pairs.
   for i, half in enumerate(halves):
-    _assert_same(half, relevance_lib.load_relevance(
+    _assert_same(half, relevance_tables.load_relevance(
         str(src / "relevance_train.csv"), cat, max_bad_fraction=0.5,
         shard=(i, 2)))
 

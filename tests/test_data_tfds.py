@@ -9,12 +9,12 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from dashclip_jax import tokenizer as tokenizer_lib
-from dashclip_jax.data import catalog as catalog_lib
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import catalog_tables
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import sources
 from dashclip_jax.data import tfds_builders
 from dashclip_jax.data import train_datasets
+from dashclip_jax.model import tokenizer as tokenizer_lib
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                        "data", "fashion")
@@ -55,12 +55,12 @@ def _assert_same_catalog(a, b):
 def test_csv_and_arrayrecord_give_identical_examples(tmp_path, tok):
   root = tmp_path / "fashion"
   _csv_catalog(root)
-  csv_cat = catalog_lib.load_catalog(str(root / "styles.csv"),
-                                     test_fraction=0.3, max_bad_fraction=0.1)
+  csv_cat = catalog_tables.load_catalog(str(root / "styles.csv"),
+                                        test_fraction=0.3, max_bad_fraction=0.1)
   assert len(csv_cat) == 30 and csv_cat.bad.counts == {"missing image": 1}
   train = csv_cat.subset("train")
-  csv_rel = relevance_lib.load_relevance(str(root / "rel.csv"), train,
-                                         max_bad_fraction=0.9)
+  csv_rel = relevance_tables.load_relevance(str(root / "rel.csv"), train,
+                                            max_bad_fraction=0.9)
   out = str(tmp_path / "tfds")
   tfds_builders.prepare_catalog(csv_cat, out)
   tfds_builders.prepare_relevance({"train": (csv_rel, train)}, out)
@@ -75,13 +75,14 @@ def test_csv_and_arrayrecord_give_identical_examples(tmp_path, tok):
 
   # Same pipeline output, augmentation included (images come from disk in
   # the ArrayRecord case, lazily per record).
-  kw = dict(batch_size=4, image_size=24, shard=(0, 1), num_epochs=1,
-            tokenizer=tok)
-  for a, b in zip(train_datasets.stage1_dataset(ar_train, **kw),
-                  train_datasets.stage1_dataset(train, **kw)):
+  opts = train_datasets.PipelineOptions(batch_size=4, shard=(0, 1),
+                                        num_epochs=1)
+  kw = dict(image_size=24, tokenizer=tok)
+  for a, b in zip(train_datasets.stage1_dataset(ar_train, opts, **kw),
+                  train_datasets.stage1_dataset(train, opts, **kw)):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  s2 = lambda c, r: list(train_datasets.stage2_dataset(c, r, **kw))
+  s2 = lambda c, r: list(train_datasets.stage2_dataset(c, r, opts, **kw))
   for a, b in zip(s2(ar_train, ar_rel), s2(train, csv_rel)):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -94,7 +95,7 @@ def test_csv_and_arrayrecord_give_identical_examples(tmp_path, tok):
 def test_real_fashion_subset_round_trips_when_present(tmp_path):
   if not os.path.isfile(os.path.join(FASHION, "styles.csv")):
     pytest.skip("real fashion catalog not present")
-  cat = catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv"))
+  cat = catalog_tables.load_catalog(os.path.join(FASHION, "styles.csv"))
   # Every 40th product keeps the test fast while covering both splits.
   sub = cat.take(range(0, len(cat), 40))
   out = str(tmp_path / "tfds")

@@ -20,7 +20,8 @@ import sys
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
+from dashclip_jax import app
+from dashclip_jax.runtime import config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGE1_TINY = "--config=configs/stage1.py:tiny"
@@ -99,30 +100,41 @@ def test_cli_error_is_one_line(case, tmp_path):
 
 def test_one_line_errors_prints_listed_errors_and_keeps_the_rest():
   with pytest.raises(SystemExit) as e:
-    with config_lib.one_line_errors("prog", (KeyError, ValueError)):
+    with app.one_line_errors("prog", (KeyError, ValueError)):
       raise ValueError("bad value\n  for 'x'")
   assert e.value.code == "prog: error: bad value for 'x'"
   with pytest.raises(SystemExit) as e:
-    with config_lib.one_line_errors("prog", (KeyError,)):
+    with app.one_line_errors("prog", (KeyError,)):
       raise KeyError("missing key")
   assert e.value.code == "prog: error: missing key"
   with pytest.raises(TypeError):  # Not listed: a bug keeps its traceback.
-    with config_lib.one_line_errors("prog", (ValueError,)):
+    with app.one_line_errors("prog", (ValueError,)):
       raise TypeError("x")
 
 
+def test_config_error_messages_name_the_override():
+  try:
+    raise AttributeError(KeyError(
+        "'batch_sise'\nDid you mean \"batch_size\" instead of \"batch_sise\"?"
+    )) from KeyError("batch_sise")
+  except AttributeError as e:
+    text = app.flag_error(e, ["prog", "--config.train.batch_sise=4"])
+  assert text.startswith("--config.train.batch_sise: no such config key")
+  assert 'Did you mean "batch_size"' in text and "\n" not in text
+
+
 def test_check_workdir(tmp_path):
-  config_lib.check_workdir(str(tmp_path / "new" / "dir"))
+  app.check_workdir(str(tmp_path / "new" / "dir"))
   assert (tmp_path / "new" / "dir").is_dir()
   (tmp_path / "file").write_text("")
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match=r"--workdir=.*file/w is not a writable directory"):
-    config_lib.check_workdir(str(tmp_path / "file" / "w"))
+    app.check_workdir(str(tmp_path / "file" / "w"))
 
 
 def _config(name, variant="tiny"):
   """configs/<name>.py:<variant>, as the entry points load it."""
-  return config_lib.load_config(ROOT / "configs" / f"{name}.py", variant)
+  return config_files.load_config(ROOT / "configs" / f"{name}.py", variant)
 
 
 def test_stage2_config_stage1_block_takes_data_model_mesh_seed_from_stage2():
@@ -139,7 +151,7 @@ def test_stage2_config_stage1_block_takes_data_model_mesh_seed_from_stage2():
   assert s1.data.to_dict() == config.data.to_dict()
   # A config file whose stage1 block sets its own model is told what to do.
   config.stage1.model = config.model.copy_and_resolve_references()
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match=r"config.stage1.model: .*set config.model instead"):
     main.stage1_config_of(config)
   # The CLI hint also covers a stage-2 config without a stage1 block.
@@ -189,14 +201,15 @@ def test_main_data_errors_are_one_line_errors(tmp_path, restore_sigterm):
 
 def test_main_runs_an_eval_config(tmp_path, monkeypatch):
   from dashclip_jax import main  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.evaluation import pipeline as eval_pipeline  # pylint: disable=g-import-not-at-top
   cfg = _config("eval", "synthetic")
   # Without a checkpoint: evaluation.run's own one-line error.
   with pytest.raises(main.one_line_errors(),
                      match="config.checkpoint is empty: set --config"):
     main.run(cfg, str(tmp_path / "no_checkpoint"))
   calls = []
-  monkeypatch.setattr(run_lib, "evaluate", lambda c, w: calls.append((c, w))
+  monkeypatch.setattr(eval_pipeline, "evaluate",
+                      lambda c, w: calls.append((c, w))
                       or {"dashclip": {"ndcg@10": 0.5}})
   out = main.run(cfg, str(tmp_path / "eval"))
   assert calls == [(cfg, str(tmp_path / "eval"))]
@@ -217,6 +230,7 @@ class _Model:
 
 
 def test_eval_errors_are_one_line_errors(tmp_path):
+  from dashclip_jax.evaluation import pipeline as eval_pipeline  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
   errors = run_lib.one_line_errors()
   cfg = _config("eval", "fashion")
@@ -224,35 +238,35 @@ def test_eval_errors_are_one_line_errors(tmp_path):
   models = {"dashclip": _Model()}
   with pytest.raises(errors, match=r"data.path .*no_catalog.* is not a "
                      "directory"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   cfg.baselines = ("bm52",)
   with pytest.raises(errors, match=r"config.baselines: unknown \['bm52'\]"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   cfg.baselines = ("init",)
   with pytest.raises(errors, match="has 'init' but config.init_checkpoint"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   # Model paths are checked before any data is read.
   cfg.init_checkpoint = str(tmp_path / "no_init")
   with pytest.raises(errors, match=r"config.init_checkpoint: .*no_init"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"), models=models)
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"), models=models)
   cfg.baselines = ()
   cfg.checkpoint = str(tmp_path / "no_model")
   with pytest.raises(errors, match=r"config.checkpoint: .*no_model"):
-    run_lib.evaluate(cfg, str(tmp_path / "out"))
+    eval_pipeline.evaluate(cfg, str(tmp_path / "out"))
 
 
 def test_search_rejects_missing_and_truncated_exports(tmp_path):
-  from dashclip_jax.evaluation import export as export_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import search  # pylint: disable=g-import-not-at-top
   emb = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
-  good = export_lib.export_embeddings(
+  good = index_lib.export_embeddings(
       str(tmp_path / "good"), [f"p{i}" for i in range(20)],
       [f"title {i}" for i in range(20)], emb, index_kind="flat")
   assert len(search.load_index(good).ids) == 20
-  with pytest.raises(config_lib.ConfigError, match="no_dir: no such dir"):
+  with pytest.raises(config_files.ConfigError, match="no_dir: no such dir"):
     search.load_index(str(tmp_path / "no_dir"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(config_lib.ConfigError, match="manifest.json missing"):
+  with pytest.raises(config_files.ConfigError, match="manifest.json missing"):
     search.load_index(str(tmp_path / "empty"))
   for suffix in (".faiss", ".parquet"):  # The index, the product table.
     bad = tmp_path / f"truncated{suffix}"
@@ -261,7 +275,7 @@ def test_search_rejects_missing_and_truncated_exports(tmp_path):
       data = (pathlib.Path(good) / f).read_bytes()
       cut = f.endswith(suffix) and not f.startswith("queries")
       (bad / f).write_bytes(data[:len(data) // 2] if cut else data)
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(config_files.ConfigError) as e:
       search.load_index(str(bad))
     text = str(e.value)
     assert text.startswith(f"--export_dir={bad}: unreadable export"), text

@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from dashclip_jax.data import catalog as catalog_lib
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import catalog_tables
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.evaluation import baselines
 from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import qrels as qrels_lib
 
 FASHION = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                        "fashion")
@@ -59,12 +60,12 @@ def test_minilm_embeddings_are_normalised_and_semantic():
 def test_calibration_on_real_catalog():
   # Reference figures of the issue: BM25 0.727, MiniLM 0.781 (NDCG@10 over
   # the 600 test queries, every one of the 1,185 test products ranked).
-  cat = catalog_lib.load_catalog(
+  cat = catalog_tables.load_catalog(
       os.path.join(FASHION, "styles.csv")).subset("test")
-  rel = relevance_lib.load_relevance(os.path.join(FASHION, "qrels_test.csv"),
-                                     cat, max_bad_fraction=0.0)
+  rel = relevance_tables.load_relevance(os.path.join(FASHION, "qrels_test.csv"),
+                                        cat, max_bad_fraction=0.0)
   assert (len(cat), rel.num_queries) == (1185, 600)
-  labels = metrics.labels_from_relevance(rel)
+  labels = qrels_lib.labels_from_relevance(rel)
   qids, texts = rel.query_ids, rel.queries
   bm25 = metrics.retrieval_metrics(
       metrics.rank_by_score(baselines.bm25_scores(texts, cat.titles)),

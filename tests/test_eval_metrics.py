@@ -8,6 +8,8 @@ import pytest
 
 from dashclip_jax.evaluation import knn
 from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import qrels as qrels_lib
+from dashclip_jax import index as index_lib
 
 L2 = math.log2
 
@@ -86,12 +88,12 @@ def test_bad_inputs_have_clear_errors():
   with pytest.raises(ValueError, match="labels must be 0, 1 or 2"):
     metrics.retrieval_metrics(np.array([[0, 1]]), np.array([[2, 3]]), ["q"])
   with pytest.raises(ValueError, match="row 1: product 'p9' of query 'q'"):
-    metrics.labels_from_qrels([("q", "p1", 2), ("q", "p9", 1)], ["q"],
+    qrels_lib.labels_from_qrels([("q", "p1", 2), ("q", "p9", 1)], ["q"],
                               ["p1", "p2"], source="x.csv")
 
 
 def test_labels_from_qrels_unlisted_pairs_are_zero():
-  lab = metrics.labels_from_qrels([("q2", "c", 2), ("q1", "a", 1)],
+  lab = qrels_lib.labels_from_qrels([("q2", "c", 2), ("q1", "a", 1)],
                                   ["q1", "q2"], ["a", "b", "c"])
   np.testing.assert_array_equal(lab, [[1, 0, 0], [0, 0, 2]])
 
@@ -127,8 +129,8 @@ def test_faiss_ann_recall_against_exact(kind):
   x /= np.linalg.norm(x, axis=1, keepdims=True)
   q = x[:50] + 0.1 * rng.normal(size=(50, 32)).astype(np.float32)
   _, exact = knn.exact_topk(q, x, 10)
-  index = knn.build_index(x, kind=kind, nprobe=16)
-  _, approx = knn.ann_search(index, q, 10)
+  index = index_lib.build_index(x, kind=kind, nprobe=16)
+  _, approx = index_lib.ann_search(index, q, 10)
   recall = knn.ann_recall(approx, exact)
   if kind == "flat":
     assert recall == 1.0

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashclip_jax.evaluation import metrics
 from dashclip_jax.evaluation import plots
 from dashclip_jax.evaluation import probes
+from dashclip_jax.evaluation import qrels as qrels_lib
 
-_sparse = metrics.SparseQrels.from_dense
+_sparse = qrels_lib.SparseQrels.from_dense
 
 
 def _clusters(n_per, k, dim, noise, seed):
@@ -84,8 +84,8 @@ def test_sample_pairs_draws_what_the_dense_rows_drew(n):
   labels[4] = 0
   labels[4, :n - 3] = 1  # 3 zeros left for 5 draws: all 3.
   # Listed label-0 pairs are label-0 pairs too (drawable).
-  qrels = metrics.SparseQrels.from_pairs([0, 0], [5, 6], [0, 2], 6, n)
-  qrels = metrics.SparseQrels.from_pairs(
+  qrels = qrels_lib.SparseQrels.from_pairs([0, 0], [5, 6], [0, 2], 6, n)
+  qrels = qrels_lib.SparseQrels.from_pairs(
       *np.concatenate([np.nonzero(labels), [qrels.query_of_pair(),
                                             qrels.product]], axis=1),
       np.concatenate([labels[np.nonzero(labels)], qrels.label]), 6, n)
@@ -129,7 +129,7 @@ def test_tsne_plot_keeps_clusters_apart(tmp_path):
 def test_cosine_plot_returns_class_means(tmp_path):
   # Inner products [[0.1, 0.2, 0.4], [0.2, 0.4, 0.8]] of 1-D embeddings.
   q, p = np.array([[1.0], [2.0]]), np.array([[0.1], [0.2], [0.4]])
-  qrels = metrics.SparseQrels.from_pairs([0, 0, 1, 1], [0, 1, 2, 0],
+  qrels = qrels_lib.SparseQrels.from_pairs([0, 0, 1, 1], [0, 1, 2, 0],
                                          [1, 2, 2, 0], 2, 3)  # (1, 0) listed.
   path = os.path.join(tmp_path, "cos.png")
   means = plots.cosine_by_relevance_plot(q, p, qrels, path)
@@ -157,7 +157,7 @@ def test_cosine_plot_means_match_the_dense_scores(tmp_path, max_pairs):
 
 
 def test_unjudged_pairs_all_when_small_else_a_fixed_sample():
-  qrels = metrics.SparseQrels.from_pairs([0, 1], [1, 0], [2, 0], 2, 3)
+  qrels = qrels_lib.SparseQrels.from_pairs([0, 1], [1, 0], [2, 0], 2, 3)
   qi, pi = plots.unjudged_pairs(qrels, 6)
   assert list(zip(qi, pi)) == [(0, 0), (0, 2), (1, 1), (1, 2)]
   qi, pi = plots.unjudged_pairs(qrels, 5, seed=1)

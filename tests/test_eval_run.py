@@ -12,11 +12,12 @@ import pytest
 from PIL import Image
 
 from dashclip_jax.evaluation import baselines
-from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import pipeline as eval_pipeline
+from dashclip_jax.evaluation import qrels as qrels_lib
 from dashclip_jax.evaluation import report as report_lib
-from dashclip_jax.evaluation import run as run_lib
 from dashclip_jax.evaluation import search as search_lib
+from dashclip_jax import index as index_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +107,7 @@ def _fashion_cfg(catalog_dir, **overrides):
 def test_end_to_end_fake_model(tiny_catalog, tmp_path):
   cfg = _fashion_cfg(tiny_catalog, baselines=("bm25", "minilm"))
   model = HashModel()
-  out = run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": model})
+  out = eval_pipeline.evaluate(cfg, str(tmp_path), models={"dashclip": model})
   test_titles = [t for _, t, _, s in TITLES if s == "test"]
   queries = ["men blue shirt", "black heels", "black watch", "women heels"]
   labels = np.zeros((4, 6), int)
@@ -162,12 +163,12 @@ def test_end_to_end_fake_model(tiny_catalog, tmp_path):
       ("bm25", "5", "13", "unjudged")]
   assert Image.open(tmp_path / "gallery.png").size[0] > 1000
   assert "[gallery.html](gallery.html)" in report_md
-  ids_out, emb = export_lib.read_embeddings(str(tmp_path / "export"))
+  ids_out, emb = index_lib.read_embeddings(str(tmp_path / "export"))
   assert ids_out == ["10", "11", "12", "13", "14", "15"]
   np.testing.assert_array_equal(emb, model._embed(test_titles))
   np.testing.assert_array_equal(np.load(tmp_path / "export" / "products.npy"),
                                 emb)
-  qids, qemb = export_lib.read_embeddings(str(tmp_path / "export"), "queries")
+  qids, qemb = index_lib.read_embeddings(str(tmp_path / "export"), "queries")
   assert qids == ids
   np.testing.assert_array_equal(qemb, model.encode_query(queries))
 
@@ -178,9 +179,9 @@ def test_export_index_query_round_trip(tmp_path):
   ids = [f"p{i}" for i in range(300)]
   emb = model._embed(titles)
   emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  export_lib.export_embeddings(str(tmp_path), ids, titles, emb,
+  index_lib.export_embeddings(str(tmp_path), ids, titles, emb,
                                index_kind="hnsw")
-  index = export_lib.ExportedIndex(str(tmp_path))
+  index = index_lib.ExportedIndex(str(tmp_path))
   # A query equal to a title finds that product first with cosine 1.
   hits = index.search(model.encode_query([titles[42], titles[7]]), k=5)
   assert hits[0][0][:2] == ("p42", titles[42])
@@ -193,22 +194,22 @@ def test_export_index_query_round_trip(tmp_path):
   with pytest.raises(ValueError, match=r"\(1, 3\) do not match .* 128"):
     index.search(np.ones((1, 3)), 2)
   with pytest.raises(FileNotFoundError, match="manifest.json missing"):
-    export_lib.ExportedIndex(str(tmp_path / "nope"))
+    index_lib.ExportedIndex(str(tmp_path / "nope"))
 
 
 def test_config_errors_are_clear(tiny_catalog, tmp_path):
   with pytest.raises(ValueError, match=r"unknown \['bm52'\]"):
-    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=("bm52",)),
+    eval_pipeline.evaluate(_fashion_cfg(tiny_catalog, baselines=("bm52",)),
                      str(tmp_path), models={"dashclip": HashModel()})
   with pytest.raises(ValueError, match="'init' but config.init_checkpoint"):
-    run_lib.evaluate(_fashion_cfg(tiny_catalog, baselines=("init",)),
+    eval_pipeline.evaluate(_fashion_cfg(tiny_catalog, baselines=("init",)),
                      str(tmp_path), models={"dashclip": HashModel()})
   with pytest.raises(FileNotFoundError, match="styles.csv"):
-    run_lib.evaluate(_fashion_cfg(str(tmp_path)), str(tmp_path),
+    eval_pipeline.evaluate(_fashion_cfg(str(tmp_path)), str(tmp_path),
                      models={"dashclip": HashModel()})
   model = HashModel()
   with pytest.raises(ValueError, match=r"gallery.queries: unknown \['q7'\]"):
-    run_lib.evaluate(_fashion_cfg(tiny_catalog, **{
+    eval_pipeline.evaluate(_fashion_cfg(tiny_catalog, **{
         "gallery.queries": "q2,black watch,q7"}), str(tmp_path),
                      models={"dashclip": model})
   assert model.product_calls == 0  # Before any encoding.
@@ -228,7 +229,7 @@ def test_non_finite_embeddings_name_the_product(tiny_catalog, tmp_path):
   cfg = _fashion_cfg(tiny_catalog, baselines=())
   with pytest.raises(ValueError, match="dashclip: 1 product embeddings are "
                      "not finite, first product id '11'"):
-    run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": NanModel()})
+    eval_pipeline.evaluate(cfg, str(tmp_path), models={"dashclip": NanModel()})
 
 
 def test_qrels_naming_a_product_outside_the_split_is_an_error(tiny_catalog,
@@ -239,7 +240,7 @@ def test_qrels_naming_a_product_outside_the_split_is_an_error(tiny_catalog,
   cfg = _fashion_cfg(tiny_catalog, baselines=(), **{
       "data.relevance_test_path": str(qrels)})
   with pytest.raises(ValueError, match="20"):
-    run_lib.evaluate(cfg, str(tmp_path), models={"dashclip": HashModel()})
+    eval_pipeline.evaluate(cfg, str(tmp_path), models={"dashclip": HashModel()})
 
 
 def test_cli_rejects_unknown_config_key(tmp_path):
@@ -256,14 +257,14 @@ def test_cli_rejects_unknown_config_key(tmp_path):
 def tiny_checkpoints(tmp_path_factory):
   # pylint: disable=g-import-not-at-top
   import jax
-  from dashclip_jax import checkpoint_io
+  from dashclip_jax.model import model_dir as model_dir_lib
   from dashclip_jax import model as model_lib
   # pylint: enable=g-import-not-at-top
   root = tmp_path_factory.mktemp("ckpts")
   config = model_lib.model_config("tiny")
   dirs = []
   for seed in (0, 1):
-    dirs.append(checkpoint_io.save_model_dir(
+    dirs.append(model_dir_lib.save_model_dir(
         str(root / f"m{seed}"), model_lib.init_params(
             config, jax.random.key(seed)), config))
   return dirs
@@ -278,7 +279,7 @@ def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
   cfg.baselines = ("init", "bm25", "dashclip_text")
   cfg.plots.enabled = False
   cfg.data.max_probe_products = 60
-  out = run_lib.evaluate(cfg, str(tmp_path))
+  out = eval_pipeline.evaluate(cfg, str(tmp_path))
   assert set(out) == {"dashclip", "init", "bm25", "dashclip_text"}
   assert out["dashclip_text"]["ndcg@10"] != out["dashclip"]["ndcg@10"]
   # Two different random models: different numbers.
@@ -287,12 +288,12 @@ def test_real_tiny_checkpoint_synthetic_and_search_cli(tiny_checkpoints,
   data = synthetic.synthetic_data(**cfg.data.synthetic.to_dict())
   cat = data.test_catalog
   model = dashclip_jax.load(tiny_checkpoints[0])
-  ids, emb = export_lib.read_embeddings(str(tmp_path / "export"))
+  ids, emb = index_lib.read_embeddings(str(tmp_path / "export"))
   assert ids == list(cat.ids)
   # The job's sharded KNN figures equal a float64 numpy ranking of the
   # exported embeddings (BM25's figures: test_end_to_end_fake_model).
-  labels = metrics.labels_from_relevance(data.test)
-  qids, qemb = export_lib.read_embeddings(str(tmp_path / "export"), "queries")
+  labels = qrels_lib.labels_from_relevance(data.test)
+  qids, qemb = index_lib.read_embeddings(str(tmp_path / "export"), "queries")
   assert qids == list(data.test.query_ids)
   scores = qemb.astype(np.float64) @ emb.astype(np.float64).T
   want = metrics.retrieval_metrics(metrics.rank_by_score(scores), labels, qids)

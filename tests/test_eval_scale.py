@@ -10,6 +10,7 @@ import pytest
 from dashclip_jax.evaluation import baselines
 from dashclip_jax.evaluation import eval_data
 from dashclip_jax.evaluation import metrics
+from dashclip_jax.evaluation import qrels as qrels_lib
 from dashclip_jax.evaluation import report as report_lib
 
 
@@ -54,7 +55,7 @@ def _report(tmp_path, depth, n=6):
       checkpoint="ckpt", init_checkpoint="", knn=dict(depth=depth),
       data=dict(probe_split="train", max_probe_products=10, split="test")))
   data = eval_data.EvalData(
-      _Catalog(n), metrics.SparseQrels.from_dense(np.full((1, n), 2)),
+      _Catalog(n), qrels_lib.SparseQrels.from_dense(np.full((1, n), 2)),
       ["q"], ["q"], None, "data")
   results = {"x": {"ndcg@10": 0.5, "recall@5": 0.5, "recall@50": 0.5,
                    "mrr": 0.5}}
@@ -96,7 +97,7 @@ def test_load_data_qrels_are_the_dense_labels_of_what_is_ranked():
   data = eval_data.load_data(cfg)
   syn = synthetic.synthetic_data(**cfg.data.synthetic)
   rel = syn.test
-  labels = metrics.labels_from_relevance(rel)
+  labels = qrels_lib.labels_from_relevance(rel)
   ok = np.isin(list(syn.test_catalog.ids), list(data.catalog.ids))
   kept = (labels[:, ok] == 2).any(axis=1)
   assert not ok.all() and not kept.all()  # Both drops happen here.

@@ -23,11 +23,11 @@ st = pytest.importorskip("sentence_transformers")
 
 import dashclip_jax  # pylint: disable=g-import-not-at-top
 import helpers
-from dashclip_jax import checkpoint_io
 from dashclip_jax import export_hf
-from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.export_hf import roundtrip
+from dashclip_jax import model as model_lib
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import tokenizer as tok
 
 TOL = 1e-5
 TEMP = 0.05
@@ -57,7 +57,7 @@ def _write_run(root, config, params, name):
   models/7 and an evaluation naming that model."""
   workdir = root / name
   model_dir = workdir / "models" / "7"
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       str(model_dir), params, config,
       provenance=dict(stage="stage2", workdir=str(workdir), init="test"))
   (workdir / "config.json").write_text(json.dumps(dict(
@@ -98,7 +98,7 @@ def mean_model(tmp_path_factory):
                           "bias": np.zeros(32, np.float32)}
   root = tmp_path_factory.mktemp("export_mean")
   model_dir = str(root / "model")
-  checkpoint_io.save_model_dir(model_dir, params, config)
+  model_dir_lib.save_model_dir(model_dir, params, config)
   export_hf.main(["--model", model_dir, "--output", str(root / "out")])
   return dict(model_dir=model_dir, out=str(root / "out"),
               ours=dashclip_jax.load(model_dir, batch_size=4))
@@ -268,7 +268,7 @@ def test_error_geometry_hf_cannot_hold(tmp_path):
   config = tiny.replace(vision=dataclasses.replace(tiny.vision, heads=3))
   model_dir = str(tmp_path / "model")
   shapes = model_lib.abstract_params(config)  # Refused before it is read.
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       model_dir, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes),
       config)
   msg = _cli_error(["--model", model_dir, "--output", str(tmp_path / "o")])

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashclip_jax import config_lib
+from dashclip_jax import index as index_lib
 from dashclip_jax.evaluation import eval_data
-from dashclip_jax.evaluation import export as export_lib
 from dashclip_jax.evaluation import report as report_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import final_eval
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _stage2_config(arg):
-  return config_lib.load_config(os.path.join(REPO, "configs", "stage2.py"),
-                                arg)
+  return config_files.load_config(os.path.join(REPO, "configs", "stage2.py"),
+                                  arg)
 
 
 @pytest.fixture(scope="module")
@@ -104,24 +104,24 @@ def test_export_from_parts_of_several_processes(tmp_path):
     if part == 1:
       with pytest.raises(FileNotFoundError,
                          match="products-00001-of-00002.parquet is missing"):
-        export_lib.finish_export(str(tmp_path), 2)
-    export_lib.write_products_part(str(tmp_path), part, 2, ids[rows],
-                                   titles[rows], emb[rows],
-                                   categories=["c"] * len(ids[rows]))
-  export_lib.finish_export(str(tmp_path), 2, index_kind="flat")
-  got_ids, got = export_lib.read_embeddings(str(tmp_path))
+        index_lib.finish_export(str(tmp_path), 2)
+    index_lib.write_products_part(str(tmp_path), part, 2, ids[rows],
+                                  titles[rows], emb[rows],
+                                  categories=["c"] * len(ids[rows]))
+  index_lib.finish_export(str(tmp_path), 2, index_kind="flat")
+  got_ids, got = index_lib.read_embeddings(str(tmp_path))
   assert got_ids == ids
   np.testing.assert_array_equal(got, emb)
   np.testing.assert_array_equal(np.load(tmp_path / "products.npy"), emb)
-  index = export_lib.ExportedIndex(str(tmp_path))
+  index = index_lib.ExportedIndex(str(tmp_path))
   assert index.manifest["num_products"] == 7 and index.index.ntotal == 7
   assert index.search(emb[5:6], k=1)[0][0][:2] == ("p5", "title 5")
   # A later single-process export into the same directory replaces them.
-  export_lib.export_embeddings(str(tmp_path), ids[:2], titles[:2], emb[:2],
-                               index_kind="flat")
+  index_lib.export_embeddings(str(tmp_path), ids[:2], titles[:2], emb[:2],
+                              index_kind="flat")
   assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".parquet")) == [
       "products-00000-of-00001.parquet"]
-  assert export_lib.read_embeddings(str(tmp_path))[0] == ids[:2]
+  assert index_lib.read_embeddings(str(tmp_path))[0] == ids[:2]
 
 
 def test_final_eval_takes_the_runs_bad_record_limits(fashion_copy, tmp_path):

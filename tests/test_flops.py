@@ -7,11 +7,12 @@ import jax.numpy as jnp
 import pytest
 from jax.extend import core as jex_core
 
-from dashclip_jax import flops
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import train_state
-from dashclip_jax import train_steps as ts
+from dashclip_jax.train import flops
+from dashclip_jax.train import optim
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import step_config
+from dashclip_jax.train import steps as ts
 
 
 def _matmul_flops(jaxpr) -> int:
@@ -84,13 +85,19 @@ def _spec(shape, dtype=jnp.int32):
   return jax.ShapeDtypeStruct(shape, dtype)
 
 
+# The configs' freeze rules (configs/stage1.py, configs/stage2.py:tiny).
+STAGE1_FROZEN = ((r"(query|query_proj|product_proj)/.*", 0.0), (".*", 1.0))
+STAGE2_FROZEN = (
+    (r"(img|txt|vision_proj|text_proj|itm_head)/.*", 0.0), (".*", 1.0))
+
+
 def _traced_step_flops(stage, step_cfg, batch):
   """Matmul FLOPs of one traced train step (tiny model, abstract state)."""
   cfg = model_lib.model_config("tiny")
   tx = optim.make_optimizer(optim.OptimConfig(
       lr=1e-4, warmup_steps=1, total_steps=10,
-      lr_mults=ts.STAGE1_LR_MULTS if stage == 1 else
-      ts.STAGE2_TRAIN_PRODUCT_PROJ), model_lib.abstract_params(cfg))
+      lr_mults=STAGE1_FROZEN if stage == 1 else STAGE2_FROZEN),
+      model_lib.abstract_params(cfg))
   make = ts.make_stage1_step if stage == 1 else ts.make_stage2_step
   state = jax.eval_shape(
       lambda r: train_state.init_state(cfg, step_cfg, tx, r),
@@ -106,7 +113,7 @@ def test_stage1_count_equals_the_traced_step(momentum, queue):
   batch = {"image": _spec((b, s, s, 3), jnp.float32),
            "ids": _spec((b, length)), "mask": _spec((b, length)),
            "product_id": _spec((b,))}
-  traced = _traced_step_flops(1, ts.StepConfig(
+  traced = _traced_step_flops(1, step_config.StepConfig(
       momentum=momentum, queue_size=queue), batch)
   assert traced == flops.stage1_step(cfg, b, length,
                                      momentum=momentum is not None,
@@ -132,7 +139,7 @@ def test_stage2_count_equals_the_traced_step(mode):
   else:
     batch.update(image=_spec((b, s, s, 3), jnp.float32),
                  title_ids=_spec((b, lt)), title_mask=_spec((b, lt)))
-  traced = _traced_step_flops(2, ts.StepConfig(
+  traced = _traced_step_flops(2, step_config.StepConfig(
       train_product_tower=mode == "trained"), batch)
   assert traced == flops.stage2_step(
       cfg, b, lt, lq, n, train_product_tower=mode == "trained",

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashclip_jax import config_lib
 from dashclip_jax.evaluation import gallery
+from dashclip_jax.runtime import config_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -162,7 +162,7 @@ def test_given_queries_come_first_by_id_or_text():
 
 
 def test_unknown_gallery_query_is_a_one_line_error_naming_it():
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(config_files.ConfigError) as e:
     gallery.select_queries(IDS, TEXTS, 5, ["q03", "red shoes", "q99"], seed=0)
   msg = str(e.value)
   assert "config.gallery.queries: unknown ['red shoes', 'q99']" in msg
@@ -213,20 +213,20 @@ def test_write_gallery_files(tmp_path):
 
 
 def _eval_config():
-  return config_lib.load_config(ROOT / "configs" / "eval.py", "synthetic")
+  return config_files.load_config(ROOT / "configs" / "eval.py", "synthetic")
 
 
 def test_config_blocks_and_their_checks():
   cfg = _eval_config()
   assert cfg.gallery.to_dict() == dict(enabled=True, num_queries=12,
                                        queries="", k=5, seed=0)
-  stage2 = config_lib.load_config(ROOT / "configs" / "stage2.py", "tiny")
+  stage2 = config_files.load_config(ROOT / "configs" / "stage2.py", "tiny")
   assert stage2.final_eval.gallery.to_dict() == cfg.gallery.to_dict()
   for key, value, match in (("k", 0, r"gallery.k=0 must be >= 1"),
                             ("num_queries", -1, r"num_queries=-1 must be")):
     bad = _eval_config()
     bad.gallery[key] = value
-    with pytest.raises(config_lib.ConfigError, match=match):
+    with pytest.raises(config_files.ConfigError, match=match):
       gallery.check_config(bad.gallery)
   gallery.check_config(cfg.gallery)
 

@@ -14,9 +14,9 @@ import pytest
 import gpt_helpers
 
 from dashclip_jax.convert.errors import ConversionError
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation.gpt import tokenizer as tokenizer_lib
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import tokenizer as tokenizer_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

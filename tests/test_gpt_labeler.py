@@ -9,14 +9,14 @@ import pytest
 
 import gpt_helpers
 
-from dashclip_jax import config_lib
-from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.curation import pipeline
-from dashclip_jax.curation.gpt import labeler as gpt_labeler
-from dashclip_jax.curation.gpt import lora as lora_lib
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation import prompts as wording
-from dashclip_jax.curation.gpt import prompts as prompts_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers import wording
+from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
+from dashclip_jax.curation.labelers.gpt import lora as lora_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
+from dashclip_jax.runtime import config_files
 
 pytest.importorskip("gguf")
 pytest.importorskip("torch")
@@ -123,7 +123,7 @@ def test_saved_teachers_label_as_their_params_do(tiny, tmp_path):
 
 def test_curation_job_trains_and_scores_a_gpt_teacher(tiny, tmp_path):
   path, _, _ = tiny
-  config = config_lib.load_config("configs/curate.py", "tiny", {
+  config = config_files.load_config("configs/curate.py", "tiny", {
       "label.progress": False, "run": "teacher,report",
       "teacher.kind": "gpt", "teacher.gpt.gguf": path,
       "teacher.gpt.max_length": 256, "teacher.gpt.lora_rank": 2,

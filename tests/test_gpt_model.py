@@ -8,8 +8,8 @@ import pytest
 
 import gpt_helpers
 
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import model as model_lib
 
 torch = pytest.importorskip("torch")
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from dashclip_jax.curation import query_writers as qw
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation.gpt import query_writer
-from dashclip_jax.curation.gpt import sampling
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import query_writer
+from dashclip_jax.curation.labelers.gpt import sampling
 from dashclip_jax.curation.steps import generate
 
 CONFIG = model_lib.tiny_config(vocab_size=64)

@@ -28,15 +28,15 @@ import pytest
 
 import gpt_helpers
 
-from dashclip_jax.curation import labelling
-from dashclip_jax.curation import openai_labeler as ol
-from dashclip_jax.curation import prompts as client_prompts
-from dashclip_jax.curation import serve
-from dashclip_jax.curation.gpt import gguf_loader
-from dashclip_jax.curation.gpt import labeler as gpt_labeler
-from dashclip_jax.curation.gpt import lora as lora_lib
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation.gpt import prompts as prompts_lib
+from dashclip_jax.curation import label_shards
+from dashclip_jax.curation.labelers import wording as client_prompts
+from dashclip_jax.curation.labelers.gpt import gguf_loader
+from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
+from dashclip_jax.curation.labelers.gpt import lora as lora_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import prompts as prompts_lib
+from dashclip_jax.curation.labelers.openai_client import labeler as ol
+from dashclip_jax.curation.serve import loading
 from dashclip_jax.data import catalog as catalog_lib
 
 pytest.importorskip("gguf")
@@ -348,7 +348,7 @@ def small_catalog(n):
 def label_job(labeler, out_dir, n_pairs):
   """(query q{i % 5}, product i % 6) pairs: all distinct for n <= 30."""
   queries = [f"q{i % 5}" for i in range(n_pairs)]
-  return labelling.label_pairs(
+  return label_shards.label_pairs(
       labeler, small_catalog(6), [f"id-{q}" for q in queries], queries,
       np.arange(n_pairs) % 6, str(out_dir), shard_size=4, batch_size=4,
       progress=False)
@@ -393,7 +393,7 @@ def test_server_killed_mid_run_then_restarted(gguf_path, tmp_path):
   # Every pair answered once over both servers, and written once.
   assert answered + asked == n
   assert labeler.summary()["cache_hits"] == answered - 4 * len(committed)
-  rows = labelling.read_shards(paths)
+  rows = label_shards.read_shards(paths)
   pairs = list(zip(rows["query"].to_pylist(), rows["product_id"].to_pylist()))
   assert len(pairs) == len(set(pairs)) == n
   for p, mtime in mtimes.items():
@@ -413,7 +413,7 @@ def test_a_bad_model_is_one_clear_line(tmp_path):
 
 def test_model_specs(gguf_path, tmp_path):
   loaded, _ = gpt_labeler.base_model(gguf_path)
-  name, config, params, _ = serve.load_model(os.path.dirname(gguf_path))
+  name, config, params, _ = loading.load_model(os.path.dirname(gguf_path))
   assert (name, config) == (MODEL, loaded.config)
   config = gpt_labeler.GptTeacherConfig(
       gguf=gguf_path, gguf_sha256=gpt_labeler.file_sha256(gguf_path),
@@ -422,11 +422,11 @@ def test_model_specs(gguf_path, tmp_path):
                       lora_lib.init(loaded.params, 2, jax.random.key(1)))
   teacher_id = gpt_labeler.save_gpt_teacher(str(tmp_path / "t"), config,
                                             lora, {})
-  name, _, params, _ = serve.load_model(str(tmp_path / "t"))
+  name, _, params, _ = loading.load_model(str(tmp_path / "t"))
   merged = lora_lib.merge(loaded.params, lora, 2.0)
   assert name == teacher_id
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                params, jax.tree.map(np.asarray, merged))
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="needs exactly one .gguf file"):
-    serve.load_model(str(tmp_path / "empty"))
+    loading.load_model(str(tmp_path / "empty"))

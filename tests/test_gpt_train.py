@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import sharding
-from dashclip_jax.curation import teacher_train
-from dashclip_jax.curation.gpt import lora as lora_lib
-from dashclip_jax.curation.gpt import model as model_lib
-from dashclip_jax.curation.gpt import train as gpt_train
+from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
+from dashclip_jax.curation.labelers.gpt import lora as lora_lib
+from dashclip_jax.curation.labelers.gpt import model as model_lib
+from dashclip_jax.curation.labelers.gpt import train as gpt_train
+from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
 
 CONFIG = model_lib.tiny_config(vocab_size=64)
 LABEL_IDS = np.array([10, 11, 12], np.int32)
@@ -77,16 +78,17 @@ def _first_grads(mesh_config, devices, lora_rank, batch=8):
                                                 bool(lora_rank), mesh)
   frozen = jax.device_put(_params(), frozen_sh) if lora_rank else {}
   tx = helpers.keeping_grads(gpt_train.make_optimizer(settings))
-  state, state_sh = gpt_train.init_state(trainable, trainable_sh, tx, mesh)
+  state, state_sh = train_state.init_param_state(trainable, trainable_sh, tx,
+                                                 mesh)
   inputs, labels = _data()
   data = sharding.global_batch({
       "ids": inputs["ids"][:batch], "mask": inputs["mask"][:batch],
       "label": labels[:batch].astype(np.int32),
       "weight": np.ones(batch, np.float32)}, mesh)
-  step = gpt_train.jit_train_step(
+  step = train_state.jit_step(
       gpt_train.make_train_step(CONFIG, LABEL_IDS, tx, scale), state_sh,
-      frozen_sh, data, mesh, fast_compile=True)
-  state, _ = step(state, frozen, data)
+      data, mesh, extra_sh=frozen_sh, fast_compile=True)
+  state, _ = step(state, data, frozen)
   return jax.device_get(state.opt_state[0])
 
 

@@ -3,8 +3,9 @@
 import ml_collections
 import numpy as np
 
-from dashclip_jax import model as model_lib
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax import model as model_lib
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
 
@@ -80,7 +81,7 @@ def test_stage2_eval_holds_queries_out_of_training():
   kept, held = inputs.train_relevance(cfg)
   assert held.num_queries > 0 and kept.num_queries > 0
   assert not set(kept.queries) & set(held.queries)
-  data = inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
+  data = eval_inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
   assert set(data.query_ids) <= set(held.query_ids)
   # Every label-2 pair of an evaluated query is in the label table.
   assert data.labels.has_relevant().all()
@@ -89,10 +90,10 @@ def test_stage2_eval_holds_queries_out_of_training():
 def test_heldout_eval_queries_caps_the_evaluation_at_the_lowest_hashes():
   cfg = _synthetic_data(heldout_query_fraction=0.5, heldout_eval_queries=0)
   _, held = inputs.train_relevance(cfg)
-  whole = inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
+  whole = eval_inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
   assert len(whole.query_ids) > 5
   cfg.heldout_eval_queries = 5
-  capped = inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
+  capped = eval_inputs.stage2_eval(cfg, model_lib.model_config("tiny"), 8)
   # The 5 lowest text hashes among the held-out queries (those with a label
   # 2: the synthetic ones all have one), in the split's order.
   hashes = dict(zip(held.query_ids, held.query_hashes()))

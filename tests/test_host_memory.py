@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 # allocated and freed on every call; prints the page faults of each call.
 _SCRIPT = """
 import json, resource, sys
-from dashclip_jax import host_memory
+from dashclip_jax.runtime import host_memory
 if sys.argv[1] == "reuse":
   assert host_memory.reuse_freed_memory()
 import jax, jax.numpy as jnp
@@ -58,12 +58,27 @@ def test_freed_temporaries_are_reused_not_faulted_in_again():
   assert _calls_faulting_a_block(reused) < len(reused) // 2, reused
 
 
-def test_main_sets_the_allocator_before_numpy_or_jax_start():
+# Runs an entry module as `python -m` does, with reuse_freed_memory replaced
+# by a spy that prints which of numpy and jax were imported when it ran.
+_ENTRY_SCRIPT = """
+import runpy, sys
+from dashclip_jax.runtime import host_memory
+def spy():
+  print(sorted(m for m in ("numpy", "jax") if m in sys.modules), flush=True)
+host_memory.reuse_freed_memory_unless_disabled = spy
+sys.argv = [sys.argv[1]]
+try:
+  runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit:
+  pass
+"""
+
+
+@pytest.mark.parametrize("module", ["dashclip_jax.main",
+                                    "dashclip_jax.curation.main"])
+def test_entry_points_set_the_allocator_before_numpy_or_jax_start(module):
   # Threads that numpy or jax start before the setting keep arenas of their
   # own, and XLA's temporaries from those are mmapped again.
-  out = subprocess.run(
-      [sys.executable, "-c",
-       "import sys; import dashclip_jax.main; "
-       "print(sorted(m for m in ('numpy', 'jax') if m in sys.modules))"],
-      check=True, capture_output=True, text=True)
-  assert out.stdout.strip() == "[]"
+  out = subprocess.run([sys.executable, "-c", _ENTRY_SCRIPT, module],
+                       check=True, capture_output=True, text=True)
+  assert out.stdout.splitlines()[0] == "[]", out.stdout + out.stderr

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import eval_datasets
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import sources
@@ -64,10 +64,11 @@ def test_an_image_over_the_limit_is_skipped_counted_and_named(tmp_path,
     size = (40, 30) if i == 1 else (12, 10)  # Product 101: 1,200 pixels.
     (tmp_path / "images" / f"{100 + i}.jpg").write_bytes(_jpeg(*size))
   pixel_limit(500)
-  cat = catalog_lib.load_catalog(str(tmp_path / "styles.csv"))
-  it = iter(train_datasets.stage1_dataset(cat, batch_size=5, image_size=8,
-                                          shard=(0, 1), num_epochs=1,
-                                          max_bad_fraction=1.0))
+  cat = catalog_tables.load_catalog(str(tmp_path / "styles.csv"))
+  it = iter(train_datasets.stage1_dataset(
+      cat, train_datasets.PipelineOptions(batch_size=5, shard=(0, 1),
+                                          num_epochs=1, max_bad_fraction=1.0),
+      image_size=8))
   assert sum(len(b["product_id"]) for b in it) == 5
   products = eval_datasets.eval_products_dataset(cat, batch_size=6,
                                                  image_size=8, shard=(0, 1))

@@ -6,17 +6,17 @@ import pytest
 from PIL import Image
 
 import dashclip_jax
-from dashclip_jax import checkpoint_io
 from dashclip_jax import model as model_lib
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tok
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("ckpt") / "model"
   config = model_lib.model_config("tiny")
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       str(path), model_lib.init_params(config, jax.random.key(1)), config)
   return str(path)
 
@@ -64,7 +64,7 @@ def test_tokenizer_layout():
 
 
 def test_encoders_equal_direct_model_apply(encoder, model_dir):
-  config, trees, _ = checkpoint_io.load_model_dir(model_dir)
+  config, trees, _ = model_dir_lib.load_model_dir(model_dir)
   module, params = model_lib.DashClip(config), {"params": trees["params"]}
   images, titles = _images(5), ["red shirt", "blue jeans for men", "watch",
                                 "black leather belt", "sandals"]

@@ -13,7 +13,7 @@ import pytest
 
 import dashclip_jax
 import helpers
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
 
 TITLES = ["red cotton shirt", "blue jeans for men", "steel watch",
           "black leather belt", "beach sandals", "wool scarf", "green cap"]
@@ -104,7 +104,7 @@ def test_show_progress_draws_a_tqdm_bar_on_stderr(encoder, capsys):
 
 def _read(path):
   table = pq.read_table(path)
-  return table, export_lib.table_embeddings(table)
+  return table, index_lib.table_embeddings(table)
 
 
 def test_parquet_output_round_trips_in_row_groups(encoder, tmp_path):
@@ -121,9 +121,9 @@ def test_parquet_output_round_trips_in_row_groups(encoder, tmp_path):
   np.testing.assert_allclose(emb, encoder.encode_product(images, TITLES),
                              atol=1e-6)
   # The export's own product part has exactly this layout.
-  export_lib.export_embeddings(str(tmp_path / "export"), ids, TITLES, emb,
+  index_lib.export_embeddings(str(tmp_path / "export"), ids, TITLES, emb,
                                categories=categories, index_kind="flat")
-  part = tmp_path / "export" / export_lib.part_file(0, 1)
+  part = tmp_path / "export" / index_lib.part_file(0, 1)
   assert pq.read_schema(path).equals(pq.read_schema(part))
   # Without images: the title-only product embedding; queries likewise.
   path = encoder.encode_products_to_parquet(
@@ -167,13 +167,13 @@ def export_dir(encoder, tmp_path_factory):
   titles = [f"{t} {n}" for n in ("one", "two") for t in TITLES]
   images = _images(len(titles))
   encoder.encode_products_to_parquet(
-      os.path.join(out, export_lib.part_file(0, 1)),
+      os.path.join(out, index_lib.part_file(0, 1)),
       [f"p{i}" for i in range(len(titles))], images, titles)
-  return export_lib.finish_export(out, 1)  # The default HNSW index.
+  return index_lib.finish_export(out, 1)  # The default HNSW index.
 
 
 def test_search_equals_brute_force_cosine_ranking(encoder, export_dir):
-  index = export_lib.ExportedIndex(export_dir)
+  index = index_lib.ExportedIndex(export_dir)
   products = np.load(os.path.join(export_dir, "products.npy"))
   queries = encoder.encode_query(QUERIES).astype(np.float64)
   unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -206,7 +206,7 @@ def test_search_errors_name_the_export(model_dir, export_dir, tmp_path):
     encoder.attach_index(missing)
   with pytest.raises(FileNotFoundError, match="manifest.json missing"):
     encoder.search(QUERIES, index=str(tmp_path))
-  other = export_lib.export_embeddings(
+  other = index_lib.export_embeddings(
       str(tmp_path / "dim8"), ["a", "b"], ["x", "y"],
       np.eye(2, 8, dtype=np.float32), index_kind="flat")
   with pytest.raises(ValueError, match=(

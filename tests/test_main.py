@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import checkpoint_io
+from dashclip_jax.model import model_dir as model_dir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGE1_TINY = "--config=configs/stage1.py:tiny"
@@ -60,7 +60,7 @@ def _ok(out):
 
 
 def _params(model_dir):
-  _, trees, _ = checkpoint_io.load_model_dir(str(model_dir))
+  _, trees, _ = model_dir_lib.load_model_dir(str(model_dir))
   return trees["params"]
 
 
@@ -178,9 +178,9 @@ def test_sigterm_saves_and_rerun_resumes(xla_cache, tmp_path):
   assert "pre-empted at step" in err
   # Unfinished: the workdir is not a model (only its untrained models/0),
   # so stage 2 would refuse it as its init checkpoint.
-  from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match="untrained start"):
-    inference.resolve_model_dir(str(run))
+    model_dir_lib.resolve_model_dir(str(run))
   # The rerun resumes from the saved step and finishes.
   more = steps - saved[0]
   resumed = _ok(_main(xla_cache, run, *args[:-1], "--config.train.log_every=50",
@@ -374,7 +374,7 @@ def test_two_processes_match_one_process(xla_cache, tmp_path):
   # The final evaluation of the two processes == one process's of the same
   # model: the same metrics, and an export of two parts (one per process)
   # holding the same embeddings as one process's single part.
-  from dashclip_jax.evaluation import export as export_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import final_eval  # pylint: disable=g-import-not-at-top
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
@@ -398,10 +398,10 @@ def test_two_processes_match_one_process(xla_cache, tmp_path):
   assert sorted(f.name for f in (two_eval / "export").glob("*.parquet")) == [
       "products-00000-of-00002.parquet", "products-00001-of-00002.parquet",
       "queries.parquet"]
-  ids, emb = export_lib.read_embeddings(str(two_eval / "export"))
-  want_ids, want_emb = export_lib.read_embeddings(
+  ids, emb = index_lib.read_embeddings(str(two_eval / "export"))
+  want_ids, want_emb = index_lib.read_embeddings(
       str(tmp_path / "one_eval" / "export"))
   assert ids == want_ids and len(ids) > 2
   np.testing.assert_allclose(emb, want_emb, rtol=0, atol=1e-6)
-  assert export_lib.ExportedIndex(str(two_eval / "export")).index.ntotal == (
+  assert index_lib.ExportedIndex(str(two_eval / "export")).index.ntotal == (
       len(ids))

@@ -14,16 +14,16 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax import config_lib
 from dashclip_jax import convert
 from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
-from dashclip_jax import train_state
-from dashclip_jax import train_steps
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import step_config
 from dashclip_jax.trainers import init_checkpoint
-from dashclip_jax.trainers import loop
 from dashclip_jax.trainers import inputs
+from dashclip_jax.trainers import loop
 from dashclip_jax.trainers import stage1
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _blip_state_dict(kind: str) -> dict[str, np.ndarray]:
                            ("attn.proj", w, w), ("norm2", w, None),
                            ("mlp.fc1", MLP, w), ("mlp.fc2", w, MLP)):
       vit[f"blocks.{n}.{name}.weight"] = r(out) if inp is None else r(out,
-                                                                     inp)
+                                                                      inp)
       vit[f"blocks.{n}.{name}.bias"] = r(out)
   bert = {"embeddings.word_embeddings.weight": r(tok.VOCAB_SIZE, w),
           "embeddings.position_embeddings.weight": r(64, w),
@@ -115,15 +115,15 @@ def retrieval_queues(tmp_path_factory):
                                    overrides=HEADS)
   assert set(report.queues) == {"image_queue", "text_queue", "queue_ptr",
                                 "idx_queue"}
-  checkpoint_io.save_model_dir(str(d / "model"), report.params,
+  model_dir_lib.save_model_dir(str(d / "model"), report.params,
                                report.config, momentum=report.momentum,
                                queues=report.queues)
   return str(d / "model"), state
 
 
 def _stage1_config(variant="tiny", **overrides):
-  return config_lib.load_config(ROOT / "configs" / "stage1.py", variant,
-                                overrides)
+  return config_files.load_config(ROOT / "configs" / "stage1.py", variant,
+                                  overrides)
 
 
 def _initial_state(monkeypatch, config, workdir):
@@ -147,7 +147,7 @@ def test_stage1_starts_from_blip_momentum_encoders_and_queues(
       "loss.queue_size": QUEUE, "loss.alpha_ramp_epochs": 1.0})
   with caplog.at_level("INFO", logger="dashclip_jax"):
     state = _initial_state(monkeypatch, config, tmp_path)
-  _, trees, _ = checkpoint_io.load_model_dir(model_dir,
+  _, trees, _ = model_dir_lib.load_model_dir(model_dir,
                                              items=("params", "momentum"))
   # The momentum encoders are BLIP's *_m modules (online / 2), not copies.
   for module in train_state.MOMENTUM_MODULES:
@@ -175,9 +175,9 @@ def test_stage1_starts_from_blip_momentum_encoders_and_queues(
 
 def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   model_dir, blip = retrieval_queues
-  mc, _, _ = checkpoint_io.load_model_dir(model_dir)
+  mc, _, _ = model_dir_lib.load_model_dir(model_dir)
   params = init_checkpoint.load_init_params(model_dir, mc)
-  on = train_steps.StepConfig(momentum=0.995, queue_size=QUEUE)
+  on = step_config.StepConfig(momentum=0.995, queue_size=QUEUE)
   # BLIP_Retrieval names: ptr_queue is the pointer; idx_queue's ids are
   # BLIP's images, never this catalog's products.
   with caplog.at_level("INFO", logger="dashclip_jax"):
@@ -189,7 +189,7 @@ def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   caplog.clear()
   with caplog.at_level("INFO", logger="dashclip_jax"):
     params_m, queue = stage1.momentum_init(
-        model_dir, train_steps.StepConfig(momentum=0.995, queue_size=32),
+        model_dir, step_config.StepConfig(momentum=0.995, queue_size=32),
         params, EMBED)
   assert queue is None and params_m is not None
   lines = [r.getMessage() for r in caplog.records if "queue" in
@@ -197,7 +197,7 @@ def test_queue_size_and_layout_variants(retrieval_queues, caplog):
   assert len(lines) == 1 and "start random" in lines[0] and \
       "loss.queue_size=16 loads them" in lines[0], lines
   # No momentum distillation: nothing is loaded.
-  assert stage1.momentum_init(model_dir, train_steps.StepConfig(), params,
+  assert stage1.momentum_init(model_dir, step_config.StepConfig(), params,
                               EMBED) == (None, None)
 
 

@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 import pytest
 import uvicorn
 
-from dashclip_jax.curation import labelling
-from dashclip_jax.curation import llm_answers
-from dashclip_jax.curation import openai_labeler as ol
+from dashclip_jax.curation import label_shards
+from dashclip_jax.curation.labelers.openai_client import answers as llm_answers
+from dashclip_jax.curation.labelers.openai_client import labeler as ol
 from dashclip_jax.data import catalog as catalog_lib
 
 TEMPLATE = "Query: {query}\nProduct:\n{product}\nLabel?"
@@ -202,7 +202,7 @@ def label_job(labeler, out_dir, n_pairs, n_products=6, shard_size=4,
   queries = [f"q{i % 5}" for i in range(n_pairs)]
   for i in malformed:
     queries[i] = f"broken {i}"
-  return labelling.label_pairs(
+  return label_shards.label_pairs(
       labeler, small_catalog(n_products),
       [f"id-{q}" for q in queries], queries,
       np.arange(n_pairs) % n_products, str(out_dir), shard_size=shard_size,
@@ -314,7 +314,7 @@ def test_a_malformed_answer_is_named_skipped_and_not_cached(tmp_path):
   with serving(fake) as url:
     labeler = make_labeler(url, tmp_path)
     paths = label_job(labeler, tmp_path / "labels", 8, malformed=[5])
-    rows = labelling.read_shards(paths)
+    rows = label_shards.read_shards(paths)
     s = labeler.summary()
     assert s["malformed"] == 1 and s["labelled"] == 7
     assert s["malformed_pairs"] == [{"query": "broken 5", "product_id": "p5",
@@ -344,7 +344,7 @@ def test_the_budget_stops_the_job_and_keeps_what_was_labelled(tmp_path):
     paths = label_job(labeler, tmp_path / "labels", 12)
   assert len(fake.requests) == 12
   assert labeler.summary()["cache_hits"] == 2
-  assert labelling.read_shards(paths).num_rows == 12
+  assert label_shards.read_shards(paths).num_rows == 12
 
 
 def test_the_rps_limit_holds_at_the_server():
@@ -410,7 +410,7 @@ def test_server_killed_mid_run_then_rerun_labels_every_pair_once(tmp_path):
   assert labeler.summary()["cache_hits"] == 1  # Shard 2's one answer.
   # Every pair (q{i % 5}, product i % 6: 20 distinct ones) answered once
   # over both servers, and written once.
-  rows = labelling.read_shards(paths)
+  rows = label_shards.read_shards(paths)
   pairs = list(zip(rows["query"].to_pylist(), rows["product_id"].to_pylist()))
   assert len(pairs) == len(set(pairs)) == n
   assert len(first.answered) + len(second.answered) == n

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.evaluation import paraphrase_labels as labels_lib
 from dashclip_jax.evaluation import paraphrase_queries as queries_lib
 from dashclip_jax.evaluation import paraphrases
@@ -20,8 +21,9 @@ needs_fashion = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def train():
-  return catalog_lib.load_catalog(os.path.join(FASHION, "styles.csv"),
-                                  catalog_lib.FASHION_COLUMNS).subset("train")
+  return catalog_tables.load_catalog(
+      os.path.join(FASHION, "styles.csv"),
+      catalog_lib.FASHION_COLUMNS).subset("train")
 
 
 @needs_fashion
@@ -61,16 +63,17 @@ def test_paraphrase_relevance_is_every_query_by_every_sampled_product(train):
 @needs_fashion
 def test_paraphrase_stage2_eval_is_what_stage2_scores(train):
   import types  # pylint: disable=g-import-not-at-top
-  from dashclip_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime import config_files  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.trainers import eval_inputs  # pylint: disable=g-import-not-at-top
   from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.load_config("configs/stage2.py", "fashion", {
+  cfg = config_files.load_config("configs/stage2.py", "fashion", {
       "data.path": FASHION}).data
   model_config = types.SimpleNamespace(
       vision=types.SimpleNamespace(image_size=32))
-  data = paraphrases.paraphrase_stage2_eval(
+  data = eval_inputs.paraphrase_stage2_eval(
       cfg, model_config, global_batch=32, max_products=200,
       max_rule_queries=20)
-  assert isinstance(data, inputs.Stage2Eval)
+  assert isinstance(data, eval_inputs.Stage2Eval)
   want = len(queries_lib.PARAPHRASES) + 20
   assert len(data.query_ids) == want and data.labels.has_relevant().all()
   stage2_train = inputs.load_sources(cfg).train_catalog

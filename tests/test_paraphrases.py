@@ -118,7 +118,8 @@ def test_paraphrase_list_shape():
 @pytest.fixture(scope="module")
 def train_rows():
   from dashclip_jax.data import catalog  # pylint: disable=g-import-not-at-top
-  cat = catalog.load_catalog(os.path.join(FASHION, "styles.csv"),
+  from dashclip_jax.data import catalog_tables
+  cat = catalog_tables.load_catalog(os.path.join(FASHION, "styles.csv"),
                              catalog.FASHION_COLUMNS)
   return pl.product_rows(cat.subset("train"))
 

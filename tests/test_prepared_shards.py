@@ -17,11 +17,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
 from dashclip_jax import model as model_lib
-from dashclip_jax import sharding
 from dashclip_jax.data import prepare
+from dashclip_jax.data import prepared as prepared_lib
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import sharding
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import stage2
 
@@ -64,7 +66,9 @@ def make_prepared(root: pathlib.Path) -> pathlib.Path:
 
 
 def data_config(path: str, num_shards: int, **kw) -> ml_collections.ConfigDict:
-  cfg = config_lib.data_block("tiny")
+  cfg = config_files.config_module(
+      pathlib.Path(__file__).parents[1] / "configs" / "common.py").data_block(
+          "tiny")
   cfg.update(dict(dict(source="prepared", path=str(path),
                        num_shards=num_shards, heldout_query_fraction=0.3,
                        max_bad_fraction=0.5, image_size=32), **kw))
@@ -157,21 +161,21 @@ def tables(tmp_path_factory):
 def test_each_shard_reads_its_own_files_and_each_row_once(tables,
                                                           monkeypatch):
   root, prepared = tables
-  opened = spy_on_shard_files(prepare, monkeypatch.setattr)
+  opened = spy_on_shard_files(prepared_lib, monkeypatch.setattr)
   reads = {}
-  real = prepare.read_shard
+  real = prepared_lib.read_shard
 
   def read_shard(*args, shard, **kwargs):
     rel, pair = real(*args, shard=shard, **kwargs)
     reads[shard] = rel
     return rel, pair
-  monkeypatch.setattr(prepare, "read_shard", read_shard)
+  monkeypatch.setattr(prepared_lib, "read_shard", read_shard)
   cfg = data_config(prepared, 2)
   train_batches(cfg, 1)
-  inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
+  eval_inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
   # Shard s opened its files f % 2 == s once: for training and held-out
   # eval alike (nothing read the table whole).
-  assert sorted(opened) == [prepare.shard_name(f, NUM_FILES)
+  assert sorted(opened) == [prepared_lib.shard_name(f, NUM_FILES)
                             for f in range(NUM_FILES)]
   assert set(reads) == {(0, 2), (1, 2)}
   whole = inputs.load_sources(csv_config(root)).train_relevance
@@ -188,9 +192,9 @@ def test_one_process_two_shards_equals_the_whole_table_eval(tables):
   same tables (CSV): same queries, products, labels, metrics."""
   root, prepared = tables
   mesh, (features, ok) = one_device_mesh(), product_table(None)
-  got = inputs.stage2_eval(data_config(prepared, 2), model_config(),
-                           EVAL_BATCH)
-  want = inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
+  got = eval_inputs.stage2_eval(data_config(prepared, 2), model_config(),
+                                EVAL_BATCH)
+  want = eval_inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
   assert got.query_ids == want.query_ids and len(got.query_ids) >= 8
   np.testing.assert_array_equal(got.product_rows, want.product_rows)
   for f in ("indptr", "product", "label"):
@@ -224,15 +228,15 @@ def test_a_relevance_path_naming_a_prepared_table_is_read_by_shard(tables):
   src = inputs.load_sources(cfg)
   assert src.train_relevance is None
   assert src.train_table == str(prepared / "relevance_train")
-  got = inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
-  want = inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
+  got = eval_inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
+  want = eval_inputs.stage2_eval(csv_config(root), model_config(), EVAL_BATCH)
   assert got.query_ids == want.query_ids
   np.testing.assert_array_equal(got.labels.product, want.labels.product)
 
 
 def test_shard_count_must_divide_the_prepared_files(tables):
   _, prepared = tables
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match=r"num_shards=3 does not divide the 4 shard files"):
     train_batches(data_config(prepared, 3), 1)
 
@@ -271,11 +275,11 @@ def test_two_processes_read_their_shards_and_match_one_process(tables,
 
   cfg = data_config(prepared, 2)
   want_batches = train_batches(cfg)
-  want = inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
+  want = eval_inputs.stage2_eval(cfg, model_config(), EVAL_BATCH)
   want_metrics = heldout_metrics(want, *product_table(None), one_device_mesh())
   for i in range(2):
     out = json.loads((tmp_path / f"p{i}.json").read_text())
-    assert out["opened"] == [prepare.shard_name(f, NUM_FILES)
+    assert out["opened"] == [prepared_lib.shard_name(f, NUM_FILES)
                              for f in range(i, NUM_FILES, 2)]
     assert out["query_ids"] == want.query_ids
     assert out["metrics"] == pytest.approx(want_metrics, rel=0, abs=1e-12)

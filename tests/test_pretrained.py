@@ -15,10 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-from dashclip_jax import pretrained  # pylint: disable=g-import-not-at-top
-from dashclip_jax import tokenizer as tok  # pylint: disable=g-import-not-at-top
+from dashclip_jax.convert import pretrained  # pylint: disable=g-import-not-at-top
 from dashclip_jax.evaluation import baselines  # pylint: disable=g-import-not-at-top
+from dashclip_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+from dashclip_jax.model import tokenizer as tok  # pylint: disable=g-import-not-at-top
 from dashclip_jax.trainers import init_checkpoint  # pylint: disable=g-import-not-at-top
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,13 +38,13 @@ def minilm_init():
 @pytest.fixture(scope="module")
 def hf_tokenizer():
   return transformers.BertTokenizerFast.from_pretrained(
-      baselines.minilm_dir(), local_files_only=True)
+      pretrained.minilm_dir(), local_files_only=True)
 
 
 @pytest.fixture(scope="module")
 def minilm_tensors():
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  return load_file(os.path.join(baselines.minilm_dir(), "model.safetensors"))
+  return load_file(os.path.join(pretrained.minilm_dir(), "model.safetensors"))
 
 
 def _stage2_tiny(**init):
@@ -166,9 +166,9 @@ def test_mesh_and_init_rejects_an_unknown_text_from():
 
 
 def test_text_from_is_ignored_with_an_init_checkpoint(tmp_path, caplog):
-  from dashclip_jax import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.model import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
   tiny = model_lib.model_config("tiny")
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       str(tmp_path / "m"), model_lib.init_params(tiny, jax.random.key(1)),
       tiny)
   caplog.set_level(logging.INFO, logger="dashclip_jax")

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dashclip_jax import sharding
 from dashclip_jax.ranking import embeddings
 from dashclip_jax.ranking import models
 from dashclip_jax.ranking import train
+from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
 
 VOCAB = (12, 4, 5, 3, 8, 10)
 
@@ -87,7 +88,7 @@ def _two_steps(kind, mesh_config, devices, rank=0):
   step, jitted, losses = train.make_train_step(module, tx), None, []
   for i in range(2):
     batch = sharding.global_batch(_rows(16, seed=i + 1), mesh)
-    jitted = jitted or train.jit_train_step(step, shardings, batch, mesh,
+    jitted = jitted or train_state.jit_step(step, shardings, batch, mesh,
                                             fast_compile=True)
     state, metrics = jitted(state, batch, dev_tables)
     losses.append(float(metrics["loss"]))

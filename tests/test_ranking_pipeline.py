@@ -9,16 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import embeddings
 from dashclip_jax.ranking import pipeline
+from dashclip_jax.runtime import config_files
 
 
 @pytest.fixture(scope="module")
 def data():
-  config = config_lib.load_config("configs/ranking.py", "tiny")
+  config = config_files.load_config("configs/ranking.py", "tiny")
   return catalog_data.load(config)
 
 
@@ -36,7 +36,7 @@ def attribute_export(out_dir, data, noise=1.0, seed=0, products=None,
   queries = np.stack([emb[row == 2].mean(0) for row in data.labels])
   queries = queries + noise * rng.normal(size=queries.shape)
   rows = np.arange(data.num_products) if products is None else products
-  export_lib.export_embeddings(
+  index_lib.export_embeddings(
       str(out_dir), [data.catalog.ids[i] for i in rows],
       [data.catalog.titles[i] for i in rows], emb[rows].astype(np.float32),
       query_ids=query_ids or data.query_ids, query_texts=data.queries,
@@ -73,14 +73,14 @@ def test_missing_product_id_is_a_clear_error(data, tmp_path):
 
 
 def test_tower_names_and_sources():
-  config = config_lib.load_config(
+  config = config_files.load_config(
       "configs/ranking.py", "tiny",
       {"embeddings": "/x", "alternatives": "minilm, init=model:/m,o=/e"})
   assert pipeline.towers(config) == {"dashclip": "/x", "minilm": "minilm",
                                      "init": "model:/m", "o": "/e"}
   assert [k for k, _, _ in pipeline.plan(config, ["dashclip", "minilm"])] == [
       "baseline", "tower:dashclip", "tower:minilm", "single:dashclip"]
-  with pytest.raises(config_lib.ConfigError, match="'bad'"):
+  with pytest.raises(config_files.ConfigError, match="'bad'"):
     embeddings.parse_tower("bad")
 
 
@@ -135,7 +135,7 @@ def test_entry_point_errors_are_one_line(data, tmp_path):
   none = _main("--config=configs/ranking.py:tiny", f"--workdir={tmp_path}")
   assert none.stderr.strip().splitlines()[-1] == (
       "dashclip_jax.ranking.main: error: --config.embeddings is required: an "
-      "embedding export directory (dashclip_jax/evaluation/export.py layout) "
+      "embedding export directory (dashclip_jax/index.py layout) "
       "or 'minilm'")
   attribute_export(tmp_path / "export", data, products=np.arange(
       1, data.num_products))

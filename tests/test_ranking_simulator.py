@@ -6,17 +6,17 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import click_model
 from dashclip_jax.ranking import features
 from dashclip_jax.ranking import simulator
+from dashclip_jax.runtime import config_files
 
 
 @pytest.fixture(scope="module")
 def tiny():
-  config = config_lib.load_config("configs/ranking.py", "tiny")
+  config = config_files.load_config("configs/ranking.py", "tiny")
   return catalog_data.load(config), simulator.SimConfig.of(config.sim)
 
 
@@ -117,8 +117,8 @@ def test_brand_from_title():
 
 
 def test_unknown_attribute_column_is_one_clear_error():
-  config = config_lib.load_config("configs/ranking.py", "tiny",
-                                  {"attributes.colour": "baseColour"})
-  with pytest.raises(config_lib.ConfigError,
+  config = config_files.load_config("configs/ranking.py", "tiny",
+                                    {"attributes.colour": "baseColour"})
+  with pytest.raises(config_files.ConfigError,
                      match=r"config.attributes.colour='baseColour'"):
     catalog_data.load(config)

@@ -17,8 +17,11 @@ import pytest
 
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import column_batches
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import tables
+
 
 HEADER = "query_id,query,product_id,label\n"
 
@@ -109,8 +112,8 @@ PLANTED = [
 
 
 def _load(path, cat, **kw):
-  return relevance_lib.load_relevance(str(path), cat, max_bad_fraction=1.0,
-                                      **kw)
+  return relevance_tables.load_relevance(str(path), cat, max_bad_fraction=1.0,
+                                         **kw)
 
 
 def test_planted_rows_match_the_loop_on_the_pyarrow_path(tmp_path,
@@ -119,7 +122,7 @@ def test_planted_rows_match_the_loop_on_the_pyarrow_path(tmp_path,
   path.write_text(HEADER + "\n".join(PLANTED) + "\n")
   cat = _catalog(6)
   # A regular file never reaches the python reader.
-  monkeypatch.setattr(tables, "_python_csv_batches", None)
+  monkeypatch.setattr(column_batches, "_python_csv_batches", None)
   rel = _load(path, cat)
   _assert_same(rel, _reference(tables.read_csv_rows(str(path))[1], cat))
   assert rel.queries == ["red shirt", "green hat", "x", "spaced",
@@ -148,12 +151,12 @@ def test_irregular_csv_falls_back_with_exact_lines(tmp_path, breakage):
 
 
 def test_crlf_bom_and_trailing_blank_lines_stay_on_pyarrow(tmp_path,
-                                                          monkeypatch):
+                                                           monkeypatch):
   path = tmp_path / "rel.csv"
   path.write_bytes(("\ufeff" + HEADER + "\n".join(PLANTED) + "\n\n\n")
                    .replace("\n", "\r\n").encode())
   cat = _catalog(6)
-  monkeypatch.setattr(tables, "_python_csv_batches", None)
+  monkeypatch.setattr(column_batches, "_python_csv_batches", None)
   rel = _load(path, cat)
   _assert_same(rel, _reference(tables.read_csv_rows(str(path))[1], cat))
 
@@ -193,8 +196,8 @@ def test_random_tables_in_small_batches_match_the_loop():
   rows[17] = ("t row 17", None, "malformed row: 3 fields, expected 4")
   cat = _catalog(40)
   for batch_rows in (7, 1000, 5000):
-    rel = relevance_lib.relevance_from_batches(
-        tables.rows_to_batches(rows, list(table), batch_rows), cat,
+    rel = relevance_tables.relevance_from_batches(
+        column_batches.rows_to_batches(rows, list(table), batch_rows), cat,
         name="t", max_bad_fraction=1.0)
     _assert_same(rel, _reference(rows, cat))
 
@@ -213,9 +216,9 @@ def test_parquet_with_integer_columns_matches_the_loop(tmp_path):
   cat = _catalog(20)
   ref = _reference(tables.read_parquet_rows(str(path))[1], cat)
   _assert_same(_load(path, cat), ref)
-  rel = tables.with_column_batches(
+  rel = column_batches.with_column_batches(
       str(path), list(table.column_names),
-      lambda b: relevance_lib.relevance_from_batches(
+      lambda b: relevance_tables.relevance_from_batches(
           b, cat, name=str(path), max_bad_fraction=1.0), batch_rows=33)
   _assert_same(rel, ref)
   assert rel.bad.culprits[0].startswith("rel.parquet row ")
@@ -249,7 +252,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 pa.set_cpu_count(1)
 pa.set_io_thread_count(1)
 from dashclip_jax.data import catalog as catalog_lib
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 
 def vm_size():
   for line in open("/proc/self/status"):
@@ -262,10 +265,10 @@ ids = [str(i) for i in range(num_products)]
 cat = catalog_lib.Catalog(
     name="m", ids=ids, titles=ids, category=np.zeros(len(ids), np.int32),
     category_names=[], split=["train"] * len(ids), images=ids, where=ids)
-relevance_lib.load_relevance(tiny, cat)
+relevance_tables.load_relevance(tiny, cat)
 limit = vm_size() + budget
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-rel = relevance_lib.load_relevance(big, cat)
+rel = relevance_tables.load_relevance(big, cat)
 assert "jax" not in sys.modules
 print(len(rel), rel.num_queries, int(rel.label.sum()))
 """
@@ -331,9 +334,10 @@ def test_a_repeated_catalog_id_finds_the_row_index_of_finds():
     [True, False, None],
 ])
 def test_text_column_is_cell_text_of_each_cell(values):
-  got = tables.text_column(pa.array(values)).to_pylist()
+  got = column_batches.text_column(pa.array(values)).to_pylist()
   assert got == [tables.cell_text(v) for v in values]
-  got = tables.text_column(pa.array(values).dictionary_encode()).to_pylist()
+  got = column_batches.text_column(
+      pa.array(values).dictionary_encode()).to_pylist()
   assert got == [tables.cell_text(v) for v in values]
 
 

@@ -16,18 +16,18 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import resume
-from dashclip_jax.trainers import step_options
 from dashclip_jax.trainers import stage1
+from dashclip_jax.trainers import step_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _stage1_config(**overrides):
-  return config_lib.load_config(ROOT / "configs" / "stage1.py", "tiny",
-                                overrides)
+  return config_files.load_config(ROOT / "configs" / "stage1.py", "tiny",
+                                  overrides)
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,7 +84,7 @@ def test_state_change_stops_in_one_line_naming_keys_and_restart(tmp_path):
   _save(_stage1_config(), tmp_path)
   changed = _stage1_config(**QUEUE)
   ckpts = resume.open_checkpoints(changed, str(tmp_path))
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(config_files.ConfigError) as e:
     resume.restore(ckpts, _state(changed), _Data())
   ckpts.close()
   msg = str(e.value)
@@ -117,7 +117,7 @@ def test_restart_moves_the_old_run_aside_and_starts_fresh(tmp_path, caplog):
   ckpts.close()
   # The new run resumes without `restart` (and does not list it as a change).
   again = resume.open_checkpoints(_stage1_config(**QUEUE), str(tmp_path))
-  with caplog.at_level("INFO", logger="dashclip_jax.checkpointing"):
+  with caplog.at_level("INFO", logger="dashclip_jax.train.checkpoints"):
     _, resumed = resume.restore(again, _state(_stage1_config(**QUEUE)),
                                 _Data())
   again.close()
@@ -154,7 +154,7 @@ def test_stage1_of_a_main_job_names_its_own_restart_option(tmp_path):
   _save(_stage1_config(), workdir)
   changed = _stage1_config(**QUEUE)
   ckpts = resume.open_checkpoints(changed, str(workdir))
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match=r"--config\.stage1\.checkpoint\.restart=True"):
     resume.restore(ckpts, _state(changed), _Data())
   ckpts.close()

@@ -4,13 +4,13 @@ card and the embeddings server's /v1/models report them."""
 
 import json
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax import run_info
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.runtime import run_info
 
 
 def _model(path):
   path.mkdir(parents=True)
-  (path / checkpoint_io.METADATA_FILE).write_text("{}")
+  (path / model_dir_lib.METADATA_FILE).write_text("{}")
   return str(path)
 
 

@@ -1,4 +1,4 @@
-"""The embeddings server (`python -m dashclip_jax.serve`): parity of every
+"""The embeddings server (`python -m dashclip_jax.serving`): parity of every
 endpoint with the Python API (through the official `openai` client where
 it applies), filters, limits and errors, auth, batching counted from
 /metrics, and the search page typed into in headless Chromium."""
@@ -26,8 +26,8 @@ from PIL import Image
 import dashclip_jax
 import helpers
 import serve_helpers
-from dashclip_jax import serve
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
+from dashclip_jax.serving import server as serve
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -82,9 +82,9 @@ def catalog(tmp_path_factory):
 def export_dir(encoder, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("export"))
   encoder.encode_products_to_parquet(
-      os.path.join(out, export_lib.part_file(0, 1)), IDS,
+      os.path.join(out, index_lib.part_file(0, 1)), IDS,
       [_image(i) for i in range(len(IDS))], TITLES, categories=CATEGORIES)
-  return export_lib.finish_export(out, 1)
+  return index_lib.finish_export(out, 1)
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +383,7 @@ def test_cli_with_auth_on(model_dir, export_dir):
              PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get(
                  "PYTHONPATH", "")]))
   proc = subprocess.Popen(
-      [sys.executable, "-m", "dashclip_jax.serve", f"--model={model_dir}",
+      [sys.executable, "-m", "dashclip_jax.serving", f"--model={model_dir}",
        f"--index={export_dir}", f"--port={port}", "--nowarmup"],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   url = f"http://127.0.0.1:{port}"
@@ -429,7 +429,7 @@ def test_auth_off_needs_no_key(url):
 
 def test_cli_errors_are_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "dashclip_jax.serve",
+      [sys.executable, "-m", "dashclip_jax.serving",
        f"--model={tmp_path / 'none'}"], capture_output=True, text=True,
       timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert proc.returncode != 0

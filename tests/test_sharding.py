@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import sharding
+from dashclip_jax.train import sharding
 
 
 @pytest.mark.parametrize("cfg,want", [
@@ -94,13 +94,15 @@ def test_global_batch_rejects_indivisible_batch():
     (("img/.*", 0.0), ("txt/.*", 0.1), (".*", 1.0)),
 ], ids=["one_lr", "frozen_and_scaled"])
 def test_state_is_born_sharded_and_adam_moments_follow_params(lr_mults):
-  from dashclip_jax import optim, train_state, train_steps
+  from dashclip_jax.train import optim
+  from dashclip_jax.train import state as train_state
+  from dashclip_jax.train import step_config
   cfg = model_lib.model_config("tiny")
   mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
   abstract = model_lib.unbox(jax.eval_shape(
       lambda r: model_lib.init_params(cfg, r), jax.random.key(0)))
   tx = optim.make_optimizer(optim.OptimConfig(lr_mults=lr_mults), abstract)
-  state = train_state.init_state(cfg, train_steps.StepConfig(), tx,
+  state = train_state.init_state(cfg, step_config.StepConfig(), tx,
                                  jax.random.key(0), mesh)
   name = lambda path: "/".join(str(k.key) for k in path
                                if isinstance(k, jax.tree_util.DictKey))

@@ -7,6 +7,8 @@ import pytest
 
 from dashclip_jax.evaluation import metrics
 
+from dashclip_jax.evaluation import qrels as qrels_lib
+
 L2 = math.log2
 
 
@@ -50,7 +52,7 @@ def random_case(seed):
 def test_sparse_metrics_equal_the_dense_formula(seed):
   labels, (qq, pp, ll) = random_case(seed)
   q, n = labels.shape
-  sparse = metrics.SparseQrels.from_pairs(qq, pp, ll, q, n)
+  sparse = qrels_lib.SparseQrels.from_pairs(qq, pp, ll, q, n)
   np.testing.assert_array_equal(sparse.to_dense(), labels)
   rng = np.random.default_rng(100 + seed)
   # Integer scores: many ties, which rank_by_score gives to the lower index.
@@ -77,7 +79,7 @@ def test_sparse_metrics_equal_the_dense_formula(seed):
 
 def test_hand_computed_sparse_case():
   # Query a judges products 5 (2), 1 (1), 7 (0); query b judges 0 (2), 3 (2).
-  qrels = metrics.SparseQrels.from_pairs([0, 1, 0, 0, 1], [5, 3, 1, 7, 0],
+  qrels = qrels_lib.SparseQrels.from_pairs([0, 1, 0, 0, 1], [5, 3, 1, 7, 0],
                                          [2, 2, 1, 0, 2], 2, 8)
   np.testing.assert_array_equal(qrels.indptr, [0, 3, 5])
   np.testing.assert_array_equal(qrels.product, [1, 5, 7, 0, 3])
@@ -100,7 +102,7 @@ def test_hand_computed_sparse_case():
 def test_take_queries_and_products_match_dense_slicing():
   labels, (qq, pp, ll) = random_case(7)
   q, n = labels.shape
-  qrels = metrics.SparseQrels.from_pairs(qq, pp, ll, q, n)
+  qrels = qrels_lib.SparseQrels.from_pairs(qq, pp, ll, q, n)
   rows = np.array([q - 1, 0, q - 1])
   np.testing.assert_array_equal(qrels.take_queries(rows).to_dense(),
                                 labels[rows])
@@ -122,7 +124,7 @@ def test_take_queries_and_products_match_dense_slicing():
 
 def test_from_dense_and_relevance():
   labels = np.array([[0, 2, 1], [0, 0, 0], [2, 0, 0]])
-  qrels = metrics.SparseQrels.from_dense(labels)
+  qrels = qrels_lib.SparseQrels.from_dense(labels)
   assert qrels.num_queries == 3 and qrels.num_products == 3
   np.testing.assert_array_equal(qrels.to_dense(), labels)
   np.testing.assert_array_equal(qrels.has_relevant(), [True, False, True])
@@ -131,14 +133,14 @@ def test_from_dense_and_relevance():
     name = "rel.csv"
     query, product, label = np.array([1, 0]), np.array([2, 0]), np.array([2, 0])
     num_queries, num_products = 2, 4
-  sparse = metrics.qrels_from_relevance(Rel)
+  sparse = qrels_lib.qrels_from_relevance(Rel)
   np.testing.assert_array_equal(sparse.to_dense(),
-                                metrics.labels_from_relevance(Rel))
+                                qrels_lib.labels_from_relevance(Rel))
   assert sparse.label.size == 2  # The judged 0 is kept.
 
 
 def test_sparse_errors_name_the_culprit():
-  make = metrics.SparseQrels.from_pairs
+  make = qrels_lib.SparseQrels.from_pairs
   with pytest.raises(ValueError, match=r"x.csv pair 2: query 0 product 1 "
                      r"labelled 1 after 2 \(pair 0\)"):
     make([0, 0, 0], [1, 2, 1], [2, 0, 1], 1, 3, source="x.csv")
@@ -150,7 +152,7 @@ def test_sparse_errors_name_the_culprit():
   with pytest.raises(ValueError, match=r"pair 1: label 3 not in"):
     make([0, 0], [1, 2], [2, 3], 1, 3)
   with pytest.raises(ValueError, match="labels must be 0, 1 or 2"):
-    metrics.SparseQrels.from_dense(np.array([[2, 258]]))
+    qrels_lib.SparseQrels.from_dense(np.array([[2, 258]]))
   qrels = make([0, 1], [0, 1], [2, 1], 2, 3)
   with pytest.raises(ValueError, match="no label-2 product.*'b'"):
     metrics.retrieval_metrics(np.array([[0], [1]]), qrels, ["a", "b"])
@@ -177,7 +179,7 @@ def test_judged_positions_are_those_of_the_dense_ranking(seed):
   """The held-out eval's ranking: judged pairs scored, the rest -inf."""
   labels, (qq, pp, ll) = random_case(seed)
   q, n = labels.shape
-  qrels = metrics.SparseQrels.from_pairs(qq, pp, ll, q, n)
+  qrels = qrels_lib.SparseQrels.from_pairs(qq, pp, ll, q, n)
   rng = np.random.default_rng(seed)
   dense = rng.integers(-2, 3, size=(q, n)).astype(float)  # Ties.
   dense[rng.random((q, n)) < 0.1] = np.nan
@@ -203,7 +205,7 @@ def test_judged_positions_by_hand():
   # Query 0 judges products 1, 4, 6 of 8: 6 (0.9) and 1 (0.5) first, then
   # every other product at -inf by index, product 4 (NaN) among them after
   # the unjudged 0, 2, 3 -> rank 5. Query 1: products 2 and 5 tie, 2 first.
-  qrels = metrics.SparseQrels.from_pairs([0, 0, 0, 1, 1], [1, 4, 6, 2, 5],
+  qrels = qrels_lib.SparseQrels.from_pairs([0, 0, 0, 1, 1], [1, 4, 6, 2, 5],
                                          [2, 2, 0, 1, 2], 2, 8)
   position = metrics.judged_positions(qrels, [0.5, np.nan, 0.9, 0.3, 0.3])
   np.testing.assert_array_equal(position, [1, 5, 0, 0, 1])
@@ -219,10 +221,10 @@ def test_judged_positions_by_hand():
 def test_direct_construction_is_checked():
   with pytest.raises(ValueError, match=r"query row 1: labels must be 0, 1 or "
                      r"2, found \[258\]"):
-    metrics.SparseQrels(np.array([0, 1, 2]), [0, 1], [2, 258], 3)
+    qrels_lib.SparseQrels(np.array([0, 1, 2]), [0, 1], [2, 258], 3)
   with pytest.raises(ValueError, match="inconsistent SparseQrels"):
-    metrics.SparseQrels(np.array([0, 3]), [0, 1], [2, 1], 3)
+    qrels_lib.SparseQrels(np.array([0, 3]), [0, 1], [2, 1], 3)
   with pytest.raises(ValueError, match="ascending within each row"):
-    metrics.SparseQrels(np.array([0, 2]), [1, 0], [2, 1], 3)
+    qrels_lib.SparseQrels(np.array([0, 2]), [1, 0], [2, 1], 3)
   with pytest.raises(ValueError, match=r"in \[0, 3\)"):
-    metrics.SparseQrels(np.array([0, 2]), [0, 3], [2, 1], 3)
+    qrels_lib.SparseQrels(np.array([0, 2]), [0, 3], [2, 1], 3)

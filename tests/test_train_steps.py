@@ -15,15 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dashclip_jax import grad_cache
-from dashclip_jax import itm
+from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax import losses
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding
-from dashclip_jax import train_state
-from dashclip_jax import train_steps as ts
-from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.train import grad_cache
+from dashclip_jax.train import itm_pairs
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import step_config
+from dashclip_jax.train import steps as ts
 from dashclip_jax.trainers import step_options
 
 import helpers
@@ -39,9 +40,9 @@ MESHES = {
 }
 
 CFG = helpers.one_layer_tiny_config()
-S1 = ts.StepConfig(deterministic=True, momentum=0.995, queue_size=12,
+S1 = step_config.StepConfig(deterministic=True, momentum=0.995, queue_size=12,
                    alpha_ramp_steps=4)
-S2 = ts.StepConfig(deterministic=True, train_product_tower=True,
+S2 = step_config.StepConfig(deterministic=True, train_product_tower=True,
                    label_policy="weighted",
                    symmetric=True, hard_k=4)
 # init_lr > 0: the first step must already move the params (else the
@@ -80,7 +81,6 @@ BATCH1, BATCH2 = _batches()
 
 # CPU compile time dominates these tests; XLA's backend optimisations are
 # not what is under test (every run here uses the same options).
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 PARAMS = jax.device_get(model_lib.unbox(
     jax.jit(lambda r: model_lib.init_params(CFG, r))(jax.random.key(0))))
 TX = optim.make_optimizer(OPT, PARAMS)
@@ -94,8 +94,9 @@ def _run(stage, mesh, step_cfg, tx, n_steps=1, cfg=CFG, batch=None):
   if batch is None:
     batch = BATCH1 if stage == 1 else BATCH2
   batch = sharding.global_batch(batch, mesh)
-  fn = train_state.jit_step(make(cfg, step_cfg, tx, mesh), state, batch,
-                            mesh, compiler_options=FAST_COMPILE)
+  fn = train_state.jit_step(make(cfg, step_cfg, tx, mesh),
+                            train_state.state_shardings(state), batch, mesh,
+                            fast_compile=True)
   mets = []
   for i in range(n_steps):
     state, m = fn(state, batch, jax.random.fold_in(jax.random.key(7), i))
@@ -185,7 +186,8 @@ def _production_stage2():
   sc = dataclasses.replace(
       step_options.step_config(config.loss, config.train.accum_steps),
       train_product_tower=optim.trains_any(
-          model_lib.abstract_params(CFG), mults, ts.PRODUCT_TOWER_BODY_REGEX))
+          model_lib.abstract_params(CFG), mults,
+          step_config.PRODUCT_TOWER_BODY_REGEX))
   tx = optim.make_optimizer(dataclasses.replace(OPT, lr_mults=mults), PARAMS)
   return config, sc, tx
 
@@ -207,10 +209,11 @@ def _pipeline_batch(policy, weight=0.5):
       name="BATCH2", query_ids=[str(i) for i in range(B)], queries=[""] * B,
       query=np.arange(B, dtype=np.int32), product=pid,
       label=BATCH2["label"].astype(np.int8), num_products=int(pid.max()) + 1)
-  rows, _, label, w = relevance_lib.stage2_pairs(rel, policy, weight)
+  pairs = relevance_lib.stage2_pairs(rel, policy, weight)
+  rows = pairs.query
   batch = {k: v[rows] for k, v in BATCH2.items() if k != "image"}
-  np.testing.assert_array_equal(batch["label"], label)
-  batch["label_weight"] = w
+  np.testing.assert_array_equal(batch["label"], pairs.label)
+  batch["label_weight"] = pairs.weight
   batch["product_features"] = _product_features()[rows]
   return batch
 
@@ -430,10 +433,10 @@ def test_itm_pairs_line_up_with_their_weights_and_labels():
   ok_t = jnp.array([True, True, False])
   ok_i = jnp.array([True, False, True])
   valid = jnp.array([True, True, False])
-  pairs = itm.make_pairs(ids, mask, tokens, neg_txt, neg_img, ok_t, ok_i,
+  pairs = itm_pairs.make_pairs(ids, mask, tokens, neg_txt, neg_img, ok_t, ok_i,
                          valid)
-  logits, w = itm.pair_logits(pairs, _fake_itm_score, jax.random.key(0))
-  assert itm.PAIR_KINDS[0] == "positive"
+  logits, w = itm_pairs.pair_logits(pairs, _fake_itm_score, jax.random.key(0))
+  assert itm_pairs.PAIR_KINDS[0] == "positive"
   np.testing.assert_array_equal(logits, [
       [10, 100], [11.5, 101], [12, 102],   # positive: text b, image b
       [10, 101], [11.5, 102], [12, 100],   # text b, hard image neg_img[b]
@@ -534,6 +537,12 @@ def test_lr_mults_unmatched_param_is_an_error():
     optim.lr_mult_tree({"temp": jnp.zeros(())}, [("img/.*", 1.0)])
 
 
+# The whole product tower (and the stage-1 heads) frozen.
+STAGE2_FROZEN_TOWER = (
+    (r"(img|txt|product_proj|vision_proj|text_proj|itm_head)/.*", 0.0),
+    (".*", 1.0))
+
+
 def test_stage2_frozen_tower_bf16_accumulated(reference):
   """bf16 compute, frozen product tower, k=2 accumulation (the frozen path
   embeds products once, outside the GradCache VJP): the tower does not move
@@ -542,14 +551,15 @@ def test_stage2_frozen_tower_bf16_accumulated(reference):
   precision."""
   cfg16 = CFG.replace(dtype="bfloat16")
   tx = optim.make_optimizer(
-      dataclasses.replace(OPT, lr_mults=ts.STAGE2_FROZEN_TOWER), PARAMS)
+      dataclasses.replace(OPT, lr_mults=STAGE2_FROZEN_TOWER), PARAMS)
   sc = dataclasses.replace(S2, train_product_tower=False, accum_steps=2)
   mesh = _one_device()
   state = train_state.init_state(cfg16, sc, tx, jax.random.key(0), mesh,
                                  params=PARAMS)
   batch = sharding.global_batch(BATCH2, mesh)
-  fn = train_state.jit_step(ts.make_stage2_step(cfg16, sc, tx, mesh), state,
-                            batch, mesh, compiler_options=FAST_COMPILE)
+  fn = train_state.jit_step(ts.make_stage2_step(cfg16, sc, tx, mesh),
+                            train_state.state_shardings(state), batch, mesh,
+                            fast_compile=True)
   state, mets = jax.device_get(fn(state, batch, jax.random.key(7)))
   for name in ("img", "txt", "product_proj", "itm_head"):
     for a, b in zip(jax.tree.leaves(state.params[name]),
@@ -587,8 +597,9 @@ def test_ragged_batch_padding_rows_are_inert():
     state = train_state.init_state(CFG, sc, TX, jax.random.key(0), mesh,
                                    params=PARAMS)
     batch = sharding.global_batch(batch, mesh)
-    fn = train_state.jit_step(ts.make_stage1_step(CFG, sc, TX, mesh), state,
-                              batch, mesh, compiler_options=FAST_COMPILE)
+    fn = train_state.jit_step(ts.make_stage1_step(CFG, sc, TX, mesh),
+                              train_state.state_shardings(state), batch, mesh,
+                              fast_compile=True)
     outs.append(jax.device_get(fn(state, batch, jax.random.key(3))))
   (s_a, m_a), (s_b, m_b) = outs
   assert np.isfinite(m_b["loss"]) and m_b["loss"] < 100

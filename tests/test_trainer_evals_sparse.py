@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax import sharding
-from dashclip_jax.trainers import inputs
+from dashclip_jax.train import sharding
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import stage1
 from dashclip_jax.trainers import stage2
 
@@ -71,7 +71,7 @@ def test_stage2_evaluate_equals_the_dense_formula(seed):
               "query_index": pad[s:s + 4].astype(np.int32),
               "valid": (np.arange(s, s + 4) < n_q)[:len(pad[s:s + 4])]
                        .astype(np.int32)} for s in range(0, n_q + 1, 4)]
-  data = inputs.Stage2Eval(
+  data = eval_inputs.Stage2Eval(
       product_rows=rows, product_batches=None, query_batches=batches,
       labels=dense, query_ids=[f"q{i}" for i in range(n_q)])
   mesh = sharding.make_mesh([("data", 1), ("fsdp", 1), ("tensor", 1)],

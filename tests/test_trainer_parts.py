@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dashclip_jax import config_lib
-from dashclip_jax import sharding
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import sharding
 from dashclip_jax.trainers import inputs
 from dashclip_jax.trainers import loop
 from dashclip_jax.trainers import nonfinite
@@ -94,18 +94,6 @@ def test_sharded_batches_reject_mismatched_state_and_sizes():
     inputs.ShardedBatches(_FakeShard, global_batch=5, num_shards=2)
 
 
-def test_config_error_messages_name_the_override():
-  from dashclip_jax import main  # pylint: disable=g-import-not-at-top
-  try:
-    raise AttributeError(KeyError(
-        "'batch_sise'\nDid you mean \"batch_size\" instead of \"batch_sise\"?"
-    )) from KeyError("batch_sise")
-  except AttributeError as e:
-    text = main.flag_error(e, ["prog", "--config.train.batch_sise=4"])
-  assert text.startswith("--config.train.batch_sise: no such config key")
-  assert 'Did you mean "batch_size"' in text and "\n" not in text
-
-
 def _stage1_eval(img, txt, ids, valid):
   """stage1.evaluate over one batch whose embeddings are given."""
   mesh = sharding.make_mesh([("data", 1), ("fsdp", 1), ("tensor", 1)],
@@ -142,15 +130,15 @@ def test_stage1_eval_ranks_a_nan_score_last():
 
 
 def test_best_metric_is_an_eval_metric_of_its_stage():
-  s1 = config_lib.load_config(os.path.join(REPO, "configs", "stage1.py"),
-                              "tiny")
-  s2 = config_lib.load_config(os.path.join(REPO, "configs", "stage2.py"),
-                              "tiny")
+  s1 = config_files.load_config(os.path.join(REPO, "configs", "stage1.py"),
+                                "tiny")
+  s2 = config_files.load_config(os.path.join(REPO, "configs", "stage2.py"),
+                                "tiny")
   assert s1.checkpoint.best_metric == "eval/hit@1"
   assert s2.checkpoint.best_metric == "eval/ndcg@10"
   logged = _stage1_eval([[1, 0]], [[1, 0]], [1], [1])
   resume.check_best_metric(s1.checkpoint.best_metric, logged)
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(config_files.ConfigError,
                      match="best_metric='eval/ndcg@10' is not an eval metric"):
     resume.check_best_metric(s2.checkpoint.best_metric, logged)
   resume.check_best_metric(s2.checkpoint.best_metric, {})  # No eval data.

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dashclip_jax import workdir_lock
+from dashclip_jax.runtime import workdir_lock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAIN = [sys.executable, "-m", "dashclip_jax.main",
@@ -24,7 +24,7 @@ def _env():
 def _start_holder(workdir):
   """A process that takes the workdir lock as a main job does and stays."""
   code = ("import sys, time\n"
-          "from dashclip_jax import workdir_lock\n"
+          "from dashclip_jax.runtime import workdir_lock\n"
           "workdir_lock.hold(sys.argv[1])\n"
           "print('held', flush=True)\n"
           "time.sleep(600)\n")
@@ -82,7 +82,7 @@ def test_hold_in_process(tmp_path):
   workdir_lock.hold(str(tmp_path))  # The same process again: a no-op.
   proc = subprocess.run(
       [sys.executable, "-c",
-       "import sys; from dashclip_jax import workdir_lock;"
+       "import sys; from dashclip_jax.runtime import workdir_lock;"
        "workdir_lock.hold(sys.argv[1])", str(tmp_path)],
       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
@@ -103,6 +103,7 @@ def test_evaluation_run_holds_the_workdir_lock(tmp_path, holder):
 
 
 def test_evaluation_run_prints_non_finite_embeddings_in_one_line():
-  from dashclip_jax.evaluation import export  # pylint: disable=g-import-not-at-top
+  from dashclip_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   from dashclip_jax.evaluation import run as run_lib  # pylint: disable=g-import-not-at-top
-  assert issubclass(export.NonFiniteEmbeddingError, run_lib.one_line_errors())
+  assert issubclass(index_lib.NonFiniteEmbeddingError,
+                    run_lib.one_line_errors())

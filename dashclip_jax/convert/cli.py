@@ -18,6 +18,7 @@ import contextlib
 import logging
 import sys
 
+from dashclip_jax import app
 from dashclip_jax.convert import pipeline
 from dashclip_jax.convert.errors import ConversionError
 from dashclip_jax.convert.errors import UsageError
@@ -62,24 +63,20 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--vocab", default=None, help="vocab.txt to record")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  try:
-    with _log_to_stderr():
-      pipeline.convert(args.source, args.output, size=args.size,
-                       overrides=parse_overrides(args.set),
-                       bert_into=parse_bert_into(args.bert_into),
-                       vocab_file=args.vocab, seed=args.seed)
-  except (ConversionError, UsageError, FileNotFoundError, FileExistsError,
-          KeyError) as e:
-    # str(KeyError) quotes its message: print the message itself.
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    raise SystemExit(f"convert: error: {msg}") from None
+  with app.one_line_errors("convert", (ConversionError, UsageError,
+                                       FileNotFoundError, FileExistsError,
+                                       KeyError)), _log_to_stderr():
+    pipeline.convert(args.source, args.output, size=args.size,
+                     overrides=parse_overrides(args.set),
+                     bert_into=parse_bert_into(args.bert_into),
+                     vocab_file=args.vocab, seed=args.seed)
 
 
 @contextlib.contextmanager
 def _log_to_stderr():
   """This package's INFO lines on stderr while the CLI runs.
 
-  Importing Orbax (checkpoint_io does) puts a handler on the root logger, so
+  Importing Orbax (model/model_dir does) puts a handler on the root logger, so
   `logging.basicConfig` would do nothing and the root's WARNING level would
   drop every INFO line. The package logger gets its own handler instead (not
   propagated: the root's handler would print each line again); other

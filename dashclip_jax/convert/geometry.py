@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.convert.errors import ConversionError
 from dashclip_jax.convert.errors import UsageError
+from dashclip_jax import model as model_lib
+from dashclip_jax.model import tokenizer as tok
 
 # Values HF's BlipConfig uses for keys a saved config.json leaves out (they
 # are NOT BLIP-14M's: text heads 8, vision eps 1e-5, image 384).

@@ -14,15 +14,15 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.convert.errors import ConversionError
+from dashclip_jax.convert.errors import UsageError
 from dashclip_jax.convert import fit
 from dashclip_jax.convert import geometry
 from dashclip_jax.convert import rename
 from dashclip_jax.convert import sources
-from dashclip_jax.convert.errors import ConversionError
-from dashclip_jax.convert.errors import UsageError
+from dashclip_jax import model as model_lib
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.model import tokenizer as tok
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def convert(source: str, output: str, *, size: str = "base",
     report.notes.append(
         f"text vocab is {report.config.text.vocab_size}, not BLIP's "
         f"{tok.VOCAB_SIZE}: [DEC]/[ENC] ids may be out of range")
-  checkpoint_io.save_model_dir(
+  model_dir_lib.save_model_dir(
       output, report.params, report.config, momentum=report.momentum,
       queues=report.queues, vocab_file=vocab_file,
       provenance=dict(source=os.path.abspath(source), **report.summary()))

@@ -1,17 +1,15 @@
 r"""Relevance curation: seed labels -> a teacher -> an expanded label set.
 
-  labeler        the Labeler interface: (queries, products) -> (B, 3) probs
-  teacher        cross-encoder teachers (text; multimodal ITM), saved dirs
-  teacher_inputs a pair's tokens and the product's pixels
-  teacher_train  the sharded jit train step and loop on seed labels
-  gpt/           the GPT labeler: a Llama LM from a GGUF (SmolLM2), LoRA
-                 or full fine-tuning (`teacher.kind="gpt"`)
+  labelers/      the Labeler interface and its implementations:
+                 cross_encoder/ (the trained teachers), gpt/ (a GGUF
+                 decoder LM, LoRA or full fine-tuning), openai_client/
+                 (any OpenAI-compatible endpoint), wording (the prompt)
   seed           seed labels in: judged rows, query-disjoint splits, hash
   mining         KNN candidates for unlabelled queries; nearest queries per
                  product (mined negatives)
-  labelling      sharded, resumable Parquet labelling; the expanded set
+  label_shards   sharded, resumable Parquet labelling; the expanded set
   agreement      kappa, confusion, precision/recall, ECE, threshold sweep
-  report         report.md, metrics.json, reliability plots
+  report_writer  report.md, metrics.json, reliability plots
   steps/         the job's steps, one module each (teacher, mine, label,
                  negatives, expand, report) and their shared context
   pipeline       runs the steps config.run names; main is the job:

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 
 LABELS = tuple(range(labeler_lib.NUM_LABELS))
 
@@ -117,6 +117,7 @@ def choose_threshold(sweep: list[dict], target_accuracy: float
 
 def reliability_plot(bins: list[dict], path: str, title: str) -> None:
   """Accuracy against confidence per bin, with the diagonal, as a PNG."""
+  # matplotlib: heavy to import, and only the report's plots use it.
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

@@ -4,6 +4,7 @@ r"""Relevance curation: train teacher -> mine -> label -> report.
       --workdir=/tmp/curate
 
 Workdir layout (each step reuses what a previous run of it left):
+  config.json       the resolved config
   teacher/          the trained teacher (teacher.json, params.msgpack)
   calibration.json  held-out seed agreement, threshold sweep, the threshold
   embeddings.npz    the mining model's query and product embeddings
@@ -22,58 +23,46 @@ Config, flag, data and path errors end in one line,
 
 from __future__ import annotations
 
+from dashclip_jax.runtime import host_memory
+
+if __name__ == "__main__":
+  # Before the imports below (numpy and jax start threads): main.py's note.
+  host_memory.reuse_freed_memory_unless_disabled()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import logging
 import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+import ml_collections
 
-from dashclip_jax import config_lib
-from dashclip_jax import host_memory
-from dashclip_jax import workdir_lock
+from dashclip_jax import app
+from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import steps
+from dashclip_jax.data import bad_records
+from dashclip_jax.runtime.config_files import ConfigError
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 PROG = "dashclip_jax.curation.main"
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "configs/curate.py[:variant].", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes).")
-_DISTRIBUTED = config_lib.DistributedFlags()
 
 log = logging.getLogger("dashclip_jax")
 
 
-def main(argv) -> None:
-  del argv
-  config_lib.start_logging()
-  config = config_lib.job_config(PROG, _CONFIG, _WORKDIR.value)
-  with config_lib.one_line_errors(PROG, (config_lib.ConfigError,)):
-    if config.get("stage") != "curate":
-      raise config_lib.ConfigError(
-          f"config.stage must be 'curate' (configs/curate.py), got "
-          f"{config.get('stage')!r}")
-    steps.parse(config.run)
-    config_lib.check_workdir(_WORKDIR.value)  # Before the slow imports.
-    workdir_lock.hold_before_start(_WORKDIR.value, _DISTRIBUTED)
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.curation import pipeline
-  from dashclip_jax.data import bad_records
-  # pylint: enable=g-import-not-at-top
-  with config_lib.one_line_errors(PROG, (
-      config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError,
-      NotADirectoryError)):
-    _DISTRIBUTED.initialize()
-    workdir_lock.hold_after_initialize(_WORKDIR.value, _DISTRIBUTED)
-    tick = time.time()
-    out = pipeline.run(config, _WORKDIR.value)
+def check(config: ml_collections.ConfigDict) -> None:
+  if config.get("stage") != "curate":
+    raise ConfigError(f"config.stage must be 'curate' (configs/curate.py), "
+                      f"got {config.get('stage')!r}")
+  steps.parse(config.run)
+
+
+def job(config: ml_collections.ConfigDict, workdir: str) -> None:
+  tick = time.time()
+  out = pipeline.run(config, workdir)
   log.info("curation done in %.0f s", time.time() - tick)
   if out.get("summary"):
     print(out["summary"])
 
 
 if __name__ == "__main__":
-  host_memory.reuse_freed_memory_unless_disabled()
-  flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=config_lib.flags_parser(PROG))
-
+  app.run_job(PROG, job, config_help="configs/curate.py[:variant].",
+              check=check, errors=(bad_records.BadDataError,
+                                   FileNotFoundError, NotADirectoryError))

@@ -26,12 +26,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from dashclip_jax import index as index_lib
+from dashclip_jax import inference
 from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
-from dashclip_jax.curation import labeler as labeler_lib
+from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.evaluation import knn
+from dashclip_jax.model import tokenizer as tok
 
 log = logging.getLogger("dashclip_jax")
 
@@ -85,8 +87,7 @@ class ModelEmbedder:
   product embedding (a product whose image fails: its title alone)."""
 
   def __init__(self, model_dir: str, batch_size: int = 64):
-    import dashclip_jax  # pylint: disable=g-import-not-at-top
-    self.model = dashclip_jax.load(model_dir, batch_size=batch_size)
+    self.model = inference.load(model_dir, batch_size=batch_size)
 
   def queries(self, texts: Sequence[str]) -> np.ndarray:
     return self.model.encode_query(list(texts))
@@ -243,8 +244,8 @@ def topk(query_emb: np.ndarray, product_emb: np.ndarray, k: int,
   if search == "exact":
     return knn.exact_topk(query_emb, product_emb, k)[1].astype(np.int64)
   if search == "faiss":
-    index = knn.build_index(product_emb, kind=faiss_index)
-    return knn.ann_search(index, query_emb, k)[1].astype(np.int64)
+    index = index_lib.build_index(product_emb, kind=faiss_index)
+    return index_lib.ann_search(index, query_emb, k)[1].astype(np.int64)
   raise ValueError(f"mining.search={search!r}: use one of {SEARCHES}")
 
 

@@ -7,9 +7,7 @@ The steps live in `curation.steps`, one module each; they share a
 from __future__ import annotations
 
 import logging
-import os
 
-import jax
 import ml_collections
 
 from dashclip_jax.curation import steps as steps_lib
@@ -33,10 +31,6 @@ FUNCTIONS = {"teacher": teacher.teacher_step,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """-> each step's result by name, and `summary`: what main prints."""
   steps = steps_lib.parse(config.run)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   ctx = context_lib.context(config, workdir)
   if "generate" not in steps and ({"mine", "negatives"} & set(steps)):
     generate.add_generated(ctx)  # An earlier run's (generate.writer set).

@@ -24,6 +24,7 @@ import numpy as np
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import tables
 
 
@@ -82,8 +83,8 @@ def from_files(seed_path: str, unlabelled_path: str,
                ) -> SeedData:
   """Seed labels and unlabelled queries from tables; bad seed rows are
   counted and named, and above `max_bad_fraction` raise BadDataError."""
-  seed = relevance_lib.load_relevance(seed_path, catalog,
-                                      max_bad_fraction=max_bad_fraction)
+  seed = relevance_tables.load_relevance(seed_path, catalog,
+                                         max_bad_fraction=max_bad_fraction)
   ids, queries = read_queries(unlabelled_path, max_bad_fraction) \
       if unlabelled_path else ([], [])
   labelled = set(seed.query_ids)

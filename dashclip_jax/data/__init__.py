@@ -28,7 +28,8 @@ ranking simulates: test, train, all), probe_split and max_probe_products
 batch_size, image_size, max_length / query_length / title_length,
 min_scale, num_negatives, label1_policy, label1_weight, max_relevant, seed,
 num_epochs, worker_count, worker_buffer_size, read_threads,
-min_seen_for_bad_fraction (50). config_lib.data_block sets them per variant.
+min_seen_for_bad_fraction (50). data_block (configs/common.py) sets them per
+variant.
 
 Batch formats (dicts of numpy arrays; B = per-process batch size, S = image
 size, L/Lq/Lt = token lengths, N = negatives, R = max relevant per query):

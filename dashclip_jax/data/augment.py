@@ -4,7 +4,7 @@ BLIP_REFERENCE.md section 3: RandomResizedCrop(S, scale=(min_scale, 1),
 ratio=(3/4, 4/3), bicubic) -> RandomHorizontalFlip(0.5) -> RandomAugment(N=2,
 M=5) over {Identity, AutoContrast, Brightness, Sharpness, Equalize, ShearX,
 ShearY, TranslateX, TranslateY, Rotate}, each drawn op applied with p=0.5.
-Then the caller normalises (`dashclip_jax.preprocess.normalize`).
+Then the caller normalises (`dashclip_jax.model.preprocess.normalize`).
 
 All randomness comes from the `np.random.Generator` passed in, so an example's
 augmentation is a pure function of (image, rng): grain derives that rng from

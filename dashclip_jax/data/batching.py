@@ -17,8 +17,8 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from dashclip_jax import preprocess
 from dashclip_jax.data import bad_records as br
+from dashclip_jax.model import preprocess
 
 # Keys an example dict carries instead of data when its record was bad:
 # what failed, and the culprit ("styles.csv line 17 (product 1865)").

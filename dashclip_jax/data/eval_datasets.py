@@ -16,7 +16,6 @@ from typing import Any
 import grain
 import numpy as np
 
-from dashclip_jax import preprocess
 from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import batching
 from dashclip_jax.data import catalog as catalog_lib
@@ -24,6 +23,7 @@ from dashclip_jax.data import examples
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import shards
+from dashclip_jax.model import preprocess
 
 
 class _ProductEval:

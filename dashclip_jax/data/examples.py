@@ -17,12 +17,13 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from dashclip_jax import preprocess
-from dashclip_jax import tokenizer as tokenizer_lib
 from dashclip_jax.data import augment as augment_lib
 from dashclip_jax.data import batching
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
+from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.model import preprocess
+from dashclip_jax.model import tokenizer as tokenizer_lib
 
 
 class Text:
@@ -83,9 +84,8 @@ class Stage2Example(grain.transforms.RandomMap):
   """Positive pair -> query, product (image + title), negatives, masks."""
 
   def __init__(self, catalog: catalog_lib.Catalog,
-               queries: Sequence[str], pair_query: np.ndarray,
-               pair_product: np.ndarray, pair_label: np.ndarray,
-               pair_weight: np.ndarray, neg_queries: list[np.ndarray],
+               queries: Sequence[str], pairs: relevance_lib.Pairs,
+               neg_queries: list[np.ndarray],
                relevant: np.ndarray, *, image_size: int,
                query_length: int, title_length: int, min_scale: float,
                num_negatives: int, augment: bool = True, tokenizer=None,
@@ -96,8 +96,7 @@ class Stage2Example(grain.transforms.RandomMap):
     # failed when the table was built are skipped and counted.
     self.product_ok = product_ok
     self.queries = list(queries)
-    self.pair_query, self.pair_product = pair_query, pair_product
-    self.pair_label, self.pair_weight = pair_label, pair_weight
+    self.pairs = pairs
     self.neg_queries = neg_queries
     self.relevant = relevant
     self.image_size, self.min_scale = image_size, min_scale
@@ -108,7 +107,7 @@ class Stage2Example(grain.transforms.RandomMap):
     self.title_text = Text(tok, title_length)
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
-    q, p = int(self.pair_query[index]), int(self.pair_product[index])
+    q, p = int(self.pairs.query[index]), int(self.pairs.product[index])
     if self.product_ok is not None:
       if not self.product_ok[p]:
         return {batching.BAD_KEY: "image failed in the product table",
@@ -137,8 +136,8 @@ class Stage2Example(grain.transforms.RandomMap):
         "query_ids": query_ids, "query_mask": query_mask,
         "image": image, "title_ids": title_ids, "title_mask": title_mask,
         "product_id": np.int32(p), "query_index": np.int32(q),
-        "label": np.int32(self.pair_label[index]),
-        "label_weight": np.float32(self.pair_weight[index]),
+        "label": np.int32(self.pairs.label[index]),
+        "label_weight": np.float32(self.pairs.weight[index]),
         "neg_query_ids": neg_ids, "neg_query_mask": neg_mask,
         "neg_query_index": neg_index, "neg_valid": neg_index >= 0,
         "relevant_product_ids": self.relevant[q],

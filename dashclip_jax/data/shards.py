@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import numpy as np
 
 
@@ -19,7 +20,6 @@ def resolve_shard(shard: Any = None) -> tuple[int, int]:
   """(shard_index, shard_count) from None (= this JAX process), a grain
   ShardOptions, or an (index, count) pair."""
   if shard is None:
-    import jax  # pylint: disable=g-import-not-at-top
     return jax.process_index(), jax.process_count()
   if hasattr(shard, "shard_index"):
     return int(shard.shard_index), int(shard.shard_count)

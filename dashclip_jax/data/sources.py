@@ -4,7 +4,8 @@ tfds.
 `load_sources(config.data)` returns train/test catalogs and relevance sets,
 ready for `train_datasets.stage1_dataset` / `stage2_dataset` and
 `eval_datasets`; every job (training, evaluation, curation, ranking) reads
-its data through it, from the one block `config_lib.data_block` builds.
+its data through it, from the one block `data_block` (configs/common.py)
+builds.
 Config fields are listed in `dashclip_jax/data/__init__.py`.
 """
 
@@ -16,13 +17,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dashclip_jax import config_lib
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import images as images_lib
-from dashclip_jax.data import prepare
+from dashclip_jax.data import prepared
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import synthetic
+from dashclip_jax.runtime import config_files
 
 SOURCES = ("synthetic", "fashion", "table", "prepared", "tfds")
 # The config.data fields load_sources reads (trainers/inputs.py caches the
@@ -32,7 +35,7 @@ SOURCE_KEYS = ("source", "path", "catalog_path", "columns",
                "synthetic", "max_bad_fraction",
                "relevance_test_max_bad_fraction", "test_fraction",
                "max_image_pixels")
-# Keys of the old per-job data blocks (config_lib.RETIRED_KEYS says what
+# Keys of the old per-job data blocks (config_files.RETIRED_KEYS says what
 # replaced each).
 RETIRED_KEYS = ("catalog_dir", "catalog_file", "qrels_path",
                 "qrels_max_bad_fraction")
@@ -66,7 +69,7 @@ class Sources:
     if split == "train":
       return self.train_catalog, self.train_relevance
     if split != "all":
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"config.data.split must be one of {', '.join(SPLITS)}, got "
           f"{split!r}")
     rel = self.test_relevance
@@ -88,10 +91,10 @@ def _check_keys(cfg: Any) -> None:
   code can still carry them; the flags are caught by flag_error)."""
   for key in RETIRED_KEYS:
     if _get(cfg, key) is not None:
-      raise config_lib.ConfigError(config_lib.retired_key_error(
+      raise config_files.ConfigError(config_files.retired_key_error(
           f"data.{key}"))
   if _get(cfg, "source") == "csv":
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         "config.data.source='csv' is retired: set source='table' with "
         "data.catalog_path=<the table> (or source='fashion' with "
         "data.path=<the folder>)")
@@ -149,10 +152,10 @@ def load_sources(cfg: Any = None, *,
     if not path:
       return None
     if not test:
-      return relevance_lib.load_relevance(path, cat, whole=whole,
-                                          max_bad_fraction=max_bad)
+      return relevance_tables.load_relevance(path, cat, whole=whole,
+                                             max_bad_fraction=max_bad)
     try:
-      return relevance_lib.load_relevance(
+      return relevance_tables.load_relevance(
           path, cat, whole=whole,
           max_bad_fraction=test_bad if test_bad >= 0 else max_bad)
     except bad_records.BadDataError as e:
@@ -163,7 +166,7 @@ def load_sources(cfg: Any = None, *,
     """An explicit relevance path; a directory (e.g. a curation run's
     `expanded/`) means its `name` file, unless it is a prepared table."""
     path = _get(cfg, key)
-    if path and os.path.isdir(path) and not prepare.is_prepared(path):
+    if path and os.path.isdir(path) and not prepared.is_prepared(path):
       path = os.path.join(path, name)
     if path and not os.path.exists(path):
       raise FileNotFoundError(f"data.{key} {path!r} not found")
@@ -182,7 +185,7 @@ def load_sources(cfg: Any = None, *,
     unread without `whole_train_relevance`."""
     train, test = cat.subset("train"), cat.subset("test")
     table = (train_rel if train_rel and os.path.isdir(train_rel)
-             and prepare.is_prepared(train_rel) else None)
+             and prepared.is_prepared(train_rel) else None)
     if table and not whole_train_relevance:
       train_rel = None
     return Sources(train, test, rel(train_rel, train, cat),
@@ -190,20 +193,20 @@ def load_sources(cfg: Any = None, *,
 
   if source == "prepared":
     root = _get(cfg, "path")
-    if not root or not prepare.is_prepared(root):
+    if not root or not prepared.is_prepared(root):
       raise FileNotFoundError(
           f"data.path {root!r} is no prepared directory (no "
-          f"{prepare.MANIFEST}; python -m dashclip_jax.data.prepare writes "
+          f"{prepared.MANIFEST}; python -m dashclip_jax.data.prepare writes "
           "one)")
-    return folder(catalog_lib.load_catalog(root), *(
-        os.path.join(root, n) if prepare.is_prepared(os.path.join(root, n))
+    return folder(catalog_tables.load_catalog(root), *(
+        os.path.join(root, n) if prepared.is_prepared(os.path.join(root, n))
         else None for n in ("relevance_train", "qrels_test")))
 
   if source == "fashion":
     root = _get(cfg, "path")
     if not root or not os.path.isdir(root):
       raise FileNotFoundError(f"data.path {root!r} is not a directory")
-    cat = catalog_lib.load_catalog(
+    cat = catalog_tables.load_catalog(
         os.path.join(root, "styles.csv"), catalog_lib.FASHION_COLUMNS,
         test_fraction=test_fraction, max_bad_fraction=max_bad)
     return folder(cat, *(
@@ -218,7 +221,7 @@ def load_sources(cfg: Any = None, *,
       raise FileNotFoundError(f"data.catalog_path {path!r} not found")
     train_rel = given("relevance_train_path", "relevance_train.csv")
     test_rel = given("relevance_test_path", "qrels_test.csv")
-    cat = catalog_lib.load_catalog(
+    cat = catalog_tables.load_catalog(
         path, columns, test_fraction=test_fraction, max_bad_fraction=max_bad)
     return of_catalog(cat, train_rel, test_rel)
   if source == "tfds":
@@ -244,4 +247,4 @@ def load_sources(cfg: Any = None, *,
                   test_bad if split == "test" and test_bad >= 0
                   else max_bad))
     return Sources(train, test, rels.get("train"), rels.get("test"), cat)
-  raise config_lib.ConfigError(f"data.source {source!r} not in {SOURCES}")
+  raise config_files.ConfigError(f"data.source {source!r} not in {SOURCES}")

@@ -34,7 +34,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 
 # type -> (sibling group, singular noun used in titles)
 TYPES = {
@@ -346,7 +348,7 @@ def synthetic_data(num_products: int = 400, num_train_queries: int = 160,
   rng = np.random.default_rng(seed)
   products = _products(num_products, rng)
   damaged = {r: k for k, r in enumerate(bad_image_rows(num_products,
-                                                        bad_images))}
+                                                       bad_images))}
   rows = []
   for n, p in enumerate(products):
     img = _png(render(p, image_size, np.random.default_rng([seed, n])))
@@ -360,18 +362,18 @@ def synthetic_data(num_products: int = 400, num_train_queries: int = 160,
   columns = catalog_lib.CatalogColumns(
       image=None, image_bytes="image",
       extra=("group", "gender", "colour", "pattern", "brand"))
-  catalog = catalog_lib.catalog_from_rows(rows, columns=columns, root=None,
-                                          name="synthetic", max_bad_fraction=0)
+  catalog = catalog_tables.catalog_from_rows(
+      rows, columns=columns, root=None, name="synthetic", max_bad_fraction=0)
   train_cat, test_cat = catalog.subset("train"), catalog.subset("test")
   split_products = {s: [p for p, c in zip(products, catalog.split) if c == s]
                     for s in ("train", "test")}
   train_q = _queries(num_train_queries, split_products["train"], rng)
   test_q = _queries(num_test_queries, split_products["test"], rng)
-  train = relevance_lib.relevance_from_rows(
+  train = relevance_tables.relevance_from_rows(
       _as_rows(_train_rows(train_q, split_products["train"], rng),
                "synthetic train"),
       train_cat, name="synthetic train", max_bad_fraction=0)
-  test = relevance_lib.relevance_from_rows(
+  test = relevance_tables.relevance_from_rows(
       _as_rows(_test_rows(test_q, split_products["test"]), "synthetic test"),
       test_cat, name="synthetic test", max_bad_fraction=0)
   return SyntheticData(catalog=catalog, train_catalog=train_cat,

@@ -27,7 +27,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 
 _VERSION = tfds.core.Version("1.0.0")
 
@@ -206,7 +208,7 @@ def load_catalog_tfds(data_dir: str, *, test_fraction: float = 0.1,
 
   columns = catalog_lib.CatalogColumns(image=None, image_bytes="image",
                                        extra=extra)
-  cat = catalog_lib.catalog_from_rows(
+  cat = catalog_tables.catalog_from_rows(
       rows(), columns=columns, root=None, name=f"tfds {data_dir}",
       test_fraction=test_fraction, max_bad_fraction=max_bad_fraction)
   if len(cat) != len(refs):
@@ -241,6 +243,6 @@ def load_relevance_tfds(data_dir: str, split: str,
           "query_id": _text(r["query_id"]), "query": _text(r["query"]),
           "product_id": _text(r["product_id"]), "label": int(r["label"])}, ""
 
-  return relevance_lib.relevance_from_rows(
+  return relevance_tables.relevance_from_rows(
       rows(), catalog, name=f"tfds {data_dir}[{split}]",
       max_bad_fraction=max_bad_fraction)

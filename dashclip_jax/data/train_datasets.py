@@ -22,6 +22,7 @@ Batch formats are documented in `dashclip_jax/data/__init__.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -51,71 +52,77 @@ def default_read_threads(worker_count: int, read_threads: int | None) -> int:
   return 1 if worker_count else min(os.cpu_count() or 1, 8)
 
 
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+  """How a train pipeline reads its records, either stage.
+
+  batch_size: per-process batch size B.
+  seed: shuffling and augmentation seed.
+  num_epochs: None repeats forever.
+  shard: None (this JAX process), grain ShardOptions, or (index, count).
+  worker_count: grain worker processes (0: threads in this process).
+  worker_buffer_size: examples buffered per worker.
+  read_threads: threads per process that run the per-example transform
+    (None: `default_read_threads`).
+  max_bad_fraction: stop with BadDataError above this fraction of the
+    records seen (judged from `min_seen_for_bad_fraction` records on, and at
+    the end of the data).
+  min_seen_for_bad_fraction: the smallest sample the fraction is judged on.
+  """
+  batch_size: int
+  seed: int = 0
+  num_epochs: int | None = None
+  shard: Any = None
+  worker_count: int = 0
+  worker_buffer_size: int = 2
+  read_threads: int | None = None
+  max_bad_fraction: float = 0.01
+  min_seen_for_bad_fraction: int = batching.MIN_SEEN
+
+
 def _train_pipeline(num_records: int, example_fn: grain.transforms.RandomMap,
-                    *, name: str, batch_size: int, seed: int,
-                    num_epochs: int | None, shard: Any, worker_count: int,
-                    worker_buffer_size: int, read_threads: int | None,
-                    max_bad_fraction: float,
-                    min_seen_for_bad_fraction: int
+                    name: str, opts: PipelineOptions
                     ) -> batching.BatchSkippingBad:
-  index, count = shards.resolve_shard(shard)
-  read_threads = default_read_threads(worker_count, read_threads)
+  index, count = shards.resolve_shard(opts.shard)
+  read_threads = default_read_threads(opts.worker_count, opts.read_threads)
   start, stop = shards.shard_range(num_records, index, count)
   ds = grain.MapDataset.range(start, stop)
-  ds = ds.shuffle(seed=_seed(seed, index, 0)).repeat(num_epochs)
-  ds = ds.random_map(example_fn, seed=_seed(seed, index, 1))
+  ds = ds.shuffle(seed=_seed(opts.seed, index, 0)).repeat(opts.num_epochs)
+  ds = ds.random_map(example_fn, seed=_seed(opts.seed, index, 1))
   ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
-  if worker_count > 0:
+      num_threads=read_threads, prefetch_buffer_size=2 * opts.batch_size))
+  if opts.worker_count > 0:
     # grain reads absl flags when it starts workers; outside absl.app.run
     # (tests, notebooks) they are unparsed, so take the defaults.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
+        num_workers=opts.worker_count,
+        per_worker_buffer_size=opts.worker_buffer_size))
   return batching.BatchSkippingBad(
-      ds, batch_size, f"{name} (shard {index}/{count})", max_bad_fraction,
-      min_seen_for_bad_fraction)
+      ds, opts.batch_size, f"{name} (shard {index}/{count})",
+      opts.max_bad_fraction, opts.min_seen_for_bad_fraction)
 
 
 def stage1_dataset(
     catalog: catalog_lib.Catalog,
+    opts: PipelineOptions,
     *,
-    batch_size: int,
     image_size: int = 224,
     max_length: int = 30,
     min_scale: float = 0.2,
     augment: bool = True,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard: Any = None,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    read_threads: int | None = None,
-    max_bad_fraction: float = 0.01,
-    min_seen_for_bad_fraction: int = batching.MIN_SEEN,
     tokenizer=None,
 ) -> batching.BatchSkippingBad:
   """Stage-1 (catalog) training batches.
 
   Args:
     catalog: products to train on (e.g. `catalog.subset("train")`).
-    batch_size: per-process batch size B.
+    opts: batch size, order, workers, bad-record budget.
     image_size: S (224 in BLIP pretraining).
     max_length: L of the title tokens (30 in BLIP pretraining).
     min_scale: RandomResizedCrop minimum area (0.2 pretraining, 0.5 ft).
     augment: False: eval-style square resize instead of augmentation.
-    seed: shuffling and augmentation seed.
-    num_epochs: None repeats forever.
-    shard: None (this JAX process), grain ShardOptions, or (index, count).
-    worker_count: grain worker processes (0: threads in this process).
-    worker_buffer_size: examples buffered per worker.
-    read_threads: threads per process that run the per-example transform
-      (None: min(cores, 8) without workers, 1 per worker with them).
-    max_bad_fraction: stop with BadDataError above this fraction of the
-      images seen (judged from `min_seen_for_bad_fraction` images on, and at
-      the end of the data).
-    min_seen_for_bad_fraction: the smallest sample the fraction is judged on.
     tokenizer: a BlipTokenizer (default: packaged bert-base-uncased vocab).
 
   Returns:
@@ -125,19 +132,14 @@ def stage1_dataset(
   fn = examples.Stage1Example(catalog, image_size=image_size,
                               max_length=max_length, min_scale=min_scale,
                               augment=augment, tokenizer=tokenizer)
-  return _train_pipeline(
-      len(catalog), fn, name=f"stage1 {catalog.name}", batch_size=batch_size,
-      seed=seed, num_epochs=num_epochs, shard=shard, worker_count=worker_count,
-      worker_buffer_size=worker_buffer_size, read_threads=read_threads,
-      max_bad_fraction=max_bad_fraction,
-      min_seen_for_bad_fraction=min_seen_for_bad_fraction)
+  return _train_pipeline(len(catalog), fn, f"stage1 {catalog.name}", opts)
 
 
 def stage2_dataset(
     catalog: catalog_lib.Catalog,
     relevance: relevance_lib.Relevance,
+    opts: PipelineOptions,
     *,
-    batch_size: int,
     image_size: int = 384,
     query_length: int = 35,
     title_length: int = 35,
@@ -147,14 +149,6 @@ def stage2_dataset(
     label1_policy: str = "weighted",
     label1_weight: float = 0.5,
     max_relevant: int = 256,
-    seed: int = 0,
-    num_epochs: int | None = None,
-    shard: Any = None,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    read_threads: int | None = None,
-    max_bad_fraction: float = 0.01,
-    min_seen_for_bad_fraction: int = batching.MIN_SEEN,
     tokenizer=None,
     product_ok: np.ndarray | None = None,
 ) -> batching.BatchSkippingBad:
@@ -168,9 +162,7 @@ def stage2_dataset(
   Args:
     catalog: the catalog `relevance` was validated against.
     relevance: graded pairs.
-    batch_size, image_size, min_scale, augment, seed, num_epochs, shard,
-      worker_count, worker_buffer_size, read_threads, max_bad_fraction,
-      min_seen_for_bad_fraction, tokenizer: as in `stage1_dataset`
+    opts, image_size, min_scale, augment, tokenizer: as in `stage1_dataset`
       (defaults follow BLIP retrieval).
     query_length: Lq. title_length: Lt.
     num_negatives: N mined negative queries per example.
@@ -188,19 +180,12 @@ def stage2_dataset(
     raise ValueError(f"{relevance.name} indexes {relevance.num_products} "
                      f"products but the catalog has {len(catalog)}; pass the "
                      "catalog the relevance data was loaded against.")
-  pq, pp, pl, pw = relevance_lib.stage2_pairs(relevance, label1_policy,
-                                               label1_weight)
+  pairs = relevance_lib.stage2_pairs(relevance, label1_policy, label1_weight)
   relevant = relevance_lib.relevant_table(relevance, max_relevant)
   fn = examples.Stage2Example(
-      catalog, relevance.queries, pq, pp, pl, pw,
-      relevance.queries_by_product([0]), relevant,
-      image_size=image_size, query_length=query_length,
+      catalog, relevance.queries, pairs, relevance.queries_by_product([0]),
+      relevant, image_size=image_size, query_length=query_length,
       title_length=title_length, min_scale=min_scale,
       num_negatives=num_negatives, augment=augment, tokenizer=tokenizer,
       product_ok=product_ok)
-  return _train_pipeline(
-      len(pq), fn, name=f"stage2 {relevance.name}", batch_size=batch_size,
-      seed=seed, num_epochs=num_epochs, shard=shard, worker_count=worker_count,
-      worker_buffer_size=worker_buffer_size, read_threads=read_threads,
-      max_bad_fraction=max_bad_fraction,
-      min_seen_for_bad_fraction=min_seen_for_bad_fraction)
+  return _train_pipeline(len(pairs), fn, f"stage2 {relevance.name}", opts)

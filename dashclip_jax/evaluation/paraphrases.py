@@ -20,9 +20,10 @@ hand-written list with queries written by hand rules -- rewording tables
 (type words, gender and colour phrases, a few sentence patterns) over the
 (type, gender, colour) combinations the TRAIN catalog has -- never by the
 query generator, so the set does not grade the generator's own wording;
-`paraphrase_relevance` is the judged pairs over TRAIN catalog rows and
-`paraphrase_stage2_eval` the `trainers.inputs.Stage2Eval` that stage 2's
-periodic evaluation (`stage2.evaluate`) scores like its held-out queries.
+`paraphrase_relevance` is the judged pairs over TRAIN catalog rows, which
+`trainers.eval_inputs.paraphrase_stage2_eval` turns into the eval set that
+stage 2's periodic evaluation (`stage2.evaluate`) scores like its held-out
+queries.
 """
 
 from __future__ import annotations
@@ -33,14 +34,20 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import catalog_tables
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.evaluation import baselines as baselines_lib
+from dashclip_jax.evaluation import encoders
 from dashclip_jax.evaluation import metrics as metrics_lib
 from dashclip_jax.evaluation import paraphrase_labels as labels_lib
 from dashclip_jax.evaluation import paraphrase_queries as queries_lib
+from dashclip_jax import inference
+from dashclip_jax.model import model_dir as model_dir_lib
 
 SYSTEMS = ("dashclip", "minilm", "bm25")
 TABLE_KEYS = ("ndcg@10", "recall@1", "recall@10", "mrr")
@@ -122,15 +129,15 @@ def load_paraphrase_eval(
   table = os.path.join(catalog_dir, "styles.csv")
   if not os.path.isfile(table):
     raise FileNotFoundError(f"catalog not found: {table}")
-  train = catalog_lib.load_catalog(table, catalog_lib.FASHION_COLUMNS).subset(
-      "train")
+  train = catalog_tables.load_catalog(
+      table, catalog_lib.FASHION_COLUMNS).subset("train")
   if not len(train):
     raise ValueError(f"{table}: no TRAIN products")
   rows = labels_lib.product_rows(train)
   queries = tuple(queries)
   labels_lib.check_paraphrases(queries, rows)
   labels = labels_lib.label_matrix(queries, rows,
-                                    labels_lib.subcategory_of(rows))
+                                   labels_lib.subcategory_of(rows))
   # Every query needs a label-2 product, or Recall/MRR are undefined.
   metrics_lib.check_labels(labels, query_ids(len(queries)))
   keep = sample_products(labels, max_products, seed)
@@ -266,21 +273,6 @@ def paraphrase_relevance(catalog: catalog_lib.Catalog,
       num_products=len(catalog))
 
 
-def paraphrase_stage2_eval(cfg: Any, model_config: Any, global_batch: int,
-                           max_products: int = 2000, seed: int = 0,
-                           max_rule_queries: int = 300):
-  """The hand-written and rule-written paraphrases over stage 2's TRAIN
-  catalog as a `trainers.inputs.Stage2Eval` (what `stage2.evaluate`
-  scores; the held-out set's construction, `inputs.stage2_eval`, over
-  `paraphrase_relevance`'s pairs). `cfg` is stage 2's config.data."""
-  from dashclip_jax.trainers import inputs  # pylint: disable=g-import-not-at-top
-  catalog = inputs.load_sources(cfg).train_catalog
-  queries = queries_lib.PARAPHRASES + rule_paraphrases(
-      catalog, max_rule_queries, seed=seed)
-  rel = paraphrase_relevance(catalog, queries, max_products, seed)
-  return inputs.stage2_eval_of(rel, catalog, cfg, model_config, global_batch)
-
-
 # -- systems ------------------------------------------------------------------
 
 
@@ -292,14 +284,10 @@ def _scores(system: str, data: ParaphraseEval, model_dir: str,
     return baselines_lib.bm25_scores(data.texts, titles)
   if system == "minilm":
     return baselines_lib.minilm_scores(data.texts, titles, model)
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.evaluation import run as run_lib
   if model is None:
-    import dashclip_jax
-    model = dashclip_jax.load(model_dir, batch_size=batch_size)
-  # pylint: enable=g-import-not-at-top
+    model = inference.load(model_dir, batch_size=batch_size)
   q = np.asarray(model.encode_query(data.texts), np.float32)
-  p = run_lib.encode_products(model, data.products)
+  p = encoders.encode_products(model, data.products)
   return q @ p.T
 
 
@@ -313,8 +301,7 @@ def check_systems(systems: Sequence[str], model_dir: str | None,
   if "dashclip" in systems and need_model:
     if not model_dir:
       raise ValueError("dashclip needs a model dir (--model)")
-    from dashclip_jax import inference  # pylint: disable=g-import-not-at-top
-    inference.resolve_model_dir(model_dir)  # FileNotFoundError if none.
+    model_dir_lib.resolve_model_dir(model_dir)  # FileNotFoundError if none.
 
 
 def evaluate(model_dir: str | None, catalog_dir: str, *,
@@ -369,7 +356,6 @@ def format_table(results: Mapping[str, Mapping[str, float]],
 
 
 def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     sys.exit(f"paraphrases: error: unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
@@ -386,10 +372,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  # pylint: disable=g-import-not-at-top
-  from absl import app
-  from absl import flags
-  # pylint: enable=g-import-not-at-top
   flags.DEFINE_string("model", "", "Trained model dir or training workdir "
                       "(needed for the dashclip system).")
   flags.DEFINE_string("catalog_dir", os.path.join("..", "shared", "data",

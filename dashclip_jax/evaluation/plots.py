@@ -102,7 +102,7 @@ def cosine_by_relevance_plot(query_emb: np.ndarray, product_emb: np.ndarray,
 
   Args:
     query_emb: float (Q, E); product_emb: float (N, E) (unit norm: cosines).
-    qrels: `metrics.SparseQrels` (Q x N).
+    qrels: `qrels.SparseQrels` (Q x N).
     max_pairs, seed: the unlisted pairs histogrammed (see above).
 
   Returns:

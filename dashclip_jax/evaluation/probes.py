@@ -7,6 +7,7 @@ and a test category the probe never predicts counts as F1 = 0.
 """
 
 from typing import Sequence
+import zlib
 
 import numpy as np
 from sklearn import linear_model
@@ -79,7 +80,7 @@ def sample_pairs(qrels, zeros_per_query: int, seed: int = 0
   as choosing from the dense row's zeros.
 
   Args:
-    qrels: `metrics.SparseQrels` (Q queries x N products).
+    qrels: `qrels.SparseQrels` (Q queries x N products).
 
   Returns:
     (query_idx (P,), product_idx (P,), label (P,)) int arrays: the
@@ -107,7 +108,6 @@ def sample_pairs(qrels, zeros_per_query: int, seed: int = 0
 
 def query_halves(query_ids: Sequence[str]) -> np.ndarray:
   """bool (Q,): True for the probe's training half (stable hash of the id)."""
-  import zlib  # pylint: disable=g-import-not-at-top
   return np.array([zlib.crc32(q.encode()) % 2 == 0 for q in query_ids])
 
 
@@ -128,7 +128,7 @@ def relevance_probe(query_emb: np.ndarray, product_emb: np.ndarray,
 
   Args:
     query_emb: float (Q, E); product_emb: float (N, E); qrels:
-      `metrics.SparseQrels` (Q x N).
+      `qrels.SparseQrels` (Q x N).
 
   Returns:
     {"relevance_acc", "relevance_f1"} on the held-out half.

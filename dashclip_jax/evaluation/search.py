@@ -13,12 +13,14 @@ import os
 import re
 from typing import Sequence
 
-from absl import app
+from absl import app as absl_app
 from absl import flags
 
-from dashclip_jax import config_lib
-from dashclip_jax import tokenizer
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import app
+from dashclip_jax import index as index_lib
+from dashclip_jax import inference
+from dashclip_jax.model import tokenizer
+from dashclip_jax.runtime.config_files import ConfigError
 
 PROG = "search"
 
@@ -32,7 +34,7 @@ _CHECKPOINT = flags.DEFINE_string(
 
 
 def format_results(queries: Sequence[str],
-                   results: list[list[export_lib.SearchHit]]) -> str:
+                   results: list[list[index_lib.SearchHit]]) -> str:
   lines = []
   for q, hits in zip(queries, results):
     lines.append(f"query: {q}")
@@ -44,51 +46,50 @@ def format_results(queries: Sequence[str],
 def _reason(error: BaseException) -> str:
   """An error's message on one line, without faiss's C++ location prefix."""
   return re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "",
-                config_lib.one_line(str(error)))
+                app.one_line(str(error)))
 
 
-def load_index(export_dir: str) -> export_lib.ExportedIndex:
+def load_index(export_dir: str) -> index_lib.ExportedIndex:
   """The export in `export_dir`; ConfigError if it is missing or unreadable."""
   if not os.path.isdir(export_dir):
-    raise config_lib.ConfigError(f"--export_dir={export_dir}: no such "
-                                 "directory")
+    raise ConfigError(f"--export_dir={export_dir}: no such "
+                      "directory")
   try:
-    return export_lib.ExportedIndex(export_dir)
+    return index_lib.ExportedIndex(export_dir)
   except FileNotFoundError as e:
-    raise config_lib.ConfigError(f"--export_dir: {_reason(e)}") from None
+    raise ConfigError(f"--export_dir: {_reason(e)}") from None
   except (RuntimeError, OSError, ValueError) as e:
     # faiss reads raise RuntimeError, a bad Parquet file ArrowInvalid (a
     # ValueError), a bad manifest JSONDecodeError (a ValueError).
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"--export_dir={export_dir}: unreadable export ({_reason(e)}); "
         "export it again (evaluation.run)") from None
 
 
 def main(argv) -> None:
   queries = list(_QUERY.value or []) + list(argv[1:])
-  with config_lib.one_line_errors(PROG, (config_lib.ConfigError,
-                                         FileNotFoundError)):
+  with app.one_line_errors(PROG, (ConfigError,
+                                  FileNotFoundError)):
     if not queries:
-      raise config_lib.ConfigError("give at least one --query")
+      raise ConfigError("give at least one --query")
     error = tokenizer.search_query_error(queries)
     if error:
-      raise config_lib.ConfigError(f"--query: {error}")
+      raise ConfigError(f"--query: {error}")
     index = load_index(_EXPORT_DIR.value)
     checkpoint = _CHECKPOINT.value or index.manifest.get("checkpoint", "")
     if not checkpoint:
-      raise config_lib.ConfigError(
+      raise ConfigError(
           f"{_EXPORT_DIR.value}/manifest.json names no checkpoint; pass "
           "--checkpoint")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import dashclip_jax  # pylint: disable=g-import-not-at-top
-    encoder = dashclip_jax.load(checkpoint)
+    encoder = inference.load(checkpoint)
     try:
       encoder.attach_index(index)
     except ValueError as e:  # The export's dim is not the model's.
-      raise config_lib.ConfigError(f"--checkpoint={checkpoint}: {e}") from None
+      raise ConfigError(f"--checkpoint={checkpoint}: {e}") from None
   print(format_results(queries, encoder.search(queries, _K.value)))
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("export_dir")
-  app.run(main, flags_parser=config_lib.flags_parser(PROG))
+  absl_app.run(main, flags_parser=app.flags_parser(PROG))

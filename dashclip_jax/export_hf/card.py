@@ -13,8 +13,8 @@ import os
 from typing import Any
 
 from dashclip_jax import model as model_lib
-from dashclip_jax import run_info
 from dashclip_jax.evaluation import report as eval_report
+from dashclip_jax.runtime import run_info
 
 _DATA_KEYS = ("source", "path", "catalog_path", "relevance_train_path",
               "relevance_test_path", "tfds_dir", "text_max_length",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dashclip_jax import app
 from dashclip_jax.export_hf import pipeline
 from dashclip_jax.export_hf.errors import ExportError
 
@@ -28,10 +29,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an earlier export at --output")
   args = parser.parse_args(argv)
-  try:
+  with app.one_line_errors("export_hf", (ExportError,)):
     report = pipeline.export(args.model, args.output, args.overwrite)
-  except ExportError as e:
-    raise SystemExit(f"export_hf: error: {e}") from None
   for note in report["notes"]:
     print(f"export_hf: note: {note}", file=sys.stderr)
   print(f"export_hf: wrote {report['output']} from {report['model_dir']}: "

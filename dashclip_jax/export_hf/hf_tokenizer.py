@@ -22,8 +22,8 @@ from tokenizers import normalizers
 from tokenizers import Regex
 import transformers
 
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.export_hf.errors import ExportError
+from dashclip_jax.model import tokenizer as tok
 
 # tokenizer.pre_caption's steps, as regexes on the raw text.
 _CAPTION_PUNCT = r'[.!"()*#:;~]'

@@ -17,16 +17,15 @@ import jax
 import numpy as np
 from transformers.utils import logging as hf_logging
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax import inference
-from dashclip_jax import model as model_lib
 from dashclip_jax.export_hf import blip
 from dashclip_jax.export_hf import card
 from dashclip_jax.export_hf import checks
+from dashclip_jax.export_hf.errors import ExportError
 from dashclip_jax.export_hf import hf_tokenizer
 from dashclip_jax.export_hf import product
 from dashclip_jax.export_hf import query
-from dashclip_jax.export_hf.errors import ExportError
+from dashclip_jax import model as model_lib
+from dashclip_jax.model import model_dir as model_dir_lib
 
 MANIFEST = "export_hf.json"  # The report; marks a directory as an export.
 _VERSIONS = ("torch", "transformers", "sentence-transformers", "tokenizers")
@@ -35,8 +34,8 @@ _VERSIONS = ("torch", "transformers", "sentence-transformers", "tokenizers")
 def _read_model_dir(model_dir: str
                     ) -> tuple[str, dict[str, Any], model_lib.ModelConfig]:
   try:
-    resolved = inference.resolve_model_dir(model_dir)
-    meta = checkpoint_io.read_metadata(resolved)
+    resolved = model_dir_lib.resolve_model_dir(model_dir)
+    meta = model_dir_lib.read_metadata(resolved)
     config = model_lib.ModelConfig.from_dict(meta["model_config"])
   except (FileNotFoundError, ValueError, KeyError) as e:
     raise ExportError(f"{model_dir}: not a dashclip model directory or "
@@ -67,7 +66,7 @@ def _check_output(output: str, model_dir: str, overwrite: bool) -> None:
 
 def _preprocessing(meta: dict[str, Any], config: model_lib.ModelConfig
                    ) -> dict[str, Any]:
-  return {**checkpoint_io.default_preprocessing(config.vision.image_size),
+  return {**model_dir_lib.default_preprocessing(config.vision.image_size),
           **meta.get("preprocessing", {})}
 
 
@@ -109,10 +108,10 @@ def export(model_dir: str, output: str, overwrite: bool = False
   output = os.path.abspath(output)
   _check_output(output, model_dir, overwrite)
 
-  _, trees, _ = checkpoint_io.load_model_dir(model_dir)
+  _, trees, _ = model_dir_lib.load_model_dir(model_dir)
   params = jax.tree.map(np.asarray, trees["params"])
   vocab = os.path.join(model_dir, meta.get("tokenizer", {}).get(
-      "vocab", checkpoint_io.VOCAB_FILE))
+      "vocab", model_dir_lib.VOCAB_FILE))
   # As dashclip_jax.load cuts texts (inference.DashClipEncoder).
   max_length = min(pre["text_max_length"], config.text.max_positions,
                    config.query.max_positions)

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 import transformers
 
-from dashclip_jax import model as model_lib
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.convert import rename
-from dashclip_jax.export_hf import weights
 from dashclip_jax.export_hf.errors import ExportError
+from dashclip_jax.export_hf import weights
+from dashclip_jax import model as model_lib
+from dashclip_jax.model import tokenizer as tok
 
 _POOLER = ("pooler.dense.weight", "pooler.dense.bias")
 

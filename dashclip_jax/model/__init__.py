@@ -11,10 +11,10 @@ Towers (top-level param names are public API; regexes select them):
   temp          learned ITC temperature (BLIP init 0.07; clamped in the loss).
 
 Every parameter carries logical axis names ("embed", "mlp", "heads", "kv",
-"vocab", "pos", "proj") so `sharding.py` can map them onto a mesh. The model
+"vocab", "pos", "proj") so `train/sharding.py` can map them onto a mesh. The model
 sets no activation shardings of its own: the train steps pin the batch dims
 of the towers' inputs and outputs to the mesh's batch axes
-(`train_steps._constrain_batch`), and XLA propagates them in between.
+(`train/steps._constrain_batch`), and XLA propagates them in between.
 
 Modules: config (dataclasses, named sizes), layers (shared layers and
 functions), attention, vit (`img`), bert (`txt`, `query`), dashclip (the

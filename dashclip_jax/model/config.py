@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from dashclip_jax import tokenizer as tok
+from dashclip_jax.model import tokenizer as tok
 
 ATTENTION_IMPLEMENTATIONS = ("einsum", "cudnn")
 

@@ -15,10 +15,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dashclip_jax import tokenizer as tok
 from dashclip_jax.model import bert
 from dashclip_jax.model import config as model_cfg
 from dashclip_jax.model import layers
+from dashclip_jax.model import tokenizer as tok
 from dashclip_jax.model import vit
 
 Array = jax.Array

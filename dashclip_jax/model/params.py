@@ -1,5 +1,5 @@
 """DashClip's parameters without a forward pass of one's own: random init,
-abstract shapes, unboxing and logical axis names (for `sharding.py`)."""
+abstract shapes, unboxing and logical axis names (for `train/sharding.py`)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dashclip_jax import config_lib
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import sources as sources_lib
+from dashclip_jax.runtime import config_files
 
 ATTRIBUTES = ("type", "brand", "colour", "gender", "usage")
 # Words that end a fashion title's brand ("U.S. Polo Assn. Men Blue Shirt").
@@ -93,7 +93,7 @@ def attribute_values(catalog: catalog_lib.Catalog,
       out[attr] = [brand_from_title(t) for t in catalog.titles]
       continue
     if col not in catalog.attributes:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"config.attributes.{attr}={col!r}: {catalog.name} has no such "
           f"column (it has {sorted(catalog.attributes)})")
     out[attr] = list(catalog.attributes[col])
@@ -111,7 +111,7 @@ def load(config: Any) -> RankingData:
   """
   unjudged_label = config.sim.unjudged_label
   if unjudged_label not in (0, 1, 2):
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"config.sim.unjudged_label must be 0, 1 or 2, got {unjudged_label}")
   split = config.data.split
   catalog, rel = sources_lib.load_sources(config.data).of_split(split)

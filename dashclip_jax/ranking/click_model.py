@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +33,11 @@ class ClickModel:
   def of(cls, cfg: Mapping[str, Any]) -> "ClickModel":
     out = cls(**dict(cfg))
     if len(out.label_logits) != 3:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"config.sim.click.label_logits needs one logit per label 0, 1, "
           f"2; got {out.label_logits}")
     if not 0.0 <= out.purchase_rate <= 1.0:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"config.sim.click.purchase_rate must be in [0, 1], got "
           f"{out.purchase_rate}")
     return dataclasses.replace(out, label_logits=tuple(

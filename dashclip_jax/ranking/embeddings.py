@@ -1,7 +1,7 @@
 """The embedding tower's inputs: an exported model's product and query
 embeddings, in the simulator's product and query order.
 
-An export (dashclip_jax/evaluation/export.py) keys products by id and
+An export (dashclip_jax/index.py) keys products by id and
 queries by id and text (queries.parquet: id, text, embedding). Products are
 looked up by id; queries by id, else by their text (an export made for
 other query ids). A product or query the export lacks is a one-line error.
@@ -24,9 +24,11 @@ from typing import Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from dashclip_jax import config_lib
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax import index as index_lib
+from dashclip_jax import inference
+from dashclip_jax.evaluation import encoders
 from dashclip_jax.ranking import catalog_data
+from dashclip_jax.runtime import config_files
 
 log = logging.getLogger("dashclip_jax")
 
@@ -71,7 +73,7 @@ def _missing(export_dir: str, what: str, names: list[str], total: int
 
 def product_table(export_dir: str, product_ids: Sequence[str]) -> np.ndarray:
   """(N, E) embeddings of `product_ids` from the export, by id."""
-  ids, emb = export_lib.read_embeddings(export_dir, "products")
+  ids, emb = index_lib.read_embeddings(export_dir, "products")
   rows = _rows_of(product_ids, ids)
   lost = [str(p) for p, r in zip(product_ids, rows) if r is None]
   if lost:
@@ -87,7 +89,7 @@ def query_table(export_dir: str, query_ids: Sequence[str],
     raise FileNotFoundError(f"embedding export {export_dir} has no "
                             "queries.parquet (export it with its queries)")
   texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-  ids, emb = export_lib.read_embeddings(export_dir, "queries")
+  ids, emb = index_lib.read_embeddings(export_dir, "queries")
   by_id, by_text = _rows_of(query_ids, ids), _rows_of(queries, texts)
   rows = [i if i is not None else t for i, t in zip(by_id, by_text)]
   lost = [f"{i} ({t!r})" for i, t, r in zip(query_ids, queries, rows)
@@ -119,7 +121,7 @@ def write_minilm_export(out_dir: str, data: catalog_data.RankingData) -> str:
   # pylint: disable-next=g-import-not-at-top
   from dashclip_jax.evaluation import baselines
   model = baselines.MiniLM()
-  return export_lib.export_embeddings(
+  return index_lib.export_embeddings(
       out_dir, data.catalog.ids, data.catalog.titles,
       model.encode(data.catalog.titles), query_ids=data.query_ids,
       query_texts=data.queries, query_emb=model.encode(data.queries),
@@ -129,14 +131,10 @@ def write_minilm_export(out_dir: str, data: catalog_data.RankingData) -> str:
 def write_model_export(out_dir: str, data: catalog_data.RankingData,
                        model_dir: str, batch_size: int = 32) -> str:
   """A dashclip model's product (image + title) and query embeddings."""
-  # pylint: disable=g-import-not-at-top
-  import dashclip_jax
-  from dashclip_jax.evaluation import run as eval_run
-  # pylint: enable=g-import-not-at-top
-  model = dashclip_jax.load(model_dir, batch_size=batch_size)
-  return export_lib.export_embeddings(
+  model = inference.load(model_dir, batch_size=batch_size)
+  return index_lib.export_embeddings(
       out_dir, data.catalog.ids, data.catalog.titles,
-      eval_run.encode_products(model, data.catalog),
+      encoders.encode_products(model, data.catalog),
       query_ids=data.query_ids, query_texts=data.queries,
       query_emb=np.asarray(model.encode_query(data.queries), np.float32),
       index_kind="flat", checkpoint=model_dir, info={"system": "model"})
@@ -149,7 +147,7 @@ def parse_tower(spec: str) -> tuple[str, str]:
     return "minilm", "minilm"
   name, sep, source = spec.partition("=")
   if not sep or not name.strip() or not source.strip():
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"config.alternatives: {spec!r} is not 'minilm', 'NAME=EXPORT_DIR' "
         "or 'NAME=model:MODEL_DIR'")
   return name.strip(), source.strip()
@@ -164,7 +162,7 @@ def tower_tables(source: str, data: catalog_data.RankingData,
   key = hashlib.sha256((source + data.fingerprint()).encode()).hexdigest()
   name = "minilm" if source == "minilm" else "model"
   out = os.path.join(cache_dir, "embeddings", f"{name}-{key[:16]}")
-  if not os.path.isfile(os.path.join(out, export_lib.MANIFEST)):
+  if not os.path.isfile(os.path.join(out, index_lib.MANIFEST)):
     log.info("embeddings: writing %s for %d products, %d queries -> %s",
              source, data.num_products, len(data.queries), out)
     if source == "minilm":

@@ -17,50 +17,44 @@ from __future__ import annotations
 
 import logging
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
+import ml_collections
 
-from dashclip_jax import config_lib
+from dashclip_jax import app
+from dashclip_jax.data import bad_records
+from dashclip_jax.ranking import catalog_data
+from dashclip_jax.ranking import embeddings
+from dashclip_jax.runtime.config_files import ConfigError
 
 PROG = "dashclip_jax.ranking.export_baseline"
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "configs/ranking.py[:variant].", lock_config=True)
 _SYSTEM = flags.DEFINE_string("system", "minilm",
                               "'minilm' or 'model:MODEL_DIR'.")
-_OUT = flags.DEFINE_string("out", None, "Export directory to write.")
 
 log = logging.getLogger("dashclip_jax")
 
 
-def main(argv) -> None:
-  del argv
-  config_lib.start_logging()
-  config = config_lib.job_config(PROG, _CONFIG, _OUT.value)
-  with config_lib.one_line_errors(PROG, (config_lib.ConfigError,)):
-    system = _SYSTEM.value
-    if system != "minilm" and not system.startswith("model:"):
-      raise config_lib.ConfigError(
-          f"--system={system!r}: use 'minilm' or 'model:MODEL_DIR'")
-    config_lib.check_workdir(_OUT.value, "--out")
-  # pylint: disable=g-import-not-at-top
-  from dashclip_jax.data import bad_records
-  from dashclip_jax.ranking import catalog_data
-  from dashclip_jax.ranking import embeddings
-  # pylint: enable=g-import-not-at-top
-  with config_lib.one_line_errors(PROG, (
-      config_lib.ConfigError, bad_records.BadDataError, FileNotFoundError)):
-    data = catalog_data.load(config)
-    if system == "minilm":
-      embeddings.write_minilm_export(_OUT.value, data)
-    else:
-      embeddings.write_model_export(_OUT.value, data,
-                                    system[len("model:"):])
+def check(config: ml_collections.ConfigDict) -> None:
+  del config  # The system is a flag of its own.
+  system = _SYSTEM.value
+  if system != "minilm" and not system.startswith("model:"):
+    raise ConfigError(
+        f"--system={system!r}: use 'minilm' or 'model:MODEL_DIR'")
+
+
+def job(config: ml_collections.ConfigDict, out: str) -> None:
+  system = _SYSTEM.value
+  data = catalog_data.load(config)
+  if system == "minilm":
+    embeddings.write_minilm_export(out, data)
+  else:
+    embeddings.write_model_export(out, data, system[len("model:"):])
   log.info("%s: %d products, %d queries -> %s", system, data.num_products,
-           len(data.queries), _OUT.value)
+           len(data.queries), out)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "out"])
-  app.run(main, flags_parser=config_lib.flags_parser(PROG))
+  app.run_job(PROG, job, config_help="configs/ranking.py[:variant].",
+              workdir_flag="out", workdir_help="Export directory to write.",
+              check=check, write_config_json=False,
+              errors=(bad_records.BadDataError, FileNotFoundError))

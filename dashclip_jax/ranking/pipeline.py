@@ -20,8 +20,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax import config_lib
-from dashclip_jax import sharding as shard_lib
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import embeddings as embeddings_lib
@@ -31,6 +29,8 @@ from dashclip_jax.ranking import models
 from dashclip_jax.ranking import report as report_lib
 from dashclip_jax.ranking import simulator
 from dashclip_jax.ranking import train as train_lib
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 
@@ -50,16 +50,16 @@ def towers(config: ml_collections.ConfigDict) -> dict[str, str]:
   """name -> source (export dir, "minilm" or "model:DIR"), model under
   test first."""
   if not config.embeddings:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         "--config.embeddings is required: an embedding export directory "
-        "(dashclip_jax/evaluation/export.py layout) or 'minilm'")
+        "(dashclip_jax/index.py layout) or 'minilm'")
   out = {config.name: config.embeddings}
   for spec in filter(None, (s.strip() for s in config.alternatives.split(
       ","))):
     name, source = embeddings_lib.parse_tower(spec)
     if name in out:
-      raise config_lib.ConfigError(f"config.alternatives: tower name "
-                                   f"{name!r} is used twice")
+      raise config_files.ConfigError(f"config.alternatives: tower name "
+                                     f"{name!r} is used twice")
     out[name] = source
   return out
 
@@ -152,9 +152,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tick = time.time()
   writer = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  if writer:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
   sources = towers(config)
   sim = simulator.SimConfig.of(config.sim)
   settings = train_lib.TrainSettings.of(config.train)

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 
 from dashclip_jax.evaluation import baselines
 
@@ -32,7 +32,7 @@ class Retriever:
   def of(cls, cfg: Mapping[str, Any]) -> "Retriever":
     out = cls(**dict(cfg))
     if out.temperature <= 0:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"config.sim.retriever.temperature must be > 0, got "
           f"{out.temperature}")
     return out
@@ -54,8 +54,8 @@ def impressions(bm25: np.ndarray, popularity: np.ndarray, k: int,
   """(S, N) normalised BM25 rows of the sessions' queries -> int32 (S, K)
   product indices, best first."""
   if k > bm25.shape[1]:
-    raise config_lib.ConfigError(f"config.sim.impressions={k} is more "
-                                 f"than the {bm25.shape[1]} products")
+    raise config_files.ConfigError(f"config.sim.impressions={k} is more "
+                                   f"than the {bm25.shape[1]} products")
   score = (bm25 / retriever.temperature
            + retriever.popularity_weight * popularity[None]
            + retriever.noise * rng.gumbel(size=bm25.shape))

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import click_model as click_lib
@@ -96,11 +96,11 @@ class SimConfig:
                  "retriever": retriever_lib.Retriever.of(d["retriever"]),
                  "click": click_lib.ClickModel.of(d["click"])})
     if not 0 < out.train_days < out.num_days:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"config.sim.train_days={out.train_days} must be in [1, "
           f"num_days={out.num_days})")
     if not 0.0 <= out.no_history_share <= 1.0 or out.history_mean < 1:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           "config.sim.no_history_share must be in [0, 1] and history_mean "
           ">= 1")
     return out

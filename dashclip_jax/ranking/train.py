@@ -15,22 +15,14 @@ import dataclasses
 import time
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dashclip_jax import config_lib
-from dashclip_jax import sharding as shard_lib
 from dashclip_jax.ranking import models
-
-
-@flax.struct.dataclass
-class RankerState:
-  step: jax.Array  # () int32
-  params: Any
-  opt_state: Any
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +58,11 @@ def make_train_step(module: models.Ranker, tx: optax.GradientTransformation):
     logits = module.apply({"params": params}, batch, tables)
     return optax.sigmoid_binary_cross_entropy(logits, batch["click"]).mean()
 
-  def step(state: RankerState, batch: dict, tables: dict):
+  def step(state: train_state.ParamState, batch: dict, tables: dict):
     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, tables)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return RankerState(state.step + 1, params, opt_state), {
+    return train_state.ParamState(state.step + 1, params, opt_state), {
         "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   return step
@@ -85,24 +77,13 @@ def init_params(module: models.Ranker, example: dict, tables: dict | None,
 
 
 def init_state(params: Any, tx: optax.GradientTransformation,
-               mesh: jax.sharding.Mesh) -> tuple[RankerState, RankerState]:
-  """-> (state born replicated on `mesh`, its shardings)."""
+               mesh: jax.sharding.Mesh
+               ) -> tuple[train_state.ParamState, train_state.ParamState]:
+  """-> (state born replicated on `mesh` (the params are small), its
+  shardings)."""
   rep = shard_lib.replicated(mesh)
-  params = jax.device_put(params, rep)
-  opt_state = jax.jit(tx.init, out_shardings=rep)(params)
-  state = RankerState(jax.device_put(jnp.zeros((), jnp.int32), rep), params,
-                      opt_state)
-  return state, jax.tree.map(lambda _: rep, state)
-
-
-def jit_train_step(step, shardings: RankerState, batch: dict,
-                   mesh: jax.sharding.Mesh, fast_compile: bool = False):
-  """The step with explicit in/out shardings and the state donated."""
-  rep = shard_lib.replicated(mesh)
-  return jax.jit(step, in_shardings=(shardings, shard_lib.batch_shardings(
-      batch, mesh), rep), out_shardings=(shardings, rep), donate_argnums=0,
-                 compiler_options=({"xla_backend_optimization_level": 0}
-                                   if fast_compile else None))
+  return train_state.init_param_state(
+      params, jax.tree.map(lambda _: rep, params), tx, mesh)
 
 
 def device_tables(tables, mesh: jax.sharding.Mesh) -> dict | None:
@@ -136,7 +117,7 @@ def train(module: models.Ranker, inputs: dict[str, np.ndarray],
   shard_lib.check_batch_divisible(settings.batch_size, mesh)
   steps_per_epoch = len(click) // settings.batch_size
   if steps_per_epoch < 1:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"{len(click)} training rows are fewer than one batch "
         f"(config.train.batch_size={settings.batch_size})")
   total = steps_per_epoch * settings.epochs
@@ -156,8 +137,8 @@ def train(module: models.Ranker, inputs: dict[str, np.ndarray],
       batch["click"] = click[rows]
       batch = shard_lib.global_batch(batch, mesh)
       if jitted is None:
-        jitted = jit_train_step(step_fn, shardings, batch, mesh,
-                                settings.fast_compile)
+        jitted = train_state.jit_step(step_fn, shardings, batch, mesh,
+                                      fast_compile=settings.fast_compile)
       state, metrics = jitted(state, batch, dev_tables)
       if done == 0:  # Compiled and run once: time from here.
         jax.block_until_ready(metrics)

@@ -1,6 +1,6 @@
 """Serving the model to other programs over HTTP (`python -m
-dashclip_jax.serve`; the labeling server `curation/serve` shares the first
-two).
+dashclip_jax.serving`; the labeling server `curation/serve` shares the
+first two).
 
   batching     dynamic batching: concurrent requests' rows -> one call
   openai_http  OpenAI-style errors, the body limit, bearer auth
@@ -8,5 +8,7 @@ two).
   search       the attached export: search with filters; the image root
   metrics      Prometheus counters and histograms
   page         the search page (GET /)
-  app          the FastAPI app: the endpoints
+  endpoints    the FastAPI app: the endpoints
+  server       the app for a model dir (and an export, an image root)
+  __main__     the command line
 """

@@ -12,14 +12,13 @@ the Python API's own for the same input.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+import asyncio
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dashclip_jax import inference
 from dashclip_jax.serving import batching
-
-if TYPE_CHECKING:  # Not imported at run time: `serve` loads jax only once
-  from dashclip_jax import inference  # its flags and paths are checked.
 
 TOWERS = ("query", "text", "product")
 
@@ -68,7 +67,6 @@ class EmbeddingEngine:
     """float32 (len(rows), E): each row's embedding, batched with whatever
     else is waiting. Rows: str for query/text, (uint8 (H, W, 3), title) for
     product."""
-    import asyncio  # pylint: disable=g-import-not-at-top
     batcher = self.batchers[tower]
     out = await asyncio.gather(*(batcher.submit(r) for r in rows))
     return np.stack(out).astype(np.float32, copy=False) if out else (

@@ -4,13 +4,20 @@ handlers that turn every client mistake into a 4xx (never a 500), and
 optional bearer-token auth.
 
 Used by the labeling server (`curation/serve`) and the embeddings server
-(`serving/app`).
+(`serving/endpoints`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import json
 from typing import Any, Iterable
+
+import fastapi
+from fastapi import exceptions as fastapi_exceptions
+from fastapi import responses
+from starlette import exceptions as starlette_exceptions
 
 
 class RequestError(ValueError):
@@ -32,7 +39,6 @@ def error_body(message: str, param: str | None = None,
 async def _send_error(send, status: int, body: dict[str, Any],
                       headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
   """An error response straight on the ASGI channel (no app involved)."""
-  import json  # pylint: disable=g-import-not-at-top
   data = json.dumps(body).encode()
   await send({"type": "http.response.start", "status": status,
               "headers": [(b"content-type", b"application/json"),
@@ -54,7 +60,6 @@ class BodyLimit:
                     f"{limit} bytes (--max_request_bytes)")
 
   async def __call__(self, scope, receive, send) -> None:
-    from starlette import exceptions  # pylint: disable=g-import-not-at-top
     if scope["type"] != "http":
       return await self.app(scope, receive, send)
     length = dict(scope["headers"]).get(b"content-length", b"")
@@ -67,7 +72,7 @@ class BodyLimit:
       message = await receive()
       seen += len(message.get("body", b""))
       if seen > self.limit:  # FastAPI passes an HTTPException through.
-        raise exceptions.HTTPException(413, self.message)
+        raise starlette_exceptions.HTTPException(413, self.message)
       return message
 
     return await self.app(scope, counted, send)
@@ -96,13 +101,26 @@ class BearerAuth:
         [(b"www-authenticate", b"Bearer")])
 
 
+def app_serving(title: str, batcher: Any,
+                max_request_bytes: int) -> fastapi.FastAPI:
+  """A FastAPI app that starts `batcher` (start(), async stop()) with it
+  and stops it after, with `install`'s body limit and error handlers."""
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    batcher.start()
+    yield
+    await batcher.stop()
+
+  api = fastapi.FastAPI(title=title, lifespan=lifespan)
+  install(api, max_request_bytes)
+  return api
+
+
 def install(api: Any, max_request_bytes: int) -> None:
   """The body limit and OpenAI-style error handlers on a FastAPI app:
   validation errors and bad JSON -> 400 naming the field, `RequestError`
   -> its status, HTTP errors (404, 405, 413) -> their status."""
-  from fastapi import exceptions as fastapi_exceptions  # pylint: disable=g-import-not-at-top
-  from fastapi import responses  # pylint: disable=g-import-not-at-top
-  from starlette import exceptions as starlette_exceptions  # pylint: disable=g-import-not-at-top
   api.add_middleware(BodyLimit, limit=max_request_bytes)
 
   def failure(status: int, message: str, param=None, code=None):

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dashclip_jax.data import catalog as catalog_lib
-from dashclip_jax.evaluation import export as export_lib
+from dashclip_jax.data import image_files
+from dashclip_jax import index as index_lib
 from dashclip_jax.serving.openai_http import RequestError
 
 _NOT_FILTERS = ("id", "title", "embedding")
@@ -30,8 +30,8 @@ class ProductSearch:
   """An embedding export's products: search, filters, attributes."""
 
   def __init__(self, export_dir: str):
-    self.index = export_lib.ExportedIndex(export_dir)
-    table = export_lib._read_table(export_dir, "products")  # pylint: disable=protected-access
+    self.index = index_lib.ExportedIndex(export_dir)
+    table = index_lib._read_table(export_dir, "products")  # pylint: disable=protected-access
     self.columns = {name: table.column(name).combine_chunks()
                     for name in table.column_names
                     if name not in _NOT_FILTERS
@@ -118,7 +118,7 @@ class ImageRoot:
     """The file's real path; RequestError (400) outside the root, 404 if
     it is not a file."""
     rel = os.path.relpath(path, self.root) if os.path.isabs(path) else path
-    real = catalog_lib.resolve_image_path(self.root, rel)
+    real = image_files.resolve_image_path(self.root, rel)
     if real is None:
       raise RequestError(f"image path {path!r} is outside this server's "
                          "image root (--image_root)", param)
@@ -129,6 +129,6 @@ class ImageRoot:
 
   def product_image(self, product_id: str) -> str | None:
     """The product's image file (its id in the template), if there."""
-    real = catalog_lib.resolve_image_path(
+    real = image_files.resolve_image_path(
         self.root, self.template.format(id=product_id))
     return real if real and os.path.isfile(real) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.train import sharding as shard_lib
 
 
 def embed_all(fn, params, batches: list[dict[str, np.ndarray]], mesh

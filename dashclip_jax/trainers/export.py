@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dashclip_jax import checkpoint_io
 from dashclip_jax import model as model_lib
+from dashclip_jax.model import model_dir as model_dir_lib
 
 
 def export_model(workdir: str, step: int, params,
@@ -22,11 +22,11 @@ def export_model(workdir: str, step: int, params,
   and all return once the directory is complete.
   """
   out = os.path.join(workdir, "models", str(step))
-  done = os.path.exists(os.path.join(out, checkpoint_io.METADATA_FILE))
+  done = os.path.exists(os.path.join(out, model_dir_lib.METADATA_FILE))
   if not done:
     host = host_params(params)
     if jax.process_index() == 0:
-      checkpoint_io.save_model_dir(out, host, model_config,
+      model_dir_lib.save_model_dir(out, host, model_config,
                                    provenance=provenance)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"export {out}")

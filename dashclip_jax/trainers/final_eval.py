@@ -13,7 +13,7 @@ index from all the parts, while the others wait for it.
 
 Scoring stays on process 0 because it is bounded there: the exact KNN
 streams the catalog in chunks and keeps Q x knn.depth candidates, the
-labels are the judged pairs (`metrics.SparseQrels`) and BM25 keeps a
+labels are the judged pairs (`qrels.SparseQrels`) and BM25 keeps a
 running top-k, so 1,000 queries x 400K products need well under 2 GB above
 the gathered embeddings (bench/eval_scale.py), and the (Q, N) inner
 products are ~0.1 TFLOP, seconds on one host's accelerators. Splitting the
@@ -32,9 +32,11 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from dashclip_jax.evaluation import encoders
 from dashclip_jax.evaluation import eval_data
-from dashclip_jax.evaluation import export as export_lib
-from dashclip_jax.evaluation import run as eval_run
+from dashclip_jax.evaluation import pipeline as eval_pipeline
+from dashclip_jax import index as index_lib
+from dashclip_jax import inference
 from dashclip_jax.trainers import preemption
 
 log = logging.getLogger("dashclip_jax")
@@ -91,7 +93,7 @@ def _embed(model, data: eval_data.EvalData) -> tuple[tuple, np.ndarray,
   dim = model.config.embed_dim
 
   def products(catalog, rows):
-    local = (eval_run.encode_products(model, catalog.take(rows)) if len(rows)
+    local = (encoders.encode_products(model, catalog.take(rows)) if len(rows)
              else np.zeros((0, dim), np.float32))
     return gather_rows(local, len(catalog)), local
 
@@ -111,7 +113,7 @@ def _embed(model, data: eval_data.EvalData) -> tuple[tuple, np.ndarray,
 def _export_part(export_dir: str, data: eval_data.EvalData, local: np.ndarray,
                  rows: np.ndarray) -> None:
   cats = eval_data.categories_of(data.catalog)
-  export_lib.write_products_part(
+  index_lib.write_products_part(
       export_dir, jax.process_index(), jax.process_count(),
       [data.catalog.ids[i] for i in rows],
       [data.catalog.titles[i] for i in rows], local,
@@ -131,18 +133,15 @@ def run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
 
 def _run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
          init_model_dir: str | None) -> dict[str, dict] | None:
-  # pylint: disable=g-import-not-at-top
-  import dashclip_jax
-  # pylint: enable=g-import-not-at-top
   cfg = eval_config(config, model_dir, init_model_dir)
-  eval_run.check_config(cfg)
+  eval_pipeline.check_config(cfg)
   os.makedirs(workdir, exist_ok=True)
   data = eval_data.load_data(cfg)
-  models = {"dashclip": dashclip_jax.load(model_dir,
-                                          batch_size=cfg.batch_size)}
+  models = {"dashclip": inference.load(model_dir,
+                                       batch_size=cfg.batch_size)}
   if "init" in cfg.baselines:
-    models["init"] = dashclip_jax.load(init_model_dir,
-                                       batch_size=cfg.batch_size)
+    models["init"] = inference.load(init_model_dir,
+                                    batch_size=cfg.batch_size)
   export_dir = cfg.export.dir or os.path.join(workdir, "export")
   encoded = {}
   for name, model in models.items():
@@ -155,14 +154,14 @@ def _run(config: ml_collections.ConfigDict, model_dir: str, workdir: str,
   results = None
   if jax.process_index() == 0:
     if cfg.export.enabled:
-      export_lib.write_queries(export_dir, data.query_ids, data.queries,
+      index_lib.write_queries(export_dir, data.query_ids, data.queries,
                                encoded["dashclip"][0])
-      export_lib.finish_export(
+      index_lib.finish_export(
           export_dir, jax.process_count(), index_kind=cfg.export.index,
           checkpoint=model_dir, info={"source": data.description})
     with cfg.unlocked():
       cfg.export.enabled = False  # Written above, one part per process.
-    results = eval_run.evaluate(cfg, workdir, models=models, data=data,
+    results = eval_pipeline.evaluate(cfg, workdir, models=models, data=data,
                                 encoded=encoded)
     log.info("evaluation report: %s", os.path.join(workdir, "report.md"))
   _barrier("final evaluation: done")

@@ -2,7 +2,7 @@
 
 An init checkpoint (`config.init.checkpoint`: a model dir or a training
 workdir) sets both the geometry and the weights; else `config.model.size`
-sets the geometry and `config.init.text_from` (pretrained.py) may supply the
+sets the geometry and `config.init.text_from` (convert/pretrained.py) may supply the
 text and query towers.
 """
 
@@ -15,12 +15,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax import config_lib
-from dashclip_jax import inference
 from dashclip_jax import model as model_lib
-from dashclip_jax import pretrained
-from dashclip_jax import sharding as shard_lib
+from dashclip_jax.convert import pretrained
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 
@@ -34,7 +33,7 @@ def mesh_and_init(config: ml_collections.ConfigDict, stage: str):
 
   The mesh from `config.mesh` (the global batch must split over it); the
   model geometry and weights from `config.init.checkpoint` when set, else
-  the text and query towers from `config.init.text_from` (pretrained.py)
+  the text and query towers from `config.init.text_from` (convert/pretrained.py)
   when set.
   """
   tc = config.train
@@ -61,7 +60,7 @@ def mesh_and_init(config: ml_collections.ConfigDict, stage: str):
 def resolve_init_checkpoint(path: str) -> str:
   """A model dir (converted or exported) or a training workdir -> model dir."""
   try:
-    return inference.resolve_model_dir(path)
+    return model_dir_lib.resolve_model_dir(path)
   except FileNotFoundError as e:
     raise InitCheckpointError(f"init checkpoint {path!r}: {e}") from None
 
@@ -74,13 +73,13 @@ def model_config_from(cfg: ml_collections.ConfigDict,
   dropout) always come from the experiment config.
   """
   if init_dir:
-    meta = checkpoint_io.read_metadata(init_dir)
+    meta = model_dir_lib.read_metadata(init_dir)
     mc = model_lib.ModelConfig.from_dict(meta["model_config"])
   else:
     try:
       mc = model_lib.model_config(cfg.size)
     except ValueError as e:
-      raise config_lib.ConfigError(f"model.size: {e}") from None
+      raise config_files.ConfigError(f"model.size: {e}") from None
   mc = mc.replace(dtype=cfg.dtype, remat=cfg.remat, attention=cfg.attention,
                   scan_layers=cfg.scan_layers)
   if cfg.image_size:
@@ -95,7 +94,7 @@ def model_config_from(cfg: ml_collections.ConfigDict,
 
 def load_init_params(init_dir: str, model_config: model_lib.ModelConfig):
   """Params of a model dir, checked against the model's shapes."""
-  _, trees, _ = checkpoint_io.load_model_dir(init_dir)
+  _, trees, _ = model_dir_lib.load_model_dir(init_dir)
   params = trees["params"]
   expected = model_lib.abstract_params(model_config)
   flat_exp = dict(jax.tree_util.tree_flatten_with_path(expected)[0])

@@ -1,4 +1,4 @@
-"""The trainers' data: config.data -> train iterators and eval batches.
+"""The trainers' train data: config.data -> train iterators.
 
 Train data is read in `num_shards` shards (default: one per process). Each
 process iterates its shards and concatenates their rows, so the global batch
@@ -18,9 +18,7 @@ of their text) are split per shard and gathered from every process back
 into table order: the same held-out set, hence the same metrics, as
 reading the table whole.
 
-Eval data: every item once, padded so every process runs the same number of
-batches (rows with valid=0); ids travel with the rows, so the metrics do not
-depend on how items were spread over processes.
+The eval data is `eval_inputs.py`'s.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 from typing import Any
 
 import jax
@@ -38,15 +35,14 @@ import numpy as np
 import pyarrow as pa
 
 from dashclip_jax import model as model_lib
-from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.data import eval_datasets
-from dashclip_jax.data import prepare
+from dashclip_jax.data import prepared
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.data import relevance_tables
 from dashclip_jax.data import sources as sources_lib
 from dashclip_jax.data import train_datasets
-from dashclip_jax.evaluation import metrics as eval_metrics
+from dashclip_jax.runtime.config_files import ConfigError
 
-log = logging.getLogger("dashclip_jax")
 
 # The config.data fields that name the data (sources.load_sources reads them;
 # retired ones only to name their replacement).
@@ -84,8 +80,8 @@ def _split(frozen_cfg: str, fraction: float
   src = _sources(frozen_cfg)
   rel = src.train_relevance
   if src.train_table:  # Whole, for callers other than the trainers.
-    rel = relevance_lib.load_relevance(src.train_table, src.train_catalog,
-                                       max_bad_fraction=_max_bad(frozen_cfg))
+    rel = relevance_tables.load_relevance(src.train_table, src.train_catalog,
+                                          max_bad_fraction=_max_bad(frozen_cfg))
   return rel.split_queries(fraction)
 
 
@@ -115,7 +111,7 @@ def _prepared_shards(frozen_cfg: str, fraction: float, num_shards: int
   """This process's shards of the prepared train relevance: only their
   files are read, once for the training pairs and the held-out eval."""
   src = _sources(frozen_cfg)
-  files = prepare.shard_count(src.train_table)
+  files = prepared.shard_count(src.train_table)
   shards, num_shards = local_shards(num_shards)
   if files % num_shards:
     # A query's pairs stay in one file: shards would get unequal shares.
@@ -126,9 +122,9 @@ def _prepared_shards(frozen_cfg: str, fraction: float, num_shards: int
         f"{files} (and a multiple of the {jax.process_count()} processes)")
   out = {}
   for s in shards:
-    rel, pair = prepare.read_shard(src.train_table, src.train_catalog,
-                                   shard=(s, num_shards),
-                                   max_bad_fraction=_max_bad(frozen_cfg))
+    rel, pair = prepared.read_shard(src.train_table, src.train_catalog,
+                                    shard=(s, num_shards),
+                                    max_bad_fraction=_max_bad(frozen_cfg))
     held = relevance_lib.heldout_queries(rel.queries, fraction)
     out[s] = _Shard(rel.take_queries(np.flatnonzero(~held), "kept"),
                     rel.take_queries(np.flatnonzero(held), "held out"),
@@ -278,14 +274,16 @@ class ShardedBatches:
       it.set_state(saved[str(s)])
 
 
-def _common_kwargs(cfg, model_config, seed):
-  return dict(image_size=image_size(cfg, model_config),
-              min_scale=cfg.min_scale, augment=cfg.augment, seed=seed,
-              worker_count=cfg.workers,
-              worker_buffer_size=cfg.worker_buffer_size,
-              read_threads=cfg.read_threads or None,  # 0: by worker count.
-              max_bad_fraction=cfg.max_bad_fraction,
-              min_seen_for_bad_fraction=cfg.min_seen_for_bad_fraction)
+def _pipeline_options(cfg: ml_collections.ConfigDict, batch_size: int,
+                      shard: Any, seed: int
+                      ) -> train_datasets.PipelineOptions:
+  """config.data's reading options of one shard's pipeline."""
+  return train_datasets.PipelineOptions(
+      batch_size=batch_size, seed=seed, shard=shard,
+      worker_count=cfg.workers, worker_buffer_size=cfg.worker_buffer_size,
+      read_threads=cfg.read_threads or None,  # 0: by worker count.
+      max_bad_fraction=cfg.max_bad_fraction,
+      min_seen_for_bad_fraction=cfg.min_seen_for_bad_fraction)
 
 
 def stage1_train(cfg: ml_collections.ConfigDict,
@@ -295,8 +293,10 @@ def stage1_train(cfg: ml_collections.ConfigDict,
   catalog = load_sources(cfg).train_catalog
   return ShardedBatches(
       lambda b, shard: train_datasets.stage1_dataset(
-          catalog, batch_size=b, max_length=cfg.text_max_length, shard=shard,
-          **_common_kwargs(cfg, model_config, seed)),
+          catalog, _pipeline_options(cfg, b, shard, seed),
+          image_size=image_size(cfg, model_config),
+          max_length=cfg.text_max_length, min_scale=cfg.min_scale,
+          augment=cfg.augment),
       global_batch, cfg.num_shards)
 
 
@@ -313,30 +313,28 @@ def stage2_train(cfg: ml_collections.ConfigDict,
     carry `product_features` instead of images (`ok` False: skipped).
   """
   src = load_sources(cfg)
-  kwargs = _common_kwargs(cfg, model_config, seed)
-  if frozen_tower:
-    kwargs["augment"] = False
   features, ok = product_table if product_table is not None else (None, None)
 
-  def dataset(rel, batch_size, shard, **kw):
+  def dataset(rel, opts):
     return train_datasets.stage2_dataset(
-        src.train_catalog, rel, batch_size=batch_size,
-        query_length=cfg.query_max_length,
-        title_length=cfg.text_max_length, num_negatives=cfg.num_negatives,
-        label1_policy=cfg.label1_policy, label1_weight=cfg.label1_weight,
-        max_relevant=cfg.max_relevant, shard=shard, product_ok=ok, **kw)
+        src.train_catalog, rel, opts,
+        image_size=image_size(cfg, model_config),
+        query_length=cfg.query_max_length, title_length=cfg.text_max_length,
+        min_scale=cfg.min_scale, augment=cfg.augment and not frozen_tower,
+        num_negatives=cfg.num_negatives, label1_policy=cfg.label1_policy,
+        label1_weight=cfg.label1_weight, max_relevant=cfg.max_relevant,
+        product_ok=ok)
 
   if not src.train_table:
     kept, _ = train_relevance(cfg)
-    return ShardedBatches(lambda b, shard: dataset(kept, b, shard, **kwargs),
-                          global_batch, cfg.num_shards,
-                          product_features=features)
+    return ShardedBatches(
+        lambda b, shard: dataset(kept, _pipeline_options(cfg, b, shard, seed)),
+        global_batch, cfg.num_shards, product_features=features)
   # Shard s holds its own queries whole; negatives come from them too.
   shards = _shards_of(cfg)
   return ShardedBatches(
-      lambda b, shard: dataset(shards[shard[0]].kept, b, (0, 1),
-                               **kwargs | {"seed": _shard_seed(seed,
-                                                               shard[0])}),
+      lambda b, shard: dataset(shards[shard[0]].kept, _pipeline_options(
+          cfg, b, (0, 1), _shard_seed(seed, shard[0]))),
       global_batch, cfg.num_shards, product_features=features,
       relevant_width=_relevant_width([s.kept for s in shards.values()]))
 
@@ -370,6 +368,18 @@ def train_relevance(cfg: ml_collections.ConfigDict
   return _split(_frozen(cfg), float(cfg.heldout_query_fraction))
 
 
+def heldout_relevance(cfg: ml_collections.ConfigDict
+                      ) -> relevance_lib.Relevance:
+  """The held-out train queries (never trained on; stage 2 selects its model
+  on them). With a prepared train relevance each process reads only its
+  shards and all of them gather the held-out queries (a collective)."""
+  _require_relevance(cfg)
+  src = load_sources(cfg)
+  if src.train_table:
+    return _prepared_heldout(cfg, len(src.train_catalog))
+  return train_relevance(cfg)[1]
+
+
 def _require_relevance(cfg: ml_collections.ConfigDict) -> None:
   src = load_sources(cfg)
   if src.train_relevance is None and src.train_table is None:
@@ -389,106 +399,3 @@ def train_products(cfg: ml_collections.ConfigDict,
       image_size=image_size(cfg, model_config),
       max_length=cfg.text_max_length, max_bad_fraction=cfg.max_bad_fraction)
   return len(catalog), ds
-
-
-def _eval_catalog(cfg):
-  catalog = load_sources(cfg).test_catalog
-  if cfg.eval_max_products and len(catalog) > cfg.eval_max_products:
-    catalog = catalog.take(range(cfg.eval_max_products),
-                           name=f"{catalog.name}[:{cfg.eval_max_products}]")
-  return catalog
-
-
-def stage1_eval(cfg: ml_collections.ConfigDict,
-                model_config: model_lib.ModelConfig, global_batch: int
-                ) -> list[dict[str, np.ndarray]]:
-  """This process's padded eval batches of test products (ids/mask names)."""
-  ds = eval_datasets.eval_products_dataset(
-      _eval_catalog(cfg), batch_size=global_batch // jax.process_count(),
-      image_size=image_size(cfg, model_config),
-      max_length=cfg.text_max_length, text_prefix="",
-      max_bad_fraction=cfg.max_bad_fraction)
-  batches = list(ds)
-  if ds.bad.num_bad:
-    log.warning("stage 1 eval: %d of %d products ranked; %s",
-                ds.bad.seen - ds.bad.num_bad, ds.bad.seen, ds.bad.summary())
-  return batches
-
-
-@dataclasses.dataclass
-class Stage2Eval:
-  """Held-out train queries and the train products judged for them.
-
-  labels: the judged pairs, SparseQrels (Q, P) over product j =
-  `product_rows[j]` (a train catalog row); unjudged pairs are ranked last
-  (counted as 0). A dense int (Q, P) matrix with -1 where unjudged is read
-  too (small hand-made cases).
-  product_names[j]: how messages name product j ("styles.csv line 17
-  (product 1865)"), e.g. when its image cannot be read.
-  """
-  product_rows: np.ndarray
-  product_batches: Any
-  query_batches: list[dict[str, np.ndarray]]
-  labels: eval_metrics.SparseQrels
-  query_ids: list[str]
-  product_names: list[str] | None = None
-  # What stage2.evaluate last warned about (it warns once per distinct set).
-  reported_skips: Any = dataclasses.field(default=None, repr=False)
-
-  def __post_init__(self):
-    if not isinstance(self.labels, eval_metrics.SparseQrels):
-      dense = np.asarray(self.labels)
-      q, p = np.nonzero(dense >= 0)
-      self.labels = eval_metrics.SparseQrels.from_pairs(
-          q, p, dense[q, p], *dense.shape, source="Stage2Eval labels")
-
-
-def stage2_eval(cfg: ml_collections.ConfigDict,
-                model_config: model_lib.ModelConfig, global_batch: int
-                ) -> Stage2Eval | None:
-  """Model selection data: held-out queries over their judged products
-  (None when no query is held out). Memory O(judged pairs).
-
-  With a prepared train relevance each process reads only its shards and
-  all of them gather the held-out queries (a collective)."""
-  _require_relevance(cfg)
-  src = load_sources(cfg)
-  if src.train_table:
-    held = _prepared_heldout(cfg, len(src.train_catalog))
-  else:
-    _, held = train_relevance(cfg)
-  if not held.num_queries or not (held.label == 2).any():
-    return None
-  cap = cfg.get("heldout_eval_queries", 0)
-  if cap and held.num_queries > cap:
-    # The lowest hashes: a fixed, machine-independent sample of the split.
-    first = np.sort(np.argsort(held.query_hashes(), kind="stable")[:cap])
-    held = held.take_queries(first, f"data.heldout_eval_queries={cap}")
-  return stage2_eval_of(held, load_sources(cfg).train_catalog, cfg,
-                        model_config, global_batch)
-
-
-def stage2_eval_of(relevance: relevance_lib.Relevance, catalog,
-                   cfg: ml_collections.ConfigDict,
-                   model_config: model_lib.ModelConfig, global_batch: int
-                   ) -> Stage2Eval:
-  """`relevance`'s queries (those with a label 2) over their judged products
-  of `catalog` (the train catalog its product indices name), as the eval
-  batches `stage2.evaluate` scores."""
-  rows, cols = np.unique(relevance.product, return_inverse=True)
-  labels = eval_metrics.SparseQrels.from_pairs(
-      relevance.query, cols, relevance.label, relevance.num_queries,
-      len(rows), source=relevance.name)
-  keep = np.flatnonzero(labels.has_relevant())  # Metrics need a label 2.
-  relevance = relevance.take_queries(keep, "with a label 2")
-  labels = labels.take_queries(keep)
-  local = global_batch // jax.process_count()
-  catalog = catalog.take(rows)
-  products = eval_datasets.eval_products_dataset(
-      catalog, batch_size=local, image_size=image_size(cfg, model_config),
-      max_length=cfg.text_max_length, max_bad_fraction=cfg.max_bad_fraction)
-  queries = eval_datasets.eval_queries_dataset(
-      relevance, batch_size=local, max_length=cfg.query_max_length)
-  return Stage2Eval(rows, products, list(queries), labels,
-                    list(relevance.query_ids),
-                    [catalog.culprit(j) for j in range(len(catalog))])

@@ -11,21 +11,20 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import train_state
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as train_state
 from dashclip_jax.trainers import nonfinite
 from dashclip_jax.trainers import preemption
 from dashclip_jax.trainers import resume
-from dashclip_jax.trainers import step_options
 from dashclip_jax.trainers import train_logger
 
 
-def train_loop(config: ml_collections.ConfigDict, stage: str, state,
+def train_loop(config: ml_collections.ConfigDict, stage: str, state, *,
                train_iter, step_fn, mesh, evaluate, ckpts, writer, lr_at):
   """Steps `state` from its step to `config.train.total_steps`.
 
   `step_fn` is the stage's step wrapped by `nonfinite.guard_nonfinite`;
-  `evaluate(params)` -> eval metrics; `ckpts` a `checkpointing.
+  `evaluate(params)` -> eval metrics; `ckpts` a `train.checkpoints.
   TrainCheckpoints`; `lr_at(step)` the learning rate, for the logs.
   """
   tc = config.train
@@ -39,8 +38,8 @@ def train_loop(config: ml_collections.ConfigDict, stage: str, state,
       batch = shard_lib.global_batch(next(train_iter), mesh)
       if jit_step is None:
         jit_step = train_state.jit_step(
-            step_fn, state, batch, mesh,
-            compiler_options=step_options.compiler_options(tc))
+            step_fn, train_state.state_shardings(state), batch, mesh,
+            fast_compile=tc.fast_compile)
       state, metrics = jit_step(state, batch, step_rng(config.seed, step))
       last = step == tc.total_steps
       logger.step(step, metrics, last)

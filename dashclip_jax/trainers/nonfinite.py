@@ -8,7 +8,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
 
 log = logging.getLogger("dashclip_jax")
 
@@ -21,8 +21,8 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_policy(policy: str) -> None:
   if policy not in NAN_POLICIES:
-    raise config_lib.ConfigError(f"train.nan_policy={policy!r}: use one of "
-                                 f"{NAN_POLICIES}")
+    raise config_files.ConfigError(f"train.nan_policy={policy!r}: use one of "
+                                   f"{NAN_POLICIES}")
 
 
 def guard_nonfinite(step_fn):

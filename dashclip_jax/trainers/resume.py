@@ -14,27 +14,27 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dashclip_jax import checkpointing
-from dashclip_jax import config_lib
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import checkpoints
 
 log = logging.getLogger("dashclip_jax")
 
 
 def open_checkpoints(config: ml_collections.ConfigDict, workdir: str
-                     ) -> checkpointing.TrainCheckpoints:
+                     ) -> checkpoints.TrainCheckpoints:
   """The workdir's checkpoints; with `checkpoint.restart` the previous run's
   outputs are first moved aside (kept, and named in the log)."""
   c = config.checkpoint
   if c.restart:
-    moved = checkpointing.set_aside_run(workdir)
+    moved = checkpoints.set_aside_run(workdir)
     if moved:
       log.warning("checkpoint.restart=True: starting over; the previous "
                   "run's outputs are moved to %s", moved)
   # Saved with each checkpoint, so a resume can say what changed; the
   # restart switches themselves are not part of a run.
-  saved = {k: v for k, v in checkpointing.flatten_config(
+  saved = {k: v for k, v in checkpoints.flatten_config(
       config.to_dict()).items() if not k.endswith("checkpoint.restart")}
-  return checkpointing.TrainCheckpoints(
+  return checkpoints.TrainCheckpoints(
       workdir, keep=c.keep, best_metric=c.best_metric or None,
       async_save=c.async_save, config=saved)
 
@@ -44,12 +44,12 @@ def check_best_metric(best_metric: str, eval_metrics: dict[str, float]
   """`checkpoint.best_metric` must be one the evaluation logs: else no step
   would ever rank as the best."""
   if best_metric and eval_metrics and best_metric not in eval_metrics:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"checkpoint.best_metric={best_metric!r} is not an eval metric of "
         f"this stage; it logs {sorted(eval_metrics)}")
 
 
-def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
+def restore(ckpts: checkpoints.TrainCheckpoints, state, train_iter):
   """Resume from the workdir's newest readable checkpoint, if any.
 
   Returns (state, resumed?): the state and the data iterator continue where
@@ -64,17 +64,17 @@ def restore(ckpts: checkpointing.TrainCheckpoints, state, train_iter):
              "run is moved aside)")
   try:
     restored = ckpts.restore(state)
-  except checkpointing.StateMismatchError as e:
-    raise config_lib.ConfigError(f"{e}. Rerun with the old values to resume, "
-                                 f"or {restart}") from None
+  except checkpoints.StateMismatchError as e:
+    raise config_files.ConfigError(f"{e}. Rerun with the old values to resume, "
+                                   f"or {restart}") from None
   if restored is None:
     return state, False
   state, data_state, meta = restored
   try:
     train_iter.set_state(data_state)
   except ValueError as e:  # E.g. data.num_shards changed.
-    raise config_lib.ConfigError(f"{ckpts.directory}/{meta['step']}: {e}; or "
-                                 f"{restart}") from None
+    raise config_files.ConfigError(f"{ckpts.directory}/{meta['step']}: {e}; or "
+                                   f"{restart}") from None
   log.info("resumed from %s at step %d", ckpts.directory, meta["step"])
   return state, True
 

@@ -22,15 +22,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax import checkpoint_io
-from dashclip_jax import metric_writer
-from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import train_state
-from dashclip_jax import train_steps
 from dashclip_jax.evaluation import knn
+from dashclip_jax import model as model_lib
+from dashclip_jax.model import model_dir as model_dir_lib
+from dashclip_jax.train import metric_writer
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import step_config as step_config_lib
+from dashclip_jax.train import steps as train_steps
 from dashclip_jax.trainers import embed_batches
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import export
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import inputs
@@ -83,7 +85,7 @@ def hit_at_1(queries: np.ndarray, items: np.ndarray, ids: np.ndarray
 
 
 def step_config(loss: ml_collections.ConfigDict, accum_steps: int,
-                num_train: int, batch_size: int) -> train_steps.StepConfig:
+                num_train: int, batch_size: int) -> step_config_lib.StepConfig:
   """config.loss -> StepConfig; `alpha_ramp_epochs` > 0 sets the alpha ramp
   to that many epochs of the `num_train` train products (BLIP: the first)."""
   epochs = loss.alpha_ramp_epochs
@@ -99,7 +101,7 @@ def step_config(loss: ml_collections.ConfigDict, accum_steps: int,
   return cfg
 
 
-def momentum_init(init_dir: str | None, step_cfg: train_steps.StepConfig,
+def momentum_init(init_dir: str | None, step_cfg: step_config_lib.StepConfig,
                   init_params, embed_dim: int) -> tuple[Any, Any]:
   """-> (momentum encoders, ITC queues) of a converted BLIP checkpoint, for
   `step_options.make_state`; None for either that starts as a copy / at random.
@@ -110,7 +112,7 @@ def momentum_init(init_dir: str | None, step_cfg: train_steps.StepConfig,
   """
   if step_cfg.momentum is None or not init_dir:
     return None, None
-  _, trees, _ = checkpoint_io.load_model_dir(init_dir,
+  _, trees, _ = model_dir_lib.load_model_dir(init_dir,
                                              items=("momentum", "queues"))
   return (_momentum_params(init_dir, trees.get("momentum"), init_params),
           _queues(init_dir, trees.get("queues"), step_cfg.queue_size,
@@ -181,7 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # --- Data (this process's slice of every global batch). -----------------
   train_iter = inputs.stage1_train(config.data, model_config, tc.batch_size,
                                    seed=config.seed)
-  eval_batches = inputs.stage1_eval(config.data, model_config,
+  eval_batches = eval_inputs.stage1_eval(config.data, model_config,
                                     config.eval.batch_size)
 
   # --- Optimizer and state, born sharded. -----------------------------------
@@ -212,10 +214,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
       train_steps.make_stage1_step(model_config, step_cfg, tx, mesh))
   embed = make_eval_fn(model_config, mesh)
   state = loop.train_loop(
-      config, "stage 1", state, train_iter, step_fn, mesh,
-      lambda params: evaluate(embed, params, eval_batches, mesh), ckpts,
-      metric_writer.MetricWriter(workdir, tc.total_steps),
-      optim.schedule(optim_cfg))
+      config, "stage 1", state, train_iter=train_iter, step_fn=step_fn,
+      mesh=mesh,
+      evaluate=lambda params: evaluate(embed, params, eval_batches, mesh),
+      ckpts=ckpts, writer=metric_writer.MetricWriter(workdir, tc.total_steps),
+      lr_at=optim.schedule(optim_cfg))
   return export.export_model(workdir, tc.total_steps, state.params,
                              model_config,
                              provenance=dict(stage="stage1", workdir=workdir,

@@ -19,15 +19,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from dashclip_jax import metric_writer
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax import config_lib
-from dashclip_jax import train_steps
 from dashclip_jax.data import train_datasets
 from dashclip_jax.evaluation import metrics as eval_metrics
+from dashclip_jax.evaluation import qrels as qrels_lib
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import metric_writer
+from dashclip_jax.train import optim
+from dashclip_jax.train import sharding as shard_lib
+from dashclip_jax.train import step_config
+from dashclip_jax.train import steps as train_steps
 from dashclip_jax.trainers import embed_batches
+from dashclip_jax.trainers import eval_inputs
 from dashclip_jax.trainers import export
 from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import inputs
@@ -123,7 +126,7 @@ def product_feature_table(config: ml_collections.ConfigDict,
 
 def eval_feature_rows(config: ml_collections.ConfigDict,
                       model_config: model_lib.ModelConfig, params, mesh,
-                      data: inputs.Stage2Eval
+                      data: eval_inputs.Stage2Eval
                       ) -> tuple[np.ndarray, np.ndarray]:
   """A frozen tower's features of the held-out products, (P, D) and ok (P,)
   in `data.product_rows` order: computed once, each evaluation then only
@@ -158,13 +161,13 @@ def use_feature_table(setting: str | bool, num_products: int,
   if choice in ("never", "false"):
     return False
   if choice != "auto":
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         f"train.cache_product_features={setting!r}: use 'auto', 'always' "
         "or 'never'")
   return product_forwards >= num_products
 
 
-def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
+def evaluate(fns, params, data: eval_inputs.Stage2Eval | None, mesh,
              features: tuple[np.ndarray, np.ndarray] | None = None
              ) -> dict[str, float]:
   """Held-out queries ranking their judged train products (EVAL_METRICS of
@@ -211,7 +214,7 @@ def evaluate(fns, params, data: inputs.Stage2Eval | None, mesh,
 
 
 def _pair_scores(queries: np.ndarray, products: np.ndarray,
-                 labels: eval_metrics.SparseQrels, chunk: int = 1 << 16
+                 labels: qrels_lib.SparseQrels, chunk: int = 1 << 16
                  ) -> np.ndarray:
   """float32 (M,): queries[q] . products[p] for each judged pair (q, p) of
   `labels`, in chunks of pairs (memory O(chunk * E), never (Q, P))."""
@@ -223,7 +226,7 @@ def _pair_scores(queries: np.ndarray, products: np.ndarray,
   return out
 
 
-def _report_skips(data: inputs.Stage2Eval, ok: np.ndarray,
+def _report_skips(data: eval_inputs.Stage2Eval, ok: np.ndarray,
                   queries: list[str]) -> None:
   """Warns (once per distinct set) which products and queries were skipped."""
   skipped = np.flatnonzero(~ok)
@@ -258,7 +261,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # --- Optimizer and state. What trains is `optim.lr_mults` alone: the -----
   # product tower body is trained iff some param of it has a non-zero mult.
   if "train_product_tower" in config.loss:
-    raise config_lib.ConfigError(
+    raise config_files.ConfigError(
         "loss.train_product_tower is gone: set optim.lr_mults (e.g. "
         "[('(vision_proj|text_proj|itm_head)/.*', 0.0), ('.*', 1.0)] trains "
         "the whole product tower)")
@@ -267,7 +270,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
       step_options.step_config(config.loss, tc.accum_steps),
       train_product_tower=optim.trains_any(
           model_lib.abstract_params(model_config), optim_cfg.lr_mults,
-          train_steps.PRODUCT_TOWER_BODY_REGEX))
+          step_config.PRODUCT_TOWER_BODY_REGEX))
   log.info("stage 2 trains: %s", ", ".join(optim.trained_modules(
       model_lib.abstract_params(model_config), optim_cfg.lr_mults)))
   tx, state = step_options.make_state(model_config, step_cfg, optim_cfg,
@@ -288,8 +291,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   train_iter = inputs.stage2_train(
       config.data, model_config, tc.batch_size, seed=config.seed,
       frozen_tower=not step_cfg.train_product_tower, product_table=table)
-  eval_data = inputs.stage2_eval(config.data, model_config,
-                                 config.eval.batch_size)
+  eval_data = eval_inputs.stage2_eval(config.data, model_config,
+                                      config.eval.batch_size)
 
   # --- Resume: own workdir, else the init checkpoint (above), else fresh. ---
   init_name = init_checkpoint.init_name(config, init_dir)
@@ -313,8 +316,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   if config.eval.get("paraphrases"):
     # Hand- and rule-written rewordings over train products, reported as
     # para/* beside the held-out metrics; model selection stays on eval/*.
-    from dashclip_jax.evaluation import paraphrases  # pylint: disable=g-import-not-at-top
-    paraphrase_data = paraphrases.paraphrase_stage2_eval(
+    paraphrase_data = eval_inputs.paraphrase_stage2_eval(
         config.data, model_config, config.eval.batch_size)
 
   def evaluate_now(params) -> dict[str, float]:
@@ -329,9 +331,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
     writer.write(0, before)
     resume.check_best_metric(config.checkpoint.best_metric, before)
   state = loop.train_loop(
-      config, "stage 2", state, train_iter, step_fn, mesh,
-      evaluate_now, ckpts,
-      writer, optim.schedule(optim_cfg))
+      config, "stage 2", state, train_iter=train_iter, step_fn=step_fn,
+      mesh=mesh, evaluate=evaluate_now, ckpts=ckpts, writer=writer,
+      lr_at=optim.schedule(optim_cfg))
   return export.export_model(workdir, tc.total_steps, state.params,
                              model_config,
                              provenance=dict(stage="stage2", workdir=workdir,

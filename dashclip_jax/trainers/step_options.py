@@ -1,4 +1,4 @@
-"""The config's optimizer, loss and compiler options, and the state they make.
+"""The config's optimizer and loss options, and the state they make.
 
 Sentinels of the config become the library's None here: `optim.clip_norm`
 <= 0 (no clipping), `loss.momentum`/`loss.hard_k` <= 0 (off).
@@ -7,16 +7,15 @@ Sentinels of the config become the library's None here: `optim.clip_norm`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import ml_collections
 
-from dashclip_jax import config_lib
 from dashclip_jax import model as model_lib
-from dashclip_jax import optim
-from dashclip_jax import train_state
-from dashclip_jax import train_steps
+from dashclip_jax.runtime import config_files
+from dashclip_jax.train import optim
+from dashclip_jax.train import state as train_state
+from dashclip_jax.train import step_config as step_config_lib
 
 
 def optim_config(cfg: ml_collections.ConfigDict, total_steps: int
@@ -44,41 +43,32 @@ def parse_lr_mults(spec) -> tuple[tuple[str, float], ...]:
         raise ValueError
       out.append((regex.strip(), float(mult)))
     except ValueError:
-      raise config_lib.ConfigError(
+      raise config_files.ConfigError(
           f"optim.lr_mults: {item!r} is not 'regex=mult' (rules are "
           "separated by ';')") from None
   return tuple(out)
 
 
 def step_config(cfg: ml_collections.ConfigDict, accum_steps: int
-                ) -> train_steps.StepConfig:
+                ) -> step_config_lib.StepConfig:
   """config.loss -> StepConfig (unknown options are an error)."""
-  fields = {f.name for f in dataclasses.fields(train_steps.StepConfig)}
+  fields = {f.name for f in dataclasses.fields(step_config_lib.StepConfig)}
   values = {k: v for k, v in cfg.to_dict().items() if k in fields}
   unknown = set(cfg.to_dict()) - fields
   if unknown:
-    raise config_lib.ConfigError(f"unknown loss options {sorted(unknown)}; "
-                                 f"known: {sorted(fields)}")
+    raise config_files.ConfigError(f"unknown loss options {sorted(unknown)}; "
+                                   f"known: {sorted(fields)}")
   if values.get("momentum") is not None and values["momentum"] <= 0:
     values["momentum"] = None
   if values.get("hard_k") is not None and values["hard_k"] <= 0:
     values["hard_k"] = None
-  return train_steps.StepConfig(accum_steps=accum_steps, **values)
-
-
-def compiler_options(train_cfg: ml_collections.ConfigDict
-                     ) -> dict[str, Any] | None:
-  """XLA options of the train step: opt level 0 compiles about twice as fast
-  on CPU and runs slower; for CI-scale runs (`train.fast_compile`)."""
-  if train_cfg.fast_compile:
-    return {"xla_backend_optimization_level": 0}
-  return None
+  return step_config_lib.StepConfig(accum_steps=accum_steps, **values)
 
 
 def make_state(model_config: model_lib.ModelConfig,
-               step_cfg: train_steps.StepConfig, optim_cfg: optim.OptimConfig,
-               seed: int, mesh, init_params=None, init_momentum=None,
-               init_queue=None):
+               step_cfg: step_config_lib.StepConfig,
+               optim_cfg: optim.OptimConfig, seed: int, mesh,
+               init_params=None, init_momentum=None, init_queue=None):
   """-> (optax transformation, TrainState born sharded on `mesh`).
 
   `init_momentum`/`init_queue`: momentum encoders and ITC queues to start

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from dashclip_jax import metric_writer
+from dashclip_jax.train import metric_writer
 from dashclip_jax.trainers import nonfinite
 
 log = logging.getLogger("dashclip_jax")

@@ -19,7 +19,7 @@ the step modules.
 
 from __future__ import annotations
 
-from dashclip_jax.config_lib import ConfigError
+from dashclip_jax.runtime.config_files import ConfigError
 
 STEPS = ("teacher", "generate", "mine", "label", "negatives", "expand",
          "report")

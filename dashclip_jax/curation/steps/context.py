@@ -13,19 +13,20 @@ import logging
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dashclip_jax.config_lib import ConfigError
-from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.curation import seed as seed_lib
-from dashclip_jax.curation import teacher as teacher_lib
-from dashclip_jax.curation.gpt import labeler as gpt_labeler
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.data import sources
+from dashclip_jax.runtime.config_files import ConfigError
 
 log = logging.getLogger("dashclip_jax")
 
@@ -108,8 +109,6 @@ def pairs_of(rel: relevance_lib.Relevance, catalog: catalog_lib.Catalog
 def sync(name: str) -> None:
   """All processes wait here (files process 0 wrote are then visible)."""
   if jax.process_count() > 1:
-    # pylint: disable-next=g-import-not-at-top
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"curation {name}")
 
 

@@ -15,10 +15,9 @@ import jax
 import ml_collections
 import pyarrow.parquet as pq
 
-from dashclip_jax import config_lib
-from dashclip_jax.curation import labelling
+from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import seed as seed_lib
-from dashclip_jax.curation import teacher as teacher_lib
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import label as label_step_lib
 from dashclip_jax.curation.steps import mine as mine_step_lib
@@ -79,26 +78,26 @@ def expand_step(ctx: context_lib.Context) -> dict:
   without the mined negatives and the seed alone (each a directory with
   relevance_train.csv, rows.parquet and manifest.json)."""
   threshold = teacher_step_lib.calibration(ctx)["threshold"]["value"]
-  seed = labelling.seed_rows(ctx.data.seed, ctx.catalog)
-  teacher = labelling.confident(label_step_lib.labels(ctx, "labels"),
-                                threshold)
+  seed = label_shards.seed_rows(ctx.data.seed, ctx.catalog)
+  teacher = label_shards.confident(label_step_lib.labels(ctx, "labels"),
+                                   threshold)
   negatives = []
-  if os.path.isfile(os.path.join(ctx.path("negatives"), labelling.MANIFEST)):
-    negatives = [labelling.confident(label_step_lib.labels(ctx, "negatives"),
-                                     threshold, label=0)]
+  if os.path.isfile(os.path.join(ctx.path("negatives"), label_shards.MANIFEST)):
+    negatives = [label_shards.confident(label_step_lib.labels(ctx, "negatives"),
+                                        threshold, label=0)]
   out, shared = {}, manifest(ctx)
   for name, parts in (("expanded", [seed, teacher] + negatives),
                       ("expanded_no_negatives", [seed, teacher]),
                       ("seed_only", [seed])):
-    table = labelling.expanded(parts)
+    table = label_shards.expanded(parts)
     counts = table.group_by(["label_source", "label"]).aggregate(
         [([], "count_all")]).to_pydict()  # Per (source, label), not row.
     by = {f"{s}/{l}": n for s, l, n in sorted(zip(
         counts["label_source"], counts["label"], counts["count_all"]))}
     if jax.process_index() == 0:
-      labelling.write_expanded(table, ctx.path(name), {
+      label_shards.write_expanded(table, ctx.path(name), {
           **shared, "set": name, "rows": len(table), "by_source_label": by})
-    out[name] = {"path": ctx.path(name, labelling.CSV_NAME),
+    out[name] = {"path": ctx.path(name, label_shards.CSV_NAME),
                  "rows": len(table), "by_source_label": by}
     log.info("%s: %s, %d rows (%s)", name, out[name]["path"], len(table), by)
   context_lib.sync("expanded")
@@ -111,9 +110,7 @@ def stage2_command(config: ml_collections.ConfigDict, workdir: str) -> str:
   if config.data.source != "fashion":
     return ""
   path = os.path.join(workdir, "expanded")
-  default = config_lib.data_block("fashion").path
-  data_path = (f" --config.data.path={config.data.path}"
-               if config.data.path != default else "")
+  data_path = f" --config.data.path={config.data.path}"
   return ("stage 2 on the expanded set (S1: a stage-1 workdir or model):\n"
           "  python -m dashclip_jax.main --config=configs/stage2.py:fashion "
           f"--config.init.checkpoint=S1{data_path} "

@@ -36,14 +36,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import auto as tqdm
 
-from dashclip_jax.config_lib import ConfigError
-from dashclip_jax.curation import labelling
+from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import query_writers as qw
+from dashclip_jax.curation.labelers.gpt import query_writer
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import label as label_step_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib
 from dashclip_jax.data import sources
+from dashclip_jax.runtime.config_files import ConfigError
 
 log = logging.getLogger("dashclip_jax")
 
@@ -109,8 +111,6 @@ def make_writer(ctx: context_lib.Context
   if g.writer == "template":
     return lambda rows: [qw.template_drafts(ctx.catalog, int(i), per, seed,
                                             g.synonym_rate) for i in rows]
-  # pylint: disable-next=g-import-not-at-top
-  from dashclip_jax.curation.gpt import query_writer
   l = g.llm
   writer = query_writer.LlmWriter(
       l.gguf, shots=seed_shots(ctx), num_shots=l.num_shots,
@@ -190,10 +190,10 @@ def generate_queries(ctx: context_lib.Context,
   out_dir = ctx.path("generated")
   rows = product_rows(ctx)
   num_shards = max(1, -(-len(rows) // g.shard_size))
-  labelling.check_manifest(out_dir,
-                           {**settings(ctx), "num_shards": num_shards},
-                           name=MANIFEST, what="queries generated")
-  paths = [os.path.join(out_dir, labelling.shard_name(s, num_shards))
+  label_shards.check_manifest(out_dir,
+                              {**settings(ctx), "num_shards": num_shards},
+                              name=MANIFEST, what="queries generated")
+  paths = [os.path.join(out_dir, label_shards.shard_name(s, num_shards))
            for s in range(num_shards)]
   for tmp in glob.glob(os.path.join(out_dir, "*.tmp*")):
     if not tmp.endswith(MANIFEST + ".tmp"):
@@ -210,7 +210,6 @@ def generate_queries(ctx: context_lib.Context,
              num_shards)
   if done < num_shards:
     write, test, flt = make_writer(ctx), test_queries(ctx), filters(ctx)
-    from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm.tqdm(total=len(rows), initial=min(done * g.shard_size,
                                                  len(rows)),
                     unit="product", desc=f"generate ({g.writer})",
@@ -273,7 +272,7 @@ def generated(ctx: context_lib.Context) -> pa.Table | None:
                             "first (config.run), or set generate.writer=''")
   with open(path) as f:
     num = json.load(f)["num_shards"]
-  paths = [ctx.path("generated", labelling.shard_name(s, num))
+  paths = [ctx.path("generated", label_shards.shard_name(s, num))
            for s in range(num)]
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
@@ -306,7 +305,7 @@ def kept_by_teacher(ctx: context_lib.Context) -> dict:
   ids = (table["query_id"].combine_chunks() if table is not None
          else pa.array([], pa.string()))
   mine = labels.filter(pc.is_in(labels["query_id"], value_set=ids))
-  kept = labelling.confident(mine, threshold)
+  kept = label_shards.confident(mine, threshold)
   positive = kept.filter(pa.array(kept["label"].to_numpy() == 2))
   return {"queries": len(ids), "pairs": len(mine), "pairs_kept": len(kept),
           "pairs_kept_share": len(kept) / max(len(mine), 1),

@@ -9,13 +9,13 @@ import logging
 
 import jax
 
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax.config_lib import ConfigError
-from dashclip_jax.curation import teacher_train
-from dashclip_jax.curation.gpt import labeler as gpt_labeler
-from dashclip_jax.curation import prompts as wording
-from dashclip_jax.curation.gpt import train as gpt_train
+from dashclip_jax.curation.labelers import wording
+from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
+from dashclip_jax.curation.labelers.gpt import labeler as gpt_labeler
+from dashclip_jax.curation.labelers.gpt import train as gpt_train
 from dashclip_jax.curation.steps import context as context_lib
+from dashclip_jax.runtime.config_files import ConfigError
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

@@ -1,5 +1,5 @@
 """The label step: the teacher labels the candidates, sharded and resumable
-(`curation.labelling`), into labels/part-*.parquet."""
+(`curation.label_shards`), into labels/part-*.parquet."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import pyarrow as pa
 
-from dashclip_jax.curation import labelling
+from dashclip_jax.curation import label_shards
 from dashclip_jax.curation.steps import context as context_lib
 
 
@@ -16,7 +16,7 @@ def label_table(ctx: context_lib.Context, table: pa.Table,
                 out_dir: str) -> list[str]:
   """Labels a pair table's rows into `out_dir`'s shards -> their paths."""
   lc = ctx.config.label
-  return labelling.label_pairs(
+  return label_shards.label_pairs(
       context_lib.load_teacher(ctx), ctx.catalog,
       table["query_id"].to_pylist(), table["query"].to_pylist(),
       table["product_index"].to_numpy(), out_dir, shard_size=lc.shard_size,
@@ -32,13 +32,13 @@ def label_step(ctx: context_lib.Context) -> dict:
 
 def labels(ctx: context_lib.Context, name: str) -> pa.Table:
   """Every shard a finished labelling wrote to `<workdir>/<name>`."""
-  path = os.path.join(ctx.path(name), labelling.MANIFEST)
+  path = os.path.join(ctx.path(name), label_shards.MANIFEST)
   if not os.path.isfile(path):
     step = "label" if name == "labels" else name
     raise FileNotFoundError(f"{path} not found: run the {step} step first "
                             "(config.run)")
   with open(path) as f:
     num = json.load(f)["num_shards"]
-  return labelling.read_shards([
-      os.path.join(ctx.path(name), labelling.shard_name(s, num))
+  return label_shards.read_shards([
+      os.path.join(ctx.path(name), label_shards.shard_name(s, num))
       for s in range(num)])

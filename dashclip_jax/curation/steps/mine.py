@@ -17,10 +17,10 @@ import jax
 import numpy as np
 import pyarrow as pa
 
-from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.curation import mining
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib
+from dashclip_jax.runtime.config_files import ConfigError
 
 log = logging.getLogger("dashclip_jax")
 

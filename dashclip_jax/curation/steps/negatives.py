@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dashclip_jax.curation import labelling
+from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import mining
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import label as label_step_lib
@@ -24,9 +24,9 @@ log = logging.getLogger("dashclip_jax")
 def negatives_step(ctx: context_lib.Context) -> dict:
   threshold = teacher_step_lib.calibration(ctx)["threshold"]["value"]
   n = ctx.config.negatives
-  positives = labelling.expanded([
-      labelling.seed_rows(ctx.data.seed, ctx.catalog),
-      labelling.confident(label_step_lib.labels(ctx, "labels"), threshold)])
+  positives = label_shards.expanded([
+      label_shards.seed_rows(ctx.data.seed, ctx.catalog),
+      label_shards.confident(label_step_lib.labels(ctx, "labels"), threshold)])
   positives = positives.filter(pa.array(positives["label"].to_numpy() >= 1))
   products = pc.unique(positives["product_id"]).to_pylist()  # Per product.
   anchors = np.unique(np.asarray([ctx.catalog.index_of(p) for p in products],

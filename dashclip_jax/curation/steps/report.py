@@ -1,5 +1,5 @@
 """The report step: agreement with held-out human labels, the manifest,
-report.md, metrics.json and the reliability plots (`curation.report`)."""
+report.md, metrics.json and the reliability plots (`curation.report_writer`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from dashclip_jax.curation import agreement as agreement_lib
-from dashclip_jax.curation import labelling
-from dashclip_jax.curation import report as report_lib
+from dashclip_jax.curation import label_shards
+from dashclip_jax.curation import report_writer as report_lib
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import expand as expand_step_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib
@@ -55,7 +55,7 @@ def report_step(ctx: context_lib.Context) -> dict:
   if os.path.isfile(expanded_manifest):
     with open(expanded_manifest) as f:
       e = json.load(f)
-    metrics["expanded"] = {"path": ctx.path("expanded", labelling.CSV_NAME),
+    metrics["expanded"] = {"path": ctx.path("expanded", label_shards.CSV_NAME),
                            "rows": e["rows"],
                            "by_source_label": e["by_source_label"]}
   path = ctx.path("report", "report.md")

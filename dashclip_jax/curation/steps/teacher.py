@@ -14,17 +14,17 @@ import os
 import jax
 import numpy as np
 
-from dashclip_jax import sharding as shard_lib
-from dashclip_jax.config_lib import ConfigError
 from dashclip_jax.curation import agreement as agreement_lib
-from dashclip_jax.curation import labeler as labeler_lib
 from dashclip_jax.curation import seed as seed_lib
-from dashclip_jax.curation import teacher as teacher_lib
-from dashclip_jax.curation import teacher_inputs
-from dashclip_jax.curation import teacher_train
+from dashclip_jax.curation.labelers import interface as labeler_lib
+from dashclip_jax.curation.labelers.cross_encoder import inputs as teacher_inputs
+from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
+from dashclip_jax.curation.labelers.cross_encoder import train as teacher_train
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import gpt_teacher
 from dashclip_jax.data import images as images_lib
+from dashclip_jax.runtime.config_files import ConfigError
+from dashclip_jax.train import sharding as shard_lib
 
 log = logging.getLogger("dashclip_jax")
 

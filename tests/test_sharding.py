@@ -88,6 +88,19 @@ def test_global_batch_rejects_indivisible_batch():
     sharding.global_batch({"ids": np.zeros((6, 2), np.int32)}, mesh)
 
 
+def test_local_batch_size_checks_the_mesh_and_the_processes(monkeypatch):
+  mesh = sharding.make_mesh([("data", 2), ("fsdp", 2), ("tensor", 2)])
+  assert sharding.local_batch_size(8, mesh) == 8  # One process: all rows.
+  with pytest.raises(ValueError, match="data\\*fsdp mesh size 4"):
+    sharding.local_batch_size(6, mesh)
+  # As process 0 of 3: 12 rows divide the mesh's 4 and the 3 processes.
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  assert sharding.local_batch_size(12, mesh, "teacher batch") == 4
+  with pytest.raises(ValueError, match="teacher batch 8 is not divisible by "
+                     "the 3 processes"):
+    sharding.local_batch_size(8, mesh, "teacher batch")
+
+
 @pytest.mark.parametrize("lr_mults", [
     ((".*", 1.0),),
     # multi_transform: frozen img (no moments), txt at 0.1 (own inner state).

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from dashclip_jax import index as index_lib
 from dashclip_jax import inference
+from dashclip_jax.evaluation import baselines
 from dashclip_jax.evaluation import encoders
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.runtime import config_files
@@ -118,8 +119,6 @@ def read_tables(export_dir: str, data: catalog_data.RankingData) -> Tables:
 
 def write_minilm_export(out_dir: str, data: catalog_data.RankingData) -> str:
   """MiniLM-L6 embeddings of the titles and query texts -> an export."""
-  # pylint: disable-next=g-import-not-at-top
-  from dashclip_jax.evaluation import baselines
   model = baselines.MiniLM()
   return index_lib.export_embeddings(
       out_dir, data.catalog.ids, data.catalog.titles,

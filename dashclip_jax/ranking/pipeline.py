@@ -19,6 +19,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+from tqdm import auto as tqdm
 
 from dashclip_jax.ranking import cache
 from dashclip_jax.ranking import catalog_data
@@ -75,7 +76,6 @@ def plan(config: ml_collections.ConfigDict, names: list[str]
 
 
 def _simulate(data, sim, cache_dir, progress: bool):
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
   with tqdm.tqdm(total=sim.num_days, desc="simulate", unit="day",
                  disable=not progress) as bar:
     return cache.load_or_simulate(data, sim, cache_dir,

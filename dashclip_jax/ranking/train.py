@@ -18,6 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from tqdm import auto as tqdm
 
 from dashclip_jax.ranking import models
 from dashclip_jax.runtime import config_files
@@ -113,7 +115,6 @@ def train(module: models.Ranker, inputs: dict[str, np.ndarray],
           mesh: jax.sharding.Mesh, seed: int, desc: str = "train"
           ) -> tuple[Any, dict]:
   """-> (numpy params, stats: steps, loss, examples_per_s, seconds)."""
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
   shard_lib.check_batch_divisible(settings.batch_size, mesh)
   steps_per_epoch = len(click) // settings.batch_size
   if steps_per_epoch < 1:
@@ -162,9 +163,6 @@ def train(module: models.Ranker, inputs: dict[str, np.ndarray],
 def predict(module: models.Ranker, params: Any, inputs: dict[str, np.ndarray],
             tables, mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
   """float32 (M,) P(click) of every row (padded to whole batches)."""
-  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils
-  # pylint: enable=g-import-not-at-top
   shard_lib.check_batch_divisible(batch_size, mesh)
   rep = shard_lib.replicated(mesh)
   params = jax.device_put(params, rep)

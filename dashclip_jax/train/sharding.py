@@ -174,6 +174,17 @@ def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
                       f"data*fsdp mesh size {n}.")
 
 
+def local_batch_size(batch_size: int, mesh: Mesh, what: str = "batch") -> int:
+  """-> this process's rows of a global `batch_size` (checked to divide the
+  data*fsdp mesh and the process count; `what` names the batch in errors)."""
+  check_batch_divisible(batch_size, mesh)
+  n_proc = jax.process_count()
+  if batch_size % n_proc:
+    raise ConfigError(f"{what} {batch_size} is not divisible by the "
+                      f"{n_proc} processes")
+  return batch_size // n_proc
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh
                  ) -> dict[str, jax.Array]:
   """Assembles each process's slice into global arrays sharded over the batch.

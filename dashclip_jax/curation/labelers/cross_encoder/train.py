@@ -120,12 +120,8 @@ def train(config: teacher_lib.TeacherConfig, params: Any,
   """Trains on `inputs` (ids, mask (N, L)) with `labels` (N,) -> (numpy
   params, logged metrics). `images_of(rows)` gives float32 images of those
   pair rows for a multimodal teacher."""
-  shard_lib.check_batch_divisible(settings.batch_size, mesh)
-  n_proc, proc = jax.process_count(), jax.process_index()
-  if settings.batch_size % n_proc:
-    raise ValueError(f"teacher batch {settings.batch_size} is not divisible "
-                     f"by the {n_proc} processes")
-  local = settings.batch_size // n_proc
+  local = shard_lib.local_batch_size(settings.batch_size, mesh, "teacher batch")
+  proc = jax.process_index()
   tx = optim.make_optimizer(optim.OptimConfig(
       lr=settings.lr, warmup_steps=settings.warmup_steps,
       total_steps=settings.steps, weight_decay=settings.weight_decay,

@@ -123,12 +123,8 @@ def train(config: model_lib.LlamaConfig, params: Any,
   logged metrics). Each batch drops the padding columns its rows all share
   (kept to a multiple of `length_multiple`: a few shapes, each compiled
   once), so short prompts do not pay for the longest."""
-  shard_lib.check_batch_divisible(settings.batch_size, mesh)
-  n_proc, proc = jax.process_count(), jax.process_index()
-  if settings.batch_size % n_proc:
-    raise ValueError(f"GPT teacher batch {settings.batch_size} is not "
-                     f"divisible by the {n_proc} processes")
-  local = settings.batch_size // n_proc
+  local = shard_lib.local_batch_size(settings.batch_size, mesh, "GPT teacher batch")
+  proc = jax.process_index()
   scale = lora_scale(lora_rank, lora_alpha)
   trainable = trainable_start(config, params, lora_rank, settings.seed)
   trainable_sh, frozen_sh = shardings(config, trainable, scale is not None,

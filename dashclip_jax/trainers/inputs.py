@@ -182,8 +182,7 @@ def _prepared_heldout(cfg: ml_collections.ConfigDict, num_products: int
                                       _allgather_table(pairs))))
   order = np.argsort(pairs.column("pair").to_numpy(), kind="stable")
   q = pairs.column("query").to_numpy()[order]
-  # Queries in order of first appearance, as the whole table's split keeps
-  # them (Python per query).
+  # Queries in first-appearance order, as the whole table's split keeps them.
   seen, first = np.unique(q, return_index=True)
   seen = seen[np.argsort(first)]
   new = np.full(len(queries), -1, np.int32)

@@ -123,6 +123,13 @@ def get_config(arg=None):
   # over the train catalog (evaluation/paraphrases.py; needs the fashion
   # catalog's columns), logged as para/* beside the held-out eval/*.
   c.eval.paraphrases = False
+  # WiSE-FT (trainers/wise_ft.py): after the last step, mix the trained
+  # weights with the start's at each alpha and export the mix whose mean of
+  # `select` (held-out TRAIN queries; para/* needs eval.paraphrases) is
+  # highest; ties keep the trained model (alpha 1). mix: "query" mixes the
+  # query tower and its projection, "all" every param. (): off.
+  c.wise_ft = ml_collections.ConfigDict(dict(
+      alphas=(), mix="query", select=("eval/ndcg@10",)))
   c.checkpoint.every_steps = common.by_variant(
       v, tiny=2, demo=30, fashion=100, base=1000)
   # True: start over (the previous run is moved aside). Stage 1 of a

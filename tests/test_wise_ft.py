@@ -1,8 +1,17 @@
 """WiSE-FT: mixing the query side of two param trees, choosing alpha."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
 import numpy as np
 import pytest
 
+from dashclip_jax.model import model_dir
+from dashclip_jax.trainers import init_checkpoint
 from dashclip_jax.trainers import wise_ft
 
 
@@ -18,7 +27,6 @@ def _trees():
 
 
 def _leaves(tree, key):
-  import jax  # pylint: disable=g-import-not-at-top
   return [np.asarray(x) for x in jax.tree.leaves(tree[key])]
 
 
@@ -69,3 +77,37 @@ def test_choose_alpha_picks_the_best_score_and_ties_go_to_trained():
           p["query_proj"]["kernel"], trained["query_proj"]["kernel"]) else 0.0,
       alphas=(0.0, 1.0))
   assert best == 0.0
+
+
+def test_stage2_wise_ft_at_alpha_0_exports_the_start(tmp_path):
+  """A tiny main job with wise_ft.alphas=(0.0,), mix="all": the exported
+  stage-2 model is its start (stage 1's model, text copied to the query
+  tower) leaf for leaf, and the alpha's held-out metrics are the ones
+  logged before stage 2's first step."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run(
+      [sys.executable, "-m", "dashclip_jax.main",
+       "--config=configs/stage2.py:tiny", f"--workdir={tmp_path}",
+       "--config.stage1.train.total_steps=1", "--config.train.total_steps=2",
+       "--config.train.eval_every=2", "--config.final_eval.enabled=False",
+       "--config.wise_ft.alphas=(0.0,)", "--config.wise_ft.mix=all"],
+      cwd=root, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, HF_HUB_OFFLINE="1"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  stage1 = tmp_path / "stage1" / "models" / "1"
+  stage2 = tmp_path / "stage2" / "models" / "2"
+  config, start, _ = model_dir.load_model_dir(str(stage1))
+  start = init_checkpoint.copy_text_to_query(start["params"], config)
+  _, exported, _ = model_dir.load_model_dir(str(stage2))
+  flat = lambda t: jax.tree_util.tree_flatten_with_path(t)[0]
+  got, want = flat(exported["params"]), flat(start)
+  assert [p for p, _ in got] == [p for p, _ in want]
+  for (path, g), (_, w) in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(w), str(path))
+  result = json.loads((tmp_path / "stage2" / wise_ft.RESULT_FILE).read_text())
+  assert result["alpha"] == 0.0
+  rows = [json.loads(line) for line in
+          (tmp_path / "stage2" / "metrics.jsonl").read_text().splitlines()]
+  before = next(r for r in rows if r.get("step") == 0 and "eval/ndcg@10" in r)
+  assert result["metrics"]["0.0"]["eval/ndcg@10"] == pytest.approx(
+      before["eval/ndcg@10"], abs=1e-6)

@@ -39,6 +39,7 @@ from dashclip_jax.trainers import nonfinite
 from dashclip_jax.trainers import preemption
 from dashclip_jax.trainers import resume
 from dashclip_jax.trainers import step_options
+from dashclip_jax.trainers import wise_ft
 
 log = logging.getLogger("dashclip_jax")
 
@@ -253,6 +254,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # --- Mesh and init weights: stage 1's model or a converted BLIP. --------
   mesh, init_dir, model_config, init_params = init_checkpoint.mesh_and_init(
       config, "stage 2")
+  if config.wise_ft.alphas and init_params is None:
+    raise config_files.ConfigError(
+        "config.wise_ft.alphas needs a start to mix with: set "
+        "init.checkpoint (or run stage 1 first)")
   if init_dir and config.init.query_from_text:
     # DashCLIP: the query tower starts as a copy of the text encoder.
     init_params = init_checkpoint.copy_text_to_query(init_params,
@@ -334,7 +339,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
       config, "stage 2", state, train_iter=train_iter, step_fn=step_fn,
       mesh=mesh, evaluate=evaluate_now, ckpts=ckpts, writer=writer,
       lr_at=optim.schedule(optim_cfg))
-  return export.export_model(workdir, tc.total_steps, state.params,
+  params = state.params
+  if config.wise_ft.alphas:
+    # Weight-space ensemble with the start, chosen on held-out train queries.
+    params, _ = wise_ft.choose_for_stage2(config.wise_ft, state.params,
+                                          init_params, evaluate_now, workdir)
+  return export.export_model(workdir, tc.total_steps, params,
                              model_config,
                              provenance=dict(stage="stage2", workdir=workdir,
                                              init=init_name))

@@ -13,13 +13,19 @@ tower's feature table) do not change with alpha.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+log = logging.getLogger("dashclip_jax")
+
 QUERY_SIDE = ("query", "query_proj")
+RESULT_FILE = "wise_ft.json"
 DEFAULT_ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
 
 
@@ -72,6 +78,68 @@ def choose_alpha(trained: Mapping[str, Any], initial: Mapping[str, Any],
     raise ValueError("WiSE-FT: no alphas to choose from")
   scores = {float(a): float(evaluate(mix(trained, initial, float(a))))
             for a in alphas}
-  best = max(scores, key=lambda a: (not np.isnan(scores[a]),
+  return best_alpha(scores), scores
+
+
+def best_alpha(scores: Mapping[float, float]) -> float:
+  """The alpha of the highest score; ties go to the larger alpha (closer to
+  the trained model), so mixing is kept only when it strictly helps; NaN
+  scores never win."""
+  return max(scores, key=lambda a: (not np.isnan(scores[a]),
                                     np.nan_to_num(scores[a], nan=-np.inf), a))
-  return best, scores
+
+
+def mixed_keys(which: str, trained: Mapping[str, Any]) -> tuple[str, ...]:
+  """`wise_ft.mix` -> the top-level params it mixes: "query" (the query
+  tower and its projection) or "all" (every entry, the product side too)."""
+  if which == "query":
+    return QUERY_SIDE
+  if which == "all":
+    return tuple(trained)
+  raise ValueError(f"wise_ft.mix must be 'query' or 'all', got {which!r}")
+
+
+def choose_for_stage2(cfg, trained: Mapping[str, Any],
+                      initial: Mapping[str, Any],
+                      evaluate: Callable[[Any], dict[str, float]],
+                      workdir: str) -> tuple[dict[str, Any], float]:
+  """Stage 2's WiSE-FT: -> (params mixed at the chosen alpha, alpha).
+
+  `cfg` is config.wise_ft (alphas, mix, select); `evaluate(params)` is
+  stage 2's held-out evaluation (eval/*, and para/* with
+  eval.paraphrases), on TRAIN queries only. An alpha's score is the mean
+  of its `select` metrics; every alpha's metrics and the choice go to
+  <workdir>/wise_ft.json. The mixed leaves keep the trained leaves'
+  shardings.
+  """
+  keys = mixed_keys(cfg.mix, trained)
+  alphas = [float(a) for a in cfg.alphas]
+  if not alphas:
+    raise ValueError("WiSE-FT: no alphas to choose from")
+
+  def placed(params):
+    return jax.tree.map(
+        lambda m, t: jax.device_put(m, t.sharding)
+        if isinstance(t, jax.Array) else m, params, dict(trained))
+
+  metrics, scores = {}, {}
+  for a in alphas:
+    metrics[a] = evaluate(placed(mix(trained, initial, a, keys)))
+    missing = [m for m in cfg.select if m not in metrics[a]]
+    if missing:
+      raise ValueError(f"wise_ft.select names {missing}, which stage 2's "
+                       f"evaluation does not report ({sorted(metrics[a])})")
+    scores[a] = float(np.mean([metrics[a][m] for m in cfg.select]))
+    log.info("WiSE-FT alpha %.2f: score %.4f %s", a, scores[a],
+             {k: round(v, 4) for k, v in metrics[a].items()})
+  best = best_alpha(scores)
+  log.info("WiSE-FT: alpha %.2f chosen (mean of %s on held-out train "
+           "queries; 1.0 is the trained model)", best, ", ".join(cfg.select))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, RESULT_FILE), "w") as f:
+      json.dump({"alpha": best, "keys": list(keys),
+                 "select": list(cfg.select),
+                 "scores": {str(a): scores[a] for a in alphas},
+                 "metrics": {str(a): metrics[a] for a in alphas}}, f,
+                indent=1)
+  return placed(mix(trained, initial, best, keys)), best

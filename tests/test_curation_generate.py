@@ -158,7 +158,7 @@ def test_test_query_duplicates_are_dropped_in_the_step(tmp_path,
 
 
 def test_generated_queries_go_through_mine_label_and_expand(tmp_path):
-  config = _config(run="teacher,generate,mine,label,expand",
+  config = _config(run="teacher,generate,mine,label,expand,report",
                    **{"label.threshold": 0.0})  # Keep every label.
   out = pipeline.run(config, str(tmp_path))
   gen = _rows(tmp_path / "generated")
@@ -179,6 +179,13 @@ def test_generated_queries_go_through_mine_label_and_expand(tmp_path):
   assert verdict["pairs"] == int(np.isin(
       np.asarray(cand["query_id"].to_pylist()), sorted(ids)).sum())
   assert verdict["pairs_kept_share"] == 1.0  # Threshold 0.
+  # The report carries the counts, the teacher's verdict and the examples.
+  assert out["report"]["metrics"]["generated"]["teacher"] == verdict
+  report = (tmp_path / "report" / "report.md").read_text()
+  section = report[report.index("## Generated queries"):]
+  assert f"{out['generate']['kept']} kept" in section
+  assert f"kept {verdict['pairs_kept']} (100.0%)" in section
+  assert section.count("\n* ") == min(len(ids), generate.NUM_EXAMPLES)
   # A later run without the generate step mines them again (same table).
   with config.unlocked():
     config.run = "mine"

@@ -81,4 +81,28 @@ def markdown(metrics: dict, manifest: dict) -> str:
     lines += ["", "## Expanded set", "",
               f"`{e['path']}`: {e['rows']} rows "
               f"({json.dumps(e['by_source_label'])})"]
+  if metrics.get("generated"):
+    lines += generated_lines(metrics["generated"])
   return "\n".join(lines) + "\n"
+
+
+def generated_lines(g: dict) -> list[str]:
+  """The generate step: counts, drops by reason, the teacher's verdict and
+  the examples."""
+  lines = ["", "## Generated queries", "",
+           f"{g['generated']} drafts, {g['kept']} kept "
+           f"({100 * g['kept_share']:.1f}%); dropped: {g['dropped_test']} "
+           f"as test queries ({g['dropped_test_exact']} exact, "
+           f"{g['dropped_test_near']} near), {g['dropped_duplicate']} "
+           f"duplicates, {g['dropped_filters']} by the filters."]
+  t = g.get("teacher")
+  if t:
+    lines += ["", f"The teacher labelled {t['pairs']} candidate pairs of "
+              f"the {t['queries']} kept queries and kept "
+              f"{t['pairs_kept']} ({100 * t['pairs_kept_share']:.1f}%) at "
+              f"threshold {t['threshold']:.2f}; {t['queries_with_label2']} "
+              f"queries ({100 * t['queries_with_label2'] / max(t['queries'], 1):.1f}%) "
+              "have a confident label-2 product."]
+  lines += ["", "Examples (spread over the kept queries):", ""]
+  lines += [f"* {e}" for e in g["examples"]]
+  return lines

@@ -313,6 +313,23 @@ def kept_by_teacher(ctx: context_lib.Context) -> dict:
           "threshold": threshold}
 
 
+def summary(ctx: context_lib.Context) -> dict | None:
+  """For the report: the finished generate step's counts and examples, and
+  (once the label step has run) what the teacher kept; None when
+  generate.writer is ""."""
+  table = generated(ctx)  # Raises when the step has not finished.
+  if table is None:
+    return None
+  with open(ctx.path("generated", MANIFEST)) as f:
+    num = json.load(f)["num_shards"]
+  out = report(ctx.path("generated"), [
+      ctx.path("generated", label_shards.shard_name(s, num))
+      for s in range(num)])
+  if os.path.isdir(ctx.path("labels")):
+    out["teacher"] = kept_by_teacher(ctx)
+  return out
+
+
 def generate_step(ctx: context_lib.Context) -> dict:
   if not ctx.config.generate.writer:
     log.info("generate: generate.writer is empty, no queries written")

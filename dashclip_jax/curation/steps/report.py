@@ -17,6 +17,7 @@ from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import report_writer as report_lib
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import expand as expand_step_lib
+from dashclip_jax.curation.steps import generate as generate_step_lib
 from dashclip_jax.curation.steps import teacher as teacher_step_lib
 from dashclip_jax.data import relevance as relevance_lib
 
@@ -58,6 +59,9 @@ def report_step(ctx: context_lib.Context) -> dict:
     metrics["expanded"] = {"path": ctx.path("expanded", label_shards.CSV_NAME),
                            "rows": e["rows"],
                            "by_source_label": e["by_source_label"]}
+  generated = generate_step_lib.summary(ctx)
+  if generated is not None:
+    metrics["generated"] = generated
   path = ctx.path("report", "report.md")
   if jax.process_index() == 0:
     path = report_lib.write(ctx.path("report"), metrics,

@@ -14,7 +14,8 @@ training seed (`--config.seed`), each made by
 Per row: the test metrics of the run's final evaluation (qrels_test.csv,
 <workdir>/eval/metrics.json, system "dashclip"), and the last periodic
 evaluation's held-out TRAIN queries (eval/ndcg@10) and train paraphrase set
-(para/ndcg@10, when the run logged it). With several seeds a cell is the
+(para/ndcg@10, when the run logged it), or with WiSE-FT (wise_ft.json) the
+chosen mix's. With several seeds a cell is the
 mean ± half the range (the seed-to-seed spread).
 """
 
@@ -46,12 +47,13 @@ def run_metrics(workdir: str) -> dict[str, float]:
   with open(log_path) as f:
     evals = [r for r in map(json.loads, f) if "eval/ndcg@10" in r]
   last = evals[-1] if evals else {}
+  wise = os.path.join(workdir, "wise_ft.json")
+  if os.path.isfile(wise):  # The exported model is the chosen mix.
+    with open(wise) as f:
+      w = json.load(f)
+    last = w["metrics"][str(w["alpha"])]
   for key, _ in TRAIN_SIDE:
     out[key] = float(last.get(key, np.nan))
-  wise = os.path.join(workdir, "wise_ft.json")
-  if os.path.isfile(wise):
-    with open(wise) as f:
-      out["wise_ft_alpha"] = float(json.load(f)["alpha"])
   return out
 
 

@@ -121,8 +121,9 @@ def get_config(arg=None):
   ))
   # True: each evaluation also scores the hand- and rule-written paraphrases
   # over the train catalog (evaluation/paraphrases.py; needs the fashion
-  # catalog's columns), logged as para/* beside the held-out eval/*.
-  c.eval.paraphrases = False
+  # catalog's columns), logged as para/* beside the held-out eval/*: how
+  # the query tower copes with wording the training queries lack.
+  c.eval.paraphrases = v in ("fashion", "base")
   # WiSE-FT (trainers/wise_ft.py): after the last step, mix the trained
   # weights with the start's at each alpha and export the mix whose mean of
   # `select` (held-out TRAIN queries; para/* needs eval.paraphrases) is

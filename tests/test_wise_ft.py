@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -111,3 +112,21 @@ def test_stage2_wise_ft_at_alpha_0_exports_the_start(tmp_path):
   before = next(r for r in rows if r.get("step") == 0 and "eval/ndcg@10" in r)
   assert result["metrics"]["0.0"]["eval/ndcg@10"] == pytest.approx(
       before["eval/ndcg@10"], abs=1e-6)
+
+
+def test_stage2_wise_ft_config_is_checked_before_training():
+  cfg = ml_collections.ConfigDict(dict(alphas=(0.5, 1.0), mix="query",
+                                       select=("eval/ndcg@10",)))
+  wise_ft.check_config(cfg, paraphrases=False, has_start=True)
+  with pytest.raises(ValueError, match="needs a start"):
+    wise_ft.check_config(cfg, paraphrases=False, has_start=False)
+  bad = [("alphas", (0.5, 1.5), r"\[0, 1\]"), ("mix", "both", "'query'"),
+         ("select", ("train/loss",), "not a stage-2"),
+         ("select", ("para/ndcg@10",), "eval.paraphrases=True")]
+  for key, value, message in bad:
+    broken = ml_collections.ConfigDict(cfg.to_dict())
+    broken[key] = value
+    with pytest.raises(ValueError, match=message):
+      wise_ft.check_config(broken, paraphrases=False, has_start=True)
+  cfg.select = ("eval/ndcg@10", "para/ndcg@10")
+  wise_ft.check_config(cfg, paraphrases=True, has_start=True)

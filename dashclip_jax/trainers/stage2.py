@@ -254,10 +254,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> str:
   # --- Mesh and init weights: stage 1's model or a converted BLIP. --------
   mesh, init_dir, model_config, init_params = init_checkpoint.mesh_and_init(
       config, "stage 2")
-  if config.wise_ft.alphas and init_params is None:
-    raise config_files.ConfigError(
-        "config.wise_ft.alphas needs a start to mix with: set "
-        "init.checkpoint (or run stage 1 first)")
+  if config.wise_ft.alphas:
+    try:
+      wise_ft.check_config(config.wise_ft, config.eval.get("paraphrases"),
+                           has_start=init_params is not None)
+    except ValueError as e:
+      raise config_files.ConfigError(str(e)) from None
   if init_dir and config.init.query_from_text:
     # DashCLIP: the query tower starts as a copy of the text encoder.
     init_params = init_checkpoint.copy_text_to_query(init_params,

@@ -99,6 +99,27 @@ def mixed_keys(which: str, trained: Mapping[str, Any]) -> tuple[str, ...]:
   raise ValueError(f"wise_ft.mix must be 'query' or 'all', got {which!r}")
 
 
+def check_config(wise_cfg, paraphrases: bool, has_start: bool) -> None:
+  """Stage 2's config.wise_ft, checked before training (not after it):
+  ValueError naming what cannot work."""
+  if not has_start:
+    raise ValueError("config.wise_ft.alphas needs a start to mix with: set "
+                     "init.checkpoint (or run stage 1 first)")
+  if any(not 0.0 <= float(a) <= 1.0 for a in wise_cfg.alphas):
+    raise ValueError(f"config.wise_ft.alphas must lie in [0, 1], got "
+                     f"{tuple(wise_cfg.alphas)}")
+  if wise_cfg.mix not in ("query", "all"):
+    raise ValueError(f"config.wise_ft.mix must be 'query' or 'all', got "
+                     f"{wise_cfg.mix!r}")
+  for name in wise_cfg.select:
+    if not name.startswith(("eval/", "para/")):
+      raise ValueError(f"config.wise_ft.select: {name!r} is not a stage-2 "
+                       "eval/* or para/* metric")
+    if name.startswith("para/") and not paraphrases:
+      raise ValueError(f"config.wise_ft.select names {name!r}, which needs "
+                       "eval.paraphrases=True")
+
+
 def choose_for_stage2(cfg, trained: Mapping[str, Any],
                       initial: Mapping[str, Any],
                       evaluate: Callable[[Any], dict[str, float]],

@@ -96,7 +96,8 @@ def mixed_keys(which: str, trained: Mapping[str, Any]) -> tuple[str, ...]:
     return QUERY_SIDE
   if which == "all":
     return tuple(trained)
-  raise ValueError(f"wise_ft.mix must be 'query' or 'all', got {which!r}")
+  raise ValueError(f"config.wise_ft.mix must be 'query' or 'all', got "
+                   f"{which!r}")
 
 
 def check_config(wise_cfg, paraphrases: bool, has_start: bool) -> None:
@@ -108,9 +109,7 @@ def check_config(wise_cfg, paraphrases: bool, has_start: bool) -> None:
   if any(not 0.0 <= float(a) <= 1.0 for a in wise_cfg.alphas):
     raise ValueError(f"config.wise_ft.alphas must lie in [0, 1], got "
                      f"{tuple(wise_cfg.alphas)}")
-  if wise_cfg.mix not in ("query", "all"):
-    raise ValueError(f"config.wise_ft.mix must be 'query' or 'all', got "
-                     f"{wise_cfg.mix!r}")
+  mixed_keys(wise_cfg.mix, {})  # Raises for a mix it does not know.
   for name in wise_cfg.select:
     if not name.startswith(("eval/", "para/")):
       raise ValueError(f"config.wise_ft.select: {name!r} is not a stage-2 "

@@ -262,18 +262,23 @@ def report(out_dir: str, paths: list[str]) -> dict:
           "examples": examples, "dir": out_dir, "shards": len(paths)}
 
 
-def generated(ctx: context_lib.Context) -> pa.Table | None:
-  """The finished generate step's rows; None when generate.writer is ""."""
-  if not ctx.config.generate.writer:
-    return None
+def shard_paths(ctx: context_lib.Context) -> list[str]:
+  """The finished step's shard paths, from its manifest."""
   path = os.path.join(ctx.path("generated"), MANIFEST)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: run the generate step "
                             "first (config.run), or set generate.writer=''")
   with open(path) as f:
     num = json.load(f)["num_shards"]
-  paths = [ctx.path("generated", label_shards.shard_name(s, num))
-           for s in range(num)]
+  return [ctx.path("generated", label_shards.shard_name(s, num))
+          for s in range(num)]
+
+
+def generated(ctx: context_lib.Context) -> pa.Table | None:
+  """The finished generate step's rows; None when generate.writer is ""."""
+  if not ctx.config.generate.writer:
+    return None
+  paths = shard_paths(ctx)
   missing = [p for p in paths if not os.path.isfile(p)]
   if missing:
     raise FileNotFoundError(f"{len(missing)} generated shards not written "
@@ -320,11 +325,7 @@ def summary(ctx: context_lib.Context) -> dict | None:
   table = generated(ctx)  # Raises when the step has not finished.
   if table is None:
     return None
-  with open(ctx.path("generated", MANIFEST)) as f:
-    num = json.load(f)["num_shards"]
-  out = report(ctx.path("generated"), [
-      ctx.path("generated", label_shards.shard_name(s, num))
-      for s in range(num)])
+  out = report(ctx.path("generated"), shard_paths(ctx))
   if os.path.isdir(ctx.path("labels")):
     out["teacher"] = kept_by_teacher(ctx)
   return out

@@ -1,6 +1,7 @@
 """The generate step: template writer, filters, test-query check, kill -9
 and rerun, and the generated queries through mine and label."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import query_writers as qw
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import generate
+from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.runtime import config_files
 
 
@@ -40,14 +42,55 @@ def test_template_drafts_fill_the_slots_of_a_product():
   ctx = context_lib.context(_config(), "/nonexistent")
   cat = ctx.catalog
   i = next(j for j, t in enumerate(cat.titles) if t.startswith("Alder Men"))
-  slots = qw.product_slots(cat, i)
+  brands = qw.catalog_brands(cat)
+  slots = qw.product_slots(cat, i, brands)
   assert slots["gender"] == "men" and slots["for_gender"] == "for men"
   assert slots["brand"] == "alder" and slots["colour"] in cat.titles[i].lower()
   # Without synonyms every draft is a template filled with these slots.
-  drafts = qw.template_drafts(cat, i, 3, seed=0, synonym_rate=0.0)
+  drafts = qw.template_drafts(cat, i, 3, seed=0, brands=brands,
+                              synonym_rate=0.0)
   filled = {t.format(**slots) for t in qw.TEMPLATES
             if "{usage}" not in t}
   assert len(set(drafts)) == 3 and set(drafts) <= filled
+
+
+def test_brands_are_the_title_starts_many_products_share():
+  titles = ["United Colors of Benetton Men Blue Shirt",
+            "United Colors of Benetton Women Red Top",
+            "United Colors of Benetton Teal Top",  # Ends at its colour.
+            "Puma Men Black Tee", "Puma Deccan Chargers Men Tee",
+            "Puma Women Grey Shoes", "Newhide Vintage Wallet",
+            "French Connection Men Shirt"]
+  colours = ["Blue", "Red", "Teal", "Black", "Black", "Grey", "Brown", "White"]
+  cat = catalog_lib.Catalog(
+      name="hand", ids=[str(i) for i in range(8)], titles=titles,
+      category=np.zeros(8, np.int32), category_names=["x"], split=["train"] * 8,
+      images=[b""] * 8, where=[""] * 8, attributes={"baseColour": colours})
+  assert qw.catalog_brands(cat) == (
+      ["united colors of benetton"] * 3 + ["puma"] * 3 + ["newhide", "french"])
+  # One title is not enough to make a two-word brand; at min_products=2,
+  # two are.
+  assert qw.catalog_brands(cat, min_products=2)[-1] == "french"
+  two = dataclasses.replace(cat, titles=titles[:6] + [
+      "French Connection Women Top", "French Connection Men Shirt"])
+  assert qw.catalog_brands(two, min_products=2)[-2:] == ["french connection"] * 2
+  assert qw.catalog_brands(two)[-1] == "french"
+
+
+def test_templates_that_repeat_a_word_are_not_used():
+  cat = catalog_lib.Catalog(
+      name="hand", ids=["0", "1"], titles=["Puma Men Black Shoes"] * 2,
+      category=np.zeros(2, np.int32), category_names=["Casual Shoes"],
+      split=["train"] * 2, images=[b""] * 2, where=[""] * 2,
+      attributes={"baseColour": ["Black"] * 2, "gender": ["Men"] * 2,
+                  "usage": ["Casual", "Sports"]})
+  brands = ["puma"] * 2
+  casual, sports = (set(qw.template_drafts(cat, i, len(qw.TEMPLATES), 0,
+                                           brands, synonym_rate=0.0))
+                    for i in (0, 1))
+  assert "sports casual shoes" in sports and len(sports) == len(qw.TEMPLATES)
+  assert not any("casual casual" in d for d in casual)
+  assert len(casual) == len(qw.TEMPLATES) - 2  # The two {usage} templates.
 
 
 def test_filters_test_queries_and_duplicates_are_counted():
@@ -73,6 +116,7 @@ SCRIPT = r"""
 import os, signal, sys
 from dashclip_jax.curation.steps import context as context_lib
 from dashclip_jax.curation.steps import generate
+from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.runtime import config_files
 
 def run(workdir, kill_at, seed="0"):

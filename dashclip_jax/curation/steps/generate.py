@@ -109,8 +109,10 @@ def make_writer(ctx: context_lib.Context
   g, seed = ctx.config.generate, ctx.config.seed
   per = g.queries_per_product
   if g.writer == "template":
+    brands = qw.catalog_brands(ctx.catalog)
     return lambda rows: [qw.template_drafts(ctx.catalog, int(i), per, seed,
-                                            g.synonym_rate) for i in rows]
+                                            brands, g.synonym_rate)
+                         for i in rows]
   l = g.llm
   writer = query_writer.LlmWriter(
       l.gguf, shots=seed_shots(ctx), num_shots=l.num_shots,

@@ -162,6 +162,10 @@ def data_block(variant: str) -> ml_collections.ConfigDict:
       max_relevant=256,
       label1_policy="weighted",  # Stage 2: positive | weighted | exclude.
       label1_weight=0.5,
+      # Stage 2: each training query is reworded on the fly by the synonym
+      # table (data/query_rewrite.py: "men" -> "gents", "tshirts" -> "tees"),
+      # each matched word replaced with this probability; 0: as written.
+      query_rewrite_rate=0.0,
       # Stage 2: this share of the train queries (by a hash of the text)
       # never trains; the run selects its model on them, not on the test set.
       heldout_query_fraction=0.1,

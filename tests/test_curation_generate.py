@@ -24,20 +24,6 @@ def _config(**overrides):
       "generate.writer": "template", **overrides})
 
 
-def test_synonym_substitution_by_hand():
-  table = {"for men": ("for him",), "men": ("mens",), "tshirts": ("tee",),
-           "navy blue": ("navy",)}
-  rng = np.random.default_rng(0)
-  # The phrase "for men" wins over its word "men"; "navy blue" is one key.
-  # "T-shirts" normalises to two words, "t shirts": not the key "tshirts".
-  assert qw.substitute("Navy Blue T-shirts for Men", table, rng, 1.0) == (
-      "navy t shirts for him")
-  assert qw.substitute("navy blue tshirts for men", table, rng, 1.0) == (
-      "navy tee for him")
-  assert qw.substitute("men tshirts", table, rng, 1.0) == "mens tee"
-  assert qw.substitute("men tshirts", table, rng, 0.0) == "men tshirts"
-
-
 def test_template_drafts_fill_the_slots_of_a_product():
   ctx = context_lib.context(_config(), "/nonexistent")
   cat = ctx.catalog

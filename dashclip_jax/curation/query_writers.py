@@ -3,9 +3,10 @@ the filters every writer's drafts go through, and the test-query check.
 
   template  hand-written templates over a product's attributes (its aisle,
             colour, gender, usage, the brand: `catalog_brands`),
-            then a synonym table ("tshirts" -> "tees", "for men" -> "for
-            him") replaces words at `synonym_rate`: the baseline the LLM
-            writer (`gpt.query_writer`) must beat.
+            then the synonym table (`data/query_rewrite.py`: "tshirts" ->
+            "tees", "for men" -> "for him") replaces words at
+            `synonym_rate`: the baseline the LLM writer
+            (`gpt.query_writer`) must beat.
   filters   length in words and characters; language: the share of ASCII
             letters among the non-space characters (SmolLM drifts into
             other scripts and into code or numbers now and then).
@@ -25,8 +26,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from dashclip_jax.data import catalog as catalog_lib
+from dashclip_jax.data import query_rewrite
 
-_NON_WORD = re.compile(r"[^0-9a-z]+")
 STOP_WORDS = frozenset(("a", "an", "the", "for", "of", "and", "with", "in",
                         "to", "my", "on"))
 # Words that end a title's brand ("Puma Men Blue Tee"), with its colour.
@@ -47,54 +48,13 @@ TEMPLATES = (
     "{usage} {type} {for_gender}",
 )
 
-# Normalised word or phrase -> its replacements (longest phrase first).
-SYNONYMS: dict[str, tuple[str, ...]] = {
-    "for men": ("for him", "for guys", "for gents"),
-    "for women": ("for her", "for ladies", "for a woman"),
-    "for boys": ("for a boy", "for young boys"),
-    "for girls": ("for a girl", "for young girls"),
-    "men": ("mens", "male", "gents"),
-    "women": ("womens", "ladies", "female"),
-    "tshirts": ("tees", "tee", "t shirt"),
-    "shirts": ("shirt", "button down"),
-    "sweatshirts": ("hoodie", "sweatshirt"),
-    "sweaters": ("jumper", "pullover"),
-    "trousers": ("pants", "slacks"),
-    "track pants": ("joggers", "trackies"),
-    "jeans": ("denims", "denim"),
-    "shorts": ("half pants", "short pants"),
-    "casual shoes": ("sneakers", "everyday shoes"),
-    "sports shoes": ("trainers", "running shoes"),
-    "formal shoes": ("office shoes", "dress shoes"),
-    "flip flops": ("slippers", "chappals"),
-    "handbags": ("purse", "bag"),
-    "watches": ("watch", "wrist watch"),
-    "sunglasses": ("shades", "sunnies"),
-    "kurtas": ("kurta", "ethnic top"),
-    "tops": ("top", "blouse"),
-    "heels": ("high heels", "pumps"),
-    "navy blue": ("navy", "dark blue"),
-    "grey": ("gray",),
-    "off white": ("cream",),
-    "multi": ("multicolour", "colourful"),
-    "sports": ("gym", "workout"),
-    "formal": ("office", "work"),
-    "casual": ("everyday", "daily wear"),
-    "ethnic": ("traditional", "festive"),
-}
-
-
-def normalise(text: str) -> str:
-  """Lower case, runs of non-alphanumerics -> one space, stripped."""
-  return _NON_WORD.sub(" ", text.lower()).strip()
-
-
 def token_key(text: str) -> str:
   """The near-duplicate key: sorted distinct tokens of the normalised text,
   a trailing "s" stripped, stop words dropped ("Shoes for Men" and "men
   shoe" share a key)."""
   words = {w[:-1] if len(w) > 3 and w.endswith("s") else w
-           for w in normalise(text).split() if w not in STOP_WORDS}
+           for w in query_rewrite.normalise(text).split()
+           if w not in STOP_WORDS}
   return " ".join(sorted(words))
 
 
@@ -134,37 +94,16 @@ class TestQueries:
 
   def __init__(self, queries: Iterable[str]):
     queries = list(queries)
-    self.exact = {normalise(q) for q in queries}
+    self.exact = {query_rewrite.normalise(q) for q in queries}
     self.near = {token_key(q) for q in queries}
 
   def match(self, text: str) -> str | None:
     """"exact", "near" or None."""
-    if normalise(text) in self.exact:
+    if query_rewrite.normalise(text) in self.exact:
       return "exact"
     if token_key(text) in self.near:
       return "near"
     return None
-
-
-def substitute(text: str, synonyms: Mapping[str, Sequence[str]],
-               rng: np.random.Generator, rate: float) -> str:
-  """Replaces words and two-word phrases of normalised `text` found in
-  `synonyms` (a phrase before its words), each with probability `rate`, by
-  one of its synonyms (a seeded choice)."""
-  words, out, i = normalise(text).split(), [], 0
-  while i < len(words):
-    for n in (2, 1):
-      key = " ".join(words[i:i + n])
-      if len(words[i:i + n]) == n and key in synonyms:
-        # Both draws always happen: the stream does not depend on `rate`.
-        use, pick = rng.random() < rate, rng.integers(len(synonyms[key]))
-        out.append(synonyms[key][pick] if use else key)
-        i += n
-        break
-    else:
-      out.append(words[i])
-      i += 1
-  return " ".join(out)
 
 
 def catalog_brands(catalog: catalog_lib.Catalog, min_products: int = 3
@@ -182,8 +121,8 @@ def catalog_brands(catalog: catalog_lib.Catalog, min_products: int = 3
   colours = a.get("baseColour") or a.get("colour") or [""] * len(catalog)
   spans = []
   for title, colour in zip(catalog.titles, colours):
-    words, stop = normalise(title).split(), GENDER_WORDS | set(
-        normalise(colour).split())
+    words = query_rewrite.normalise(title).split()
+    stop = GENDER_WORDS | set(query_rewrite.normalise(colour).split())
     end = next((j for j, w in enumerate(words) if w in stop), len(words))
     spans.append(words[:max(1, min(end, MAX_BRAND_WORDS))])
   starts = collections.Counter(
@@ -202,13 +141,14 @@ def product_slots(catalog: catalog_lib.Catalog, i: int,
   get = lambda *names: next((a[n][i] for n in names if n in a and a[n][i]),
                             "")
   c = int(catalog.category[i])
-  gender = normalise(get("gender"))
-  return {"type": normalise(catalog.category_names[c]) if c >= 0 else "",
-          "colour": normalise(get("baseColour", "colour")),
+  norm = query_rewrite.normalise
+  gender = norm(get("gender"))
+  return {"type": norm(catalog.category_names[c]) if c >= 0 else "",
+          "colour": norm(get("baseColour", "colour")),
           "gender": gender if gender != "unisex" else "",
           "for_gender": f"for {gender}" if gender and gender != "unisex"
                         else "",
-          "usage": normalise(get("usage")),
+          "usage": norm(get("usage")),
           "brand": brands[i]}
 
 
@@ -220,11 +160,12 @@ def _no_repeated_word(text: str) -> bool:
 def template_drafts(catalog: catalog_lib.Catalog, i: int, count: int,
                     seed: int, brands: Sequence[str],
                     synonym_rate: float = 0.7,
-                    synonyms: Mapping[str, Sequence[str]] = SYNONYMS
+                    synonyms: Mapping[str, Sequence[str]] = (
+                        query_rewrite.SYNONYMS)
                     ) -> list[str]:
   """`count` drafts for product i: distinct usable templates in a seeded
-  order, each filled and passed through `substitute` (seeded by (seed, i):
-  the same drafts however products are batched). A template is usable when
+  order, each filled and reworded by `query_rewrite.substitute` (seeded by
+  (seed, i): the same drafts however products are batched). A template is usable when
   the product has its slots and, filled, it repeats no word ("casual" usage
   before the "casual shoes" aisle)."""
   slots = product_slots(catalog, i, brands)
@@ -233,5 +174,5 @@ def template_drafts(catalog: catalog_lib.Catalog, i: int, count: int,
             and _no_repeated_word(t.format(**slots))]
   rng = np.random.default_rng([seed, i])
   order = rng.permutation(len(usable))[:count]
-  return [substitute(usable[j].format(**slots), synonyms, rng, synonym_rate)
-          for j in order.tolist()]
+  return [query_rewrite.substitute(usable[j].format(**slots), synonyms, rng,
+                                   synonym_rate) for j in order.tolist()]

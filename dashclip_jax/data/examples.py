@@ -23,6 +23,7 @@ from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import images as images_lib
 from dashclip_jax.data import relevance as relevance_lib
 from dashclip_jax.model import preprocess
+from dashclip_jax.data import query_rewrite
 from dashclip_jax.model import tokenizer as tokenizer_lib
 
 
@@ -89,7 +90,8 @@ class Stage2Example(grain.transforms.RandomMap):
                relevant: np.ndarray, *, image_size: int,
                query_length: int, title_length: int, min_scale: float,
                num_negatives: int, augment: bool = True, tokenizer=None,
-               product_ok: np.ndarray | None = None):
+               product_ok: np.ndarray | None = None,
+               query_rewrite_rate: float = 0.0):
     self.catalog = catalog
     # product_ok (bool per product) given: images are not read (the trainer
     # feeds cached product features), and pairs of products whose image
@@ -102,6 +104,7 @@ class Stage2Example(grain.transforms.RandomMap):
     self.image_size, self.min_scale = image_size, min_scale
     self.num_negatives = num_negatives
     self.augment = augment
+    self.query_rewrite_rate = query_rewrite_rate
     tok = tokenizer or tokenizer_lib.BlipTokenizer.from_vocab()
     self.query_text = Text(tok, query_length)
     self.title_text = Text(tok, title_length)
@@ -119,7 +122,11 @@ class Stage2Example(grain.transforms.RandomMap):
                               self.min_scale, self.augment)
       except images_lib.ImageError as e:
         return _bad(e)
-    query_ids, query_mask = self.query_text(self.queries[q])
+    query = self.queries[q]
+    if self.query_rewrite_rate:  # Draws from rng only when on.
+      query = query_rewrite.substitute(query, query_rewrite.SYNONYMS, rng,
+                                       self.query_rewrite_rate)
+    query_ids, query_mask = self.query_text(query)
     title_ids, title_mask = self.title_text(self.catalog.titles[p])
     n, lq = self.num_negatives, self.query_text.max_length
     neg_ids = np.zeros((n, lq), np.int32)

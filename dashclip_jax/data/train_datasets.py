@@ -151,6 +151,7 @@ def stage2_dataset(
     max_relevant: int = 256,
     tokenizer=None,
     product_ok: np.ndarray | None = None,
+    query_rewrite_rate: float = 0.0,
 ) -> batching.BatchSkippingBad:
   """Stage-2 (query-product relevance) training batches.
 
@@ -172,6 +173,9 @@ def stage2_dataset(
     product_ok: bool (num products,): set when the trainer feeds cached
       product features; batches then carry no `image`, and pairs whose
       product is not ok are skipped as bad records.
+    query_rewrite_rate: each example's query is reworded by the synonym
+      table (`query_rewrite.substitute`), each matched word or phrase
+      replaced with this probability; 0 keeps the queries as written.
 
   Returns:
     IterDataset of dicts (see the package docstring for keys and shapes).
@@ -187,5 +191,5 @@ def stage2_dataset(
       relevant, image_size=image_size, query_length=query_length,
       title_length=title_length, min_scale=min_scale,
       num_negatives=num_negatives, augment=augment, tokenizer=tokenizer,
-      product_ok=product_ok)
+      product_ok=product_ok, query_rewrite_rate=query_rewrite_rate)
   return _train_pipeline(len(pairs), fn, f"stage2 {relevance.name}", opts)

@@ -25,6 +25,16 @@ Array = jax.Array
 Aux = dict[str, Array]
 
 
+def _text_embedding(encoder: nn.Module, proj: nn.Module, pooling: str,
+                    ids: Array, mask: Array, deterministic: bool
+                    ) -> tuple[Array, Aux]:
+  """A text-only tower's embedding: encode (no image), pool, project,
+  L2-normalise; the text and query towers differ only in these parts."""
+  hidden = encoder(ids, mask, None, deterministic)
+  pooled = layers.pool(hidden, mask, pooling)
+  return layers.l2_normalize(proj(pooled)), {"hidden": hidden}
+
+
 class DashClip(nn.Module):
   """BLIP image/text towers plus DashCLIP's product and query heads.
 
@@ -63,9 +73,8 @@ class DashClip(nn.Module):
 
   def encode_text(self, ids: Array, mask: Array, deterministic: bool = True
                   ) -> tuple[Array, Aux]:
-    hidden = self.txt(ids, mask, None, deterministic)
-    pooled = layers.pool(hidden, mask, self.config.text_pooling)
-    return layers.l2_normalize(self.text_proj(pooled)), {"hidden": hidden}
+    return _text_embedding(self.txt, self.text_proj, self.config.text_pooling,
+                           ids, mask, deterministic)
 
   def encode_multimodal(self, ids: Array, mask: Array, image_tokens: Array,
                         deterministic: bool = True,
@@ -136,9 +145,8 @@ class DashClip(nn.Module):
 
   def encode_query(self, ids: Array, mask: Array, deterministic: bool = True
                    ) -> tuple[Array, Aux]:
-    hidden = self.query(ids, mask, None, deterministic)
-    pooled = layers.pool(hidden, mask, self.config.query_pooling)
-    return layers.l2_normalize(self.query_proj(pooled)), {"hidden": hidden}
+    return _text_embedding(self.query, self.query_proj,
+                           self.config.query_pooling, ids, mask, deterministic)
 
   def __call__(self, images: Array, ids: Array, mask: Array,
                query_ids: Array | None = None,

@@ -322,7 +322,7 @@ def stage2_train(cfg: ml_collections.ConfigDict,
         min_scale=cfg.min_scale, augment=cfg.augment and not frozen_tower,
         num_negatives=cfg.num_negatives, label1_policy=cfg.label1_policy,
         label1_weight=cfg.label1_weight, max_relevant=cfg.max_relevant,
-        product_ok=ok)
+        product_ok=ok, query_rewrite_rate=cfg.query_rewrite_rate)
 
   if not src.train_table:
     kept, _ = train_relevance(cfg)

@@ -180,3 +180,14 @@ def test_prepared_source_without_a_manifest_is_one_line(tmp_path):
   from dashclip_jax.data import sources  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match="no prepared directory"):
     sources.load_sources(dict(source="prepared", path=str(tmp_path)))
+
+
+def test_a_directory_without_or_with_a_foreign_manifest_fails_naming_it(
+    tmp_path):
+  with pytest.raises(FileNotFoundError,
+                     match=r"no manifest.json; not a directory written by "):
+    prepared.read_catalog(str(tmp_path))
+  (tmp_path / "manifest.json").write_text('{"format": "other/1"}')
+  with pytest.raises(ValueError, match=r"manifest.json: format 'other/1', "
+                     r"expected"):
+    prepared.read_catalog(str(tmp_path))

@@ -20,6 +20,7 @@ from dashclip_jax.data import bad_records as br
 from dashclip_jax.data import catalog as catalog_lib
 from dashclip_jax.data import column_batches
 from dashclip_jax.data import relevance as relevance_lib
+from dashclip_jax.runtime import manifests
 
 
 FORMAT = "dashclip_jax.prepared/1"
@@ -70,16 +71,9 @@ def is_prepared(directory: str) -> bool:
 
 
 def _read_manifest(directory: str) -> dict[str, Any]:
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{directory}: no {MANIFEST}; not a directory "
-                            "written by python -m dashclip_jax.data.prepare")
-  with open(path) as f:
-    manifest = json.load(f)
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path}: format {manifest.get('format')!r}, expected "
-                     f"{FORMAT!r}")
-  return manifest
+  return manifests.read(directory, MANIFEST, "format", FORMAT,
+                        "not a directory written by python -m "
+                        "dashclip_jax.data.prepare")
 
 
 def write_catalog(catalog: catalog_lib.Catalog, out: str,

@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from dashclip_jax import model as model_lib
 from dashclip_jax.model import preprocess
 from dashclip_jax.model import tokenizer as tok
+from dashclip_jax.runtime import manifests
 
 METADATA_FILE = "dashclip.json"
 VOCAB_FILE = "vocab.txt"
@@ -99,18 +100,11 @@ def save_model_dir(directory: str, params, config: model_lib.ModelConfig, *,
 
 
 def read_metadata(directory: str) -> dict[str, Any]:
-  path = os.path.join(directory, METADATA_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f"{directory} is not a dashclip model directory (no {METADATA_FILE}); "
-        "convert a BLIP checkpoint with `python -m dashclip_jax.convert` or "
-        "point at a training workdir's exported model")
-  with open(path) as f:
-    meta = json.load(f)
-  if meta.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: unsupported format_version "
-                     f"{meta.get('format_version')!r}")
-  return meta
+  return manifests.read(
+      directory, METADATA_FILE, "format_version", FORMAT_VERSION,
+      "not a dashclip model directory; convert a BLIP checkpoint with "
+      "`python -m dashclip_jax.convert` or point at a training workdir's "
+      "exported model")
 
 
 def load_model_dir(directory: str, items: tuple[str, ...] = ("params",)

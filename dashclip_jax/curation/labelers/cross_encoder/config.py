@@ -33,9 +33,6 @@ class TeacherConfig:
       raise ValueError(f"query_max_length {self.query_max_length} must be in "
                        f"[2, max_length={self.max_length})")
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "TeacherConfig":
     d = dict(d, fields=tuple(d["fields"]),

@@ -178,7 +178,7 @@ def save_teacher(directory: str, config: TeacherConfig, params: Any,
   teacher_id = f"{config.kind}-{digest[:12]}"
   for name, payload in ((PARAMS_FILE, data), (CONFIG_FILE, json.dumps(
       {"teacher_id": teacher_id, "params_sha256": digest,
-       "config": config.to_dict(),
+       "config": dataclasses.asdict(config),
        "provenance": provenance}, indent=2, default=str).encode())):
     tmp = os.path.join(directory, name + ".tmp")
     with open(tmp, "wb") as f:

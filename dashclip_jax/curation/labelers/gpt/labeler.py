@@ -61,9 +61,6 @@ class GptTeacherConfig:
       raise ValueError(f"tuning {self.tuning!r} with lora_rank "
                        f"{self.lora_rank}")
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "GptTeacherConfig":
     return cls(**dict(d, fields=tuple(d["fields"])))
@@ -180,13 +177,13 @@ def save_gpt_teacher(directory: str, config: GptTeacherConfig,
   data = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray,
                                                            trained))
   digest = hashlib.sha256(data).hexdigest()
-  meta = json.dumps(config.to_dict(), sort_keys=True)
+  meta = json.dumps(dataclasses.asdict(config), sort_keys=True)
   teacher_id = f"{KIND}-" + hashlib.sha256(
       (digest + meta).encode()).hexdigest()[:12]
   for name, payload in ((teacher_lib.PARAMS_FILE, data), (
       teacher_lib.CONFIG_FILE, json.dumps(
           {"teacher_id": teacher_id, "params_sha256": digest,
-           "config": config.to_dict(), "provenance": provenance},
+           "config": dataclasses.asdict(config), "provenance": provenance},
           indent=2, default=str).encode())):
     tmp = os.path.join(directory, name + ".tmp")
     with open(tmp, "wb") as f:

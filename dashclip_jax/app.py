@@ -9,7 +9,9 @@ logging, one-line errors, jax.distributed and config.json.
 
 `run_job` defines --config (a configs/*.py file[:argument], with
 --config.a.b=value overrides), --workdir and the multi-process flags, and
-reports a bad flag or override in one line naming it. Then, in order: it
+reports a bad flag or override in one line naming it
+(`runtime/flag_errors.py`; an entry module checks --config and its
+overrides with `flag_errors.exit_on_bad_config` before its heavy imports). Then, in order: it
 starts logging; runs the job's cheap `check(config)`; checks that the
 workdir can be written and locks it (before JAX starts a backend: a refused
 job claims no accelerator memory); starts jax.distributed; turns on the
@@ -23,13 +25,12 @@ The servers and the converters, which take no config, use the pieces:
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import logging
 import os
 import sys
 import tempfile
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from absl import app as absl_app
 from absl import flags
@@ -38,8 +39,8 @@ from ml_collections import config_flags
 import ml_collections
 
 from dashclip_jax.runtime import compilation_cache
-from dashclip_jax.runtime import config_files
 from dashclip_jax.runtime import distributed
+from dashclip_jax.runtime import flag_errors
 from dashclip_jax.runtime import run_info
 from dashclip_jax.runtime import workdir_lock
 from dashclip_jax.runtime.config_files import ConfigError
@@ -100,7 +101,7 @@ def run_job(prog: str, job: Job, *, config_help: str,
         write_config(config, workdir)
       job(config, workdir)
 
-  absl_app.run(main, flags_parser=flags_parser(prog, flag_hint))
+  absl_app.run(main, flags_parser=flag_errors.flags_parser(prog, flag_hint))
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -111,21 +112,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, run_info.CONFIG_FILE), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-
-
-def _unquoted(text: str) -> str:
-  """KeyError/AttributeError messages come repr'ed, sometimes twice."""
-  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
-    try:
-      text = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      break
-  return str(text)
-
-
-def one_line(text: str) -> str:
-  """An error message on one line, without KeyError's repr quotes."""
-  return " ".join(_unquoted(text).split())
 
 
 @contextlib.contextmanager
@@ -139,7 +125,7 @@ def one_line_errors(prog: str, errors: tuple[type[BaseException], ...]
   try:
     yield
   except errors as e:
-    sys.exit(f"{prog}: error: {one_line(str(e))}")
+    sys.exit(f"{prog}: error: {flag_errors.one_line(str(e))}")
 
 
 def check_workdir(workdir: str, flag: str = "--workdir") -> None:
@@ -151,44 +137,6 @@ def check_workdir(workdir: str, flag: str = "--workdir") -> None:
   except OSError as e:
     raise ConfigError(f"{flag}={workdir} is not a writable directory: "
                       f"{e.strerror or e}") from None
-
-
-def flag_error(error: BaseException, argv: Sequence[str]) -> str:
-  """One line naming the culprit of a config/override parsing failure."""
-  chain = [error]
-  while chain[-1].__cause__ or chain[-1].__context__:
-    chain.append(chain[-1].__cause__ or chain[-1].__context__)
-  root = chain[-1]
-  if isinstance(root, KeyError) and root.args:
-    key = str(root.args[0])
-    override = next((a.split("=")[0] for a in argv if a.startswith(
-        "--config.") and key in a.split("=")[0].split(".")), "--config")
-    retired = config_files.retired_key_error(override)
-    if retired:
-      return retired
-    hints = [_unquoted(str(e)) for e in chain if "Did you mean" in str(e)]
-    hint = one_line(hints[0].split("\n", 1)[-1]) if hints else ""
-    return f"{override}: no such config key {key!r}. {hint}".strip()
-  first = str(chain[0]).splitlines()[0]
-  where = first.split(": ")[0] + ": " if first.startswith("flag --") else ""
-  text = one_line(str(root))
-  return text if text.startswith(where) else where + text
-
-
-def flags_parser(prog: str,
-                 hint: Callable[[list[str]], str | None] | None = None):
-  """An `absl.app.run(flags_parser=...)` that reports bad flags in one
-  line: `hint(argv)`'s where it has one (a job's own advice), else
-  flag_error's."""
-
-  def parse(argv: list[str]) -> list[str]:
-    try:
-      return flags.FLAGS(argv)
-    except Exception as e:  # pylint: disable=broad-except
-      line = (hint and hint(argv)) or flag_error(e, argv)
-      sys.exit(f"{prog}: error: {line}")
-
-  return parse
 
 
 def start_logging() -> None:
@@ -212,5 +160,5 @@ def job_config(prog: str, config_flag: flags.FlagHolder, workdir: str | None,
     config = config_flag.value
     config.get("stage")  # A config file that failed to load raises here.
   except OSError as e:
-    sys.exit(f"{prog}: error: --config: " + one_line(str(e)))
+    sys.exit(f"{prog}: error: --config: " + flag_errors.one_line(str(e)))
   return config

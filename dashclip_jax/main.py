@@ -19,20 +19,28 @@ error: <message>`, never a traceback.
 
 from __future__ import annotations
 
+import sys
+
+from dashclip_jax.runtime import config_files
+from dashclip_jax.runtime import flag_errors
 from dashclip_jax.runtime import host_memory
+
+PROG = "dashclip_jax.main"
 
 if __name__ == "__main__":
   # glibc keeps XLA's freed CPU temporaries for the next step. Before the
   # imports below: numpy and jax start threads, which would keep malloc
   # arenas of their own.
   host_memory.reuse_freed_memory_unless_disabled()
+  # A bad --config or override fails here, not after seconds of imports.
+  flag_errors.exit_on_bad_config(PROG, sys.argv,
+                                 config_files.stage1_override_error)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import contextlib
 import json
 import logging
 import os
-import sys
 import time
 
 import ml_collections
@@ -41,7 +49,6 @@ from dashclip_jax import app
 from dashclip_jax.data import bad_records
 from dashclip_jax.data import tables
 from dashclip_jax.evaluation import pipeline as eval_pipeline
-from dashclip_jax.runtime import config_files
 from dashclip_jax.runtime.config_files import ConfigError
 from dashclip_jax.train import checkpoints
 from dashclip_jax.trainers import final_eval
@@ -52,13 +59,7 @@ from dashclip_jax.trainers import stage1
 from dashclip_jax.trainers import stage2
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-PROG = "dashclip_jax.main"
-
 log = logging.getLogger("dashclip_jax")
-
-
-_STAGE1_SHARES = ("stage 1 runs on the stage-2 config's data, model, mesh "
-                  "and seed")
 
 
 def stage1_config_of(config):
@@ -73,8 +74,9 @@ def stage1_config_of(config):
   own = [k for k in config_files.STAGE1_FROM_STAGE2 if k in config.stage1]
   if own:
     raise ConfigError(
-        f"config.stage1.{own[0]}: {_STAGE1_SHARES}; set config.{own[0]} "
-        "instead (it moves both stages) and drop stage1's copy")
+        f"config.stage1.{own[0]}: {config_files.STAGE1_SHARES}; set "
+        f"config.{own[0]} instead (it moves both stages) and drop stage1's "
+        "copy")
   s1 = config.stage1.copy_and_resolve_references()
   with s1.unlocked():
     for key in config_files.STAGE1_FROM_STAGE2:
@@ -187,19 +189,7 @@ def summary_table(metrics: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-def stage1_override_error(argv: list[str]) -> str | None:
-  """What to set instead of a `--config.stage1.<model|data|...>` override."""
-  for arg in argv:
-    parts = arg.split("=")[0].split(".")
-    if parts[:2] == ["--config", "stage1"] and len(parts) > 2 and (
-        parts[2] in config_files.STAGE1_FROM_STAGE2):
-      instead = ".".join(["--config"] + parts[2:])
-      return (f"{arg.split('=')[0]}: {_STAGE1_SHARES}; set {instead} "
-              "instead (it moves both stages)")
-  return None
-
-
 if __name__ == "__main__":
   app.run_job(PROG, job, config_help="Experiment config file[:variant].",
               errors=one_line_errors(), compilation_cache_in_workdir=True,
-              flag_hint=stage1_override_error)
+              flag_hint=config_files.stage1_override_error)

@@ -171,7 +171,7 @@ def test_retired_key_names_its_replacement(job, old, new):
 
 # (entry module, its prog name, config, the retired override, the new key).
 # evaluation.run parses its flags as curation and ranking do
-# (app.flags_parser), and imports jax first: 20 s more for no more.
+# (flag_errors.exit_on_bad_config, then flags_parser).
 CLI = {
     "main": ("dashclip_jax.main", "dashclip_jax.main",
              "configs/stage2.py:tiny", "final_eval.data.qrels_path",

@@ -46,6 +46,8 @@ import ml_collections
 import pytest
 import yaml
 
+import tiny_job_checks
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
@@ -280,6 +282,14 @@ def readme_test_command() -> str:
   return next(b.text for b in blocks if "pytest" in b.text).strip()
 
 
+def readme_setup_command() -> str:
+  """The README's install-and-run block (the main job on the default data)."""
+  blocks = bash_blocks(ROOT / "README.md")
+  return next(b.text for b in blocks
+              if "dashclip_jax.main" in b.text and "pip install" in b.text
+              ).strip()
+
+
 def test_readme_stays_a_front_door():
   """The README is set-up, two tables and a map (issue 33): the rest lives
   in docs/, and every page it maps exists."""
@@ -334,7 +344,7 @@ def test_documented_commands_run(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(ROOT), PATH=path,
              XLA_FLAGS="--xla_force_host_platform_device_count=1",
              HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-  done, timings = set(), []
+  done, timings, stdout = set(), [], {}
   for block in all_blocks():
     if block.not_run is not None:
       continue
@@ -352,6 +362,13 @@ def test_documented_commands_run(tmp_path):
     assert out.returncode == 0, (
         f"{block.where} failed ({out.returncode}):\n{script}\n"
         f"{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    stdout[script] = out.stdout
+  # The README's set-up job is the full tiny main job: its stages and
+  # evaluation left what they must.
+  setup = tiny_scale(readme_setup_command(), tmp_path)
+  workdir = pathlib.Path(setup.split("--workdir=")[1].split()[0])
+  assert workdir.parent == tmp_path, setup
+  tiny_job_checks.check_full_tiny_job(workdir, stdout[setup])
   # The catalog walk-through trained a model and searched it.
   assert (tmp_path / "toy" / "run" / "stage2" / "models").is_dir()
   assert (tmp_path / "toy" / "index" / "products.npy").is_file()

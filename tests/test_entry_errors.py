@@ -22,6 +22,7 @@ import pytest
 
 from dashclip_jax import app
 from dashclip_jax.runtime import config_files
+from dashclip_jax.runtime import flag_errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGE1_TINY = "--config=configs/stage1.py:tiny"
@@ -118,7 +119,7 @@ def test_config_error_messages_name_the_override():
         "'batch_sise'\nDid you mean \"batch_size\" instead of \"batch_sise\"?"
     )) from KeyError("batch_sise")
   except AttributeError as e:
-    text = app.flag_error(e, ["prog", "--config.train.batch_sise=4"])
+    text = flag_errors.flag_error(e, ["prog", "--config.train.batch_sise=4"])
   assert text.startswith("--config.train.batch_sise: no such config key")
   assert 'Did you mean "batch_size"' in text and "\n" not in text
 
@@ -155,10 +156,10 @@ def test_stage2_config_stage1_block_takes_data_model_mesh_seed_from_stage2():
                      match=r"config.stage1.model: .*set config.model instead"):
     main.stage1_config_of(config)
   # The CLI hint also covers a stage-2 config without a stage1 block.
-  assert "set --config.seed instead" in main.stage1_override_error(
+  assert "set --config.seed instead" in config_files.stage1_override_error(
       ["prog", "--config=configs/stage2.py:base", "--config.stage1.seed=1"])
-  assert main.stage1_override_error(["prog", "--config.stage1.optim.lr=1"]
-                                    ) is None
+  assert config_files.stage1_override_error(
+      ["prog", "--config.stage1.optim.lr=1"]) is None
 
 
 @pytest.fixture
@@ -331,3 +332,33 @@ def test_a_utf8_bom_table_loads_through_the_jobs_loader(tmp_path):
                                   max_bad_fraction=0.0))
   assert got.catalog.ids == ["1", "2"]
   assert got.train_catalog.titles == ["Blue shirt"]
+
+
+@pytest.mark.parametrize("module,config", [
+    ("dashclip_jax.main", "configs/stage2.py:tiny"),
+    ("dashclip_jax.curation.main", "configs/curate.py:tiny"),
+    ("dashclip_jax.ranking.main", "configs/ranking.py:tiny"),
+    ("dashclip_jax.ranking.export_baseline", "configs/ranking.py:tiny"),
+    ("dashclip_jax.evaluation.run", "configs/eval.py:synthetic"),
+])
+def test_a_bad_override_fails_before_jax_is_imported(module, config,
+                                                      tmp_path):
+  # A jax that cannot be imported: the error line must come first.
+  (tmp_path / "jax").mkdir()
+  (tmp_path / "jax" / "__init__.py").write_text(
+      "raise ImportError('jax was imported')\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  out = subprocess.run(
+      [sys.executable, "-m", module, f"--config={config}",
+       "--config.trian.steps=1", f"--workdir={tmp_path}/w"],
+      cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+      env=env)
+  prog = module.replace("dashclip_jax.evaluation.", "evaluation.")
+  # One line; "Did you mean" where the config has a near key (stage 2's
+  # and ranking's `train`).
+  assert out.stderr.strip().split(" Did you mean")[0] == (
+      f"{prog}: error: --config.trian.steps: no such config key 'trian'."
+      ), out.stderr[-2000:]
+  assert "\n" not in out.stderr.strip()
+  assert not (tmp_path / "w").exists()

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from dashclip_jax.model import model_dir as model_dir_lib
+import tiny_job_checks as checks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STAGE1_TINY = "--config=configs/stage1.py:tiny"
@@ -57,19 +57,6 @@ def _main(xla_cache, workdir, *args, devices=1, timeout=600):
 def _ok(out):
   assert out.returncode == 0, out.stderr[-3000:]
   return out
-
-
-def _params(model_dir):
-  _, trees, _ = model_dir_lib.load_model_dir(str(model_dir))
-  return trees["params"]
-
-
-def _assert_trees_equal(a, b, what):
-  flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
-  flat_b = jax.tree_util.tree_flatten_with_path(b)[0]
-  assert [p for p, _ in flat_a] == [p for p, _ in flat_b], what
-  for (path, x), (_, y) in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(x, y, err_msg=f"{what}: {path}")
 
 
 def _last_line(text):
@@ -144,10 +131,10 @@ def test_kill9_then_rerun_equals_uninterrupted(xla_cache, tmp_path):
 
   resumed = _ok(_main(xla_cache, run, *args))
   assert "resumed from" in resumed.stderr, resumed.stderr[-2000:]
-  _assert_trees_equal(_params(run / "models" / str(steps)),
-                      _params(ref / "models" / str(steps)),
-                      f"resumed (killed after {delay:.2f}s, seed {seed}) "
-                      "vs uninterrupted")
+  checks.assert_trees_equal(checks.params(run / "models" / str(steps)),
+                            checks.params(ref / "models" / str(steps)),
+                            f"resumed (killed after {delay:.2f}s, seed "
+                            f"{seed}) vs uninterrupted")
   # The metrics log continues where it stopped: the last step is there once.
   lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text()
            .splitlines()]
@@ -230,13 +217,6 @@ def test_sigterm_in_the_final_eval_stops_at_once_and_rerun_evaluates(
 # Stage 2's init checkpoints.
 
 
-def _without_cross_attention(txt):
-  return {k: ({n: v for n, v in layer.items()
-               if n not in ("cross_attn", "cross_attn_norm")}
-              if isinstance(layer, dict) else layer)
-          for k, layer in txt.items()}
-
-
 def test_stage2_starts_from_a_converted_blip_checkpoint(
     xla_cache, tmp_path, tiny_hf_blip_config):
   torch = pytest.importorskip("torch")
@@ -246,69 +226,21 @@ def test_stage2_starts_from_a_converted_blip_checkpoint(
   transformers.BlipForImageTextRetrieval(tiny_hf_blip_config).save_pretrained(
       tmp_path / "hf")
   convert.convert(str(tmp_path / "hf"), str(tmp_path / "blip"), size="tiny")
-  blip = _params(tmp_path / "blip")
+  blip = checks.params(tmp_path / "blip")
   # lr 0: the exported model is exactly what stage 2 started from.
   _ok(_main(xla_cache, tmp_path / "s2", STAGE2_TINY,
             f"--config.init.checkpoint={tmp_path / 'blip'}",
             "--config.train.total_steps=2", "--config.optim.lr=0",
             "--config.final_eval.enabled=false"))
-  start = _params(tmp_path / "s2" / "models" / "2")
+  start = checks.params(tmp_path / "s2" / "models" / "2")
   for tower in ("img", "txt", "vision_proj", "text_proj", "itm_head"):
-    _assert_trees_equal(start[tower], blip[tower], tower)
+    checks.assert_trees_equal(start[tower], blip[tower], tower)
   # DashCLIP: the query tower starts as the (unimodal) text encoder.
-  _assert_trees_equal(start["query"], _without_cross_attention(blip["txt"]),
-                      "query <- txt")
-  _assert_trees_equal(start["query_proj"], blip["product_proj"],
-                      "query_proj <- product_proj")
-
-
-def test_full_tiny_job_stage1_then_stage2_then_eval(xla_cache, tmp_path):
-  out = _ok(_main(xla_cache, tmp_path, STAGE2_TINY))
-  s1 = _params(tmp_path / "stage1" / "models" / "6")
-  s2 = _params(tmp_path / "stage2" / "models" / "6")
-  untrained = _params(tmp_path / "stage1" / "models" / "0")
-  # Stage 1 trained the product tower and left the unused query tower.
-  assert not np.array_equal(s1["img"]["patch_embed"]["kernel"],
-                            untrained["img"]["patch_embed"]["kernel"])
-  _assert_trees_equal(s1["query"], untrained["query"], "stage-1 query tower")
-  # Stage 2 loaded stage 1's model and kept its product tower frozen ...
-  for tower in ("img", "txt", "vision_proj", "text_proj", "itm_head"):
-    _assert_trees_equal(s2[tower], s1[tower], f"stage-2 {tower}")
-  # ... but trained the projection that makes the product embedding ...
-  assert not np.array_equal(s2["product_proj"]["kernel"],
-                            s1["product_proj"]["kernel"])
-  # ... and trained the query tower it copied from stage 1's text encoder.
-  q_start = _without_cross_attention(s1["txt"])
-  assert jax.tree.structure(s2["query"]) == jax.tree.structure(q_start)
-  moved = [not np.array_equal(a, b) for a, b in
-           zip(jax.tree.leaves(s2["query"]), jax.tree.leaves(q_start))]
-  assert any(moved)
-  # The evaluation ran on the trained model against the untrained one.
-  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-  assert {"dashclip", "init", "bm25"} <= set(metrics)
-  assert "ndcg@10" in metrics["dashclip"] and "system" in out.stdout
-  assert (tmp_path / "eval" / "report.md").is_file()
-  resolved = json.loads((tmp_path / "config.json").read_text())
-  assert resolved["stage"] == "stage2"
-  # Metrics: JSON lines at the log steps (log_every=2) and TensorBoard.
-  lines = [json.loads(l) for l in (tmp_path / "stage2" / "metrics.jsonl")
-           .read_text().splitlines()]
-  logged = [l for l in lines if "train/loss" in l]
-  assert [l["step"] for l in logged] == [2, 4, 6]
-  for key in ("train/qcc_loss", "train/temp", "train/lr", "train/grad_norm",
-              "train/examples_per_s", "train/step_time_s"):
-    assert np.isfinite(logged[-1][key]), key
-  evals = [l for l in lines if "eval/ndcg@10" in l]
-  assert evals and all("eval/recall@1" in l and "eval/r@1" not in l
-                       for l in evals)
-  # Stage 1's in-loop figure is hit@1 (a matching product id ranked first);
-  # the loop checks each stage's checkpoint.best_metric is one it logs.
-  s1_lines = [json.loads(l) for l in (tmp_path / "stage1" / "metrics.jsonl")
-              .read_text().splitlines()]
-  assert any("eval/hit@1" in l for l in s1_lines)
-  assert not any("eval/r@1" in l for l in s1_lines)
-  assert any(f.name.startswith("events.out.tfevents") for f in
-             (tmp_path / "stage2" / "tensorboard").iterdir())
+  checks.assert_trees_equal(start["query"],
+                            checks.without_cross_attention(blip["txt"]),
+                            "query <- txt")
+  checks.assert_trees_equal(start["query_proj"], blip["product_proj"],
+                            "query_proj <- product_proj")
 
 
 # ---------------------------------------------------------------------------
@@ -357,9 +289,9 @@ def test_two_processes_match_one_process(xla_cache, tmp_path):
   # 2e-2 that each step moves by ~1e-3 (a batch that differs moves them by
   # that much). Near-zero-gradient params (attention key biases) make Adam
   # amplify rounding noise, hence no relative bound.
-  one = _params(tmp_path / "one" / "models" / "4")
-  two = _params(tmp_path / "two" / "stage1" / "models" / "4")
-  untrained = _params(tmp_path / "one" / "models" / "0")
+  one = checks.params(tmp_path / "one" / "models" / "4")
+  two = checks.params(tmp_path / "two" / "stage1" / "models" / "4")
+  untrained = checks.params(tmp_path / "one" / "models" / "0")
   for (path, a), b, a0 in zip(jax.tree_util.tree_flatten_with_path(one)[0],
                               jax.tree.leaves(two), jax.tree.leaves(untrained)):
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-5, err_msg=str(path))

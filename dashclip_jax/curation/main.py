@@ -23,11 +23,18 @@ Config, flag, data and path errors end in one line,
 
 from __future__ import annotations
 
+import sys
+
+from dashclip_jax.runtime import flag_errors
 from dashclip_jax.runtime import host_memory
+
+PROG = "dashclip_jax.curation.main"
 
 if __name__ == "__main__":
   # Before the imports below (numpy and jax start threads): main.py's note.
   host_memory.reuse_freed_memory_unless_disabled()
+  # A bad --config or override fails here, not after seconds of imports.
+  flag_errors.exit_on_bad_config(PROG, sys.argv)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import logging
@@ -41,8 +48,6 @@ from dashclip_jax.curation import steps
 from dashclip_jax.data import bad_records
 from dashclip_jax.runtime.config_files import ConfigError
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-PROG = "dashclip_jax.curation.main"
 
 log = logging.getLogger("dashclip_jax")
 

@@ -26,6 +26,17 @@ tie rule and metrics (`metrics.py`). What is ranked comes from
 
 from __future__ import annotations
 
+import sys
+
+from dashclip_jax.runtime import flag_errors
+
+PROG = "evaluation.run"
+
+if __name__ == "__main__":
+  # A bad --config or override fails here, before the imports below.
+  flag_errors.exit_on_bad_config(PROG, sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import os
 
@@ -37,8 +48,7 @@ from dashclip_jax.data import bad_records
 from dashclip_jax.data import tables
 from dashclip_jax.evaluation import pipeline
 from dashclip_jax.runtime.config_files import ConfigError
-
-PROG = "evaluation.run"
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def one_line_errors() -> tuple[type[BaseException], ...]:

@@ -20,6 +20,7 @@ from dashclip_jax import app
 from dashclip_jax import index as index_lib
 from dashclip_jax import inference
 from dashclip_jax.model import tokenizer
+from dashclip_jax.runtime import flag_errors
 from dashclip_jax.runtime.config_files import ConfigError
 
 PROG = "search"
@@ -46,7 +47,7 @@ def format_results(queries: Sequence[str],
 def _reason(error: BaseException) -> str:
   """An error's message on one line, without faiss's C++ location prefix."""
   return re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "",
-                app.one_line(str(error)))
+                flag_errors.one_line(str(error)))
 
 
 def load_index(export_dir: str) -> index_lib.ExportedIndex:
@@ -92,4 +93,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("export_dir")
-  absl_app.run(main, flags_parser=app.flags_parser(PROG))
+  absl_app.run(main, flags_parser=flag_errors.flags_parser(PROG))

@@ -15,6 +15,17 @@ across runs or inspecting it.
 
 from __future__ import annotations
 
+import sys
+
+from dashclip_jax.runtime import flag_errors
+
+PROG = "dashclip_jax.ranking.export_baseline"
+
+if __name__ == "__main__":
+  # A bad --config or override fails here, before the imports below.
+  flag_errors.exit_on_bad_config(PROG, sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import logging
 
 from absl import flags
@@ -25,8 +36,8 @@ from dashclip_jax.data import bad_records
 from dashclip_jax.ranking import catalog_data
 from dashclip_jax.ranking import embeddings
 from dashclip_jax.runtime.config_files import ConfigError
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-PROG = "dashclip_jax.ranking.export_baseline"
 
 _SYSTEM = flags.DEFINE_string("system", "minilm",
                               "'minilm' or 'model:MODEL_DIR'.")

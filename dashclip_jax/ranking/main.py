@@ -16,6 +16,17 @@ Config, flag, data and path errors end in one line,
 
 from __future__ import annotations
 
+import sys
+
+from dashclip_jax.runtime import flag_errors
+
+PROG = "dashclip_jax.ranking.main"
+
+if __name__ == "__main__":
+  # A bad --config or override fails here, before the imports below.
+  flag_errors.exit_on_bad_config(PROG, sys.argv)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections
 
 from dashclip_jax import app
@@ -23,8 +34,7 @@ from dashclip_jax.data import bad_records
 from dashclip_jax.ranking import embeddings
 from dashclip_jax.ranking import pipeline
 from dashclip_jax.runtime.config_files import ConfigError
-
-PROG = "dashclip_jax.ranking.main"
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def check(config: ml_collections.ConfigDict) -> None:

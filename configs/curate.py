@@ -153,6 +153,10 @@ def get_config(arg=None):
       shard_size=pick(64, 4096),
       threshold=-1.0,          # < 0: chosen on held-out seed queries ...
       target_accuracy=0.9,     # ... as the lowest reaching this accuracy.
+      # A catalog column (or "category"): teacher rows labelled 1/2 outside
+      # the aisles of their query's label-2 rows become 0 in the expanded
+      # set (label_shards.aisle_consistent). "": off.
+      aisle_field="",
       progress=True,
   ))
   c.negatives = ml_collections.ConfigDict(dict(

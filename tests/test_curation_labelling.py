@@ -126,3 +126,50 @@ def test_check_manifest_writes_then_refuses_other_settings(tmp_path):
                      r"\(seed: 1\)"):
     label_shards.check_manifest(str(out), {"seed": 2, "writer": "template"},
                                 name="generate.json", what="queries generated")
+
+
+def _rows(query_ids, product_ids, labels):
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  n = len(labels)
+  return pa.table({"query_id": query_ids, "query": ["q"] * n,
+                   "product_id": product_ids,
+                   "label": pa.array(labels, pa.int8()),
+                   "p0": [0.0] * n, "p1": [0.0] * n, "p2": [0.0] * n,
+                   "label_source": ["teacher"] * n, "teacher_id": ["t"] * n})
+
+
+def test_aisle_policy_relabels_positives_outside_the_label2_aisles():
+  aisle_of = {"1": "shoes", "2": "shoes", "3": "bags", "4": "belts"}
+  # Query a means shoes and belts (its label 2s): its label-1 bag goes to
+  # 0, its label-1 shoe stays. Query b has no label 2: left as it is. In
+  # query c the bag is label 2, so c's label-1 bag stays, and its shoe
+  # (label 1, no label-2 shoe in c) goes to 0.
+  rows = _rows(["a", "a", "a", "a", "b", "b", "c", "c"],
+               ["1", "2", "3", "4", "1", "3", "3", "1"],
+               [2, 1, 1, 2, 1, 1, 2, 1])
+  got, n = label_shards.aisle_consistent(rows, aisle_of)
+  assert got["label"].to_pylist() == [2, 1, 0, 2, 1, 1, 2, 0] and n == 2
+  assert got.drop(["label"]).equals(rows.drop(["label"]))
+  # Split into chunks (as read from shards): the same answer.
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  chunked = pa.concat_tables([rows.slice(0, 3), rows.slice(3)])
+  assert label_shards.aisle_consistent(chunked, aisle_of)[0].equals(got)
+  empty = rows.slice(0, 0)
+  assert label_shards.aisle_consistent(empty, aisle_of) == (empty, 0)
+
+
+def test_aisle_field_must_be_a_catalog_column():
+  import pytest  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from dashclip_jax.runtime.config_files import ConfigError  # pylint: disable=g-import-not-at-top
+  catalog = synthetic.synthetic_data(num_products=24, num_train_queries=4,
+                                     image_size=8).train_catalog
+  by_category = label_shards.product_aisles(catalog, "category")
+  i = 0
+  assert by_category[catalog.ids[i]] == catalog.category_names[
+      catalog.category[i]]
+  assert label_shards.product_aisles(catalog, "group")[catalog.ids[i]] == (
+      catalog.attributes["group"][i])
+  with pytest.raises(ConfigError, match=r"label.aisle_field: 'aisle' is not "
+                     r"a column of .* \(it has: category, brand, colour"):
+    label_shards.product_aisles(catalog, "aisle")

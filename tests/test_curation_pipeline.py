@@ -7,9 +7,11 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import pipeline
 from dashclip_jax.curation import steps
 from dashclip_jax.curation.steps import context as context_lib
@@ -30,7 +32,7 @@ def _shards(directory):
   return pq.read_table(sorted(glob.glob(str(directory / "part-*.parquet"))))
 
 
-def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
+def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path, monkeypatch):
   config = config_files.load_config("configs/curate.py", "tiny",
                                     {"label.progress": False,
                                    "run": "teacher,mine,label"})
@@ -101,6 +103,34 @@ def test_tiny_job_and_its_expanded_set_loads_into_stage2(tmp_path):
     config.run = "teacher,label,expand"
   pipeline.run(config, str(tmp_path))
   assert open(csv_path, "rb").read() == before
+  # The aisle policy's wiring (its rule: test_curation_labelling): the
+  # expand step hands it the kept teacher rows and the catalog column, and
+  # writes back what it returns, the seed rows as they were. This barely
+  # trained teacher's kept labels are all 0, so the policy itself would
+  # change nothing here: a stand-in marks every row it is given 1.
+  seen = {}
+
+  def all_one(table, aisle_of):
+    seen.update(table=table, aisle_of=aisle_of)
+    return table.set_column(table.schema.get_field_index("label"), "label",
+                            pa.array(np.ones(len(table), np.int8))), 7
+
+  monkeypatch.setattr(label_shards, "aisle_consistent", all_one)
+  with config.unlocked():
+    config.run, config.label.aisle_field = "expand", "colour"
+  pipeline.run(config, str(tmp_path))
+  after = pq.read_table(tmp_path / "expanded" / "rows.parquet")
+  is_seed = source == "seed"
+  assert after.filter(is_seed).equals(rows.filter(is_seed))
+  kept = seen["table"].num_rows  # The kept rows; negatives after them.
+  assert seen["table"].equals(rows.filter(~is_seed).slice(0, kept))
+  assert set(after.filter(~is_seed)["label"][:kept].to_pylist()) == {1}
+  assert after.filter(~is_seed).slice(kept).equals(
+      rows.filter(~is_seed).slice(kept))
+  assert seen["aisle_of"] == dict(zip(ctx.catalog.ids,
+                                      ctx.catalog.attributes["colour"]))
+  assert json.load(open(tmp_path / "expanded" / "manifest.json"))[
+      "aisle_policy"] == {"field": "colour", "relabelled_0": 7}
 
 
 def _mini_fashion(root, num_queries):

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -217,6 +217,53 @@ def confident(table: pa.Table, threshold: float,
   if label is not None:
     keep &= table["label"].to_numpy() == label
   return table.filter(pa.array(keep))
+
+
+def product_aisles(catalog: catalog_lib.Catalog, field: str) -> dict[str, str]:
+  """product id -> its aisle: the catalog column `field`, or its aisle
+  category for "category"."""
+  if field == "category":
+    names = catalog.category_names
+    values = [names[c] if c >= 0 else "" for c in np.asarray(catalog.category)]
+  elif field in catalog.attributes:
+    values = catalog.attributes[field]
+  else:
+    raise ConfigError(
+        f"label.aisle_field: {field!r} is not a column of {catalog.name} "
+        f"(it has: category, {', '.join(sorted(catalog.attributes))})")
+  return dict(zip(catalog.ids, values))
+
+
+def aisle_consistent(table: pa.Table, aisle_of: Mapping[str, str]
+                     ) -> tuple[pa.Table, int]:
+  """Rows labelled 1 or 2 for a query, in an aisle where none of that
+  query's label-2 rows is, relabelled 0; -> (table, how many).
+
+  Why: audited on the fashion pool (bench/teacher_pool_audit.py), the
+  teacher calls most products of another type that match the query's
+  colour, gender or brand "moderately relevant" (their true label is 0),
+  and confidently; a query's highly relevant products show which aisles
+  it means. A query with no label-2 row is left as it is. Vectorised over
+  the rows (integer codes, np.isin), no per-row Python.
+  """
+  if not len(table):
+    return table, 0
+  query = pc.dictionary_encode(table["query_id"]).combine_chunks()
+  query = query.indices.to_numpy().astype(np.int64)
+  products = pc.dictionary_encode(table["product_id"]).combine_chunks()
+  aisles = pc.dictionary_encode(pa.array(
+      [aisle_of.get(p, "") for p in products.dictionary.to_pylist()]))
+  aisle = aisles.indices.to_numpy()[products.indices.to_numpy()]
+  key = query * len(aisles.dictionary) + aisle  # One int per (query, aisle).
+  label = table["label"].to_numpy().copy()
+  high = label == 2
+  has_high = np.zeros(query.max() + 1, bool)
+  has_high[query[high]] = True
+  demote = (label > 0) & has_high[query] & ~np.isin(key, key[high])
+  label[demote] = 0
+  column = table.schema.get_field_index("label")
+  return (table.set_column(column, "label", pa.array(label, pa.int8())),
+          int(demote.sum()))
 
 
 def expanded(tables: Sequence[pa.Table]) -> pa.Table:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dashclip_jax.curation import label_shards
 from dashclip_jax.curation import seed as seed_lib
 from dashclip_jax.curation.labelers import interface as labeler_lib
 from dashclip_jax.curation.labelers.cross_encoder import model as teacher_lib
@@ -71,6 +72,8 @@ def context(config: ml_collections.ConfigDict, workdir: str) -> Context:
     labeler_lib.check_fields(catalog, fields)
   except ValueError as e:
     raise ConfigError(f"config.teacher.fields: {e}") from None
+  if config.label.aisle_field:  # Checked now, not after hours of labelling.
+    label_shards.product_aisles(catalog, config.label.aisle_field)
   sd = config.seed_data
   if sd.path:
     data = seed_lib.from_files(sd.path, sd.unlabelled_path, catalog,

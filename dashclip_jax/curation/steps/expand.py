@@ -81,11 +81,19 @@ def expand_step(ctx: context_lib.Context) -> dict:
   seed = label_shards.seed_rows(ctx.data.seed, ctx.catalog)
   teacher = label_shards.confident(label_step_lib.labels(ctx, "labels"),
                                    threshold)
+  policy = {}
+  if ctx.config.label.aisle_field:
+    field = ctx.config.label.aisle_field
+    teacher, demoted = label_shards.aisle_consistent(
+        teacher, label_shards.product_aisles(ctx.catalog, field))
+    policy = {"aisle_policy": {"field": field, "relabelled_0": demoted}}
+    log.info("aisle policy (%s): %d teacher rows outside their query's "
+             "label-2 aisles relabelled 0", field, demoted)
   negatives = []
   if os.path.isfile(os.path.join(ctx.path("negatives"), label_shards.MANIFEST)):
     negatives = [label_shards.confident(label_step_lib.labels(ctx, "negatives"),
                                         threshold, label=0)]
-  out, shared = {}, manifest(ctx)
+  out, shared = {}, {**manifest(ctx), **policy}
   for name, parts in (("expanded", [seed, teacher] + negatives),
                       ("expanded_no_negatives", [seed, teacher]),
                       ("seed_only", [seed])):

@@ -29,7 +29,9 @@ for train products by `generate.writer`, "template" or "llm"; not in the
 default run), mine (candidates for
 the unlabelled queries), label (the candidates, sharded and resumable),
 negatives (nearest queries per anchor product, labelled), expand (seed +
-kept teacher rows + mined label-0 rows -> <workdir>/expanded), report
+kept teacher rows, their positives outside the query's label-2 aisles
+relabelled 0 (`label.aisle_field`), + mined label-0 rows ->
+<workdir>/expanded), report
 (agreement, manifest, report.md, metrics.json, reliability plot). Each step
 reuses what an earlier run of it left in the workdir.
 
@@ -155,8 +157,10 @@ def get_config(arg=None):
       target_accuracy=0.9,     # ... as the lowest reaching this accuracy.
       # A catalog column (or "category"): teacher rows labelled 1/2 outside
       # the aisles of their query's label-2 rows become 0 in the expanded
-      # set (label_shards.aisle_consistent). "": off.
-      aisle_field="",
+      # set (label_shards.aisle_consistent). "": off. Fashion: audited on
+      # the pool, it lifts the teacher's label accuracy 0.848 -> 0.925
+      # (bench/teacher_pool_audit.py), and stage 2's NDCG@10 by 0.029.
+      aisle_field=pick("", "subCategory"),
       progress=True,
   ))
   c.negatives = ml_collections.ConfigDict(dict(

@@ -18,7 +18,10 @@ Then, over the teacher rows of `<workdir>/expanded`: the (true, teacher)
 counts, each label's precision and recall, and how the products of the
 commonest error relate to their query (same type, a sibling type in the
 query type's subCategory, another type; which constraints they miss).
-With --aisle_field, the same after `label_shards.aisle_consistent`.
+With --aisle_field, the same after `label_shards.aisle_consistent`. With
+--write_true_set=DIR, the set with its teacher rows relabelled by the
+rule, a perfect teacher on the same pairs, for stage 2
+(`data.relevance_train_path=DIR`).
 
 A Python pass per row: an audit of a ~100K-row sample, not a pipeline step.
 """
@@ -31,6 +34,7 @@ import csv
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dashclip_jax.curation import label_shards
@@ -124,6 +128,8 @@ def main() -> None:
   ap.add_argument("--set", default="expanded")
   ap.add_argument("--aisle_field", default="",
                   help="also audit label_shards.aisle_consistent on it")
+  ap.add_argument("--write_true_set", default="",
+                  help="write the set, teacher rows relabelled, here")
   args = ap.parse_args()
   with open(os.path.join(args.data, "styles.csv")) as f:
     styles = {r["id"]: r for r in csv.DictReader(f)}
@@ -149,9 +155,10 @@ def main() -> None:
         f"table's {total} labels (misses: sub-brands such as \"adidas "
         "originals\", which the rule cannot tell apart)")
 
-  rows = pq.read_table(os.path.join(args.workdir, args.set, "rows.parquet"))
-  rows = rows.filter(np.asarray(rows["label_source"].to_pylist()) ==
-                     "teacher")
+  every_row = pq.read_table(os.path.join(args.workdir, args.set,
+                                         "rows.parquet"))
+  is_teacher = np.asarray(every_row["label_source"].to_pylist()) == "teacher"
+  rows = every_row.filter(is_teacher)
   queries, products = rows["query_id"].to_pylist(), rows["product_id"].to_pylist()
   true = np.array([labels_lib.label(parsed[q], styles[p], sibling_of)
                    for q, p in zip(queries, products)])
@@ -166,6 +173,15 @@ def main() -> None:
                                 for i in wrong)
     print(f"\ntrue {t} said {s} ({len(wrong)}): " + "; ".join(
         f"{k}: {n}" for k, n in kinds.most_common(4)))
+  if args.write_true_set:
+    labels = every_row["label"].to_numpy().copy()
+    labels[is_teacher] = true
+    label_shards.write_expanded(
+        every_row.set_column(every_row.schema.get_field_index("label"),
+                             "label", pa.array(labels, pa.int8())),
+        args.write_true_set, {"from": os.path.join(args.workdir, args.set),
+                              "teacher_rows": "the catalog's rule"})
+    print(f"\nwrote {args.write_true_set}: teacher rows relabelled by the rule")
   if args.aisle_field:
     aisle_of = {i: r[args.aisle_field] for i, r in styles.items()}
     fixed, n = label_shards.aisle_consistent(rows, aisle_of)

@@ -94,16 +94,11 @@ def relation(p: queries_lib.Paraphrase, row: dict,
   else:
     kind = "other type"
   missed = []
-  for name, want, have in (("colour", p.colour, row["baseColour"]),
-                           ("usage", p.usage, row["usage"])):
-    if want is not None and want != have:
+  for name in ("gender", "colour", "usage", "brand"):  # One at a time.
+    alone = queries_lib.Paraphrase(p.text, p.article_type,
+                                   **{name: getattr(p, name)})
+    if labels_lib.unmet_constraints(alone, row):
       missed.append(name)
-  if p.gender is not None and row["gender"] not in (
-      p.gender, {"Men": "Unisex", "Women": "Unisex"}.get(p.gender)):
-    missed.append("gender")
-  if p.brand is not None and not labels_lib.brand_matches(
-      p.brand, row["productDisplayName"]):
-    missed.append("brand")
   return f"{kind}, misses {'+'.join(missed) or 'nothing'}"
 
 

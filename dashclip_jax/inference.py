@@ -155,6 +155,14 @@ class DashClipEncoder:
     return self._batches(fn, columns, raw_images=images is not None,
                          desc=kind, **batching)
 
+  def _encode(self, kind: str, images, texts, batch_size: int | None,
+              show_progress: bool) -> np.ndarray:
+    """One public encoder's whole output: (B, E), or (B,) for itm_score."""
+    row_shape = () if kind == "itm_score" else (self.config.embed_dim,)
+    return _concatenate(self._embedding_batches(
+        kind, images, texts, batch_size=batch_size,
+        show_progress=show_progress), row_shape)
+
   # -- public API ----------------------------------------------------------
   # Every encoder takes batch_size (default: the encoder's; each new size
   # compiles once more) and show_progress (a tqdm bar over the batches).
@@ -162,49 +170,43 @@ class DashClipEncoder:
   def encode_image(self, images, *, batch_size: int | None = None,
                    show_progress: bool = False) -> np.ndarray:
     """-> (B, E) float32, L2-normalised image embeddings (ITC space)."""
-    return _concatenate(self._embedding_batches(
-        "encode_image", images, None, batch_size=batch_size,
-        show_progress=show_progress), (self.config.embed_dim,))
+    return self._encode("encode_image", images, None, batch_size,
+                        show_progress)
 
   def encode_text(self, texts: Sequence[str], *,
                   batch_size: int | None = None,
                   show_progress: bool = False) -> np.ndarray:
     """-> (B, E) unimodal text embeddings (ITC space)."""
-    return _concatenate(self._embedding_batches(
-        "encode_text", None, texts, batch_size=batch_size,
-        show_progress=show_progress), (self.config.embed_dim,))
+    return self._encode("encode_text", None, texts, batch_size,
+                        show_progress)
 
   def encode_product(self, images, titles: Sequence[str], *,
                      batch_size: int | None = None,
                      show_progress: bool = False) -> np.ndarray:
     """-> (B, E) multimodal product embeddings (DashCLIP's catalog side)."""
-    return _concatenate(self._embedding_batches(
-        "encode_product", images, titles, batch_size=batch_size,
-        show_progress=show_progress), (self.config.embed_dim,))
+    return self._encode("encode_product", images, titles, batch_size,
+                        show_progress)
 
   def encode_product_text(self, titles: Sequence[str], *,
                           batch_size: int | None = None,
                           show_progress: bool = False) -> np.ndarray:
     """-> (B, E) the product embedding from the title alone (no image)."""
-    return _concatenate(self._embedding_batches(
-        "encode_product_text", None, titles, batch_size=batch_size,
-        show_progress=show_progress), (self.config.embed_dim,))
+    return self._encode("encode_product_text", None, titles, batch_size,
+                        show_progress)
 
   def encode_query(self, texts: Sequence[str], *,
                    batch_size: int | None = None,
                    show_progress: bool = False) -> np.ndarray:
     """-> (B, E) query-tower embeddings (in the product space after stage 2)."""
-    return _concatenate(self._embedding_batches(
-        "encode_query", None, texts, batch_size=batch_size,
-        show_progress=show_progress), (self.config.embed_dim,))
+    return self._encode("encode_query", None, texts, batch_size,
+                        show_progress)
 
   def itm_score(self, images, texts: Sequence[str], *,
                 batch_size: int | None = None,
                 show_progress: bool = False) -> np.ndarray:
     """-> (B,) probability that image b matches text b (ITM head, [ENC])."""
-    return _concatenate(self._embedding_batches(
-        "itm_score", images, texts, batch_size=batch_size,
-        show_progress=show_progress), ())
+    return self._encode("itm_score", images, texts, batch_size,
+                        show_progress)
 
   # -- Parquet output ------------------------------------------------------
 

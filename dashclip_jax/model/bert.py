@@ -54,18 +54,13 @@ class TextLayer(nn.Module):
     return layers.layer_norm(c.ln_eps, name="mlp_norm", **kw)(x + drop(h))
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(layers.Tower):
   """ids/mask int (B, L) [+ image tokens (B/p, 1+N, Wv)] -> hidden (B, L, D).
 
   With image tokens for B/p images, texts b*p .. b*p+p-1 are grounded on
   image b (p texts per image, each image projected once per layer).
   """
   config: model_cfg.TextConfig
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  remat: bool = False
-  attention: str = "einsum"
-  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, ids: Array, mask: Array, image_tokens: Array | None = None,

@@ -12,23 +12,25 @@ ATTENTION_IMPLEMENTATIONS = ("einsum", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
-  image_size: int = 224
-  patch_size: int = 16
+class TowerSize:
+  """The geometry both towers have; the defaults are BLIP base's (ViT-B/16,
+  BERT-base)."""
   width: int = 768
   depth: int = 12
   heads: int = 12
   mlp_dim: int = 3072
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig(TowerSize):
+  image_size: int = 224
+  patch_size: int = 16
   ln_eps: float = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(TowerSize):
   vocab_size: int = tok.VOCAB_SIZE
-  width: int = 768
-  depth: int = 12
-  heads: int = 12
-  mlp_dim: int = 3072
   max_positions: int = 512
   ln_eps: float = 1e-12
   dropout: float = 0.1

@@ -1,6 +1,7 @@
 """Layers and pure functions the towers share: initialisers with logical
 axis names, Dense/LayerNorm as BLIP builds them, erf GELU, the MLP block,
-pooling and normalisation of hidden states, and scanning a tower's layers."""
+pooling and normalisation of hidden states, scanning a tower's layers, and
+the options every tower takes (Tower)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,20 @@ def pool(hidden: Array, mask: Array, pooling: str) -> Array:
   if pooling == "mean":
     return masked_mean(hidden, mask)
   return hidden[:, 0].astype(jnp.float32)
+
+
+class Tower(nn.Module):
+  """What both encoder towers (ViT, BERT) take besides their geometry.
+
+  remat recomputes each layer in the backward pass; scan_layers runs the
+  layers as one lax.scan; attention is "einsum" or "cudnn" (ModelConfig).
+  """
+  config: Any  # The tower's VisionConfig or TextConfig.
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: bool = False
+  attention: str = "einsum"
+  scan_layers: bool = False
 
 
 class Mlp(nn.Module):

@@ -55,14 +55,9 @@ class ViTBlock(nn.Module):
     return x + layers.Mlp(c.mlp_dim, c.width, name="mlp", **kw)(h)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(layers.Tower):
   """images float (B, H, W, 3) normalised -> tokens (B, 1+N, W) after the final LN."""
   config: model_cfg.VisionConfig
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  remat: bool = False
-  attention: str = "einsum"
-  scan_layers: bool = False
 
   @nn.compact
   def __call__(self, images: Array) -> Array:

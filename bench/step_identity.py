@@ -79,10 +79,10 @@ def worker(out_dir: str, fast_compile: bool) -> None:
     from dashclip_jax.train.step_config import StepConfig
     new_api = True
   except ImportError:  # The layout before it.
-    from dashclip_jax.train import optim
-    from dashclip_jax.train import sharding
-    from dashclip_jax.train import state as train_state
-    from dashclip_jax.train import steps as train_steps
+    from dashclip_jax import optim
+    from dashclip_jax import sharding
+    from dashclip_jax import train_state
+    from dashclip_jax import train_steps
     StepConfig = train_steps.StepConfig  # pylint: disable=invalid-name
     new_api = False
   # pylint: enable=g-import-not-at-top

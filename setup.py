@@ -27,6 +27,8 @@ setuptools.setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["dashclip_jax", "dashclip_jax.*"]),
+    # Hand-written data tables the code reads (evaluation's paraphrases).
+    package_data={"dashclip_jax": ["evaluation/*.tsv", "evaluation/*.json"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10",

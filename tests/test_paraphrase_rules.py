@@ -81,3 +81,20 @@ def test_paraphrase_stage2_eval_is_what_stage2_scores(train):
   assert len(titles) == len(data.product_rows) >= 200
   index = np.concatenate([b["query_index"] for b in data.query_batches])
   np.testing.assert_array_equal(np.sort(index[index >= 0]), np.arange(want))
+
+
+def test_paraphrase_table_file_reads_and_names_a_bad_row(tmp_path):
+  header = "text\tarticle_type\tgender\tcolour\tusage\tbrand"
+  good = tmp_path / "good.tsv"
+  good.write_text(f"# a comment\n{header}\n# Tops.\n"
+                  "navy shirt for him\tShirts\tMen\tNavy Blue\t\t\n")
+  assert queries_lib.read_paraphrases(good) == (queries_lib.Paraphrase(
+      "navy shirt for him", "Shirts", gender="Men", colour="Navy Blue"),)
+  bad = tmp_path / "bad.tsv"
+  bad.write_text(f"# a comment\n{header}\nnavy shirt\tShirts\n")
+  with pytest.raises(ValueError, match=r"bad.tsv: line 3 .*6 tab-separated"):
+    queries_lib.read_paraphrases(bad)
+  renamed = tmp_path / "renamed.tsv"
+  renamed.write_text(header.replace("colour", "color") + "\n")
+  with pytest.raises(ValueError, match="renamed.tsv: header"):
+    queries_lib.read_paraphrases(renamed)

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
+import pathlib
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -147,57 +149,21 @@ def load_paraphrase_eval(
 
 # -- rule-written paraphrases for stage 2's model selection -----------------
 
-# How users name a type (styles.csv articleType -> user words), written by
-# hand for this set; only types whose words stay unambiguous.
-TYPE_WORDS: dict[str, tuple[str, ...]] = {
-    "Tshirts": ("t-shirt", "tee shirt", "tee"),
-    "Shirts": ("shirt", "collared shirt"),
-    "Tops": ("top", "blouse"),
-    "Sweatshirts": ("hoodie", "sweat shirt"),
-    "Sweaters": ("sweater", "knitwear"),
-    "Jackets": ("jacket", "coat"),
-    "Kurtas": ("kurta",),
-    "Dresses": ("dress", "frock"),
-    "Jeans": ("denims", "jeans"),
-    "Trousers": ("pants", "chinos"),
-    "Shorts": ("shorts", "bermudas"),
-    "Track Pants": ("joggers", "track pants"),
-    "Casual Shoes": ("sneakers", "casual shoes"),
-    "Sports Shoes": ("running shoes", "trainers"),
-    "Formal Shoes": ("office shoes", "leather shoes"),
-    "Heels": ("heels", "high heels"),
-    "Flats": ("flats", "ballet flats"),
-    "Sandals": ("sandals",),
-    "Flip Flops": ("flip flops", "slippers"),
-    "Handbags": ("purse", "handbag"),
-    "Watches": ("wrist watch", "watch"),
-    "Sunglasses": ("shades", "sunglasses"),
-    "Wallets": ("wallet",),
-    "Belts": ("belt",),
-    "Backpacks": ("backpack", "rucksack"),
-    "Caps": ("cap", "baseball cap"),
-    "Socks": ("socks",),
-    "Briefs": ("underwear", "briefs"),
-}
-GENDER_BEFORE = {"Men": ("mens", "men's"), "Women": ("womens", "ladies"),
-                 "Boys": ("boys",), "Girls": ("girls",)}
-GENDER_AFTER = {"Men": ("for him", "for men"), "Women": ("for her",
-                                                         "for women"),
-                "Boys": ("for a boy",), "Girls": ("for a girl",)}
-COLOUR_WORDS = {"Navy Blue": ("navy",), "Grey": ("gray", "grey"),
-                "Off White": ("cream", "off white"), "Black": ("black",),
-                "White": ("white",), "Blue": ("blue",), "Red": ("red",),
-                "Brown": ("brown",), "Green": ("green",), "Pink": ("pink",),
-                "Purple": ("purple",), "Yellow": ("yellow",),
-                "Maroon": ("maroon", "burgundy"), "Beige": ("beige",),
-                "Silver": ("silver",), "Gold": ("gold", "golden"),
-                "Olive": ("olive",), "Orange": ("orange",)}
-# Sentence patterns by which constraints a query has (gender, colour).
-PATTERNS = {
-    (True, True): ("{colour} {type} {after}", "{before} {colour} {type}",
-                   "{type} in {colour} {after}"),
-    (True, False): ("{type} {after}", "{before} {type}"),
-    (False, True): ("{colour} {type}", "{type} in {colour}"),
+# The hand-written word tables (`paraphrase_rules.json` beside this file):
+# how users name a type (styles.csv articleType -> user words; only types
+# whose words stay unambiguous), a gender before and after the type, a
+# colour, and the sentence patterns by which constraints a query has.
+_RULES = json.loads(pathlib.Path(__file__).with_name(
+    "paraphrase_rules.json").read_text())
+TYPE_WORDS: dict[str, list[str]] = _RULES["type_words"]
+GENDER_BEFORE: dict[str, list[str]] = _RULES["gender_before"]
+GENDER_AFTER: dict[str, list[str]] = _RULES["gender_after"]
+COLOUR_WORDS: dict[str, list[str]] = _RULES["colour_words"]
+# (has a gender, has a colour) -> its patterns.
+PATTERNS: dict[tuple[bool, bool], list[str]] = {
+    (True, True): _RULES["patterns"]["gender+colour"],
+    (True, False): _RULES["patterns"]["gender"],
+    (False, True): _RULES["patterns"]["colour"],
 }
 
 

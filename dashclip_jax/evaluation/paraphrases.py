@@ -155,15 +155,21 @@ def load_paraphrase_eval(
 # colour, and the sentence patterns by which constraints a query has.
 _RULES = json.loads(pathlib.Path(__file__).with_name(
     "paraphrase_rules.json").read_text())
-TYPE_WORDS: dict[str, list[str]] = _RULES["type_words"]
-GENDER_BEFORE: dict[str, list[str]] = _RULES["gender_before"]
-GENDER_AFTER: dict[str, list[str]] = _RULES["gender_after"]
-COLOUR_WORDS: dict[str, list[str]] = _RULES["colour_words"]
+
+
+def _words(table: str) -> dict[str, tuple[str, ...]]:
+  return {k: tuple(v) for k, v in _RULES[table].items()}
+
+
+TYPE_WORDS = _words("type_words")
+GENDER_BEFORE = _words("gender_before")
+GENDER_AFTER = _words("gender_after")
+COLOUR_WORDS = _words("colour_words")
 # (has a gender, has a colour) -> its patterns.
-PATTERNS: dict[tuple[bool, bool], list[str]] = {
-    (True, True): _RULES["patterns"]["gender+colour"],
-    (True, False): _RULES["patterns"]["gender"],
-    (False, True): _RULES["patterns"]["colour"],
+PATTERNS: dict[tuple[bool, bool], tuple[str, ...]] = {
+    (True, True): tuple(_RULES["patterns"]["gender+colour"]),
+    (True, False): tuple(_RULES["patterns"]["gender"]),
+    (False, True): tuple(_RULES["patterns"]["colour"]),
 }
 
 

@@ -87,13 +87,19 @@ def test_paraphrase_table_file_reads_and_names_a_bad_row(tmp_path):
   header = "text\tarticle_type\tgender\tcolour\tusage\tbrand"
   good = tmp_path / "good.tsv"
   good.write_text(f"# a comment\n{header}\n# Tops.\n"
-                  "navy shirt for him\tShirts\tMen\tNavy Blue\t\t\n")
-  assert queries_lib.read_paraphrases(good) == (queries_lib.Paraphrase(
-      "navy shirt for him", "Shirts", gender="Men", colour="Navy Blue"),)
-  bad = tmp_path / "bad.tsv"
-  bad.write_text(f"# a comment\n{header}\nnavy shirt\tShirts\n")
-  with pytest.raises(ValueError, match=r"bad.tsv: line 3 .*6 tab-separated"):
-    queries_lib.read_paraphrases(bad)
+                  "navy shirt for him\tShirts\tMen\tNavy Blue\t\t\n"
+                  "hoodie\tSweatshirts\n")  # Trailing tabs stripped.
+  assert queries_lib.read_paraphrases(good) == (
+      queries_lib.Paraphrase("navy shirt for him", "Shirts", gender="Men",
+                             colour="Navy Blue"),
+      queries_lib.Paraphrase("hoodie", "Sweatshirts"))
+  for name, row in (("no_type", "navy shirt"),
+                    ("seven", "navy shirt\tShirts\t\t\t\t\tNike\tx")):
+    bad = tmp_path / f"{name}.tsv"
+    bad.write_text(f"# a comment\n{header}\n{row}\n")
+    with pytest.raises(ValueError,
+                       match=rf"{name}.tsv: line 3 .*at most 6 tab-separated"):
+      queries_lib.read_paraphrases(bad)
   renamed = tmp_path / "renamed.tsv"
   renamed.write_text(header.replace("colour", "color") + "\n")
   with pytest.raises(ValueError, match="renamed.tsv: header"):

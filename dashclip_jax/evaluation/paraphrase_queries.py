@@ -35,8 +35,8 @@ class Paraphrase:
 
 def read_paraphrases(path: str | pathlib.Path) -> tuple[Paraphrase, ...]:
   """The paraphrases of a tab-separated file with the header `text,
-  article_type, gender, colour, usage, brand` (an empty cell is no
-  constraint; lines starting with '#' are comments)."""
+  article_type, gender, colour, usage, brand` (an empty or missing
+  trailing cell is no constraint; lines starting with '#' are comments)."""
   path = pathlib.Path(path)
   lines = [(n, l.split("\t")) for n, l in
            enumerate(path.read_text().splitlines(), start=1)
@@ -49,9 +49,11 @@ def read_paraphrases(path: str | pathlib.Path) -> tuple[Paraphrase, ...]:
     raise ValueError(f"{path}: header {header}, expected {fields}")
   out = []
   for n, row in rows:
-    if len(row) != len(fields) or not row[0] or not row[1]:
-      raise ValueError(f"{path}: line {n} {row!r} needs {len(fields)} "
-                       "tab-separated cells, text and article_type set")
+    if len(row) > len(fields) or len(row) < 2 or not row[0] or not row[1]:
+      raise ValueError(f"{path}: line {n} {row!r} needs at most "
+                       f"{len(fields)} tab-separated cells, text and "
+                       "article_type set")
+    row += [""] * (len(fields) - len(row))  # Trailing empty cells may go.
     out.append(Paraphrase(row[0], row[1], *(c or None for c in row[2:])))
   return tuple(out)
 

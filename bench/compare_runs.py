@@ -2,9 +2,10 @@ r"""Old code against new: are two main-job runs the same, bit for bit?
 
   python bench/compare_runs.py OLD_WORKDIR NEW_WORKDIR
 
-For each stage both workdirs hold (`stage1/models/N`, `stage2/models/N`, or
-a stage's own `models/N` when given a stage workdir), the last model's
-params are compared array by array (`np.array_equal`); then every number of
+For each stage both workdirs hold (`stage1`, `stage2`, or the workdir
+itself when given a stage workdir), its newest trained model
+(`model_dir.resolve_model_dir`) has its params compared array by array, bit
+for bit (`step_identity.same_bits`); then every number of
 `eval/metrics.json` both runs wrote. Prints one line per check and exits 1
 if anything differs. Used for the issue-31 checks in docs/architecture.md
 ("What the move did not change").
@@ -20,13 +21,8 @@ import jax
 import numpy as np
 
 from dashclip_jax.model import model_dir
-
-
-def last_model(stage_dir: str) -> str | None:
-  models = os.path.join(stage_dir, "models")
-  steps = sorted(int(d) for d in os.listdir(models) if d.isdigit()) if (
-      os.path.isdir(models)) else []
-  return os.path.join(models, str(steps[-1])) if steps else None
+from dashclip_jax.train import checkpoints
+from step_identity import same_bits  # Run as `python bench/compare_runs.py`.
 
 
 def params_equal(a_dir: str, b_dir: str) -> tuple[int, int, float]:
@@ -38,20 +34,10 @@ def params_equal(a_dir: str, b_dir: str) -> tuple[int, int, float]:
   if [p for p, _ in fa] != [p for p, _ in fb]:
     raise SystemExit(f"{a_dir} and {b_dir} hold different param trees")
   pairs = [(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in zip(fa, fb)]
-  same = sum(np.array_equal(x, y) for x, y in pairs)
+  same = sum(same_bits(x, y) for x, y in pairs)
   diff = max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
              for x, y in pairs)
   return same, len(pairs), diff
-
-
-def flat_numbers(tree, prefix: str = "") -> dict[str, float]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flat_numbers(v, f"{prefix}{k}/"))
-    elif isinstance(v, (int, float)):
-      out[prefix + k] = float(v)
-  return out
 
 
 def main(old: str, new: str) -> int:
@@ -59,9 +45,15 @@ def main(old: str, new: str) -> int:
   stages = [s for s in ("stage1", "stage2") if os.path.isdir(
       os.path.join(old, s)) and os.path.isdir(os.path.join(new, s))] or [""]
   for stage in stages:
-    a, b = (last_model(os.path.join(w, stage)) for w in (old, new))
-    if a is None or b is None or os.path.basename(a) != os.path.basename(b):
-      print(f"{stage or 'models'}: last models differ or are missing: {a}, {b}")
+    try:
+      a, b = (model_dir.resolve_model_dir(os.path.join(w, stage))
+              for w in (old, new))
+    except FileNotFoundError as e:
+      print(f"{stage or 'models'}: {e}")
+      ok = False
+      continue
+    if os.path.basename(a) != os.path.basename(b):
+      print(f"{stage or 'models'}: newest models at different steps: {a}, {b}")
       ok = False
       continue
     same, n, diff = params_equal(a, b)
@@ -70,7 +62,8 @@ def main(old: str, new: str) -> int:
           f"arrays bit-identical (largest |diff| {diff:.3g})")
   metrics = [os.path.join(w, "eval", "metrics.json") for w in (old, new)]
   if all(os.path.isfile(m) for m in metrics):
-    a, b = (flat_numbers(json.load(open(m))) for m in metrics)
+    a, b = (checkpoints.flatten_config(json.load(open(m)))
+            for m in metrics)
     differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     ok &= not differ
     print(f"eval/metrics.json: {len(a.keys() & b.keys()) - len(differ)} of "

@@ -157,7 +157,8 @@ def _done(out_dir: str) -> bool:
              for stage in (1, 2) for name in MESHES)
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+  """Equal dtype, shape and bytes (NaN payloads included)."""
   return (a.dtype == b.dtype and a.shape == b.shape and
           a.tobytes() == b.tobytes())
 
@@ -172,7 +173,7 @@ def compare(old_dir: str, new_dir: str) -> int:
       old = np.load(os.path.join(old_dir, f"{stage}_{name}.npz"))
       new = np.load(os.path.join(new_dir, f"{stage}_{name}.npz"))
       keys = sorted(set(old) | set(new))
-      same = {k: k in old and k in new and _same_bits(old[k], new[k])
+      same = {k: k in old and k in new and same_bits(old[k], new[k])
               for k in keys}
       params = [k for k in keys if k.startswith("param/")]
       metrics = [k for k in keys if k.startswith("metric/")]
